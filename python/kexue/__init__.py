@@ -1,0 +1,30 @@
+"""kexue: Rust-accelerated ML kernels with numpy and torch front ends.
+
+>>> import kexue
+>>> kexue.set_num_threads(2)
+>>> kexue.get_num_threads()
+2
+>>> kexue.set_num_threads(0)  # back to the default (RAYON_NUM_THREADS or all cores)
+"""
+
+from __future__ import annotations
+
+from . import _native
+from ._dispatch import torch_fallback
+
+__version__: str = _native.__version__
+
+__all__ = ["__version__", "get_num_threads", "set_num_threads", "torch_fallback"]
+
+
+def set_num_threads(n: int) -> None:
+    """Sizes the thread pool every kexue kernel runs in; ``0`` restores the default
+    (``RAYON_NUM_THREADS`` if set, else one thread per core)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    _native.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Number of threads a kernel started now would use."""
+    return _native.get_num_threads()

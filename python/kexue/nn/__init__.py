@@ -1,0 +1,7 @@
+"""torch ``nn.Module`` front ends of kexue kernels (needs the ``torch`` extra)."""
+
+from __future__ import annotations
+
+from .activations import SquarePlus
+
+__all__ = ["SquarePlus"]

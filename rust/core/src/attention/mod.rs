@@ -1,0 +1,1 @@
+//! Linear attention: feature maps, streaming causal state, parallel and chunked forms.

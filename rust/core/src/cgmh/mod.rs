@@ -1,0 +1,1 @@
+//! CGMH: keyword-constrained generation by Metropolis–Hastings over word edits.

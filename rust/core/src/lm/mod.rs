@@ -1,0 +1,1 @@
+//! Native n-gram language model: modified Kneser–Ney, ARPA and binary formats, queries.

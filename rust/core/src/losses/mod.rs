@@ -1,0 +1,3 @@
+//! Losses and activations: multi-label CE, GlobalPointer, n×m loss, SquarePlus.
+
+pub mod squareplus;

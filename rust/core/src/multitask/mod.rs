@@ -1,0 +1,1 @@
+//! Multi-task learning: Gram matrices, min-norm solver, projections, primary/auxiliary rule.

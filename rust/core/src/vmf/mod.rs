@@ -1,0 +1,1 @@
+//! von Mises–Fisher: Bessel functions, Wood sampler, densities, fitting.

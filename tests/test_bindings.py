@@ -1,0 +1,74 @@
+"""Every binding of the extension, fed garbage: it may raise an Exception, never panic or crash.
+
+A Rust panic surfaces as ``pyo3_runtime.PanicException``, a ``BaseException`` that is not an
+``Exception``; catching only ``Exception`` lets it fail the test.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+
+import numpy as np
+import pytest
+
+from kexue import _native
+
+GARBAGE = [
+    None,
+    "",
+    "no-such-file.bin",
+    b"\xff\xfe",
+    -1,
+    0,
+    1,
+    3,
+    2**70,
+    -1.5,
+    float("nan"),
+    float("inf"),
+    [],
+    [[1.0, 2.0], [3.0]],
+    np.array(1.0),
+    np.zeros(0, np.float32),
+    np.zeros((0, 3)),
+    np.ones((2, 3), np.float32),
+    np.ones((3, 2)),
+    np.ones((4, 4))[::2, ::2],
+    np.array([np.nan, np.inf, -np.inf]),
+    np.array([1, 2, 3]),
+    np.array([0, 5], np.int64),
+    np.array(["a", "b"]),
+    np.ones((2, 2, 2, 2), np.float32),
+]
+
+FUNCTIONS = sorted(
+    name for name, obj in vars(_native).items() if callable(obj) and not isinstance(obj, type)
+)
+
+
+def arity(fn: object) -> int:
+    try:
+        return len(inspect.signature(fn).parameters)  # from pyo3's __text_signature__
+    except (TypeError, ValueError):
+        return 3
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_no_panic_on_garbage(name: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # bindings that write files write here
+    fn = getattr(_native, name)
+    rng = random.Random(name)
+    n = arity(fn)
+    calls = [tuple(rng.choice(GARBAGE) for _ in range(k)) for k in (n, n, n, n + 1, max(n - 1, 0))]
+    calls += [tuple(rng.choice(GARBAGE) for _ in range(n)) for _ in range(300)]
+    for args in calls:
+        try:
+            fn(*args)
+        except Exception:
+            pass
+    _native.set_num_threads(0)  # garbage may have resized the pool
+
+
+def test_every_binding_is_exercised() -> None:
+    assert "squareplus_forward" in FUNCTIONS and "set_num_threads" in FUNCTIONS

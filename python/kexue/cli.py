@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-from . import __version__, bench
-
-BENCHES = {"squareplus": bench.squareplus}
+from . import __version__, benchmarks
 
 
 def _bench(args: argparse.Namespace) -> int:
     kwargs = {"repeat": args.repeat}
     if args.size is not None:
         kwargs["size"] = args.size
-    BENCHES[args.name](**kwargs)
+    importlib.import_module(f"kexue.benchmarks.{args.name}").run(**kwargs)
     return 0
 
 
@@ -25,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = commands.add_parser("bench", help="time a kernel beside its peers")
-    p.add_argument("name", choices=sorted(BENCHES))
+    p.add_argument("name", choices=benchmarks.available())
     p.add_argument("--size", type=int, default=None, help="problem size (default per bench)")
     p.add_argument("--repeat", type=int, default=7, help="timed runs; the median is shown")
     p.set_defaults(run=_bench)

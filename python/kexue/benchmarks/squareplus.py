@@ -1,63 +1,27 @@
-"""Side-by-side benchmark harness: warm-up, median of N, shapes printed, ratio ours/peer.
-
-Every benchmark (``kexue bench NAME`` and the scripts in ``benches/``) reports through
-:func:`compare`, one line per case, so figures read the same across the project.
-"""
+"""``kexue bench squareplus``."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["compare", "median_time", "squareplus"]
+from . import compare, median_time
 
 
-def median_time(fn: Callable[[], object], *, repeat: int = 7, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeat`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def compare(
-    case: str,
-    shape: str,
-    ours: Callable[[], object],
-    peers: dict[str, Callable[[], object]],
-    *,
-    repeat: int = 7,
-) -> dict[str, float]:
-    """Times ``ours`` and each peer in this process and prints ``ours/peer`` ratios
-    (below 1 means kexue is faster). Returns the median seconds by name."""
-    times = {"kexue": median_time(ours, repeat=repeat)}
-    times.update({name: median_time(fn, repeat=repeat) for name, fn in peers.items()})
-    print(f"{case} [{shape}]  kexue {times['kexue'] * 1e3:9.2f} ms")
-    for name in peers:
-        ratio = times["kexue"] / times[name]
-        print(f"    vs {name:<34} {times[name] * 1e3:9.2f} ms   ours/peer = {ratio:5.2f}")
-    return times
-
-
-def squareplus(size: int = 10**7, repeat: int = 7) -> dict[str, dict[str, float]]:
+def run(size: int | None = None, repeat: int = 7) -> dict[str, dict[str, float]]:
     """SquarePlus forward+backward on ``size`` float32 values, numpy and torch CPU roads,
     against torch ``softplus``, SquarePlus as torch expressions, and a plain copy of the same
     number of bytes (the memory-bandwidth floor)."""
-    from . import get_num_threads
-    from .activations import squareplus as sp
+    from .. import _native, get_num_threads
+    from ..activations import squareplus as sp
+
+    size = 10**7 if size is None else size
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal(size, dtype=np.float32) * 10
     g = rng.standard_normal(size, dtype=np.float32)
     shape = f"{size:.0e} float32, fwd+bwd, {get_num_threads()} threads"
-    from . import _native
 
     def numpy_road() -> None:
         _native.squareplus_forward(x, 4.0)

@@ -76,6 +76,13 @@ impl PyCorpus {
     }
 }
 
+/// Per-token log10 scores, matched n-gram lengths and OOV flags.
+type TokenArrays<'py> = (
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<bool>>,
+);
+
 /// A back-off n-gram model (what an ARPA file holds). Scores are log10.
 #[pyclass(module = "kexue._native", name = "NgramModel", frozen)]
 pub struct PyModel {
@@ -142,11 +149,7 @@ impl PyModel {
         sentence: &str,
         bos: bool,
         eos: bool,
-    ) -> (
-        Bound<'py, PyArray1<f64>>,
-        Bound<'py, PyArray1<i64>>,
-        Bound<'py, PyArray1<bool>>,
-    ) {
+    ) -> TokenArrays<'py> {
         let m = &self.inner;
         let scores = m.token_scores(&m.ids(sentence), bos, eos);
         (

@@ -169,8 +169,9 @@ fn compose<T: Float>(mu: &[T], inv_norm: f64, omw: f64, opw: f64, out: &mut [T],
         let mut dot = 0.0;
         for (i, o) in out.iter_mut().enumerate() {
             let g: f64 = rng.sample(StandardNormal);
-            dot += g * m(i);
             *o = T::from(g).unwrap_or_else(T::zero);
+            // The stored (rounded) g, so that v below is orthogonal to μ to f64 rounding.
+            dot += o.to_f64().unwrap_or(0.0) * m(i);
         }
         let norm2: f64 = out
             .iter()

@@ -347,18 +347,28 @@ def _torch_wood(d: int, kappa: Any, n: int, seed: int, dtype: Any, device: Any) 
     return w, eps, g
 
 
+def _as_tensors(mu: Any, kappa: Any) -> tuple:
+    """mu and kappa as checked float tensors of one dtype and device (the tensor's)."""
+    import torch
+
+    for value, name in ((mu, "mu"), (kappa, "kappa")):
+        if is_tensor(value):
+            check_float(value, name)
+    ref = mu if is_tensor(mu) else kappa
+    mu = torch.as_tensor(mu, dtype=ref.dtype, device=ref.device)
+    kappa = torch.as_tensor(kappa, dtype=ref.dtype, device=ref.device)
+    check_float(mu, "mu", finite=True)
+    _check_kappa(kappa)
+    return mu, kappa
+
+
 def _rsample_torch(mu: Any, kappa: Any, n: Any, seed: int, corrected: bool) -> Any:
     """The differentiable road: ``x(μ, κ)`` from Wood's accepted ``ε`` and a Gaussian."""
     import torch
 
-    ref = mu if is_tensor(mu) else kappa
-    dtype = ref.dtype if ref.dtype in (torch.float32, torch.float64) else torch.float64
-    mu = torch.as_tensor(mu, dtype=dtype, device=ref.device)
-    kappa = torch.as_tensor(kappa, dtype=dtype, device=ref.device)
-    check_float(mu, "mu", finite=True)
-    _check_kappa(kappa)
+    mu, kappa = _as_tensors(mu, kappa)
     rows, n = _rows(mu, kappa, n)
-    d = _check_d(mu.shape[-1])
+    d, dtype = _check_d(mu.shape[-1]), mu.dtype
     count = rows if rows is not None else (n if n is not None else 1)
     k_rows = kappa.reshape(-1).detach().to(torch.float64)
     if mu.device.type == "cpu" and not _force_torch.get():
@@ -560,12 +570,7 @@ def torch_distribution() -> type:
         has_rsample = True
 
         def __init__(self, mu: Any, kappa: Any, validate_args: bool | None = None) -> None:
-            ref = mu if is_tensor(mu) else kappa
-            dtype = ref.dtype if ref.dtype in (torch.float32, torch.float64) else torch.float64
-            mu = torch.as_tensor(mu, dtype=dtype, device=ref.device)
-            kappa = torch.as_tensor(kappa, dtype=dtype, device=ref.device)
-            check_float(mu, "mu", finite=True)
-            _check_kappa(kappa)
+            mu, kappa = _as_tensors(mu, kappa)
             if mu.ndim == 0:
                 raise ValueError("mu must have at least one dimension (d)")
             self.dim = _check_d(mu.shape[-1])

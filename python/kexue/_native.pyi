@@ -30,4 +30,18 @@ def squareplus_backward(
 
 # --- vmf --------------------------------------------------------------------------------
 
+def vmf_evaluate(
+    quantity: str, d: int, kappa: npt.NDArray[np.floating[Any]]
+) -> npt.NDArray[np.floating[Any]]: ...
+def vmf_log_bessel_i(
+    nu: float, x: npt.NDArray[np.floating[Any]]
+) -> npt.NDArray[np.floating[Any]]: ...
+def vmf_kappa_mle(d: int, rbar: float) -> float: ...
+def vmf_sample(
+    mu: npt.NDArray[np.floating[Any]], kappa: npt.NDArray[np.float64], n: int, seed: int
+) -> npt.NDArray[np.floating[Any]]: ...
+def vmf_sample_wood(
+    d: int, kappa: npt.NDArray[np.float64], n: int, seed: int, double: bool
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.floating[Any]]]: ...
+
 # --- multitask --------------------------------------------------------------------------

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .activations import SquarePlus
+from .vmf import VMFLatent
 
-__all__ = ["SquarePlus"]
+__all__ = ["SquarePlus", "VMFLatent"]

@@ -7,6 +7,7 @@ mod arrays;
 mod errors;
 mod lm;
 mod losses;
+mod vmf;
 
 /// Sizes the thread pool used by every kernel; 0 restores the default.
 #[pyfunction]
@@ -27,5 +28,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     losses::register(m)?;
     lm::register(m)?;
+    vmf::register(m)?;
     Ok(())
 }

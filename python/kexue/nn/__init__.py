@@ -3,5 +3,19 @@
 from __future__ import annotations
 
 from .activations import SquarePlus
+from .losses import (
+    GlobalPointer,
+    GlobalPointerKL,
+    MultilabelCategoricalCrossentropy,
+    NxMCrossentropy,
+    SparseMultilabelCategoricalCrossentropy,
+)
 
 __all__ = ["SquarePlus"]
+__all__ += [
+    "GlobalPointer",
+    "GlobalPointerKL",
+    "MultilabelCategoricalCrossentropy",
+    "NxMCrossentropy",
+    "SparseMultilabelCategoricalCrossentropy",
+]

@@ -22,6 +22,39 @@ def squareplus_backward(
     x: npt.NDArray[np.floating[Any]], grad: npt.NDArray[np.floating[Any]], b: float
 ) -> npt.NDArray[np.floating[Any]]: ...
 
+_F = npt.NDArray[np.floating[Any]]
+_U8 = npt.NDArray[np.uint8] | None
+
+MLCE_EPS_DEFAULT: float
+
+def mlce_forward(y_pred: _F, y_true: _F, mask: _U8, eps: float) -> tuple[_F, _F]: ...
+def mlce_backward(
+    y_pred: _F, y_true: _F, mask: _U8, eps: float, stats: _F, grad_loss: _F
+) -> _F: ...
+def sparse_mlce_forward(
+    y_pred: _F, y_true: npt.NDArray[np.int64], mask_zero: bool
+) -> tuple[_F, _F]: ...
+def sparse_mlce_backward(
+    y_pred: _F, y_true: npt.NDArray[np.int64], mask_zero: bool, stats: _F, grad_loss: _F
+) -> _F: ...
+def gp_scores_forward(
+    q: _F, k: _F, row_bias: _F | None, col_bias: _F | None, mask: _U8, rope: bool, tril: bool
+) -> _F: ...
+def gp_scores_backward(
+    q: _F,
+    k: _F,
+    row_bias: _F | None,
+    col_bias: _F | None,
+    mask: _U8,
+    rope: bool,
+    tril: bool,
+    grad: _F,
+) -> tuple[_F, _F, _F | None, _F | None]: ...
+def gp_kl_forward(s: _F, t: _F, mask: _U8) -> _F: ...
+def gp_kl_backward(s: _F, t: _F, mask: _U8, grad: _F) -> tuple[_F, _F]: ...
+def nxm_forward(y_pred: _F, y_true: _F, form: str) -> tuple[_F, _F]: ...
+def nxm_backward(y_pred: _F, y_true: _F, form: str, stats: _F, grad_loss: _F) -> _F: ...
+
 # --- lm ---------------------------------------------------------------------------------
 
 # --- cgmh -------------------------------------------------------------------------------

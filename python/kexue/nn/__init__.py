@@ -6,3 +6,19 @@ from .activations import SquarePlus
 from .vmf import VMFLatent
 
 __all__ = ["SquarePlus", "VMFLatent"]
+from .losses import (
+    GlobalPointer,
+    GlobalPointerKL,
+    MultilabelCategoricalCrossentropy,
+    NxMCrossentropy,
+    SparseMultilabelCategoricalCrossentropy,
+)
+
+__all__ = ["SquarePlus"]
+__all__ += [
+    "GlobalPointer",
+    "GlobalPointerKL",
+    "MultilabelCategoricalCrossentropy",
+    "NxMCrossentropy",
+    "SparseMultilabelCategoricalCrossentropy",
+]

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod arrays;
 mod errors;
 mod losses;
+mod multitask;
 
 /// Sizes the thread pool used by every kernel; 0 restores the default.
 #[pyfunction]
@@ -25,5 +26,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     losses::register(m)?;
+    multitask::register(m)?;
     Ok(())
 }

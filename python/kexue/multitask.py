@@ -227,11 +227,25 @@ def generalized_mean(losses: Any, gamma: float = 0.0) -> Any:
     torch_, x = _losses(losses)
     _positive(x.detach() if torch_ else x, "losses")
     k = len(x)
+    # log M = log(mean(e^{γ log L}))/γ: through expm1/log1p while |γ log L| <= 1 (no
+    # cancellation as γ → 0), through logsumexp beyond (no overflow).
     if torch_:
+        import torch
+
+        z = gamma * x.log()
         if gamma == 0.0:
             return x.log().mean().exp()
-        return x.pow(gamma).mean().pow(1.0 / gamma)
-    m = math.exp(np.log(x).mean()) if gamma == 0.0 else float(np.mean(x**gamma) ** (1.0 / gamma))
+        if float(z.detach().abs().max()) <= 1.0:
+            return (torch.log1p(torch.expm1(z).mean()) / gamma).exp()
+        return ((torch.logsumexp(z, 0) - math.log(k)) / gamma).exp()
+    z = gamma * np.log(x)
+    if gamma == 0.0:
+        m = math.exp(np.log(x).mean())
+    elif np.abs(z).max() <= 1.0:
+        m = math.exp(math.log1p(np.expm1(z).mean()) / gamma)
+    else:
+        top = z.max()
+        m = math.exp((top + math.log(np.exp(z - top).sum()) - math.log(k)) / gamma)
     return Weighted(m, (x / m) ** (gamma - 1.0) / k)
 
 

@@ -248,7 +248,7 @@ def test_gradnorm_class_trains_weights_by_its_formula():
         norms.append(float(torch.sqrt(sum((g**2).sum() for g in grads))))
     total = gn(losses, list(layer.parameters()))
     total.backward()
-    values = [float(v) for v in losses]
+    values = [float(v.detach()) for v in losses]
     ref = mt.gradnorm_loss([1.0, 1.0], norms, values, values, alpha=1.5)
     np.testing.assert_allclose(gn.weights.grad.numpy(), ref.weights, rtol=1e-5)
     # The model gets Σ w_i ∇L_i with w = 1, nothing from the balancing term.

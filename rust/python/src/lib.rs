@@ -8,6 +8,7 @@ mod errors;
 mod lm;
 mod losses;
 mod vmf;
+mod multitask;
 
 /// Sizes the thread pool used by every kernel; 0 restores the default.
 #[pyfunction]
@@ -29,5 +30,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     losses::register(m)?;
     lm::register(m)?;
     vmf::register(m)?;
+    multitask::register(m)?;
     Ok(())
 }

@@ -1,0 +1,143 @@
+//! Bindings of `kexue_core::multitask`: `J` is read in place (a borrowed C-contiguous view).
+
+use kexue_core::multitask;
+use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::arrays::{detached, filled, slice, with_float_array, FloatArray};
+
+/// `(K, P)` of a 2-D array named `name`.
+fn rows_cols(shape: &[usize], name: &str) -> PyResult<(usize, usize)> {
+    match shape {
+        [k, p] => Ok((*k, *p)),
+        _ => Err(PyValueError::new_err(format!(
+            "{name} must have 2 dimensions (K, P), got shape {shape:?}"
+        ))),
+    }
+}
+
+/// A float64 K×K matrix as (values, K).
+fn square<'py>(g: &Bound<'py, PyAny>) -> PyResult<(PyReadonlyArrayDyn<'py, f64>, usize)> {
+    let a = g
+        .downcast::<PyArrayDyn<f64>>()
+        .map_err(|_| PyTypeError::new_err("G must be a float64 numpy array"))?
+        .try_readonly()?;
+    let (k, k2) = rows_cols(a.shape(), "G")?;
+    if k != k2 {
+        return Err(PyValueError::new_err(format!(
+            "G must be square (K, K), got shape {:?}",
+            a.shape()
+        )));
+    }
+    Ok((a, k))
+}
+
+fn vector<'py>(py: Python<'py>, w: Vec<f64>) -> PyResult<Bound<'py, PyAny>> {
+    Ok(filled(py, &[w.len()], |out: &mut [f64]| {
+        out.copy_from_slice(&w);
+        Ok(())
+    })?
+    .into_any())
+}
+
+/// `J Jᵀ` as a (K, K) float64 array, accumulated in f64 in a fixed order.
+#[pyfunction]
+fn multitask_gram<'py>(py: Python<'py>, j: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    with_float_array!(FloatArray::extract(j, "J")?, a => {
+        let (k, _) = rows_cols(a.shape(), "J")?;
+        let values = slice(&a, "J")?;
+        let g = detached(py, || multitask::gram(values, k))?;
+        Ok(filled(py, &[k, k], |out: &mut [f64]| {
+            out.copy_from_slice(&g);
+            Ok(())
+        })?
+        .into_any())
+    })
+}
+
+/// `u = weightsᵀ J`, a (P,) array of J's dtype.
+#[pyfunction]
+fn multitask_combine<'py>(
+    py: Python<'py>,
+    j: &Bound<'py, PyAny>,
+    weights: Vec<f64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    with_float_array!(FloatArray::extract(j, "J")?, a => {
+        let (k, p) = rows_cols(a.shape(), "J")?;
+        let values = slice(&a, "J")?;
+        if weights.len() != k {
+            return Err(PyValueError::new_err(format!(
+                "weights must have K = {k} elements, got {}", weights.len()
+            )));
+        }
+        Ok(filled(py, &[p], |out| multitask::combine(values, k, &weights, out))?.into_any())
+    })
+}
+
+/// MGDA min-norm weights from the Gram matrix.
+#[pyfunction]
+fn multitask_mgda_weights<'py>(
+    py: Python<'py>,
+    g: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (a, k) = square(g)?;
+    let values = slice(&a, "G")?;
+    vector(py, detached(py, || multitask::mgda(values, k))?)
+}
+
+/// Primary/auxiliary weights (every task not in `primary` is an auxiliary).
+#[pyfunction]
+fn multitask_primary_auxiliary_weights<'py>(
+    py: Python<'py>,
+    g: &Bound<'py, PyAny>,
+    primary: Vec<usize>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (a, k) = square(g)?;
+    let values = slice(&a, "G")?;
+    vector(
+        py,
+        detached(py, || multitask::primary_auxiliary(values, k, &primary))?,
+    )
+}
+
+/// `1/‖g_i‖` (0 for a zero gradient).
+#[pyfunction]
+fn multitask_gradnorm_sum_weights<'py>(
+    py: Python<'py>,
+    g: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (a, k) = square(g)?;
+    let values = slice(&a, "G")?;
+    vector(py, detached(py, || multitask::gradnorm_sum(values, k))?)
+}
+
+/// PCGrad's seeded K×K projection orders (row i: the order for task i), flattened.
+#[pyfunction]
+fn multitask_pcgrad_orders(k: usize, seed: u64) -> PyResult<Vec<usize>> {
+    multitask::pcgrad_orders(k, seed).map_err(crate::errors::to_py)
+}
+
+/// PCGrad weights in Gram form for flattened K×K `orders`.
+#[pyfunction]
+fn multitask_pcgrad_weights<'py>(
+    py: Python<'py>,
+    g: &Bound<'py, PyAny>,
+    orders: Vec<usize>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (a, k) = square(g)?;
+    let values = slice(&a, "G")?;
+    vector(py, detached(py, || multitask::pcgrad(values, k, &orders))?)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("MULTITASK_MAX_TASKS", multitask::MAX_TASKS)?;
+    m.add_function(wrap_pyfunction!(multitask_gram, m)?)?;
+    m.add_function(wrap_pyfunction!(multitask_combine, m)?)?;
+    m.add_function(wrap_pyfunction!(multitask_mgda_weights, m)?)?;
+    m.add_function(wrap_pyfunction!(multitask_primary_auxiliary_weights, m)?)?;
+    m.add_function(wrap_pyfunction!(multitask_gradnorm_sum_weights, m)?)?;
+    m.add_function(wrap_pyfunction!(multitask_pcgrad_orders, m)?)?;
+    m.add_function(wrap_pyfunction!(multitask_pcgrad_weights, m)?)?;
+    Ok(())
+}

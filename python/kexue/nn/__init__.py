@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from .activations import SquarePlus
-from .vmf import VMFLatent
-
-__all__ = ["SquarePlus", "VMFLatent"]
 from .losses import (
     GlobalPointer,
     GlobalPointerKL,
@@ -13,12 +10,14 @@ from .losses import (
     NxMCrossentropy,
     SparseMultilabelCategoricalCrossentropy,
 )
+from .vmf import VMFLatent
 
-__all__ = ["SquarePlus"]
-__all__ += [
+__all__ = [
     "GlobalPointer",
     "GlobalPointerKL",
     "MultilabelCategoricalCrossentropy",
     "NxMCrossentropy",
     "SparseMultilabelCategoricalCrossentropy",
+    "SquarePlus",
+    "VMFLatent",
 ]

@@ -7,8 +7,8 @@ mod arrays;
 mod errors;
 mod lm;
 mod losses;
-mod vmf;
 mod multitask;
+mod vmf;
 
 /// Sizes the thread pool used by every kernel; 0 restores the default.
 #[pyfunction]

@@ -145,13 +145,20 @@ def equality(tmp: str, orders: list[int]) -> None:
 
 
 def run_measured(code: str) -> tuple[float, float, str]:
-    """Runs Python ``code`` in a fresh process: (wall seconds, peak RSS MiB, its stdout)."""
+    """Runs Python ``code`` in a fresh process: (wall seconds, peak RSS MiB, its stdout).
+
+    The peak is the process's VmHWM (Linux), which exec resets; ``ru_maxrss`` would carry
+    over the parent's peak through fork."""
     wrapper = (
-        "import resource, sys, time\n"
+        "import time\n"
+        "def hwm():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            return int(line.split()[1])\n"
         "t = time.perf_counter()\n"
         f"{code}\n"
         "dt = time.perf_counter() - t\n"
-        "print(f'@@ {dt} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}')\n"
+        "print(f'@@ {dt} {hwm()}')\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", wrapper], capture_output=True, check=True, text=True
@@ -162,7 +169,7 @@ def run_measured(code: str) -> tuple[float, float, str]:
 
 def run_lmplz_measured(order: int, src: str, dst: str) -> tuple[float, float]:
     code = (
-        "import subprocess\n"
+        "import resource, subprocess\n"
         f"fin = open({src!r}, 'rb'); fout = open({dst!r}, 'wb')\n"
         f"subprocess.run([{KENLM_BIN + '/lmplz'!r}, '-o', '{order}', '-S', '1G', "
         "'--skip_symbols', '--discount_fallback'], stdin=fin, stdout=fout, "
@@ -259,7 +266,7 @@ def scoring_bench(tmp: str, repeat: int) -> None:
 
 def memory_bench(ref_arpa: str, our_bin: str) -> None:
     print("\n== 4. loaded 5-gram (5M-token build): RSS growth of the load")
-    base = "import numpy, kenlm\nfrom kexue.lm import NgramLM\nimport resource\n"
+    base = "import numpy, kenlm\nfrom kexue.lm import NgramLM\n"
     cases = {
         "kexue binary (NgramLM.load)": f"m = NgramLM.load({our_bin!r})",
         "kexue from ARPA (NgramLM.load_arpa)": f"m = NgramLM.load_arpa({ref_arpa!r})",

@@ -264,6 +264,11 @@ class NgramLM:
         return self._reverse
 
     @property
+    def native(self) -> _native.NgramModel:
+        """The Rust model, for other kexue kernels (e.g. CGMH) that take it as an argument."""
+        return self._model
+
+    @property
     def counts(self) -> list[int]:
         """Number of n-grams of each order."""
         return self._model.counts()

@@ -19,7 +19,8 @@ pub const LOOKAHEAD: usize = 4;
 pub const LN_10: f64 = std::f64::consts::LN_10;
 
 /// Probability and back-off weight of one n-gram, both log10 (ARPA convention).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
 pub struct ProbBackoff {
     pub prob: f32,
     pub backoff: f32,
@@ -36,7 +37,8 @@ fn has_extension(backoff: f32) -> bool {
 }
 
 /// One slot of a hash table: the n-gram's hash (0 marks an empty slot) and its weights.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Slot {
     pub key: u64,
     pub prob: f32,
@@ -177,7 +179,7 @@ fn bucket(h: u64, size: usize) -> usize {
 /// What a query remembers of the words before: up to `order - 1` of them, newest first, with
 /// the log10 back-off weights of the contexts they form. Cheap to copy; scoring a word from a
 /// state touches only the hash tables.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct State {
     len: u8,
     words: [u32; MAX_ORDER - 1],
@@ -209,7 +211,7 @@ impl State {
 
 /// The score of one word: log10 probability, length of the n-gram that matched, and
 /// whether the word was out of the vocabulary (as `kenlm.Model.full_scores`).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TokenScore {
     pub log10: f32,
     pub ngram_len: usize,

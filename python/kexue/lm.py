@@ -264,6 +264,11 @@ class NgramLM:
         return self._reverse
 
     @property
+    def native(self) -> _native.NgramModel:
+        """The Rust model, for other kexue kernels (e.g. CGMH) that take it as an argument."""
+        return self._model
+
+    @property
     def counts(self) -> list[int]:
         """Number of n-grams of each order."""
         return self._model.counts()
@@ -300,10 +305,10 @@ class NgramLM:
         return float(out[0]) if single else out
 
     def score(self, sentence: Sentence, bos: bool = True, eos: bool = True) -> float:
-        """log10 probability, exactly as ``kenlm.Model.score``."""
-        return float(
-            self._model.score_batch([self._prep(sentence)], bos=bool(bos), eos=bool(eos))[0]
-        )
+        """log10 probability, exactly as ``kenlm.Model.score`` (summed in float32 as it does;
+        :meth:`logprob` sums in float64)."""
+        batch = [self._prep(sentence)]
+        return float(self._model.score_batch(batch, bos=bool(bos), eos=bool(eos), f32_sum=True)[0])
 
     def token_logprobs(
         self, sentence: Sentence, *, bos: bool = True, eos: bool = True

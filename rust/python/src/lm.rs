@@ -84,9 +84,20 @@ type TokenArrays<'py> = (
 );
 
 /// A back-off n-gram model (what an ARPA file holds). Scores are log10.
+///
+/// Other bindings of this crate (CGMH) take a model argument as `&PyModel` and share the
+/// Rust [`Model`] through [`PyModel::model`] without copying it.
 #[pyclass(module = "kexue._native", name = "NgramModel", frozen)]
 pub struct PyModel {
     inner: Arc<Model>,
+}
+
+impl PyModel {
+    /// The shared Rust model (cheap to clone; `Model` is `Send + Sync`).
+    #[allow(dead_code)] // the API other bindings (CGMH) use
+    pub fn model(&self) -> &Arc<Model> {
+        &self.inner
+    }
 }
 
 impl From<Model> for PyModel {
@@ -126,18 +137,22 @@ impl PyModel {
         self.inner.heap_bytes()
     }
 
-    /// log10 probability of each sentence (parallel, GIL released).
-    #[pyo3(signature = (sentences, bos = true, eos = true))]
+    /// log10 probability of each sentence (parallel, GIL released); summed in float32 like
+    /// `kenlm` when `f32_sum`.
+    #[pyo3(signature = (sentences, bos = true, eos = true, f32_sum = false))]
     fn score_batch<'py>(
         &self,
         py: Python<'py>,
         sentences: Vec<String>,
         bos: bool,
         eos: bool,
+        f32_sum: bool,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let model = &self.inner;
         let mut out = vec![0.0; sentences.len()];
-        detached(py, || model.score_batch(&sentences, bos, eos, &mut out))?;
+        detached(py, || {
+            model.score_batch(&sentences, bos, eos, f32_sum, &mut out)
+        })?;
         Ok(PyArray1::from_vec(py, out))
     }
 

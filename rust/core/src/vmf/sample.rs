@@ -32,8 +32,8 @@ enum Method {
         offset: f64,
         gamma: Gamma<f64>,
     },
-    /// d = 3: `1 − w = −log1p((1−u)·expm1(−2κ))/κ`; `e = expm1(−2κ)`.
-    Closed { kappa: f64, e: f64 },
+    /// d = 3: `1 − w = −log1p((1−u)·expm1(−2κ))/κ`; `e = expm1(−2κ)`, `inv = 1/κ`.
+    Closed { inv: f64, e: f64 },
     /// `t = 1−w ~ Gamma((d−1)/2, κ)`, accepted with probability `(1 − t/2)^{(d−3)/2}`.
     GammaEnvelope {
         kappa: f64,
@@ -51,8 +51,8 @@ impl Method {
             Gamma::new(shape, 1.0).map_err(|e| Error::value("d", format!("gives no gamma: {e}")))
         };
         if !wood_only && d == 3 {
-            let e = (-2.0 * kappa).exp_m1();
-            return Ok(Method::Closed { kappa, e });
+            let (inv, e) = (1.0 / kappa, (-2.0 * kappa).exp_m1());
+            return Ok(Method::Closed { inv, e });
         }
         if !wood_only && d >= 4 && m * (m - 2.0) < 2.5 * kappa {
             return Ok(Method::GammaEnvelope {
@@ -92,12 +92,12 @@ impl Method {
                     return (omw, 2.0 * y / den, x / sum);
                 }
             },
-            Method::Closed { kappa, e } => {
+            Method::Closed { inv, e } => {
                 let u: f64 = rng.random(); // [0, 1): 1 − u ∈ (0, 1]
-                let t = if kappa == 0.0 {
-                    2.0 * (1.0 - u)
+                let t = if inv.is_infinite() {
+                    2.0 * (1.0 - u) // κ = 0
                 } else {
-                    (-ln_1p((1.0 - u) * e) / kappa).min(2.0)
+                    (-ln_1p((1.0 - u) * e) * inv).min(2.0)
                 };
                 (t, 2.0 - t, f64::NAN)
             }
@@ -166,6 +166,16 @@ fn rows_of(name: &str, len: usize, n: usize) -> Result<()> {
     }
 }
 
+/// The parameter row of sample row `r` when there are `len` (1 or n) of them; a branch, as a
+/// 64-bit `%` per row costs as much as a normal variate.
+fn pick(r: usize, len: usize) -> usize {
+    if len == 1 {
+        0
+    } else {
+        r
+    }
+}
+
 /// Rows per rayon task: enough elements that splitting pays.
 fn min_rows(d: usize) -> usize {
     (MIN_CHUNK / d / 4).max(1)
@@ -176,7 +186,7 @@ fn min_rows(d: usize) -> usize {
 /// `x = (w − s·gᵀμ̂/‖v‖) μ̂ + (s/‖v‖) g`.
 fn compose<T: Float>(mu: &[T], inv_norm: f64, omw: f64, opw: f64, out: &mut [T], rng: &mut Rng) {
     let w = if omw < 1.0 { 1.0 - omw } else { opw - 1.0 };
-    let s = (omw * opw).sqrt();
+    let s2 = omw * opw;
     let m = |i: usize| mu[i].to_f64().unwrap_or(0.0) * inv_norm;
     loop {
         let (mut dot, mut g2) = (0.0, 0.0);
@@ -197,7 +207,7 @@ fn compose<T: Float>(mu: &[T], inv_norm: f64, omw: f64, opw: f64, out: &mut [T],
                 .sum();
         }
         if v2 > 0.0 {
-            let scale = s / v2.sqrt();
+            let scale = (s2 / v2).sqrt();
             let along = w - scale * dot;
             for (i, o) in out.iter_mut().enumerate() {
                 *o = T::from(along * m(i) + scale * o.to_f64().unwrap_or(0.0))
@@ -235,8 +245,8 @@ pub fn sample<T: Float + Send + Sync>(
         .enumerate()
         .for_each(|(r, row)| {
             let mut rng = rng::stream(seed, r as u64);
-            let (omw, opw, _) = methods[r % methods.len()].draw(&mut rng);
-            let mr = r % inv.len();
+            let (omw, opw, _) = methods[pick(r, methods.len())].draw(&mut rng);
+            let mr = pick(r, inv.len());
             compose(&mu[mr * d..(mr + 1) * d], inv[mr], omw, opw, row, &mut rng);
         });
     Ok(())
@@ -267,7 +277,7 @@ pub fn sample_wood<T: Float + Send + Sync>(
         .enumerate()
         .for_each(|(r, (row, (wr, er)))| {
             let mut rng = rng::stream(seed, r as u64);
-            let (omw, opw, e) = methods[r % methods.len()].draw(&mut rng);
+            let (omw, opw, e) = methods[pick(r, methods.len())].draw(&mut rng);
             *wr = if omw < 1.0 { 1.0 - omw } else { opw - 1.0 };
             *er = e;
             for o in row.iter_mut() {

@@ -134,21 +134,24 @@ fn methods(d: usize, kappa: &[f64], wood_only: bool) -> Result<Vec<Method>> {
         .collect()
 }
 
-/// `1/‖μ_r‖` of every row, refusing rows that are zero or not finite.
+/// `1/‖μ_r‖` of every row (scaled by the largest |entry| first, so huge entries cannot
+/// overflow the sum of squares), refusing rows that are zero or not finite.
 fn inverse_norms<T: Float>(mu: &[T], d: usize) -> Result<Vec<f64>> {
     mu.chunks_exact(d)
         .enumerate()
         .map(|(r, row)| {
-            let n2: f64 = row
-                .iter()
-                .map(|v| v.to_f64().unwrap_or(f64::NAN).powi(2))
-                .sum();
-            if n2 > 0.0 && n2.is_finite() {
-                Ok(1.0 / n2.sqrt())
+            let value = |v: &T| v.to_f64().unwrap_or(f64::NAN);
+            let big = row.iter().map(|v| value(v).abs()).fold(0.0, f64::max);
+            let n2: f64 = row.iter().map(|v| (value(v) / big).powi(2)).sum();
+            let inv = 1.0 / (big * n2.sqrt());
+            if big.is_finite() && inv.is_finite() {
+                Ok(inv)
             } else {
                 Err(Error::value(
                     "mu",
-                    format!("must have finite rows of nonzero norm; row {r} has norm² {n2}"),
+                    format!(
+                        "must have finite rows of nonzero norm (above 1e-308); row {r} does not"
+                    ),
                 ))
             }
         })

@@ -549,7 +549,9 @@ def torch_distribution() -> type:
     also returns the weight ``exp(s − s.detach())`` (value 1) whose gradient is Naesseth et
     al.'s (2017) correction ``s = ∂κ log(q/r)``; ``(f(x) * weight).mean()`` has an unbiased
     κ-gradient of ``E[f(x)]``. ``seed=None`` draws a seed from torch's global generator, so
-    ``torch.manual_seed`` makes runs reproducible.
+    ``torch.manual_seed`` makes runs reproducible. This road draws ``w`` with Wood's
+    sampler for every d (the d = 3 and large-κ shortcuts of the numpy road have no ε to
+    correct with), so its samples differ from numpy's for the same seed; both are exact.
 
     Example:
         >>> import torch

@@ -6,14 +6,16 @@ use num_traits::Float;
 use crate::parallel::MIN_CHUNK;
 use crate::{Error, Result};
 
-/// Online `log(1 + Σ exp(v))`: it starts at (max 0, sum 1), which *is* the appended zero
-/// column of the ZLPR loss, so nothing is concatenated. Arguments and the running max are
-/// f64 (so `v - max` is exact even at |v| = 1e4 in f32); the exponential of that difference
-/// is taken in `T` (fast `expf` for f32) and summed in f64.
+/// Online `log(1 + Σ exp(v))`: it starts at (max 0, rest 0), which *is* the appended zero
+/// column of the ZLPR loss, so nothing is concatenated. `rest` sums `exp(v - max)` over
+/// every term but one maximal one, so the result is `max + log1p(rest)`, exact even when
+/// the loss is 1e-12 (`log` of a rounded `1 + rest` would lose it). Arguments and the
+/// running max are f64 (so `v - max` is exact even at |v| = 1e4 in f32); the exponential
+/// of that difference is taken in `T` (fast `expf` for f32) and summed in f64.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Lse0<T> {
     max: f64,
-    sum: f64,
+    rest: f64,
     _t: std::marker::PhantomData<T>,
 }
 
@@ -21,7 +23,7 @@ impl<T: Float> Lse0<T> {
     pub fn new() -> Self {
         Lse0 {
             max: 0.0,
-            sum: 1.0,
+            rest: 0.0,
             _t: std::marker::PhantomData,
         }
     }
@@ -30,21 +32,21 @@ impl<T: Float> Lse0<T> {
     #[inline]
     pub fn add(&mut self, v: f64) {
         if v <= self.max {
-            self.sum += exp_in::<T>(v - self.max);
+            self.rest += exp_in::<T>(v - self.max);
         } else {
-            self.sum = self.sum * exp_in::<T>(self.max - v) + 1.0;
+            self.rest = (self.rest + 1.0) * exp_in::<T>(self.max - v);
             self.max = v;
         }
     }
 
     /// `log(1 + Σ exp(v))`, always >= 0.
     pub fn value(&self) -> f64 {
-        self.max + self.sum.ln()
+        self.max + self.rest.ln_1p()
     }
 
     /// `(max, log Σ exp(v - max))`: the value split so gradients can use `v - max` exactly.
     pub fn parts(&self) -> [f64; 2] {
-        [self.max, self.sum.ln()]
+        [self.max, self.rest.ln_1p()]
     }
 }
 
@@ -200,21 +202,30 @@ pub(crate) fn max_slice<T: Real>(xs: &[T], init: T) -> T {
         .fold(init, |m, &v| if v > m { v } else { m })
 }
 
-/// `Σ exp(x - shift)`, exponentials in `T`, sums in f64 lanes.
+/// `(Σ exp(x - shift) over x != shift, count of x == shift)`: exponentials in `T`, sums
+/// in f64 lanes; the ties (each exactly 1) are counted apart so `log1p` stays exact.
 #[inline]
-pub(crate) fn sum_exp_slice<T: Real>(xs: &[T], shift: T) -> f64 {
+pub(crate) fn sum_exp_slice<T: Real>(xs: &[T], shift: T) -> (f64, usize) {
     let mut acc = [0.0f64; LANES];
+    let mut ties = [0usize; LANES];
+    let term = |x: T| {
+        if x == shift {
+            0.0
+        } else {
+            (x - shift).exp_fast().widen()
+        }
+    };
     let chunks = xs.chunks_exact(LANES);
     let rest = chunks.remainder();
     for c in chunks {
         for l in 0..LANES {
-            acc[l] += (c[l] - shift).exp_fast().widen();
+            acc[l] += term(c[l]);
+            ties[l] += usize::from(c[l] == shift);
         }
     }
-    rest.iter()
-        .map(|&x| (x - shift).exp_fast().widen())
-        .sum::<f64>()
-        + acc.iter().sum::<f64>()
+    let small = rest.iter().map(|&x| term(x)).sum::<f64>() + acc.iter().sum::<f64>();
+    let count = rest.iter().filter(|&&x| x == shift).count() + ties.iter().sum::<usize>();
+    (small, count)
 }
 
 /// `out = scale · exp((x - shift) - log_sum)`: one softmax-like gradient slice.
@@ -230,10 +241,18 @@ pub(crate) fn write_exp<T: Real>(xs: &[T], shift: T, log_sum: f64, scale: f64, o
 /// appended zero column is the `max(0, ·)` start and the `exp(-max)` term.
 pub(crate) fn lse0_parts<'a, T: Real>(segments: impl Iterator<Item = &'a [T]> + Clone) -> [f64; 2] {
     let max = segments.clone().fold(T::zero(), |m, seg| max_slice(seg, m));
-    let sum = segments.fold((-max.widen()).exp(), |acc, seg| {
-        acc + sum_exp_slice(seg, max)
+    // the zero column is a tie when max = 0, else it adds exp(-max)
+    let zero = if max == T::zero() {
+        (0.0, 1)
+    } else {
+        ((-max.widen()).exp(), 0)
+    };
+    let (small, ties) = segments.fold(zero, |(s, n), seg| {
+        let (s2, n2) = sum_exp_slice(seg, max);
+        (s + s2, n + n2)
     });
-    [max.widen(), sum.ln()]
+    // one maximal term is the leading 1 of log1p
+    [max.widen(), ((ties - 1) as f64 + small).ln_1p()]
 }
 
 /// True when some entry is NaN or `+inf` (refused as logits).
@@ -269,8 +288,14 @@ mod real_tests {
         let xs: Vec<f32> = (0..37).map(|i| ((i * 13) % 11) as f32 - 5.0).collect();
         assert_eq!(max_slice(&xs, f32::NEG_INFINITY), 5.0);
         assert_eq!(max_slice(&xs[..0], 0.0), 0.0);
-        let want: f64 = xs.iter().map(|&x| f64::from(x - 5.0).exp()).sum();
-        assert!((sum_exp_slice(&xs, 5.0) - want).abs() < 1e-6 * want);
+        let want: f64 = xs
+            .iter()
+            .filter(|&&x| x != 5.0)
+            .map(|&x| f64::from(x - 5.0).exp())
+            .sum();
+        let (small, ties) = sum_exp_slice(&xs, 5.0);
+        assert!((small - want).abs() < 1e-6 * want);
+        assert_eq!(ties, xs.iter().filter(|&&x| x == 5.0).count());
         assert!(any_bad_logit(&[1.0, f32::NAN]) && !any_bad_logit(&[f32::NEG_INFINITY]));
     }
 }

@@ -501,3 +501,39 @@ class TestTorch:
                 mlce(t, s * float("nan"))
         with pytest.raises(ValueError, match="batch is empty"):
             mlce(t[:0], s[:0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(1, 5),
+    st.integers(1, 25),
+    st.sampled_from(["hard", "soft", "mixed"]),
+)
+def test_dense_matches_reference_on_random_rows(seed: int, rows: int, cols: int, kind: str) -> None:
+    rng = np.random.default_rng(seed)
+    s = rng.standard_normal((rows, cols)) * rng.choice([0.1, 3.0, 50.0])
+    s[rng.random(s.shape) < 0.15] = NINF
+    t = (rng.random(s.shape) < 0.3).astype(float)
+    if kind != "hard":
+        soft = rng.random(s.shape)
+        t = soft if kind == "soft" else np.where(rng.random(s.shape) < 0.5, soft, t)
+    mask = rng.random(s.shape) < 0.9
+    got = mlce(t, s, mask=mask, reduction="none")
+    np.testing.assert_allclose(got, ref_mlce(t, s, mask), rtol=1e-12, atol=1e-300)
+    got32 = mlce(t.astype(np.float32), s.astype(np.float32), mask=mask, reduction="none")
+    want32 = ref_mlce(t.astype(np.float32), s.astype(np.float32), mask)
+    np.testing.assert_allclose(got32, want32, rtol=1e-6, atol=1e-6)
+    assert np.all(got >= 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(1, 6), st.integers(2, 6))
+def test_nxm_matches_reference_on_random_blocks(seed: int, b: int, n: int, m: int) -> None:
+    rng = np.random.default_rng(seed)
+    s = rng.standard_normal((b, n, m)) * rng.choice([0.5, 5.0, 40.0])
+    t = rng.dirichlet(np.ones(m), (b, n)) * (rng.random((b, n, 1)) < 0.8)
+    for form in ("analogy", "centered"):
+        np.testing.assert_allclose(
+            nxm_crossentropy(t, s, form=form, reduction="none"), ref_nxm(t, s, form), rtol=1e-12
+        )

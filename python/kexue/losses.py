@@ -369,10 +369,10 @@ def global_pointer_scores(
     if not isinstance(rope, bool) or not isinstance(tril, bool):
         raise TypeError("rope and tril must be bools")
     q = check_float(q, "q", ndim=4)
-    k = _like(check_float(k, "k", ndim=4), q, "k") if not is_tensor(k) else check_float(k, "k")
+    k = check_float(k, "k", ndim=4)
+    if is_tensor(q) != is_tensor(k) or k.dtype != q.dtype:
+        raise TypeError("k must be of the same kind (array or tensor) and dtype as q")
     _same_shape(k, q, "k", "q")
-    if is_tensor(q) != is_tensor(k) or (is_tensor(q) and k.dtype != q.dtype):
-        raise TypeError("k must be of the same kind and dtype as q")
     batch, length, qk_heads, head_size = q.shape
     if rope and head_size % 2:
         raise ValueError(f"head_size (q.shape[-1]) must be even for RoPE, got {head_size}")

@@ -132,7 +132,7 @@ fn mlce_forward<'py>(
         let a = mlce::Dense { y_pred: slice(&s, "y_pred")?, y_true: slice(&t, "y_true")?,
             mask: opt_slice(&m, "mask")?, cols, eps };
         let rows: usize = lead.iter().product();
-        let (loss, stats) = (zeros(py, &lead), zeros::<f64>(py, &[rows, 2]));
+        let (loss, stats) = (zeros(py, &lead), zeros::<f64>(py, &[rows, mlce::STATS]));
         let (l, st) = (data(&loss), data(&stats));
         detached(py, || mlce::dense_forward(a, l, st))?;
         Ok((loss.into_any(), stats.into_any()))
@@ -156,7 +156,7 @@ fn mlce_backward<'py>(
         let t = same_as(y_true, "y_true", &s, "y_pred")?;
         let m = optional::<u8>(mask, "mask", "uint8", Some(s.shape()))?;
         let rows: usize = lead.iter().product();
-        let st = typed::<f64>(stats, "stats", "float64", Some(&[rows, 2]))?;
+        let st = typed::<f64>(stats, "stats", "float64", Some(&[rows, mlce::STATS]))?;
         let g = typed(grad_loss, "grad_loss", "y_pred dtype", Some(&lead))?;
         let a = mlce::Dense { y_pred: slice(&s, "y_pred")?, y_true: slice(&t, "y_true")?,
             mask: opt_slice(&m, "mask")?, cols, eps };
@@ -181,7 +181,7 @@ fn sparse_mlce_forward<'py>(
         let a = mlce::Sparse { y_pred: slice(&s, "y_pred")?, y_true: slice(&t, "y_true")?,
             cols, k, mask_zero };
         let rows: usize = lead.iter().product();
-        let (loss, stats) = (zeros(py, &lead), zeros::<f64>(py, &[rows, 2]));
+        let (loss, stats) = (zeros(py, &lead), zeros::<f64>(py, &[rows, mlce::STATS]));
         let (l, st) = (data(&loss), data(&stats));
         detached(py, || mlce::sparse_forward(a, l, st))?;
         Ok((loss.into_any(), stats.into_any()))
@@ -213,7 +213,7 @@ fn sparse_mlce_backward<'py>(
         let t = typed::<i64>(y_true, "y_true", "int64", None)?;
         let k = sparse_k(t.shape(), &lead)?;
         let rows: usize = lead.iter().product();
-        let st = typed::<f64>(stats, "stats", "float64", Some(&[rows, 2]))?;
+        let st = typed::<f64>(stats, "stats", "float64", Some(&[rows, mlce::STATS]))?;
         let g = typed(grad_loss, "grad_loss", "y_pred dtype", Some(&lead))?;
         let a = mlce::Sparse { y_pred: slice(&s, "y_pred")?, y_true: slice(&t, "y_true")?,
             cols, k, mask_zero };

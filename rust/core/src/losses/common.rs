@@ -6,14 +6,16 @@ use num_traits::Float;
 use crate::parallel::MIN_CHUNK;
 use crate::{Error, Result};
 
-/// Online `log(1 + Σ exp(v))`: it starts at (max 0, sum 1), which *is* the appended zero
-/// column of the ZLPR loss, so nothing is concatenated. Arguments and the running max are
-/// f64 (so `v - max` is exact even at |v| = 1e4 in f32); the exponential of that difference
-/// is taken in `T` (fast `expf` for f32) and summed in f64.
+/// Online `log(1 + Σ exp(v))`: it starts at (max 0, rest 0), which *is* the appended zero
+/// column of the ZLPR loss, so nothing is concatenated. `rest` sums `exp(v - max)` over
+/// every term but one maximal one, so the result is `max + log1p(rest)`, exact even when
+/// the loss is 1e-12 (`log` of a rounded `1 + rest` would lose it). Arguments and the
+/// running max are f64 (so `v - max` is exact even at |v| = 1e4 in f32); the exponential
+/// of that difference is taken in `T` (fast `expf` for f32) and summed in f64.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Lse0<T> {
     max: f64,
-    sum: f64,
+    rest: f64,
     _t: std::marker::PhantomData<T>,
 }
 
@@ -21,7 +23,7 @@ impl<T: Float> Lse0<T> {
     pub fn new() -> Self {
         Lse0 {
             max: 0.0,
-            sum: 1.0,
+            rest: 0.0,
             _t: std::marker::PhantomData,
         }
     }
@@ -30,16 +32,21 @@ impl<T: Float> Lse0<T> {
     #[inline]
     pub fn add(&mut self, v: f64) {
         if v <= self.max {
-            self.sum += exp_in::<T>(v - self.max);
+            self.rest += exp_in::<T>(v - self.max);
         } else {
-            self.sum = self.sum * exp_in::<T>(self.max - v) + 1.0;
+            self.rest = (self.rest + 1.0) * exp_in::<T>(self.max - v);
             self.max = v;
         }
     }
 
     /// `log(1 + Σ exp(v))`, always >= 0.
     pub fn value(&self) -> f64 {
-        self.max + self.sum.ln()
+        self.max + self.rest.ln_1p()
+    }
+
+    /// `(max, log Σ exp(v - max))`: the value split so gradients can use `v - max` exactly.
+    pub fn parts(&self) -> [f64; 2] {
+        [self.max, self.rest.ln_1p()]
     }
 }
 
@@ -111,5 +118,184 @@ mod tests {
         assert!(check_len("x", 6, 2, 3).is_ok());
         assert!(check_len("x", 6, 3, 3).is_err());
         assert!(check_len("x", 0, usize::MAX, 2).is_err());
+    }
+}
+
+/// The float types the loss kernels run on, with a branch-free `exp` that vectorises.
+pub trait Real: Float + Send + Sync + 'static {
+    /// `exp(x)`: Cephes' polynomial for f32 (≤ 2 ulp, 0 below -87.3, so -inf gives 0),
+    /// the standard library's for f64.
+    fn exp_fast(self) -> Self;
+    fn widen(self) -> f64;
+    fn narrow(x: f64) -> Self;
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn exp_fast(self) -> f64 {
+        self.exp()
+    }
+    #[inline(always)]
+    fn widen(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn narrow(x: f64) -> f64 {
+        x
+    }
+}
+
+impl Real for f32 {
+    #[inline(always)]
+    fn exp_fast(self) -> f32 {
+        // Hand-written because libm's expf is an opaque call that blocks vectorisation:
+        // x = n·ln2 + r with |r| <= ln2/2, exp(r) by Cephes' degree-6 polynomial, 2^n
+        // assembled in the exponent bits. Rounding by adding 1.5·2^23 (not `floor`, which
+        // is a libm call without SSE4.1) leaves n in the low mantissa bits.
+        const MAGIC: f32 = 12_582_912.0;
+        let x = self.clamp(-87.0, 88.0);
+        let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+        let n = shifted - MAGIC;
+        let ni = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
+        let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+        let mut p = 1.987_569_1e-4_f32;
+        p = p * r + 1.398_199_9e-3;
+        p = p * r + 8.333_452e-3;
+        p = p * r + 4.166_579_6e-2;
+        p = p * r + 1.666_666_5e-1;
+        p = p * r + 0.5;
+        let e = p * r * r + r + 1.0;
+        let scale = f32::from_bits(ni.wrapping_add(127) << 23);
+        if self < -87.0 {
+            0.0
+        } else if self > 88.0 {
+            f32::INFINITY
+        } else {
+            e * scale
+        }
+    }
+    #[inline(always)]
+    fn widen(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline(always)]
+    fn narrow(x: f64) -> f32 {
+        x as f32
+    }
+}
+
+const LANES: usize = 8;
+
+/// `max(init, max xs)` with independent lanes, so it vectorises.
+#[inline]
+pub(crate) fn max_slice<T: Real>(xs: &[T], init: T) -> T {
+    let mut acc = [init; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    rest.iter()
+        .chain(acc.iter())
+        .fold(init, |m, &v| if v > m { v } else { m })
+}
+
+/// `(Σ exp(x - shift) over x != shift, count of x == shift)`: exponentials in `T`, sums
+/// in f64 lanes; the ties (each exactly 1) are counted apart so `log1p` stays exact.
+#[inline]
+pub(crate) fn sum_exp_slice<T: Real>(xs: &[T], shift: T) -> (f64, usize) {
+    let mut acc = [0.0f64; LANES];
+    let mut ties = [0usize; LANES];
+    let term = |x: T| {
+        if x == shift {
+            0.0
+        } else {
+            (x - shift).exp_fast().widen()
+        }
+    };
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += term(c[l]);
+            ties[l] += usize::from(c[l] == shift);
+        }
+    }
+    let small = rest.iter().map(|&x| term(x)).sum::<f64>() + acc.iter().sum::<f64>();
+    let count = rest.iter().filter(|&&x| x == shift).count() + ties.iter().sum::<usize>();
+    (small, count)
+}
+
+/// `out = scale · exp((x - shift) - log_sum)`: one softmax-like gradient slice.
+#[inline]
+pub(crate) fn write_exp<T: Real>(xs: &[T], shift: T, log_sum: f64, scale: f64, out: &mut [T]) {
+    let scale = T::narrow(scale);
+    for (o, &x) in out.iter_mut().zip(xs) {
+        *o = scale * T::narrow((x - shift).widen() - log_sum).exp_fast();
+    }
+}
+
+/// `(max, log Σ exp(v - max))` of `log(1 + Σ_segments Σ exp(v))`, vectorised: the
+/// appended zero column is the `max(0, ·)` start and the `exp(-max)` term.
+pub(crate) fn lse0_parts<'a, T: Real>(segments: impl Iterator<Item = &'a [T]> + Clone) -> [f64; 2] {
+    let max = segments.clone().fold(T::zero(), |m, seg| max_slice(seg, m));
+    // the zero column is a tie when max = 0, else it adds exp(-max)
+    let zero = if max == T::zero() {
+        (0.0, 1)
+    } else {
+        ((-max.widen()).exp(), 0)
+    };
+    let (small, ties) = segments.fold(zero, |(s, n), seg| {
+        let (s2, n2) = sum_exp_slice(seg, max);
+        (s + s2, n + n2)
+    });
+    // one maximal term is the leading 1 of log1p
+    [max.widen(), ((ties - 1) as f64 + small).ln_1p()]
+}
+
+/// True when some entry is NaN or `+inf` (refused as logits).
+#[inline]
+pub(crate) fn any_bad_logit<T: Real>(xs: &[T]) -> bool {
+    xs.iter()
+        .fold(false, |bad, &v| bad | v.is_nan() | (v == T::infinity()))
+}
+
+#[cfg(test)]
+mod real_tests {
+    use super::*;
+
+    #[test]
+    fn exp_fast_f32_is_within_2_ulp() {
+        let mut worst = 0.0f64;
+        for i in -870_000..=880_000 {
+            let x = i as f32 * 1e-4;
+            let want = f64::from(x).exp();
+            let got = f64::from(x.exp_fast());
+            if want > f64::from(f32::MIN_POSITIVE) {
+                worst = worst.max((got - want).abs() / want);
+            }
+        }
+        assert!(worst < 2.5 * f64::from(f32::EPSILON), "{worst}");
+        assert_eq!(f32::NEG_INFINITY.exp_fast(), 0.0);
+        assert_eq!((-100.0f32).exp_fast(), 0.0);
+        assert_eq!(f32::INFINITY.exp_fast(), f32::INFINITY);
+    }
+
+    #[test]
+    fn lane_helpers_match_plain_loops() {
+        let xs: Vec<f32> = (0..37).map(|i| ((i * 13) % 11) as f32 - 5.0).collect();
+        assert_eq!(max_slice(&xs, f32::NEG_INFINITY), 5.0);
+        assert_eq!(max_slice(&xs[..0], 0.0), 0.0);
+        let want: f64 = xs
+            .iter()
+            .filter(|&&x| x != 5.0)
+            .map(|&x| f64::from(x - 5.0).exp())
+            .sum();
+        let (small, ties) = sum_exp_slice(&xs, 5.0);
+        assert!((small - want).abs() < 1e-6 * want);
+        assert_eq!(ties, xs.iter().filter(|&&x| x == 5.0).count());
+        assert!(any_bad_logit(&[1.0, f32::NAN]) && !any_bad_logit(&[f32::NEG_INFINITY]));
     }
 }

@@ -14,7 +14,10 @@
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::common::{check_len, check_logit, exp_in, from_f64, rows_per_task, to_f64, Lse0};
+use super::common::{
+    any_bad_logit, check_len, check_logit, exp_in, from_f64, lse0_parts, rows_per_task, to_f64,
+    write_exp, Lse0, Real,
+};
 use crate::{Error, Result};
 
 /// Su's `K.epsilon()`: soft labels within this of 0 or 1 count as hard.
@@ -59,6 +62,10 @@ fn check_entry<T: Float>(s: T, t: T, row: usize, col: usize) -> Result<()> {
     }
 }
 
+/// Statistics kept per row between forward and backward: `max` and `log Σ exp(v - max)`
+/// of the negative and of the positive sum.
+pub const STATS: usize = 4;
+
 /// Shapes and options shared by the dense forward and backward.
 #[derive(Clone, Copy)]
 pub struct Dense<'a, T> {
@@ -73,7 +80,23 @@ pub struct Dense<'a, T> {
     pub eps: f64,
 }
 
-impl<T: Float + Send + Sync> Dense<'_, T> {
+fn first_bad_logit<T: Real>(name: &str, s: &[T], row: usize) -> Result<()> {
+    if any_bad_logit(s) {
+        for (c, &v) in s.iter().enumerate() {
+            check_logit(name, v, row, c)?;
+        }
+    }
+    Ok(())
+}
+
+/// All labels exactly 0 or 1: the row takes the vectorised path (no logs, one exp each).
+#[inline]
+fn hard<T: Real>(t: &[T]) -> bool {
+    t.iter()
+        .fold(true, |ok, &v| ok & ((v == T::zero()) | (v == T::one())))
+}
+
+impl<T: Real> Dense<'_, T> {
     fn check(&self, rows: usize) -> Result<()> {
         check_len("y_pred", self.y_pred.len(), rows, self.cols)?;
         check_len("y_true", self.y_true.len(), rows, self.cols)?;
@@ -98,8 +121,24 @@ impl<T: Float + Send + Sync> Dense<'_, T> {
         )
     }
 
-    fn forward_row(&self, r: usize) -> Result<(f64, f64)> {
+    /// `[max_neg, lnsum_neg, max_pos, lnsum_pos]` of the row; `buf` is scratch.
+    fn forward_row(&self, r: usize, buf: &mut Vec<T>) -> Result<[f64; STATS]> {
         let (s, t, m) = self.row(r);
+        first_bad_logit("y_pred", s, r)?;
+        if hard(t) {
+            let ninf = T::neg_infinity();
+            buf.resize(2 * s.len(), ninf);
+            let (neg, pos) = buf.split_at_mut(s.len());
+            for c in 0..s.len() {
+                let keep = m.map_or(true, |m| m[c] != 0) & (s[c] > ninf);
+                let is_pos = t[c] == T::one();
+                neg[c] = if keep & !is_pos { s[c] } else { ninf };
+                pos[c] = if keep & is_pos { -s[c] } else { ninf };
+            }
+            let [a, b] = lse0_parts(std::iter::once(&*neg));
+            let [c, d] = lse0_parts(std::iter::once(&*pos));
+            return Ok([a, b, c, d]);
+        }
         let (mut neg, mut pos) = (Lse0::<T>::new(), Lse0::<T>::new());
         for c in 0..s.len() {
             check_entry(s[c], t[c], r, c)?;
@@ -113,50 +152,78 @@ impl<T: Float + Send + Sync> Dense<'_, T> {
                 }
             }
         }
-        Ok((neg.value(), pos.value()))
+        let ([a, b], [c, d]) = (neg.parts(), pos.parts());
+        Ok([a, b, c, d])
     }
 
-    fn backward_row(&self, r: usize, l_neg: f64, l_pos: f64, g: T, out: &mut [T]) {
+    fn backward_row(&self, r: usize, st: &[f64], g: T, out: &mut [T]) {
         let (s, t, m) = self.row(r);
+        if hard(t) {
+            let ninf = T::neg_infinity();
+            let (mn, mp) = (T::narrow(st[0]), T::narrow(st[2])); // exact: maxima of T values
+            for c in 0..s.len() {
+                let keep = m.map_or(true, |m| m[c] != 0) & (s[c] > ninf);
+                let is_pos = t[c] == T::one();
+                let (v, shift, log_sum, sign) = if is_pos {
+                    (-s[c], mp, st[3], -g)
+                } else {
+                    (s[c], mn, st[1], g)
+                };
+                let e = T::narrow((v - shift).widen() - log_sum).exp_fast();
+                out[c] = if keep { sign * e } else { T::zero() };
+            }
+            return;
+        }
         let g = to_f64(g);
+        let (ln, lp) = (st[0] + st[1], st[2] + st[3]);
         for c in 0..s.len() {
             let d = match classify(s[c], t[c], m.map_or(true, |m| m[c] != 0), self.eps) {
                 Entry::Skip => 0.0,
-                Entry::Neg(v) => exp_in::<T>(v - l_neg),
-                Entry::Pos(v) => -exp_in::<T>(v - l_pos),
-                Entry::Both(n, p) => exp_in::<T>(n - l_neg) - exp_in::<T>(p - l_pos),
+                Entry::Neg(v) => exp_in::<T>(v - ln),
+                Entry::Pos(v) => -exp_in::<T>(v - lp),
+                Entry::Both(n, p) => exp_in::<T>(n - ln) - exp_in::<T>(p - lp),
             };
             out[c] = from_f64(g * d);
         }
     }
 }
 
-/// Loss per row into `loss` (`rows` = its length) and `[L_neg, L_pos]` per row into
-/// `stats` (`2·rows`), which [`dense_backward`] needs.
-pub fn dense_forward<T: Float + Send + Sync>(
-    a: Dense<'_, T>,
+/// Runs `row(r, scratch) -> stats` over all rows in parallel, writing the loss (the sum of
+/// the two log-terms) and the [`STATS`] statistics per row.
+fn forward_rows<T: Real>(
+    rows: usize,
+    cols: usize,
     loss: &mut [T],
     stats: &mut [f64],
+    row: impl Fn(usize, &mut Vec<T>) -> Result<[f64; STATS]> + Sync,
 ) -> Result<()> {
-    let rows = loss.len();
-    a.check(rows)?;
-    check_len("stats", stats.len(), rows, 2)?;
-    let per = rows_per_task(a.cols);
+    check_len("stats", stats.len(), rows, STATS)?;
+    let per = rows_per_task(cols);
     loss.par_chunks_mut(per)
-        .zip(stats.par_chunks_mut(2 * per))
+        .zip(stats.par_chunks_mut(STATS * per))
         .enumerate()
         .try_for_each(|(task, (loss, stats))| {
-            for (i, (l, st)) in loss.iter_mut().zip(stats.chunks_mut(2)).enumerate() {
-                let (n, p) = a.forward_row(task * per + i)?;
-                *l = from_f64(n + p);
-                st.copy_from_slice(&[n, p]);
+            let mut buf = Vec::new();
+            for (i, (l, st)) in loss.iter_mut().zip(stats.chunks_mut(STATS)).enumerate() {
+                let parts = row(task * per + i, &mut buf)?;
+                *l = from_f64(parts.iter().sum());
+                st.copy_from_slice(&parts);
             }
             Ok(())
         })
 }
 
+/// Loss per row into `loss` (`rows` = its length) and [`STATS`] numbers per row into
+/// `stats`, which [`dense_backward`] needs.
+pub fn dense_forward<T: Real>(a: Dense<'_, T>, loss: &mut [T], stats: &mut [f64]) -> Result<()> {
+    a.check(loss.len())?;
+    forward_rows(loss.len(), a.cols, loss, stats, |r, buf| {
+        a.forward_row(r, buf)
+    })
+}
+
 /// `grad_loss[r] · ∂loss[r]/∂y_pred` into `out` (the layout of `y_pred`).
-pub fn dense_backward<T: Float + Send + Sync>(
+pub fn dense_backward<T: Real>(
     a: Dense<'_, T>,
     stats: &[f64],
     grad_loss: &[T],
@@ -164,14 +231,14 @@ pub fn dense_backward<T: Float + Send + Sync>(
 ) -> Result<()> {
     let rows = grad_loss.len();
     a.check(rows)?;
-    check_len("stats", stats.len(), rows, 2)?;
+    check_len("stats", stats.len(), rows, STATS)?;
     check_len("out", out.len(), rows, a.cols)?;
     if a.cols == 0 {
         return Ok(());
     }
-    out.par_chunks_mut(a.cols)
-        .enumerate()
-        .for_each(|(r, out)| a.backward_row(r, stats[2 * r], stats[2 * r + 1], grad_loss[r], out));
+    out.par_chunks_mut(a.cols).enumerate().for_each(|(r, out)| {
+        a.backward_row(r, &stats[STATS * r..STATS * (r + 1)], grad_loss[r], out)
+    });
     Ok(())
 }
 
@@ -187,7 +254,7 @@ pub struct Sparse<'a, T> {
     pub mask_zero: bool,
 }
 
-impl<T: Float + Send + Sync> Sparse<'_, T> {
+impl<T: Real> Sparse<'_, T> {
     fn check(&self, rows: usize) -> Result<()> {
         check_len("y_pred", self.y_pred.len(), rows, self.cols)?;
         check_len("y_true", self.y_true.len(), rows, self.k)
@@ -219,72 +286,40 @@ impl<T: Float + Send + Sync> Sparse<'_, T> {
         Ok(&self.y_pred[r * self.cols..(r + 1) * self.cols])
     }
 
-    /// Calls `f(column, logit, is_positive)` for every scored column of the row: the
-    /// negatives are the complement of the positives, walked segment by segment.
-    #[inline]
-    fn for_each(&self, s: &[T], pos: &[usize], mut f: impl FnMut(usize, T, bool)) {
-        let mut start = usize::from(self.mask_zero);
-        for &p in pos.iter().chain(std::iter::once(&s.len())) {
-            for (c, &v) in s.iter().enumerate().take(p).skip(start) {
-                f(c, v, false);
-            }
-            if p < s.len() {
-                f(p, s[p], true);
-            }
-            start = p + 1;
-        }
+    /// The `(start, end)` column ranges of the negatives: the complement of the positives
+    /// (and of class 0 with `mask_zero`), walked segment by segment.
+    fn negatives<'p>(&self, pos: &'p [usize]) -> impl Iterator<Item = (usize, usize)> + Clone + 'p {
+        let (first, cols) = (usize::from(self.mask_zero), self.cols);
+        let starts = std::iter::once(first).chain(pos.iter().map(|&p| p + 1));
+        let ends = pos.iter().copied().chain(std::iter::once(cols));
+        starts.zip(ends).filter(|(a, b)| a < b)
     }
 
-    fn forward_row(&self, r: usize, pos: &mut Vec<usize>) -> Result<(f64, f64)> {
+    fn forward_row(&self, r: usize, pos: &mut Vec<usize>) -> Result<[f64; STATS]> {
         let s = self.row(r, pos)?;
-        if let Some((c, &v)) = s
-            .iter()
-            .enumerate()
-            .find(|(_, v)| v.is_nan() || **v == T::infinity())
-        {
-            check_logit("y_pred", v, r, c)?;
+        first_bad_logit("y_pred", s, r)?;
+        let [a, b] = lse0_parts(self.negatives(pos).map(|(x, y)| &s[x..y]));
+        let mut positive = Lse0::<T>::new();
+        // a masked positive is skipped: -(-inf) would be +inf
+        for &p in pos.iter().filter(|&&p| s[p] > T::neg_infinity()) {
+            positive.add(-s[p].widen());
         }
-        let (mut neg, mut positive) = (Lse0::<T>::new(), Lse0::<T>::new());
-        self.for_each(s, pos, |_, v, is_pos| {
-            let v = to_f64(v);
-            if v != f64::NEG_INFINITY {
-                if is_pos {
-                    positive.add(-v)
-                } else {
-                    neg.add(v)
-                }
-            }
-        });
-        Ok((neg.value(), positive.value()))
+        let [c, d] = positive.parts();
+        Ok([a, b, c, d])
     }
 }
 
-/// Sparse forward: loss per row and `[L_neg, L_pos]` per row, as [`dense_forward`].
-pub fn sparse_forward<T: Float + Send + Sync>(
-    a: Sparse<'_, T>,
-    loss: &mut [T],
-    stats: &mut [f64],
-) -> Result<()> {
-    let rows = loss.len();
-    a.check(rows)?;
-    check_len("stats", stats.len(), rows, 2)?;
-    let per = rows_per_task(a.cols);
-    loss.par_chunks_mut(per)
-        .zip(stats.par_chunks_mut(2 * per))
-        .enumerate()
-        .try_for_each(|(task, (loss, stats))| {
-            let mut pos = Vec::with_capacity(a.k);
-            for (i, (l, st)) in loss.iter_mut().zip(stats.chunks_mut(2)).enumerate() {
-                let (n, p) = a.forward_row(task * per + i, &mut pos)?;
-                *l = from_f64(n + p);
-                st.copy_from_slice(&[n, p]);
-            }
-            Ok(())
-        })
+/// Sparse forward: loss per row and [`STATS`] numbers per row, as [`dense_forward`].
+pub fn sparse_forward<T: Real>(a: Sparse<'_, T>, loss: &mut [T], stats: &mut [f64]) -> Result<()> {
+    a.check(loss.len())?;
+    let k = a.k;
+    forward_rows(loss.len(), a.cols, loss, stats, |r, _| {
+        a.forward_row(r, &mut Vec::with_capacity(k))
+    })
 }
 
 /// Sparse backward: `grad_loss[r] · ∂loss[r]/∂y_pred` into `out` (the layout of `y_pred`).
-pub fn sparse_backward<T: Float + Send + Sync>(
+pub fn sparse_backward<T: Real>(
     a: Sparse<'_, T>,
     stats: &[f64],
     grad_loss: &[T],
@@ -292,7 +327,7 @@ pub fn sparse_backward<T: Float + Send + Sync>(
 ) -> Result<()> {
     let rows = grad_loss.len();
     a.check(rows)?;
-    check_len("stats", stats.len(), rows, 2)?;
+    check_len("stats", stats.len(), rows, STATS)?;
     check_len("out", out.len(), rows, a.cols)?;
     if a.cols == 0 {
         return Ok(());
@@ -301,20 +336,21 @@ pub fn sparse_backward<T: Float + Send + Sync>(
         || Vec::with_capacity(a.k),
         |pos, (r, out)| {
             let s = a.row(r, pos)?;
-            let (l_neg, l_pos, g) = (stats[2 * r], stats[2 * r + 1], to_f64(grad_loss[r]));
+            let st = &stats[STATS * r..STATS * (r + 1)];
+            let g = grad_loss[r].widen();
             if a.mask_zero {
                 out[0] = T::zero();
             }
-            a.for_each(s, pos, |c, v, is_pos| {
-                let v = to_f64(v);
-                out[c] = if v == f64::NEG_INFINITY {
+            for (x, y) in a.negatives(pos) {
+                write_exp(&s[x..y], T::narrow(st[0]), st[1], g, &mut out[x..y]);
+            }
+            for &p in pos.iter() {
+                out[p] = if s[p] == T::neg_infinity() {
                     T::zero()
-                } else if is_pos {
-                    from_f64(-g * exp_in::<T>(-v - l_pos))
                 } else {
-                    from_f64(g * exp_in::<T>(v - l_neg))
+                    from_f64(-g * exp_in::<T>(-s[p].widen() - st[2] - st[3]))
                 };
-            });
+            }
             Ok(())
         },
     )
@@ -341,7 +377,7 @@ mod tests {
             eps: EPS_DEFAULT,
         };
         let (mut loss, mut stats, mut grad) =
-            (vec![0.0; rows], vec![0.0; 2 * rows], vec![0.0; s.len()]);
+            (vec![0.0; rows], vec![0.0; STATS * rows], vec![0.0; s.len()]);
         dense_forward(a, &mut loss, &mut stats).unwrap();
         dense_backward(a, &stats, &vec![1.0; rows], &mut grad).unwrap();
         (loss, grad)
@@ -390,7 +426,7 @@ mod tests {
             k: 3,
             mask_zero: false,
         };
-        let (mut loss, mut stats, mut grad) = ([0.0], [0.0; 2], [0.0; 5]);
+        let (mut loss, mut stats, mut grad) = ([0.0], [0.0; STATS], [0.0; 5]);
         sparse_forward(a, &mut loss, &mut stats).unwrap();
         sparse_backward(a, &stats, &[1.0], &mut grad).unwrap();
         assert!((loss[0] - dl[0]).abs() <= 1e-15 * dl[0].abs().max(1e-300));
@@ -407,7 +443,7 @@ mod tests {
             k: 1,
             mask_zero: false,
         };
-        let e = sparse_forward(a, &mut [0.0; 2], &mut [0.0; 4]).unwrap_err();
+        let e = sparse_forward(a, &mut [0.0; 2], &mut [0.0; 8]).unwrap_err();
         assert!(e.to_string().contains("[0, 2), got 4 at row 0"), "{e}");
         let a = Dense {
             y_pred: &[0.0f32, f32::NAN],
@@ -416,14 +452,14 @@ mod tests {
             cols: 2,
             eps: 0.0,
         };
-        let e = dense_forward(a, &mut [0.0], &mut [0.0; 2]).unwrap_err();
+        let e = dense_forward(a, &mut [0.0], &mut [0.0; 4]).unwrap_err();
         assert!(e.to_string().contains("got NaN at row 0, column 1"), "{e}");
         let a = Dense {
             y_true: &[0.0, 1.5],
             y_pred: &[0.0f32, 1.0],
             ..a
         };
-        assert!(dense_forward(a, &mut [0.0], &mut [0.0; 2]).is_err());
+        assert!(dense_forward(a, &mut [0.0], &mut [0.0; 4]).is_err());
         assert!(dense_forward(a, &mut [0.0; 2], &mut [0.0; 4]).is_err());
     }
 }

@@ -178,6 +178,17 @@ def test_mgda_kkt_on_degenerate_problems(k, p, seed, dup):
     assert u @ u <= (ref @ J) @ (ref @ J) + 1e-9 * norm_scale(J) ** 2
 
 
+def test_primary_auxiliary_permutation_equivariant():
+    rng = np.random.default_rng(15)
+    J = random_J(rng, 6, 9)
+    perm = rng.permutation(6)
+    w, u = mt.primary_auxiliary(J, primary=[1, 4])
+    where = [int(np.flatnonzero(perm == i)[0]) for i in (1, 4)]
+    wp, up = mt.primary_auxiliary(J[perm], primary=where)
+    np.testing.assert_allclose(wp, w[perm], atol=1e-10)
+    np.testing.assert_allclose(up, u, atol=1e-10)
+
+
 def test_mgda_permutation_equivariant():
     rng = np.random.default_rng(5)
     J = random_J(rng, 5, 30)
@@ -428,8 +439,10 @@ def test_empty_columns_behave_like_numpy():
 
 
 @pytest.mark.torch
-def test_torch_tensors_rust_and_torch_roads_agree():
+def test_torch_tensors_rust_and_torch_roads_agree(monkeypatch):
     import torch
+
+    monkeypatch.setattr(mt, "_TORCH_BLOCK", 37)  # several column blocks on the torch road
 
     J = torch.randn(4, 500, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
     for fn in (mt.mgda, mt.pcgrad, mt.primary_auxiliary):
@@ -442,6 +455,8 @@ def test_torch_tensors_rust_and_torch_roads_agree():
         np.testing.assert_allclose(u.numpy(), fn(J.numpy())[1])
     with kexue.torch_fallback():
         np.testing.assert_allclose(mt.gram(J).numpy(), mt.gram(J.numpy()), rtol=1e-12)
+        empty = torch.zeros(3, 0)
+        assert mt.gram(empty).shape == (3, 3) and mt.combine(empty, [1, 2, 3]).shape == (0,)
         with pytest.raises(ValueError, match="row 1"):
             mt.gram(torch.tensor([[1.0], [float("nan")]]))
 

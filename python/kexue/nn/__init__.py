@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .activations import SquarePlus
+from .multitask import DynamicWeightAverage, UncertaintyWeighting
 
-__all__ = ["SquarePlus"]
+__all__ = ["DynamicWeightAverage", "SquarePlus", "UncertaintyWeighting"]

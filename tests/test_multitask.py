@@ -283,6 +283,26 @@ def test_primary_auxiliary_properties(k, p, seed, dup):
     check_primary_auxiliary(J, primary, w, u)
 
 
+@given(k=st.integers(3, 8), p=st.integers(1, 10), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=150, deadline=None)
+def test_solvers_with_norms_twelve_orders_apart(k, p, seed):
+    """Jacobi scaling in the QP: KKT holds relative to each row's own norm."""
+    rng = np.random.default_rng(seed)
+    J = random_J(rng, k, p) * 10.0 ** rng.integers(-6, 7, size=(k, 1))
+    G = J @ J.T
+    n = np.sqrt(np.diag(G))
+    w, u = mt.mgda(J)
+    assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-12
+    assert np.all(G @ w - w @ G @ w >= -1e-9 * n * n.max())
+    primary = int(rng.integers(0, k))
+    w, u = mt.primary_auxiliary(J, primary)
+    dots = J @ u
+    aux = np.arange(k) != primary
+    assert w[primary] == 1 and np.all(w >= 0)
+    assert np.all(dots[aux] >= -1e-9 * n[aux] * n[primary])
+    assert abs(dots[primary] - u @ u) <= 1e-9 * n[primary] ** 2
+
+
 def test_primary_auxiliary_is_g0_when_nothing_conflicts():
     rng = np.random.default_rng(7)
     J = np.abs(random_J(rng, 5, 20))  # all inner products >= 0

@@ -87,7 +87,12 @@ def _losses(losses: Any) -> tuple[bool, Any]:
     ):
         import torch
 
-        t = losses if is_tensor(losses) else torch.stack([torch.as_tensor(x) for x in losses])
+        if not is_tensor(losses):
+            items = [torch.as_tensor(x) for x in losses]
+            if any(x.numel() != 1 for x in items):
+                raise ValueError("losses must be scalars (one element each)")
+            losses = torch.stack([x.reshape(()) for x in items])
+        t = losses
         if t.ndim != 1 or t.numel() == 0:
             raise ValueError(f"losses must be a non-empty list of scalars, got shape {t.shape}")
         return True, t

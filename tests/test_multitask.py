@@ -178,6 +178,17 @@ def test_mgda_kkt_on_degenerate_problems(k, p, seed, dup):
     assert u @ u <= (ref @ J) @ (ref @ J) + 1e-9 * norm_scale(J) ** 2
 
 
+def test_primary_auxiliary_permutation_equivariant():
+    rng = np.random.default_rng(15)
+    J = random_J(rng, 6, 9)
+    perm = rng.permutation(6)
+    w, u = mt.primary_auxiliary(J, primary=[1, 4])
+    where = [int(np.flatnonzero(perm == i)[0]) for i in (1, 4)]
+    wp, up = mt.primary_auxiliary(J[perm], primary=where)
+    np.testing.assert_allclose(wp, w[perm], atol=1e-10)
+    np.testing.assert_allclose(up, u, atol=1e-10)
+
+
 def test_mgda_permutation_equivariant():
     rng = np.random.default_rng(5)
     J = random_J(rng, 5, 30)
@@ -270,6 +281,26 @@ def test_primary_auxiliary_properties(k, p, seed, dup):
     primary = int(rng.integers(0, k))
     w, u = mt.primary_auxiliary(J, primary=primary)
     check_primary_auxiliary(J, primary, w, u)
+
+
+@given(k=st.integers(3, 8), p=st.integers(1, 10), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=150, deadline=None)
+def test_solvers_with_norms_twelve_orders_apart(k, p, seed):
+    """Jacobi scaling in the QP: KKT holds relative to each row's own norm."""
+    rng = np.random.default_rng(seed)
+    J = random_J(rng, k, p) * 10.0 ** rng.integers(-6, 7, size=(k, 1))
+    G = J @ J.T
+    n = np.sqrt(np.diag(G))
+    w, u = mt.mgda(J)
+    assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-12
+    assert np.all(G @ w - w @ G @ w >= -1e-9 * n * n.max())
+    primary = int(rng.integers(0, k))
+    w, u = mt.primary_auxiliary(J, primary)
+    dots = J @ u
+    aux = np.arange(k) != primary
+    assert w[primary] == 1 and np.all(w >= 0)
+    assert np.all(dots[aux] >= -1e-9 * n[aux] * n[primary])
+    assert abs(dots[primary] - u @ u) <= 1e-9 * n[primary] ** 2
 
 
 def test_primary_auxiliary_is_g0_when_nothing_conflicts():
@@ -395,6 +426,7 @@ def test_gram_weight_functions_accept_a_gram_matrix():
         (lambda: mt.gram(np.zeros((0, 5))), ValueError, "at least one task"),
         (lambda: mt.mgda(np.zeros((0, 5), np.float32)), ValueError, "at least one task"),
         (lambda: mt.gram(np.zeros(5)), ValueError, "2 dimensions"),
+        (lambda: mt.gram([[1.0, 2.0], [3.0]]), TypeError, "J must"),
         (lambda: mt.gram(np.array([[1.0, np.nan], [0.0, 1.0]])), ValueError, "row 0"),
         (lambda: mt.mgda(np.array([[1.0, 2.0], [np.inf, 1.0]])), ValueError, "row 1"),
         (lambda: mt.gram(np.array([["a", "b"]])), TypeError, "float"),
@@ -427,8 +459,10 @@ def test_empty_columns_behave_like_numpy():
 
 
 @pytest.mark.torch
-def test_torch_tensors_rust_and_torch_roads_agree():
+def test_torch_tensors_rust_and_torch_roads_agree(monkeypatch):
     import torch
+
+    monkeypatch.setattr(mt, "_TORCH_BLOCK", 37)  # several column blocks on the torch road
 
     J = torch.randn(4, 500, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
     for fn in (mt.mgda, mt.pcgrad, mt.primary_auxiliary):
@@ -441,6 +475,8 @@ def test_torch_tensors_rust_and_torch_roads_agree():
         np.testing.assert_allclose(u.numpy(), fn(J.numpy())[1])
     with kexue.torch_fallback():
         np.testing.assert_allclose(mt.gram(J).numpy(), mt.gram(J.numpy()), rtol=1e-12)
+        empty = torch.zeros(3, 0)
+        assert mt.gram(empty).shape == (3, 3) and mt.combine(empty, [1, 2, 3]).shape == (0,)
         with pytest.raises(ValueError, match="row 1"):
             mt.gram(torch.tensor([[1.0], [float("nan")]]))
 
@@ -472,6 +508,29 @@ def test_backward_writes_the_aggregated_gradient(method):
         assert w[1] == 1 and np.all((J @ got)[[0, 2]].numpy() >= -1e-6)
     assert all(p.grad is not None for p in head_params)
     assert losses[0].grad_fn is not None
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("method", ["mgda", "pcgrad", "primary_auxiliary", "gradnorm_sum"])
+def test_backward_torch_road_matches_rust_road(method):
+    """The road other devices take (pure torch Gram and combine) gives the CPU result."""
+    import torch
+
+    grads = []
+    for fallback in (False, True):
+        torch.manual_seed(1)
+        layer = torch.nn.Linear(5, 3)
+        x = torch.randn(10, 5)
+        out = layer(x)
+        losses = [(out[:, t] - t).pow(2).mean() for t in range(3)]
+        if fallback:
+            with kexue.torch_fallback():
+                mt.backward(losses, list(layer.parameters()), method, seed=4)
+        else:
+            mt.backward(losses, list(layer.parameters()), method, seed=4)
+        grads.append([p.grad.clone() for p in layer.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.torch

@@ -269,3 +269,28 @@ def test_torch_bad_inputs():
         mt.uncertainty([torch.tensor(1.0)], torch.zeros(2))
     with pytest.raises(TypeError, match="shared_params"):
         mt.gradnorm_normalised([1.0], shared_params=[torch.zeros(1, requires_grad=True)])
+
+
+@pytest.mark.torch
+def test_nn_modules():
+    import torch
+
+    from kexue.nn import DynamicWeightAverage, UncertaintyWeighting
+
+    uw = UncertaintyWeighting(2, init=0.0)
+    losses = [torch.tensor(2.0), torch.tensor(4.0)]
+    total = uw(losses)
+    assert math.isclose(float(total.detach()), 1.0 + 2.0)
+    total.backward()
+    torch.testing.assert_close(uw.log_vars.grad, torch.tensor([-0.5, -1.5]))
+    dwa = DynamicWeightAverage(2, temperature=1.0)
+    assert float(dwa(losses)) == 6.0  # weights 1 before two epochs
+    dwa.end_epoch([2.0, 2.0])
+    dwa.end_epoch([1.0, 2.0])
+    dwa.end_epoch([1.0, 1.0])  # only the last two epochs count: r = (1, 0.5)
+    w = 2 * torch.softmax(torch.tensor([1.0, 0.5]), 0)
+    torch.testing.assert_close(dwa(losses), (w * torch.tensor([2.0, 4.0])).sum())
+    with pytest.raises(ValueError, match="mean_losses"):
+        dwa.end_epoch([1.0])
+    with pytest.raises(ValueError, match="num_tasks"):
+        UncertaintyWeighting(0)

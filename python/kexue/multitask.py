@@ -87,7 +87,12 @@ def _losses(losses: Any) -> tuple[bool, Any]:
     ):
         import torch
 
-        t = losses if is_tensor(losses) else torch.stack([torch.as_tensor(x) for x in losses])
+        if not is_tensor(losses):
+            items = [torch.as_tensor(x) for x in losses]
+            if any(x.numel() != 1 for x in items):
+                raise ValueError("losses must be scalars (one element each)")
+            losses = torch.stack([x.reshape(()) for x in items])
+        t = losses
         if t.ndim != 1 or t.numel() == 0:
             raise ValueError(f"losses must be a non-empty list of scalars, got shape {t.shape}")
         return True, t
@@ -440,6 +445,10 @@ def _jacobian(J: Any) -> Any:
     return J
 
 
+#: Columns per block on the torch road: f64 accumulation without an f64 copy of all of J.
+_TORCH_BLOCK = 1 << 20
+
+
 def _gram(J: Any) -> Any:
     """G of a validated J: numpy in, numpy out; tensor in, float64 tensor on J's device."""
     if not is_tensor(J):
@@ -448,8 +457,11 @@ def _gram(J: Any) -> Any:
         import torch
 
         return torch.from_numpy(_native.multitask_gram(J.numpy()))
-    J64 = J.double()
-    G = J64 @ J64.T
+    import torch
+
+    G = torch.zeros(J.shape[0], J.shape[0], dtype=torch.float64, device=J.device)
+    for b in J.split(_TORCH_BLOCK, dim=1):
+        G += b.double() @ b.double().T
     bad = ~G.diagonal().isfinite()
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])
@@ -490,7 +502,12 @@ def combine(J: Any, weights: Any) -> Any:
         return torch.from_numpy(_native.multitask_combine(J.numpy(), w.tolist()))
     import torch
 
-    return (torch.as_tensor(w, device=J.device) @ J.double()).to(J.dtype)
+    w = torch.as_tensor(w, device=J.device)
+    u = J.new_empty(J.shape[1])
+    for start in range(0, J.shape[1], _TORCH_BLOCK):
+        block = J[:, start : start + _TORCH_BLOCK]
+        u[start : start + block.shape[1]] = w @ block.double()
+    return u
 
 
 def _gram_matrix(G: Any) -> np.ndarray:
@@ -712,6 +729,9 @@ def backward(
         task_params: task-specific parameters (heads); they receive ``∇ Σ_i L_i``.
         primary, order, seed: options of ``primary_auxiliary`` and ``pcgrad``.
         retain_graph: keep the graph after the last task's backward.
+
+    NaN/inf gradients raise ``ValueError`` for the Gram-based methods; ``"mean"`` and
+    ``"sum"`` need no Gram matrix and pass them on, as ``loss.backward()`` would.
 
     Returns:
         The K task weights (float64 numpy), for logging.

@@ -4,8 +4,9 @@ kexue (one f64-accumulating pass over ``J`` in place, exact K×K QP in Rust) bes
 LibMTL recipe: ``J @ J.T`` (numpy BLAS, torch CPU) followed by the Sener & Koltun
 Frank–Wolfe min-norm solver as LibMTL runs it (pairwise initialisation, 0.999/0.001
 clipping, at most 250 iterations, stop at 1e-5), written here from the paper's Algorithm 2
-because LibMTL's wheel does not import without an old torchvision. The extra memory each
-road allocates while it runs (peak RSS above the start, sampled) is printed beside it.
+because LibMTL's wheel does not import without an old torchvision; and, when torchjd is
+installed, its ``MGDAWeighting`` on the same Gram and its ``PCGrad`` aggregator. The extra
+memory each road allocates while it runs (peak RSS above the start, sampled) is printed.
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ def run(size: int | None = None, repeat: int = 7) -> dict[str, dict[str, float]]
         import torch
     except ImportError:
         torch = None
+    try:
+        import torchjd.aggregation as torchjd
+    except ImportError:
+        torchjd = None
     results = {}
     for p in sizes:
         for k in (2, 4, 8):
@@ -135,6 +140,10 @@ def run(size: int | None = None, repeat: int = 7) -> dict[str, dict[str, float]]
                 peers["torch J@J.T + FW (LibMTL-style)"] = lambda Jt=Jt: frank_wolfe_min_norm(
                     Jt.mm(Jt.t()), "torch"
                 )
+            if torchjd is not None:
+                peers["torchjd J@J.T + MGDAWeighting"] = lambda Jt=Jt: torchjd.MGDAWeighting()(
+                    Jt.mm(Jt.t())
+                )
             shape = (
                 f"K={k} P={p:.0e} float32 ({J.nbytes / 2**20:.0f} MiB), {get_num_threads()} threads"
             )
@@ -149,9 +158,16 @@ def run(size: int | None = None, repeat: int = 7) -> dict[str, dict[str, float]]
             w_ours = ours()
             w_np = peers["numpy J@J.T + FW (LibMTL-style)"]()
             u_ours, u_np = w_ours @ J.astype(np.float64), w_np @ J.astype(np.float64)
-            print(
-                f"    ‖u‖²: kexue {u_ours @ u_ours:.6g}, LibMTL-style {u_np @ u_np:.6g}"
-                " (the exact minimum is the smaller)"
-            )
+            gap = (u_np @ u_np - u_ours @ u_ours) / (u_ours @ u_ours)
+            print(f"    ‖u‖² of LibMTL-style FW above kexue's exact minimum: {gap:.2e} relative")
+            if torchjd is not None:
+                pc_peers = {"torchjd PCGrad aggregator": lambda Jt=Jt: torchjd.PCGrad()(Jt)}
+                results[f"pcgrad K={k} P={p:.0e}"] = compare(
+                    "pcgrad (weights + direction)",
+                    shape,
+                    lambda J=J: mt.pcgrad(J),
+                    pc_peers,
+                    repeat=repeat,
+                )
             del J
     return results

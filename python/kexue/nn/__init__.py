@@ -21,3 +21,6 @@ __all__ = [
     "SquarePlus",
     "VMFLatent",
 ]
+from .multitask import DynamicWeightAverage, UncertaintyWeighting
+
+__all__ = ["DynamicWeightAverage", "SquarePlus", "UncertaintyWeighting"]

@@ -69,28 +69,26 @@ fn solve_singular(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> Vec<f64> {
     x
 }
 
-/// Minimiser of `½ xᵀGx` over `x_F` free (the rest 0) with `Σ_{F ∩ S} x = 1`.
-fn subproblem(g: &[f64], k: usize, free: &[bool], simplex: &[bool]) -> Vec<f64> {
+/// Minimiser of `½ yᵀGy` over `y_F` free (the rest 0) with `Σ_F a_i y_i = 1`.
+fn subproblem(g: &[f64], k: usize, free: &[bool], a: &[f64]) -> Vec<f64> {
     let idx: Vec<usize> = (0..k).filter(|&i| free[i]).collect();
     let n = idx.len() + 1;
-    let mut a = vec![0.0; n * n];
+    let mut m = vec![0.0; n * n];
     let mut b = vec![0.0; n];
     for (r, &i) in idx.iter().enumerate() {
         for (c, &j) in idx.iter().enumerate() {
-            a[r * n + c] = g[i * k + j];
+            m[r * n + c] = g[i * k + j];
         }
-        if simplex[i] {
-            a[r * n + n - 1] = -1.0;
-            a[(n - 1) * n + r] = 1.0;
-        }
+        m[r * n + n - 1] = -a[i];
+        m[(n - 1) * n + r] = a[i];
     }
     b[n - 1] = 1.0;
-    let sol = solve_singular(a, b, n);
-    let mut x = vec![0.0; k];
+    let sol = solve_singular(m, b, n);
+    let mut y = vec![0.0; k];
     for (r, &i) in idx.iter().enumerate() {
-        x[i] = sol[r];
+        y[i] = sol[r];
     }
-    x
+    y
 }
 
 fn objective(g: &[f64], k: usize, x: &[f64]) -> f64 {
@@ -101,74 +99,103 @@ fn objective(g: &[f64], k: usize, x: &[f64]) -> f64 {
 
 /// The minimiser `x` (see the module doc). `g` must be finite and symmetric; `simplex` must
 /// mark at least one index.
+///
+/// The problem is solved in Jacobi-scaled variables `y_i = ‖g_i‖ x_i` (unit-diagonal Gram of
+/// the normalised gradients, equality `Σ_S y_i/‖g_i‖ = 1`), so gradient norms that differ by
+/// many orders of magnitude do not reach the rank and multiplier tolerances.
 pub fn simplex_orthant(g: &[f64], k: usize, simplex: &[bool]) -> Vec<f64> {
-    let scale = (0..k).map(|i| g[i * k + i]).fold(0.0f64, f64::max);
-    // Start at the shortest simplex vertex: optimal whenever that gradient is zero.
-    let start = (0..k)
-        .filter(|&i| simplex[i])
-        .min_by(|&a, &b| g[a * k + a].total_cmp(&g[b * k + b]))
-        .expect("simplex marks at least one index");
     let mut x = vec![0.0; k];
-    x[start] = 1.0;
-    if scale <= 0.0 {
+    // A zero simplex gradient is optimal on its own (u = 0).
+    if let Some(i) = (0..k).find(|&i| simplex[i] && g[i * k + i] <= 0.0) {
+        x[i] = 1.0;
         return x;
     }
-    let g: Vec<f64> = g.iter().map(|v| v / scale).collect();
+    // Zero auxiliary gradients change nothing: they stay out, with weight 0.
+    let d: Vec<f64> = (0..k)
+        .map(|i| {
+            let n = g[i * k + i];
+            if n > 0.0 {
+                1.0 / n.sqrt()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let usable: Vec<bool> = d.iter().map(|&v| v > 0.0).collect();
+    let gs: Vec<f64> = (0..k * k).map(|ij| g[ij] * d[ij / k] * d[ij % k]).collect();
+    let dmax = (0..k)
+        .filter(|&i| simplex[i])
+        .map(|i| d[i])
+        .fold(0.0, f64::max);
+    // Σ_S d_i y_i = 1 rescaled to coefficients in (0, 1]: y is then measured in units of
+    // the shortest simplex gradient.
+    let a: Vec<f64> = (0..k)
+        .map(|i| if simplex[i] { d[i] / dmax } else { 0.0 })
+        .collect();
+    // Start at the shortest simplex vertex, y_s = 1/a_s.
+    let start = (0..k)
+        .filter(|&i| simplex[i])
+        .max_by(|&p, &q| a[p].total_cmp(&a[q]))
+        .expect("simplex marks at least one index");
+    let mut y = vec![0.0; k];
+    y[start] = 1.0 / a[start];
     let mut free = vec![false; k];
     free[start] = true;
-    let (mut best, mut best_f) = (x.clone(), objective(&g, k, &x));
+    let (mut best, mut best_f) = (y.clone(), objective(&gs, k, &y));
     for _ in 0..20 * (k + 2) {
-        let y = subproblem(&g, k, &free, simplex);
+        let z = subproblem(&gs, k, &free, &a);
         let blocking = (0..k)
-            .filter(|&i| free[i] && y[i] < 0.0 && x[i] - y[i] > 0.0)
-            .map(|i| (x[i] / (x[i] - y[i]), i))
-            .min_by(|a, b| a.0.total_cmp(&b.0));
+            .filter(|&i| free[i] && z[i] < 0.0 && y[i] - z[i] > 0.0)
+            .map(|i| (y[i] / (y[i] - z[i]), i))
+            .min_by(|p, q| p.0.total_cmp(&q.0));
         match blocking {
             Some((t, _)) if t < 1.0 => {
                 for i in 0..k {
-                    x[i] += t * (y[i] - x[i]);
+                    y[i] += t * (z[i] - y[i]);
                 }
+                let top = y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
                 for i in 0..k {
-                    if free[i] && x[i] <= 1e-15 {
+                    if free[i] && y[i] <= 1e-15 * top {
                         free[i] = false;
-                        x[i] = 0.0;
+                        y[i] = 0.0;
                     }
                 }
             }
             _ => {
-                x = y.iter().map(|v| v.max(0.0)).collect();
+                y = z.iter().map(|v| v.max(0.0)).collect();
                 let grad: Vec<f64> = (0..k)
-                    .map(|i| (0..k).map(|j| g[i * k + j] * x[j]).sum())
+                    .map(|i| (0..k).map(|j| gs[i * k + j] * y[j]).sum())
                     .collect();
-                let nu: f64 = (0..k).filter(|&i| simplex[i]).map(|i| x[i] * grad[i]).sum();
+                // At a subproblem optimum grad_i = ν a_i on the free simplex indices.
+                let nu: f64 = (0..k).filter(|&i| simplex[i]).map(|i| y[i] * grad[i]).sum();
+                let f = objective(&gs, k, &y);
+                // |grad_i| = |⟨ĝ_i, u⟩| <= ‖u‖ = sqrt(2f): the multipliers' natural scale,
+                // floored at 1e-6 of the starting vertex's length for u ≈ 0.
+                let tol = DUAL_TOL * (2.0 * f).sqrt().max(1e-6 / a[start]);
                 let worst = (0..k)
-                    .filter(|&i| !free[i])
-                    .map(|i| (grad[i] - if simplex[i] { nu } else { 0.0 }, i))
-                    .min_by(|a, b| a.0.total_cmp(&b.0));
-                let f = objective(&g, k, &x);
+                    .filter(|&i| !free[i] && usable[i])
+                    .map(|i| (grad[i] - nu * a[i], i))
+                    .min_by(|p, q| p.0.total_cmp(&q.0));
                 if f <= best_f {
-                    (best, best_f) = (x.clone(), f);
+                    (best, best_f) = (y.clone(), f);
                 }
                 match worst {
-                    Some((mu, i)) if mu < -DUAL_TOL => free[i] = true,
-                    _ => return normalised(x, simplex),
+                    Some((mu, i)) if mu < -tol => free[i] = true,
+                    _ => return unscaled(&y, &d, simplex),
                 }
             }
         }
     }
-    normalised(best, simplex)
+    unscaled(&best, &d, simplex)
 }
 
-/// Rescales the simplex part to sum exactly to one (it drifts by rounding only).
-fn normalised(mut x: Vec<f64>, simplex: &[bool]) -> Vec<f64> {
-    let s: f64 = x
-        .iter()
-        .zip(simplex)
-        .filter(|(_, &s)| s)
-        .map(|(v, _)| v)
-        .sum();
+/// `x ∝ D y`, scaled so that the simplex part sums to one (`Σ_S d_i y_i = max d`, and
+/// rounding).
+fn unscaled(y: &[f64], d: &[f64], simplex: &[bool]) -> Vec<f64> {
+    let mut x: Vec<f64> = y.iter().zip(d).map(|(v, s)| v * s).collect();
+    let s: f64 = (0..x.len()).filter(|&i| simplex[i]).map(|i| x[i]).sum();
     if s > 0.0 {
-        for (v, _) in x.iter_mut().zip(simplex).filter(|(_, &s)| s) {
+        for v in &mut x {
             *v /= s;
         }
     }
@@ -208,6 +235,18 @@ mod tests {
         );
         let g = gram(&[&[1.0, 2.0], &[0.0, 0.0]]);
         assert_eq!(simplex_orthant(&g, 2, &[true; 2]), vec![0.0, 1.0]);
+    }
+
+    #[test]
+    fn primary_with_non_unit_norm() {
+        // min ‖(3,0) + λ1(−1,1) + λ2(0,−1)‖² = (3−λ1)² + (λ1−λ2)²: λ = (3, 3), u = 0.
+        let g = gram(&[&[3.0, 0.0], &[-1.0, 1.0], &[0.0, -1.0]]);
+        let x = simplex_orthant(&g, 3, &[true, false, false]);
+        assert_eq!(x[0], 1.0);
+        assert!(
+            (x[1] - 3.0).abs() < 1e-12 && (x[2] - 3.0).abs() < 1e-12,
+            "{x:?}"
+        );
     }
 
     #[test]

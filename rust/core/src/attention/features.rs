@@ -371,9 +371,7 @@ mod tests {
         let s = spec(FeatureMap::Positive, &w, 3, false);
         let mut k = [0.0; 6];
         s.forward(&x, &mut k).unwrap();
-        assert!(
-            k.iter().all(|&v| v >= 0.0) && k.iter().all(|&v| v <= 1.0 / 3f64.sqrt())
-        );
+        assert!(k.iter().all(|&v| v >= 0.0) && k.iter().all(|&v| v <= 1.0 / 3f64.sqrt()));
         let c = w
             .chunks(2)
             .map(|r| (r[0] * r[0] + r[1] * r[1]) / 2.0)

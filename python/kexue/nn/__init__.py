@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .activations import SquarePlus
+from .attention import LinearAttention
 
-__all__ = ["SquarePlus"]
+__all__ = ["LinearAttention", "SquarePlus"]

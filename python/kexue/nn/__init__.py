@@ -24,3 +24,6 @@ __all__ = [
 from .multitask import DynamicWeightAverage, UncertaintyWeighting
 
 __all__ = ["DynamicWeightAverage", "SquarePlus", "UncertaintyWeighting"]
+from .attention import LinearAttention
+
+__all__ = ["LinearAttention", "SquarePlus"]

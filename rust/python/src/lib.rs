@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 mod arrays;
+mod attention;
 mod errors;
 mod lm;
 mod losses;
@@ -31,5 +32,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     lm::register(m)?;
     vmf::register(m)?;
     multitask::register(m)?;
+    attention::register(m)?;
     Ok(())
 }

@@ -1,1 +1,16 @@
 //! Linear attention: feature maps, streaming causal state, parallel and chunked forms.
+//!
+//! All forms compute `o_t = φ(q_t)ᵀ S_t / (φ(q_t)ᵀ z_t + eps)` with `S_t = Σ_{s≤t} φ(k_s) v_sᵀ`
+//! and `z_t = Σ_{s≤t} φ(k_s)` (causal) or the sums over every key (non-causal). The
+//! normaliser rides along as one extra value column of ones, so `S` and `z` live in one
+//! `M × (D_v + 1)` state, kept in f64 whatever the input dtype.
+//!
+//! Layout: feature-mapped queries/keys `(BH, N, M)`, values `(BH, N, D_v)`, C-contiguous;
+//! every `(b, h)` slab is independent and is what rayon parallelises over.
+
+pub mod features;
+pub mod forms;
+mod gemm;
+pub mod projection;
+
+pub use gemm::Real;

@@ -1,0 +1,672 @@
+"""Linear attention: FAVOR+ and other feature maps, causal/non-causal forms, streaming state.
+
+Linear attention replaces ``softmax(q·k)`` by ``φ(q)·φ(k)`` and reorders the product, so
+causal attention becomes a recurrence over the state ``S = Σ φ(k) vᵀ``, ``z = Σ φ(k)``:
+``o_t = φ(q_t)ᵀ S_t / (φ(q_t)ᵀ z_t + eps)`` (Katharopoulos et al. 2020). FAVOR+
+(Choromanski et al. 2021) picks the random features with ``E[φ(q)·φ(k)] = exp(q·k/√D)``, so it
+approximates softmax attention; Su (kexue.fm/archives/8338) argues the plain ``exp`` of a
+learned projection is the natural choice. See ``docs/linear_attention.md`` of the project.
+
+Layout is ``(batch, heads, seq, dim)``. Arrays go to Rust (GIL released, rayon over batch ×
+heads); CPU torch tensors go through Rust forward *and* backward; other devices (or inside
+:func:`kexue.torch_fallback`) run the same maths in torch.
+
+Causality: the FAVOR+ key stabiliser is the constant ``max_i |ω_i|²/2`` of the projection,
+which bounds every key feature by 1 whatever the key's norm, and depends on no other key (the
+global max of google-research / performer-pytorch leaks future keys into past outputs).
+Queries use their own per-token max, which cancels in the ratio.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any, Union
+
+import numpy as np
+
+from . import _native
+from ._dispatch import Kernel, _force_torch, check_float, check_scalar, is_tensor
+
+__all__ = [
+    "FEATURE_MAPS",
+    "CausalState",
+    "favor_features",
+    "feature_map",
+    "linear_attention",
+    "orthogonal_random_matrix",
+    "softmax_attention",
+    "stream",
+]
+
+#: Names accepted by ``feature_map=``; a callable applied to both q and k also works.
+FEATURE_MAPS = ("favor+", "favor+hyperbolic", "exp", "elu+1", "relu", "identity")
+_FAVOR = ("favor+", "favor+hyperbolic")
+_METHODS = ("chunked", "scan", "quadratic")
+
+FeatureMap = Union[str, Callable[[Any], Any]]
+
+
+def orthogonal_random_matrix(
+    m: int, d: int, *, seed: int, scaling: str | int = "chi", dtype: Any = np.float64
+) -> np.ndarray:
+    """An ``(m, d)`` FAVOR+ projection: blocks of ``d`` orthogonal rows (Gram–Schmidt of
+    Gaussian blocks), drawn from ``seed`` (same seed, same matrix, whatever the thread count).
+
+    Args:
+        m: number of random features (rows), ``>= 1``; ``m > d`` stacks independent blocks.
+        d: the query/key dimension.
+        seed: non-negative int.
+        scaling: ``"chi"`` (or ``0``): row lengths drawn from the χ_d law, so each row is
+            marginally ``N(0, I)`` and the softmax-kernel estimate stays unbiased;
+            ``"sqrt"`` (or ``1``): every row has length ``√d`` (performer-pytorch's
+            ``ortho_scaling``).
+        dtype: float32 or float64.
+
+    Example:
+        >>> from kexue.attention import orthogonal_random_matrix
+        >>> w = orthogonal_random_matrix(4, 4, seed=0, scaling="sqrt")
+        >>> bool(np.allclose(w @ w.T, 4 * np.eye(4)))
+        True
+    """
+    for name, value in (("m", m), ("d", d), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if m < 1:
+        raise ValueError(f"m must be a positive number of features, got {m}")
+    if d < 1:
+        raise ValueError(f"d must be a positive dimension, got {d}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    names = {0: "chi", 1: "sqrt", "chi": "chi", "sqrt": "sqrt"}
+    if isinstance(scaling, bool) or scaling not in names:
+        raise ValueError(f"scaling must be 'chi' (0) or 'sqrt' (1), got {scaling!r}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    w = _native.attention_orthogonal_random(int(m), int(d), int(seed), names[scaling])
+    return w.astype(dtype, copy=False)
+
+
+# --- feature maps ------------------------------------------------------------------------
+
+
+def _torch_features(
+    x: Any, projection: Any, *, feature_map: str, is_query: bool, offset: float | None
+) -> Any:
+    import torch
+
+    favor = feature_map in _FAVOR
+    d = x.shape[-1]
+    if projection is None:
+        u = x
+    else:
+        u = (x * d**-0.25 if favor else x) @ projection.T
+    if favor:
+        hyp = feature_map == "favor+hyperbolic"
+        if is_query:
+            shift = (u.abs() if hyp else u).amax(-1, keepdim=True)
+        else:
+            c = float((projection.detach() ** 2).sum(-1).amax()) / 2 if offset is None else offset
+            shift = (x * x).sum(-1, keepdim=True) / (2 * math.sqrt(d)) + c
+        parts = [u, -u] if hyp else [u]
+        phi = torch.exp(torch.cat(parts, -1) - shift)
+        return phi / math.sqrt(phi.shape[-1])
+    if feature_map == "exp":
+        shift = u.amax(-1, keepdim=True) if is_query else (offset or 0.0)
+        return torch.exp(u - shift)
+    if feature_map == "elu+1":
+        return torch.nn.functional.elu(u) + 1
+    if feature_map == "relu":
+        return torch.relu(u)
+    return u
+
+
+def _features_backward(
+    inputs: tuple, outputs: tuple, grads: tuple, *, feature_map: str, is_query: bool, offset: Any
+) -> tuple:
+    x, projection = inputs
+    dx = _native.attention_features_backward(
+        x, feature_map, projection, is_query, outputs[0], grads[0]
+    )
+    return dx, None
+
+
+_features = Kernel(
+    lambda x, projection, *, feature_map, is_query, offset: _native.attention_features_forward(
+        x, feature_map, projection, is_query, offset
+    ),
+    _features_backward,
+    torch_forward=_torch_features,
+)
+
+
+def _like(projection: Any, x: Any) -> Any:
+    """The projection as an array/tensor of ``x``'s kind, dtype and device."""
+    if projection is None:
+        return None
+    if is_tensor(x):
+        import torch
+
+        if is_tensor(projection):
+            return projection.detach().to(dtype=x.dtype, device=x.device).contiguous()
+        return torch.as_tensor(np.asarray(projection), dtype=x.dtype, device=x.device)
+    if is_tensor(projection):
+        projection = projection.detach().cpu().numpy()
+    return np.ascontiguousarray(projection, dtype=x.dtype)
+
+
+def _check_projection(projection: Any, d: int, feature_map: str) -> Any:
+    if projection is None:
+        if feature_map in _FAVOR:
+            raise ValueError(
+                f"projection is required by feature_map={feature_map!r}: pass "
+                "orthogonal_random_matrix(m, d, seed=...)"
+            )
+        return None
+    projection = check_float(projection, "projection", finite=True, ndim=2)
+    if projection.shape[1] != d:
+        raise ValueError(
+            f"projection must have shape (m, {d}) to match the last dimension of q/k, "
+            f"got {tuple(projection.shape)}"
+        )
+    if projection.shape[0] < 1:
+        raise ValueError("projection must have a positive number of features (rows), got 0")
+    return projection
+
+
+def feature_map(
+    x: Any,
+    name: str,
+    projection: Any = None,
+    *,
+    is_query: bool,
+    key_offset: float | None = None,
+) -> Any:
+    """Applies feature map ``name`` (one of :data:`FEATURE_MAPS`) to the last axis of ``x``.
+
+    ``projection`` (``(m, d)``) is required by the FAVOR+ maps and optional for the others
+    (``u = x Ωᵀ`` first). ``key_offset`` overrides the key stabiliser constant (FAVOR+:
+    ``max_i |ω_i|²/2``; ``exp``: 0). Differentiable w.r.t. ``x`` (the projection is a constant).
+
+    Example:
+        >>> from kexue.attention import feature_map
+        >>> feature_map(np.array([[-1.0, 0.0, 2.0]]), "elu+1", is_query=True)
+        array([[0.36787944, 1.        , 3.        ]])
+    """
+    if name not in FEATURE_MAPS:
+        raise ValueError(f"feature_map must be one of {FEATURE_MAPS} or a callable, got {name!r}")
+    x = check_float(x, "x")
+    if x.ndim < 1:
+        raise ValueError("x must have at least 1 dimension, got a 0-d array")
+    projection = _like(_check_projection(projection, x.shape[-1], name), x)
+    if key_offset is not None:
+        key_offset = check_scalar(key_offset, "key_offset")
+    return _features(x, projection, feature_map=name, is_query=bool(is_query), offset=key_offset)
+
+
+def favor_features(
+    x: Any,
+    projection: Any,
+    *,
+    is_query: bool,
+    hyperbolic: bool = False,
+    key_offset: float | None = None,
+) -> Any:
+    """FAVOR+ positive random features: ``φ(x) = exp(Ωx' − |x'|²/2 − c)/√m``, ``x' = x·d^(−1/4)``,
+    so that ``E[φ(q)·φ(k)] = exp(q·k/√d)`` for ``Ω`` with ``N(0, I)`` rows.
+
+    ``c`` is the stabiliser: for queries (``is_query=True``) each row's own max (it cancels in
+    attention, and the query-side ``|q'|²/2`` is dropped with it); for keys one constant,
+    ``max_i |ω_i|²/2`` by default, which keeps every key feature in ``(0, 1]`` and is causal.
+    For the unbiased kernel estimate itself use keys and queries both with ``is_query=False``
+    and ``key_offset=0``. ``hyperbolic=True`` returns the ``2m`` features of ``±Ωx'``.
+
+    Example:
+        >>> from kexue.attention import favor_features, orthogonal_random_matrix
+        >>> w = orthogonal_random_matrix(16, 4, seed=1)
+        >>> phi = favor_features(np.ones((2, 4)), w, is_query=False)
+        >>> phi.shape, bool((phi > 0).all() and (phi <= 1).all())
+        ((2, 16), True)
+    """
+    name = "favor+hyperbolic" if hyperbolic else "favor+"
+    return feature_map(x, name, projection, is_query=is_query, key_offset=key_offset)
+
+
+# --- attention kernels ---------------------------------------------------------------------
+
+
+def _torch_scan(q: Any, k: Any, v: Any, state: Any, *, eps: float, chunk_size: int) -> tuple:
+    """Chunked causal linear attention in torch ops, from and to ``state`` (or zeros)."""
+    import torch
+
+    b, h, n, m = q.shape
+    dv = v.shape[-1]
+    vp = torch.cat([v, v.new_ones(b, h, n, 1)], -1)
+    s = q.new_zeros(b, h, m, dv + 1) if state is None else state.to(q.dtype)
+    c = max(1, min(chunk_size, n))
+    keep = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+    ys = []
+    for c0 in range(0, n, c):
+        qc, kc, vc = q[..., c0 : c0 + c, :], k[..., c0 : c0 + c, :], vp[..., c0 : c0 + c, :]
+        length = qc.shape[-2]
+        a = qc @ kc.transpose(-1, -2)
+        a = torch.where(keep[:length, :length], a, a.new_zeros(()))
+        ys.append(a @ vc + qc @ s)
+        s = s + kc.transpose(-1, -2) @ vc
+    y = torch.cat(ys, -2) if ys else q.new_zeros(b, h, 0, dv + 1)
+    den = y[..., dv] + eps
+    return y[..., :dv] / den[..., None], den, s
+
+
+def _torch_causal(q: Any, k: Any, v: Any, *, eps: float, method: str, chunk_size: int) -> tuple:
+    o, den, _ = _torch_scan(q, k, v, None, eps=eps, chunk_size=chunk_size)
+    return o, den
+
+
+def _torch_noncausal(q: Any, k: Any, v: Any, *, eps: float) -> tuple:
+    import torch
+
+    vp = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1)
+    y = q @ (k.transpose(-1, -2) @ vp)
+    den = y[..., -1] + eps
+    return y[..., :-1] / den[..., None], den
+
+
+_causal = Kernel(
+    lambda q, k, v, *, eps, method, chunk_size: _native.attention_causal_forward(
+        q, k, v, eps, method, chunk_size
+    ),
+    lambda inputs, outputs, grads, *, eps, method, chunk_size: _native.attention_causal_backward(
+        *inputs, *outputs, *grads, method, chunk_size
+    ),
+    torch_forward=_torch_causal,
+)
+
+_noncausal = Kernel(
+    lambda q, k, v, *, eps: _native.attention_noncausal_forward(q, k, v, eps),
+    lambda inputs, outputs, grads, *, eps: _native.attention_noncausal_backward(
+        *inputs, *outputs, *grads
+    ),
+    torch_forward=_torch_noncausal,
+)
+
+
+def _check_qkv(q: Any, k: Any, v: Any, *, causal: bool) -> tuple:
+    q = check_float(q, "q", finite=True, ndim=4)
+    k = check_float(k, "k", finite=True, ndim=4)
+    v = check_float(v, "v", finite=True, ndim=4)
+    kinds = {is_tensor(x) for x in (q, k, v)}
+    if len(kinds) != 1:
+        raise TypeError("q, k and v must be all numpy arrays or all torch tensors")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if tuple(k.shape[:2]) != tuple(q.shape[:2]) or k.shape[3] != q.shape[3]:
+        raise ValueError(
+            f"k must have q's batch, heads and dim {tuple(q.shape)}, got {tuple(k.shape)}"
+        )
+    if tuple(v.shape[:3]) != tuple(k.shape[:3]):
+        raise ValueError(
+            f"v must have k's batch, heads and seq {tuple(k.shape)}, got {tuple(v.shape)}"
+        )
+    if causal and q.shape[2] != k.shape[2]:
+        raise ValueError(
+            f"causal attention needs as many keys as queries, got {q.shape[2]} and {k.shape[2]}"
+        )
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        raise ValueError(f"q and k must have a sequence length >= 1, got {q.shape} / {k.shape}")
+    if v.shape[3] == 0 or q.shape[3] == 0:
+        raise ValueError("q, k and v must have a non-empty last dimension")
+    return q, k, v
+
+
+def _check_mask(mask: Any, x: Any, name: str) -> Any:
+    """A boolean ``(batch, seq)`` keep-mask of ``x``'s kind, or None."""
+    if mask is None:
+        return None
+    want = (x.shape[0], x.shape[2])
+    if is_tensor(x):
+        import torch
+
+        mask = torch.as_tensor(mask, device=x.device)
+        ok = mask.dtype == torch.bool or not mask.is_floating_point()
+        mask = mask.bool() if ok else mask
+    else:
+        mask = np.asarray(mask)
+        ok = mask.dtype.kind in "biu"
+        mask = mask.astype(bool) if ok else mask
+    if not ok:
+        raise TypeError(f"{name} must be a boolean (or 0/1 integer) array, got {mask.dtype}")
+    if tuple(mask.shape) != want:
+        raise ValueError(f"{name} must have shape (batch, seq) = {want}, got {tuple(mask.shape)}")
+    return mask
+
+
+def _where(mask: Any, x: Any) -> Any:
+    """``x`` with the rows of masked-out positions set to 0 (a select, so no NaN leaks)."""
+    if mask is None:
+        return x
+    if is_tensor(x):
+        import torch
+
+        return torch.where(mask[:, None, :, None], x, x.new_zeros(()))
+    return np.where(mask[:, None, :, None], x, x.dtype.type(0))
+
+
+def _apply_map(
+    fmap: FeatureMap, x: Any, projection: Any, *, is_query: bool, key_offset: float | None
+) -> Any:
+    if callable(fmap):
+        return check_float(fmap(x), "feature_map(x)", ndim=x.ndim)
+    return feature_map(x, fmap, projection, is_query=is_query, key_offset=key_offset)
+
+
+def _check_method(method: str, chunk_size: int) -> None:
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+def linear_attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    causal: bool,
+    feature_map: FeatureMap = "favor+",
+    projection: Any = None,
+    mask: Any = None,
+    eps: float = 1e-6,
+    method: str = "chunked",
+    chunk_size: int = 64,
+    key_offset: float | None = None,
+) -> Any:
+    """Linear attention ``o_t = φ(q_t)ᵀ S_t / (φ(q_t)ᵀ z_t + eps)`` on ``(batch, heads, seq, dim)``.
+
+    Args:
+        q, k: ``(B, H, Nq, D)`` and ``(B, H, Nk, D)`` float32/float64 arrays or tensors
+            (``Nq == Nk`` when causal, both ``>= 1``).
+        v: ``(B, H, Nk, Dv)``.
+        causal: position ``t`` attends to keys ``<= t`` only; outputs up to ``t`` do not depend
+            on anything after ``t`` (bitwise, for finite inputs).
+        feature_map: one of :data:`FEATURE_MAPS` or a callable applied to q and k
+            (already-mapped, non-negative features: pass ``"identity"``).
+        projection: ``(m, D)`` random projection, required by FAVOR+ (see
+            :func:`orthogonal_random_matrix`), optional for the others; a constant (no
+            gradient). Keep it fixed for a sequence: it is part of the decoding state.
+        mask: ``(B, N)`` boolean keep-mask (False = padding). Padded keys leave numerator and
+            denominator (masked after φ); padded query positions output 0.
+        eps: added to the denominator (``>= 0``).
+        method: causal schedule: ``"chunked"`` (default; blocks of ``chunk_size``),
+            ``"scan"`` (token recurrence, f64 state) or ``"quadratic"`` (the masked parallel
+            form, O(N²), a reference). All agree to rounding; the state is accumulated in f64.
+        key_offset: key stabiliser override (see :func:`favor_features`).
+
+    Returns:
+        ``(B, H, Nq, Dv)``, same kind and dtype as ``q``. Differentiable for tensors (the CPU
+        backward runs in Rust).
+
+    Example:
+        >>> import numpy as np
+        >>> from kexue.attention import linear_attention, orthogonal_random_matrix
+        >>> rng = np.random.default_rng(0)
+        >>> q, k, v = (rng.standard_normal((1, 2, 5, 4)) for _ in range(3))
+        >>> w = orthogonal_random_matrix(8, 4, seed=0)
+        >>> linear_attention(q, k, v, causal=True, projection=w).shape
+        (1, 2, 5, 4)
+    """
+    q, k, v = _check_qkv(q, k, v, causal=causal)
+    eps = check_scalar(eps, "eps", low=0.0)
+    _check_method(method, chunk_size)
+    if not callable(feature_map) and feature_map not in FEATURE_MAPS:
+        raise ValueError(
+            f"feature_map must be one of {FEATURE_MAPS} or a callable, got {feature_map!r}"
+        )
+    mask = _check_mask(mask, k, "mask")
+    if mask is not None and not causal and q.shape[2] != k.shape[2]:
+        raise ValueError("mask needs as many queries as keys; mask keys and queries separately")
+    phq = _apply_map(feature_map, q, projection, is_query=True, key_offset=key_offset)
+    phk = _where(
+        mask, _apply_map(feature_map, k, projection, is_query=False, key_offset=key_offset)
+    )
+    if causal:
+        o, _ = _causal(phq, phk, v, eps=eps, method=method, chunk_size=int(chunk_size))
+    else:
+        o, _ = _noncausal(phq, phk, v, eps=eps)
+    return _where(mask, o)
+
+
+def softmax_attention(
+    q: Any, k: Any, v: Any, *, causal: bool, mask: Any = None, scale: float | None = None
+) -> Any:
+    """Exact ``softmax(q·kᵀ·scale [+ masks]) v`` (``scale`` defaults to ``1/√D``): the reference
+    FAVOR+ approximates. numpy inputs are computed in float64 (returned in their dtype); tensors
+    with torch ops (differentiable). Padded query positions output 0.
+
+    Example:
+        >>> from kexue.attention import softmax_attention
+        >>> q = k = v = np.eye(2).reshape(1, 1, 2, 2)
+        >>> softmax_attention(q, k, v, causal=True)[0, 0, 0]
+        array([1., 0.])
+    """
+    q, k, v = _check_qkv(q, k, v, causal=causal)
+    mask = _check_mask(mask, k, "mask")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else check_scalar(scale, "scale")
+    nq, nk = q.shape[2], k.shape[2]
+    if is_tensor(q):
+        import torch
+
+        logits = (q @ k.transpose(-1, -2)) * scale
+        keep = torch.ones(nq, nk, dtype=torch.bool, device=q.device)
+        keep = keep.tril(nk - nq) if causal else keep
+        keep = keep if mask is None else keep & mask[:, None, None, :]
+        logits = logits.masked_fill(~keep, float("-inf"))
+        w = torch.nan_to_num(torch.softmax(logits, -1), nan=0.0)
+        return _where(mask, w @ v) if nq == nk else w @ v
+    q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
+    logits = np.einsum("bhid,bhjd->bhij", q64, k64) * scale
+    keep = np.ones((nq, nk), dtype=bool)
+    keep = np.tril(keep, nk - nq) if causal else keep
+    keep = keep if mask is None else keep & mask[:, None, None, :]
+    logits = np.where(keep, logits, -np.inf)
+    top = logits.max(-1, keepdims=True)
+    e = np.where(keep, np.exp(logits - np.where(np.isfinite(top), top, 0.0)), 0.0)
+    total = e.sum(-1, keepdims=True)
+    out = (e / np.where(total > 0, total, 1.0)) @ v64
+    out = _where(mask, out) if nq == nk else out
+    return out.astype(q.dtype)
+
+
+# --- streaming ----------------------------------------------------------------------------
+
+
+class CausalState:
+    """The running state of causal linear attention, for prefill and step-by-step decoding.
+
+    Holds ``S`` and ``z`` as one float64 array ``kv`` of shape ``(B, H, M, Dv + 1)`` (``z`` is
+    the last column), the number of tokens seen, and the feature map with its projection
+    (fixed for the whole sequence). :meth:`update` costs O(M·Dv) per token per head,
+    whatever the position. Save/restore with :meth:`copy`, :meth:`save` and :meth:`load`.
+
+    Example:
+        >>> import numpy as np
+        >>> from kexue.attention import CausalState, linear_attention
+        >>> rng = np.random.default_rng(0)
+        >>> q, k, v = (rng.standard_normal((1, 2, 6, 4)) for _ in range(3))
+        >>> state = CausalState(feature_map="elu+1")
+        >>> head = state.update(q[:, :, :4], k[:, :, :4], v[:, :, :4])  # prefill
+        >>> tail = [state.update(q[:, :, t], k[:, :, t], v[:, :, t]) for t in (4, 5)]
+        >>> full = linear_attention(q, k, v, causal=True, feature_map="elu+1")
+        >>> bool(np.allclose(full[:, :, 5], tail[1]))
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        feature_map: FeatureMap = "favor+",
+        projection: Any = None,
+        eps: float = 1e-6,
+        key_offset: float | None = None,
+        chunk_size: int = 64,
+    ) -> None:
+        if not callable(feature_map) and feature_map not in FEATURE_MAPS:
+            raise ValueError(
+                f"feature_map must be one of {FEATURE_MAPS} or a callable, got {feature_map!r}"
+            )
+        if feature_map in _FAVOR and projection is None:
+            raise ValueError(f"projection is required by feature_map={feature_map!r}")
+        _check_method("chunked", chunk_size)
+        self.feature_map = feature_map
+        self.projection = projection
+        self.eps = check_scalar(eps, "eps", low=0.0)
+        self.key_offset = None if key_offset is None else check_scalar(key_offset, "key_offset")
+        self.chunk_size = int(chunk_size)
+        self.kv: Any = None
+        self.position = 0
+
+    def update(self, q: Any, k: Any, v: Any) -> Any:
+        """Consumes ``T`` tokens, ``(B, H, T, D)`` (or one token ``(B, H, D)``), and returns their
+        outputs in the same layout. Not differentiable (decoding); the state changes in place."""
+        single = getattr(q, "ndim", np.ndim(q)) == 3
+        if single:
+            q, k, v = (x[:, :, None] for x in (q, k, v))
+        q, k, v = _check_qkv(q, k, v, causal=True)
+        if is_tensor(q):
+            q, k, v = q.detach(), k.detach(), v.detach()
+        phq = _apply_map(
+            self.feature_map, q, self.projection, is_query=True, key_offset=self.key_offset
+        )
+        phk = _apply_map(
+            self.feature_map, k, self.projection, is_query=False, key_offset=self.key_offset
+        )
+        want = (q.shape[0], q.shape[1], phq.shape[-1], v.shape[-1] + 1)
+        if self.kv is not None and tuple(self.kv.shape) != want:
+            raise ValueError(
+                f"q, k, v do not continue this state: it holds (batch, heads, features, dv+1) = "
+                f"{tuple(self.kv.shape)}, these give {want}"
+            )
+        if is_tensor(q) and (q.device.type != "cpu" or _force_torch.get()):
+            import torch
+
+            kv = None if self.kv is None else torch.as_tensor(self.kv, device=q.device)
+            o, _, self.kv = _torch_scan(phq, phk, v, kv, eps=self.eps, chunk_size=self.chunk_size)
+        else:
+            if self.kv is None:
+                self.kv = np.zeros(want)
+            elif is_tensor(self.kv):
+                self.kv = self.kv.cpu().numpy().astype(np.float64)
+            arrays = [x.contiguous().numpy() if is_tensor(x) else x for x in (phq, phk, v)]
+            method = "scan" if q.shape[2] <= 16 else "chunked"
+            o, _ = _native.attention_causal_forward(
+                *arrays, self.eps, method, self.chunk_size, self.kv
+            )
+            o = _to_kind(o, q)
+        self.position += q.shape[2]
+        return o[:, :, 0] if single else o
+
+    def copy(self) -> CausalState:
+        """An independent copy (the projection is shared: it is never modified)."""
+        new = CausalState.__new__(CausalState)
+        new.__dict__.update(self.__dict__)
+        new.kv = (
+            None
+            if self.kv is None
+            else self.kv.copy()
+            if isinstance(self.kv, np.ndarray)
+            else self.kv.clone()
+        )
+        return new
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the state to ``path`` (``.npz``, temp file + rename); not for callable maps."""
+        if callable(self.feature_map):
+            raise ValueError("a state with a callable feature_map cannot be saved")
+        kv = self.kv.cpu().numpy() if is_tensor(self.kv) else self.kv
+        proj = self.projection
+        proj = proj.detach().cpu().numpy() if is_tensor(proj) else proj
+        fields = {
+            "kv": np.zeros(0) if kv is None else kv,
+            "has_kv": np.array(kv is not None),
+            "projection": np.zeros((0, 0)) if proj is None else np.asarray(proj),
+            "has_projection": np.array(proj is not None),
+            "feature_map": np.array(self.feature_map),
+            "eps": np.array(self.eps),
+            "key_offset": np.array(np.nan if self.key_offset is None else self.key_offset),
+            "chunk_size": np.array(self.chunk_size),
+            "position": np.array(self.position),
+        }
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **fields)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CausalState:
+        """Reads a state written by :meth:`save` (as numpy; a torch decode accepts it)."""
+        with np.load(os.fspath(path), allow_pickle=False) as f:
+            offset = float(f["key_offset"])
+            state = cls(
+                feature_map=str(f["feature_map"]),
+                projection=f["projection"] if bool(f["has_projection"]) else None,
+                eps=float(f["eps"]),
+                key_offset=None if math.isnan(offset) else offset,
+                chunk_size=int(f["chunk_size"]),
+            )
+            state.kv = np.array(f["kv"]) if bool(f["has_kv"]) else None
+            state.position = int(f["position"])
+        return state
+
+
+def _to_kind(a: np.ndarray, like: Any) -> Any:
+    if is_tensor(like):
+        import torch
+
+        return torch.from_numpy(a)
+    return a
+
+
+def stream(
+    q: Any,
+    k: Any,
+    v: Any,
+    state: CausalState | None = None,
+    *,
+    feature_map: FeatureMap = "favor+",
+    projection: Any = None,
+    eps: float = 1e-6,
+    key_offset: float | None = None,
+) -> tuple:
+    """Functional streaming: ``(outputs, new_state)`` for ``T`` more tokens after ``state``.
+
+    ``state=None`` starts a sequence with the given feature map and projection; otherwise the
+    state's own feature map and projection are used and ``state`` is left unchanged (its copy
+    is updated). Use :meth:`CausalState.update` to update in place without the copy.
+
+    Example:
+        >>> from kexue.attention import stream
+        >>> x = np.ones((1, 1, 3, 2))
+        >>> out, state = stream(x, x, x, feature_map="relu")
+        >>> out2, state2 = stream(x[:, :, 0], x[:, :, 0], x[:, :, 0], state)
+        >>> state.position, state2.position, out2.shape
+        (3, 4, (1, 1, 2))
+    """
+    if state is None:
+        state = CausalState(
+            feature_map=feature_map, projection=projection, eps=eps, key_offset=key_offset
+        )
+    elif not isinstance(state, CausalState):
+        raise TypeError(f"state must be a CausalState or None, got {type(state).__name__}")
+    else:
+        state = state.copy()
+    return state.update(q, k, v), state

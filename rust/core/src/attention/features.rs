@@ -1,0 +1,445 @@
+//! Feature maps φ: rows of `x` (length `D`) to non-negative features (length `M`).
+//!
+//! FAVOR+ (`Positive`): `φ(x) = exp(Ωx' − |x'|²/2 − c)/√M` with `x' = x·D^(−1/4)`, so that
+//! `E[φ(q)·φ(k)] = exp(q·k/√D)`. `Hyperbolic` uses the antithetic pair `±Ωx'` (2M features
+//! over `√(2M)`). The stabiliser `c`:
+//! * queries: the per-row max of the exponent. It cancels in the attention ratio, and depends
+//!   on that row only, so it is causal.
+//! * keys: one constant for every key, by default `max_i |ω_i|²/2`. Since
+//!   `ωᵀk' − |k'|²/2 = |ω|²/2 − |k' − ω|²/2 ≤ |ω|²/2`, every key feature is then in (0, 1]
+//!   whatever the key's norm: no overflow, and no dependence on other keys (the global max of
+//!   google-research / performer-pytorch leaks future keys into past outputs).
+//!
+//! `Exp` (Su, kexue.fm/archives/8338): `φ(x) = exp(u − c)` on `u = Ωx` (or `u = x`), with the
+//! same per-row query max and a constant key offset (default 0). `EluPlusOne`, `Relu` and
+//! `Identity` apply to `u` elementwise.
+//!
+//! Backward treats `c` as a constant: for queries the output does not depend on it (up to
+//! `eps`), for keys it is one. Every derivative is read off `φ` itself, so nothing else is saved.
+
+use rayon::prelude::*;
+
+use super::gemm::{gemm, Mat};
+use super::Real;
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeatureMap {
+    Positive,
+    Hyperbolic,
+    Exp,
+    EluPlusOne,
+    Relu,
+    Identity,
+}
+
+impl FeatureMap {
+    pub const NAMES: &'static str =
+        "'favor+', 'favor+hyperbolic', 'exp', 'elu+1', 'relu' or 'identity'";
+
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "favor+" => FeatureMap::Positive,
+            "favor+hyperbolic" => FeatureMap::Hyperbolic,
+            "exp" => FeatureMap::Exp,
+            "elu+1" => FeatureMap::EluPlusOne,
+            "relu" => FeatureMap::Relu,
+            "identity" => FeatureMap::Identity,
+            _ => {
+                return Err(Error::value(
+                    "feature_map",
+                    format!("must be one of {}, got {name:?}", Self::NAMES),
+                ))
+            }
+        })
+    }
+
+    fn is_favor(self) -> bool {
+        matches!(self, FeatureMap::Positive | FeatureMap::Hyperbolic)
+    }
+
+    /// Features per row, from the projection's rows `m` (or `D` without a projection).
+    pub fn out_dim(self, m: usize) -> usize {
+        if self == FeatureMap::Hyperbolic {
+            2 * m
+        } else {
+            m
+        }
+    }
+}
+
+/// A feature map with its projection `Ω` (`m × d`, row-major) when it has one.
+pub struct Spec<'a, T> {
+    pub map: FeatureMap,
+    pub d: usize,
+    pub projection: Option<(&'a [T], usize)>,
+    pub is_query: bool,
+    /// The key offset `c`; `None` picks the default (see the module doc).
+    pub offset: Option<f64>,
+}
+
+fn argmax<T: Real>(x: &[T]) -> usize {
+    (0..x.len()).fold(0, |best, i| if x[i] > x[best] { i } else { best })
+}
+
+/// Rows per parallel task.
+const ROWS: usize = 64;
+
+impl<T: Real> Spec<'_, T> {
+    fn m(&self) -> usize {
+        self.projection.map_or(self.d, |(_, m)| m)
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.map.out_dim(self.m())
+    }
+
+    fn check(&self, x_len: usize) -> Result<usize> {
+        if self.d == 0 {
+            return Err(Error::value("x", "must have a non-empty last dimension"));
+        }
+        if x_len % self.d != 0 {
+            return Err(Error::value(
+                "x",
+                format!("must have {x_len} elements divisible by D={}", self.d),
+            ));
+        }
+        match self.projection {
+            None if self.map.is_favor() => Err(Error::value(
+                "projection",
+                "is required by the FAVOR+ feature maps",
+            )),
+            Some((_, 0)) => Err(Error::value(
+                "projection",
+                "must have a positive number of features (rows)",
+            )),
+            Some((w, m)) if w.len() != m * self.d => Err(Error::value(
+                "projection",
+                format!("must have shape (m, {}), got {} elements", self.d, w.len()),
+            )),
+            _ => Ok(x_len / self.d),
+        }
+    }
+
+    fn offset(&self) -> T {
+        let c = match (self.offset, self.projection) {
+            (Some(c), _) => c,
+            (None, Some((w, _))) if self.map.is_favor() => {
+                w.chunks_exact(self.d)
+                    .map(|r| {
+                        r.iter()
+                            .map(|x| x.to_f64().unwrap_or(0.0).powi(2))
+                            .sum::<f64>()
+                    })
+                    .fold(0.0, f64::max)
+                    / 2.0
+            }
+            _ => 0.0,
+        };
+        T::from(c).unwrap_or_else(T::zero)
+    }
+
+    /// `u = scale·x·Ωᵀ` for a block of rows (or `x` itself without a projection).
+    fn project(&self, x: &[T], rows: usize, u: &mut [T]) {
+        match self.projection {
+            Some((w, m)) => {
+                let scale = if self.map.is_favor() {
+                    T::from(self.d as f64).map_or_else(T::one, |d| d.powf(T::from(-0.25).unwrap()))
+                } else {
+                    T::one()
+                };
+                gemm(
+                    scale,
+                    Mat::new(x, rows, self.d, self.d),
+                    Mat::new(w, m, self.d, self.d).t(),
+                    T::zero(),
+                    u,
+                    m,
+                );
+            }
+            None => u.copy_from_slice(x),
+        }
+    }
+
+    /// Writes φ of every row of `x` into `out` (`rows × out_dim`).
+    pub fn forward(&self, x: &[T], out: &mut [T]) -> Result<()> {
+        let rows = self.check(x.len())?;
+        let (m, f) = (self.m(), self.out_dim());
+        if out.len() != rows * f {
+            return Err(Error::value(
+                "out",
+                format!("must have {} elements", rows * f),
+            ));
+        }
+        let offset = self.offset();
+        let half = T::from(0.5).unwrap();
+        let x_scale2 = T::from(1.0 / (self.d as f64).sqrt()).unwrap();
+        let norm = T::from(1.0 / (f as f64).sqrt()).unwrap();
+        out.par_chunks_mut(ROWS * f)
+            .zip(x.par_chunks(ROWS * self.d))
+            .for_each(|(o, x)| {
+                let n = x.len() / self.d;
+                let mut u = vec![T::zero(); n * m];
+                self.project(x, n, &mut u);
+                for ((o, u), x) in o
+                    .chunks_exact_mut(f)
+                    .zip(u.chunks_exact(m))
+                    .zip(x.chunks_exact(self.d))
+                {
+                    self.row(u, x, o, offset, half * x_scale2, norm);
+                }
+            });
+        Ok(())
+    }
+
+    fn row(&self, u: &[T], x: &[T], o: &mut [T], offset: T, half_scale2: T, norm: T) {
+        let max = |it: &mut dyn Iterator<Item = T>| it.fold(T::neg_infinity(), T::max);
+        match self.map {
+            FeatureMap::Positive | FeatureMap::Hyperbolic => {
+                let hyp = self.map == FeatureMap::Hyperbolic;
+                // Queries drop the per-row |x'|²/2 along with the max: both cancel in the ratio.
+                let shift = match (self.is_query, hyp) {
+                    (true, true) => max(&mut u.iter().map(|v| v.abs())),
+                    (true, false) => max(&mut u.iter().copied()),
+                    (false, _) => {
+                        x.iter().fold(T::zero(), |a, &v| a + v * v) * half_scale2 + offset
+                    }
+                };
+                let m = u.len();
+                for (oi, &ui) in o[..m].iter_mut().zip(u) {
+                    *oi = (ui - shift).exp() * norm;
+                }
+                if hyp {
+                    for (oi, &ui) in o[m..].iter_mut().zip(u) {
+                        *oi = (-ui - shift).exp() * norm;
+                    }
+                }
+            }
+            FeatureMap::Exp => {
+                let c = if self.is_query {
+                    max(&mut u.iter().copied())
+                } else {
+                    offset
+                };
+                o.iter_mut()
+                    .zip(u)
+                    .for_each(|(oi, &ui)| *oi = (ui - c).exp());
+            }
+            FeatureMap::EluPlusOne => o.iter_mut().zip(u).for_each(|(oi, &ui)| {
+                *oi = if ui > T::zero() {
+                    ui + T::one()
+                } else {
+                    ui.exp()
+                }
+            }),
+            FeatureMap::Relu => o
+                .iter_mut()
+                .zip(u)
+                .for_each(|(oi, &ui)| *oi = ui.max(T::zero())),
+            FeatureMap::Identity => o.copy_from_slice(u),
+        }
+    }
+
+    /// The vector-Jacobian product: `dx` from `x`, `φ(x)` and `grad = ∂L/∂φ`.
+    pub fn backward(&self, x: &[T], phi: &[T], grad: &[T], dx: &mut [T]) -> Result<()> {
+        let rows = self.check(x.len())?;
+        let (m, f) = (self.m(), self.out_dim());
+        for (name, len, want) in [
+            ("phi", phi.len(), rows * f),
+            ("grad", grad.len(), rows * f),
+            ("dx", dx.len(), x.len()),
+        ] {
+            if len != want {
+                return Err(Error::value(
+                    name,
+                    format!("must have {want} elements, got {len}"),
+                ));
+            }
+        }
+        let favor_scale = T::from((self.d as f64).powf(-0.25)).unwrap();
+        dx.par_chunks_mut(ROWS * self.d)
+            .zip(x.par_chunks(ROWS * self.d))
+            .zip(phi.par_chunks(ROWS * f).zip(grad.par_chunks(ROWS * f)))
+            .for_each(|((dx, x), (phi, grad))| {
+                let n = x.len() / self.d;
+                // du = ∂L/∂u, and for FAVOR+ s = Σ_i ∂L/∂u_i^± (the |x'|²/2 term's weight).
+                let mut du = vec![T::zero(); n * m];
+                let mut s = vec![T::zero(); n];
+                for (((du, s), phi), g) in du
+                    .chunks_exact_mut(m)
+                    .zip(s.iter_mut())
+                    .zip(phi.chunks_exact(f))
+                    .zip(grad.chunks_exact(f))
+                {
+                    match self.map {
+                        FeatureMap::Positive | FeatureMap::Exp => {
+                            du.iter_mut()
+                                .zip(phi.iter().zip(g))
+                                .for_each(|(d, (&p, &g))| *d = p * g);
+                            *s = du.iter().fold(T::zero(), |a, &b| a + b);
+                            if self.is_query {
+                                // the subtracted max is u at the largest feature
+                                du[argmax(phi)] = du[argmax(phi)] - *s;
+                                *s = T::zero();
+                            }
+                        }
+                        FeatureMap::Hyperbolic => {
+                            let (pp, pm) = phi.split_at(m);
+                            let (gp, gm) = g.split_at(m);
+                            let mut total = T::zero();
+                            for i in 0..m {
+                                let (a, b) = (pp[i] * gp[i], pm[i] * gm[i]);
+                                du[i] = a - b;
+                                total = total + a + b;
+                            }
+                            *s = total;
+                            if self.is_query {
+                                // the subtracted max is |u_i| = ±u_i at the largest feature
+                                let i = argmax(phi);
+                                let (i, sign) = if i < m {
+                                    (i, T::one())
+                                } else {
+                                    (i - m, -T::one())
+                                };
+                                du[i] = du[i] - sign * total;
+                                *s = T::zero();
+                            }
+                        }
+                        FeatureMap::EluPlusOne => du
+                            .iter_mut()
+                            .zip(phi.iter().zip(g))
+                            .for_each(|(d, (&p, &g))| *d = if p > T::one() { g } else { g * p }),
+                        FeatureMap::Relu => {
+                            du.iter_mut()
+                                .zip(phi.iter().zip(g))
+                                .for_each(|(d, (&p, &g))| {
+                                    *d = if p > T::zero() { g } else { T::zero() }
+                                })
+                        }
+                        FeatureMap::Identity => du.copy_from_slice(g),
+                    }
+                }
+                match self.projection {
+                    Some((w, _)) => {
+                        let favor = self.map.is_favor();
+                        let alpha = if favor { favor_scale } else { T::one() };
+                        gemm(
+                            alpha,
+                            Mat::new(&du, n, m, m),
+                            Mat::new(w, m, self.d, self.d),
+                            T::zero(),
+                            dx,
+                            self.d,
+                        );
+                        if favor {
+                            // ∂(|x'|²/2)/∂x = x·D^(−1/2)
+                            let k = favor_scale * favor_scale;
+                            for ((dx, x), &s) in dx
+                                .chunks_exact_mut(self.d)
+                                .zip(x.chunks_exact(self.d))
+                                .zip(&s)
+                            {
+                                dx.iter_mut().zip(x).for_each(|(d, &x)| *d = *d - s * k * x);
+                            }
+                        }
+                    }
+                    None => dx.copy_from_slice(&du),
+                }
+            });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(map: FeatureMap, w: &[f64], m: usize, is_query: bool) -> Spec<'_, f64> {
+        Spec {
+            map,
+            d: w.len() / m,
+            projection: Some((w, m)),
+            is_query,
+            offset: None,
+        }
+    }
+
+    #[test]
+    fn favor_matches_the_formula_and_keys_stay_below_one() {
+        let w = [0.3, -1.2, 0.5, 2.0, -0.7, 0.1]; // m = 3, d = 2
+        let x = [40.0, -25.0, 0.2, 0.1];
+        let s = spec(FeatureMap::Positive, &w, 3, false);
+        let mut k = [0.0; 6];
+        s.forward(&x, &mut k).unwrap();
+        assert!(k.iter().all(|&v| v >= 0.0) && k.iter().all(|&v| v <= 1.0 / 3f64.sqrt()));
+        let c = w
+            .chunks(2)
+            .map(|r| (r[0] * r[0] + r[1] * r[1]) / 2.0)
+            .fold(0.0, f64::max);
+        let sc = 2f64.powf(-0.25);
+        for i in 0..3 {
+            let (x0, x1) = (x[2] * sc, x[3] * sc);
+            let u = w[2 * i] * x0 + w[2 * i + 1] * x1;
+            let want = (u - (x0 * x0 + x1 * x1) / 2.0 - c).exp() / 3f64.sqrt();
+            assert!((k[3 + i] - want).abs() < 1e-15);
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let w = [0.3, -1.2, 0.5, 2.0, -0.7, 0.1, 0.9, 0.4];
+        let x = [0.4, -0.3, 0.2, 0.1];
+        let g: Vec<f64> = (0..8).map(|i| (f64::from(i) * 0.7).sin()).collect();
+        for map in [
+            FeatureMap::Positive,
+            FeatureMap::Hyperbolic,
+            FeatureMap::Exp,
+            FeatureMap::EluPlusOne,
+            FeatureMap::Relu,
+            FeatureMap::Identity,
+        ] {
+            for is_query in [false, true] {
+                let mut s = spec(map, &w, 4, is_query);
+                s.offset = Some(0.25);
+                let f = s.out_dim() * 2;
+                let loss = |x: &[f64]| {
+                    let mut p = vec![0.0; f];
+                    s.forward(x, &mut p).unwrap();
+                    p.iter()
+                        .zip(g.iter().cycle())
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>()
+                };
+                let mut phi = vec![0.0; f];
+                s.forward(&x, &mut phi).unwrap();
+                let gg: Vec<f64> = g.iter().cycle().take(f).copied().collect();
+                let mut dx = [0.0; 4];
+                s.backward(&x, &phi, &gg, &mut dx).unwrap();
+                for i in 0..4 {
+                    let (mut xp, mut xm) = (x, x);
+                    xp[i] += 1e-6;
+                    xm[i] -= 1e-6;
+                    let fd = (loss(&xp) - loss(&xm)) / 2e-6;
+                    assert!((dx[i] - fd).abs() < 1e-7, "{map:?} {i}: {} vs {fd}", dx[i]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        assert!(FeatureMap::parse("softmax").is_err());
+        let s: Spec<f64> = Spec {
+            map: FeatureMap::Positive,
+            d: 2,
+            projection: None,
+            is_query: true,
+            offset: None,
+        };
+        assert!(s.forward(&[1.0, 2.0], &mut [0.0; 2]).is_err());
+        let w = [1.0; 6];
+        assert!(spec(FeatureMap::Relu, &w, 3, true)
+            .forward(&[1.0; 3], &mut [0.0; 3])
+            .is_err());
+    }
+}

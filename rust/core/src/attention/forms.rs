@@ -1,0 +1,854 @@
+//! The causal forms (chunked, token scan, quadratic) and the non-causal form, forward and
+//! backward, on feature-mapped queries/keys.
+//!
+//! With `v' = [v, 1]` (`w = D_v + 1` columns), every form computes `y_t = Σ_{s≤t} (q_t·k_s) v'_s`
+//! plus `q_tᵀ S₀` from an initial state, and returns `o_t = y_t[..D_v] / den_t` with
+//! `den_t = y_t[D_v] + eps`. The state `S` (`M × w`, f64) holds `Σ k v'ᵀ`; its last column is `z`.
+//!
+//! Backward maps `(∂L/∂o, ∂L/∂den)` to `g'_t = [∂L/∂o_t / den_t, ∂L/∂den_t − (∂L/∂o_t · o_t)/den_t]`,
+//! the gradient of the unnormalised `y_t`, then (fast-transformers' design, no subtraction):
+//! a forward sweep gives `∂q_t = S_t g'_t`; a reverse sweep with `R_t = Σ_{u≥t} q_u g'_uᵀ`
+//! gives `∂k_t = R_t v'_t` and `∂v'_t = R_tᵀ k_t`. Chunked, the intra-chunk part is a masked
+//! `C × C` product and the inter-chunk part one product with the carried `S` or `R`: memory is
+//! `O(M·D_v + C²)` per head, never `O(N·M·D_v)`.
+
+use rayon::prelude::*;
+
+use super::gemm::{gemm, Mat};
+use super::Real;
+use crate::{Error, Result};
+
+/// How a causal pass is scheduled; all give the same result up to rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Blocks of `C` tokens: masked `C × C` products inside, the carried state across.
+    Chunked(usize),
+    /// The prefix-sum recurrence, one token at a time in f64 (what decoding runs).
+    Scan,
+    /// The parallel masked quadratic form, `O(N²)`: a reference.
+    Quadratic,
+}
+
+impl Method {
+    pub fn parse(name: &str, chunk_size: usize) -> Result<Self> {
+        match name {
+            "chunked" if chunk_size == 0 => Err(Error::value("chunk_size", "must be >= 1, got 0")),
+            "chunked" => Ok(Method::Chunked(chunk_size)),
+            "scan" => Ok(Method::Scan),
+            "quadratic" => Ok(Method::Quadratic),
+            _ => Err(Error::value(
+                "method",
+                format!("must be 'chunked', 'scan' or 'quadratic', got {name:?}"),
+            )),
+        }
+    }
+}
+
+/// `bh` heads of `nq` queries and `nk` keys/values (equal when causal), `m` features,
+/// `dv` value columns.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub bh: usize,
+    pub nq: usize,
+    pub nk: usize,
+    pub m: usize,
+    pub dv: usize,
+}
+
+pub struct Inputs<'a, T> {
+    pub dims: Dims,
+    pub q: &'a [T],
+    pub k: &'a [T],
+    pub v: &'a [T],
+}
+
+/// `o` is `(bh, nq, dv)`, `den` `(bh, nq)`.
+pub struct Outputs<'a, T> {
+    pub o: &'a mut [T],
+    pub den: &'a mut [T],
+}
+
+/// The forward outputs and the gradients flowing into them.
+pub struct Grads<'a, T> {
+    pub o: &'a [T],
+    pub den: &'a [T],
+    pub go: &'a [T],
+    pub gden: &'a [T],
+}
+
+pub struct GradsOut<'a, T> {
+    pub dq: &'a mut [T],
+    pub dk: &'a mut [T],
+    pub dv: &'a mut [T],
+}
+
+fn f<T: Real>(x: T) -> f64 {
+    x.to_f64().unwrap_or(f64::NAN)
+}
+
+fn t<T: Real>(x: f64) -> T {
+    T::from(x).unwrap_or_else(T::nan)
+}
+
+fn check_len(name: &str, len: usize, want: usize) -> Result<()> {
+    if len == want {
+        Ok(())
+    } else {
+        Err(Error::value(
+            name,
+            format!("must have {want} elements, got {len}"),
+        ))
+    }
+}
+
+impl<T: Real> Inputs<'_, T> {
+    fn check(&self, causal: bool) -> Result<()> {
+        let Dims { bh, nq, nk, m, dv } = self.dims;
+        if m == 0 {
+            return Err(Error::value("q", "must have a positive feature dimension"));
+        }
+        if dv == 0 {
+            return Err(Error::value("v", "must have a positive value dimension"));
+        }
+        if causal && nq != nk {
+            return Err(Error::value(
+                "k",
+                format!("must have as many positions as q ({nq}) when causal, got {nk}"),
+            ));
+        }
+        let len = |a: usize, b: usize, c: usize| a.checked_mul(b).and_then(|x| x.checked_mul(c));
+        let q = len(bh, nq, m).ok_or_else(|| Error::value("q", "is too large"))?;
+        let k = len(bh, nk, m).ok_or_else(|| Error::value("k", "is too large"))?;
+        let v = len(bh, nk, dv).ok_or_else(|| Error::value("v", "is too large"))?;
+        check_len("q", self.q.len(), q)?;
+        check_len("k", self.k.len(), k)?;
+        check_len("v", self.v.len(), v)
+    }
+
+    fn head(&self, b: usize) -> (&[T], &[T], &[T]) {
+        let Dims { nq, nk, m, dv, .. } = self.dims;
+        (
+            &self.q[b * nq * m..(b + 1) * nq * m],
+            &self.k[b * nk * m..(b + 1) * nk * m],
+            &self.v[b * nk * dv..(b + 1) * nk * dv],
+        )
+    }
+}
+
+fn check_eps(eps: f64) -> Result<()> {
+    crate::error::check_finite_at_least("eps", eps, 0.0).map(|_| ())
+}
+
+/// `[v | 1]` for a block of rows.
+fn augment<T: Real>(v: &[T], dv: usize, out: &mut [T]) {
+    for (o, v) in out.chunks_exact_mut(dv + 1).zip(v.chunks_exact(dv)) {
+        o[..dv].copy_from_slice(v);
+        o[dv] = T::one();
+    }
+}
+
+/// `g'` rows (see the module doc) for a block.
+fn grad_prime<T: Real>(g: &Grads<T>, rows: std::ops::Range<usize>, dv: usize, out: &mut [T]) {
+    let (o, go) = (
+        &g.o[rows.start * dv..rows.end * dv],
+        &g.go[rows.start * dv..rows.end * dv],
+    );
+    for (((gp, o), go), (&den, &gden)) in out
+        .chunks_exact_mut(dv + 1)
+        .zip(o.chunks_exact(dv))
+        .zip(go.chunks_exact(dv))
+        .zip(g.den[rows.clone()].iter().zip(&g.gden[rows]))
+    {
+        let inv = T::one() / den;
+        let mut dot = T::zero();
+        for j in 0..dv {
+            gp[j] = go[j] * inv;
+            dot = dot + go[j] * o[j];
+        }
+        gp[dv] = gden - dot * inv;
+    }
+}
+
+/// Zeroes the strict upper triangle of a row-major `l × l` block (assignment, not a product,
+/// so non-finite future entries cannot leak into the past).
+fn tril<T: Real>(a: &mut [T], l: usize) {
+    for (i, row) in a.chunks_exact_mut(l).enumerate() {
+        row[i + 1..].iter_mut().for_each(|x| *x = T::zero());
+    }
+}
+
+/// `o`/`den` from unnormalised rows `y` (`w` wide).
+fn normalise<T: Real>(y: &[T], dv: usize, eps: f64, o: &mut [T], den: &mut [T]) {
+    for ((y, o), den) in y.chunks_exact(dv + 1).zip(o.chunks_exact_mut(dv)).zip(den) {
+        let d = f(y[dv]) + eps;
+        *den = t(d);
+        o.iter_mut().zip(y).for_each(|(o, &y)| *o = t(f(y) / d));
+    }
+}
+
+/// `s64 += delta` and refresh the working copy `st` of the state.
+fn accumulate<T: Real>(s64: &mut [f64], st: &mut [T], delta: &[T]) {
+    for ((s, st), &d) in s64.iter_mut().zip(st.iter_mut()).zip(delta) {
+        *s += f(d);
+        *st = t(*s);
+    }
+}
+
+struct Head<'a, T> {
+    n: usize,
+    m: usize,
+    dv: usize,
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+}
+
+impl<T: Real> Head<'_, T> {
+    fn chunked_forward(&self, c: usize, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) {
+        let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
+        let c = c.min(n);
+        let mut a = vec![T::zero(); c * c];
+        let mut vp = vec![T::zero(); c * w];
+        let mut y = vec![T::zero(); c * w];
+        let mut delta = vec![T::zero(); m * w];
+        let mut st: Vec<T> = s64.iter().map(|&x| t(x)).collect();
+        for c0 in (0..n).step_by(c) {
+            let l = c.min(n - c0);
+            let qc = Mat::new(&self.q[c0 * m..(c0 + l) * m], l, m, m);
+            let kc = Mat::new(&self.k[c0 * m..(c0 + l) * m], l, m, m);
+            augment(&self.v[c0 * dv..(c0 + l) * dv], dv, &mut vp[..l * w]);
+            gemm(T::one(), qc, kc.t(), T::zero(), &mut a, l);
+            tril(&mut a[..l * l], l);
+            gemm(
+                T::one(),
+                Mat::new(&a, l, l, l),
+                Mat::new(&vp, l, w, w),
+                T::zero(),
+                &mut y,
+                w,
+            );
+            gemm(T::one(), qc, Mat::new(&st, m, w, w), T::one(), &mut y, w);
+            gemm(
+                T::one(),
+                kc.t(),
+                Mat::new(&vp, l, w, w),
+                T::zero(),
+                &mut delta,
+                w,
+            );
+            accumulate(s64, &mut st, &delta);
+            normalise(
+                &y[..l * w],
+                dv,
+                eps,
+                &mut o[c0 * dv..(c0 + l) * dv],
+                &mut den[c0..c0 + l],
+            );
+        }
+    }
+
+    fn scan_forward(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) {
+        let (m, dv, w) = (self.m, self.dv, self.dv + 1);
+        let mut vf = vec![1.0f64; w];
+        let mut y = vec![0.0f64; w];
+        for (tok, (o, den)) in o.chunks_exact_mut(dv).zip(den.iter_mut()).enumerate() {
+            vf[..dv]
+                .iter_mut()
+                .zip(&self.v[tok * dv..(tok + 1) * dv])
+                .for_each(|(a, &b)| *a = f(b));
+            y.iter_mut().for_each(|x| *x = 0.0);
+            let (q, k) = (
+                &self.q[tok * m..(tok + 1) * m],
+                &self.k[tok * m..(tok + 1) * m],
+            );
+            for ((row, &qi), &ki) in s64.chunks_exact_mut(w).zip(q).zip(k) {
+                let (qi, ki) = (f(qi), f(ki));
+                for ((s, &vj), yj) in row.iter_mut().zip(&vf).zip(y.iter_mut()) {
+                    *s += ki * vj;
+                    *yj += qi * *s;
+                }
+            }
+            let d = y[dv] + eps;
+            *den = t(d);
+            o.iter_mut().zip(&y).for_each(|(o, &y)| *o = t(y / d));
+        }
+    }
+
+    fn quadratic_forward(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) {
+        let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
+        let mut y = vec![0.0f64; w];
+        for i in 0..n {
+            let qi = &self.q[i * m..(i + 1) * m];
+            y.iter_mut().for_each(|x| *x = 0.0);
+            for (row, &qv) in s64.chunks_exact(w).zip(qi) {
+                y.iter_mut().zip(row).for_each(|(y, &s)| *y += f(qv) * s);
+            }
+            for j in 0..=i {
+                let kj = &self.k[j * m..(j + 1) * m];
+                let a: f64 = qi.iter().zip(kj).map(|(&x, &y)| f(x) * f(y)).sum();
+                for (yc, &vj) in y.iter_mut().zip(&self.v[j * dv..(j + 1) * dv]) {
+                    *yc += a * f(vj);
+                }
+                y[dv] += a;
+            }
+            let d = y[dv] + eps;
+            den[i] = t(d);
+            for (oc, &yc) in o[i * dv..(i + 1) * dv].iter_mut().zip(&y) {
+                *oc = t(yc / d);
+            }
+        }
+        for j in 0..n {
+            for (row, &kv) in s64.chunks_exact_mut(w).zip(&self.k[j * m..(j + 1) * m]) {
+                for (s, &vj) in row.iter_mut().zip(&self.v[j * dv..(j + 1) * dv]) {
+                    *s += f(kv) * f(vj);
+                }
+                row[dv] += f(kv);
+            }
+        }
+    }
+
+    fn chunked_backward(&self, c: usize, g: &Grads<T>, dq: &mut [T], dk: &mut [T], dvo: &mut [T]) {
+        let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
+        let c = c.min(n);
+        let mut a = vec![T::zero(); c * c];
+        let mut vp = vec![T::zero(); c * w];
+        let mut gp = vec![T::zero(); c * w];
+        let mut dvp = vec![T::zero(); c * w];
+        let mut delta = vec![T::zero(); m * w];
+        let mut s64 = vec![0.0f64; m * w];
+        let mut st = vec![T::zero(); m * w];
+        let starts: Vec<usize> = (0..n).step_by(c).collect();
+        // Forward sweep: ∂q_t = Σ_{s≤t in chunk} (g'_t·v'_s) k_s + S_prev g'_t.
+        for &c0 in &starts {
+            let l = c.min(n - c0);
+            let kc = Mat::new(&self.k[c0 * m..(c0 + l) * m], l, m, m);
+            augment(&self.v[c0 * dv..(c0 + l) * dv], dv, &mut vp[..l * w]);
+            grad_prime(g, c0..c0 + l, dv, &mut gp[..l * w]);
+            let (vpm, gpm) = (Mat::new(&vp, l, w, w), Mat::new(&gp, l, w, w));
+            gemm(T::one(), gpm, vpm.t(), T::zero(), &mut a, l);
+            tril(&mut a[..l * l], l);
+            let dqc = &mut dq[c0 * m..(c0 + l) * m];
+            gemm(T::one(), Mat::new(&a, l, l, l), kc, T::zero(), dqc, m);
+            gemm(T::one(), gpm, Mat::new(&st, m, w, w).t(), T::one(), dqc, m);
+            gemm(T::one(), kc.t(), vpm, T::zero(), &mut delta, w);
+            accumulate(&mut s64, &mut st, &delta);
+        }
+        // Reverse sweep with R = Σ_{later} q g'ᵀ.
+        s64.iter_mut().for_each(|x| *x = 0.0);
+        st.iter_mut().for_each(|x| *x = T::zero());
+        for &c0 in starts.iter().rev() {
+            let l = c.min(n - c0);
+            let qc = Mat::new(&self.q[c0 * m..(c0 + l) * m], l, m, m);
+            let kc = Mat::new(&self.k[c0 * m..(c0 + l) * m], l, m, m);
+            augment(&self.v[c0 * dv..(c0 + l) * dv], dv, &mut vp[..l * w]);
+            grad_prime(g, c0..c0 + l, dv, &mut gp[..l * w]);
+            let (vpm, gpm) = (Mat::new(&vp, l, w, w), Mat::new(&gp, l, w, w));
+            let rt = Mat::new(&st, m, w, w);
+            // ∂k_s = Σ_{t≥s} (g'_t·v'_s) q_t + R v'_s
+            gemm(T::one(), gpm, vpm.t(), T::zero(), &mut a, l);
+            tril(&mut a[..l * l], l);
+            let dkc = &mut dk[c0 * m..(c0 + l) * m];
+            gemm(T::one(), Mat::new(&a, l, l, l).t(), qc, T::zero(), dkc, m);
+            gemm(T::one(), vpm, rt.t(), T::one(), dkc, m);
+            // ∂v'_s = Σ_{t≥s} (q_t·k_s) g'_t + Rᵀ k_s
+            gemm(T::one(), qc, kc.t(), T::zero(), &mut a, l);
+            tril(&mut a[..l * l], l);
+            gemm(
+                T::one(),
+                Mat::new(&a, l, l, l).t(),
+                gpm,
+                T::zero(),
+                &mut dvp,
+                w,
+            );
+            gemm(T::one(), kc, rt, T::one(), &mut dvp, w);
+            for (dst, src) in dvo[c0 * dv..(c0 + l) * dv]
+                .chunks_exact_mut(dv)
+                .zip(dvp.chunks_exact(w))
+            {
+                dst.copy_from_slice(&src[..dv]);
+            }
+            gemm(T::one(), qc.t(), gpm, T::zero(), &mut delta, w);
+            accumulate(&mut s64, &mut st, &delta);
+        }
+    }
+
+    fn scan_backward(&self, g: &Grads<T>, dq: &mut [T], dk: &mut [T], dvo: &mut [T]) {
+        let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
+        let mut s = vec![0.0f64; m * w];
+        let mut vf = vec![1.0f64; w];
+        let mut gp = vec![T::zero(); w];
+        let mut gf = vec![0.0f64; w];
+        let load = |tok: usize, vf: &mut [f64], gp: &mut [T], gf: &mut [f64]| {
+            vf[..dv]
+                .iter_mut()
+                .zip(&self.v[tok * dv..(tok + 1) * dv])
+                .for_each(|(a, &b)| *a = f(b));
+            grad_prime(g, tok..tok + 1, dv, gp);
+            gf.iter_mut().zip(gp.iter()).for_each(|(a, &b)| *a = f(b));
+        };
+        for tok in 0..n {
+            load(tok, &mut vf, &mut gp, &mut gf);
+            let k = &self.k[tok * m..(tok + 1) * m];
+            for ((row, &ki), dqi) in s
+                .chunks_exact_mut(w)
+                .zip(k)
+                .zip(&mut dq[tok * m..(tok + 1) * m])
+            {
+                let ki = f(ki);
+                let mut acc = 0.0;
+                for ((s, &vj), &gj) in row.iter_mut().zip(&vf).zip(&gf) {
+                    *s += ki * vj;
+                    acc += *s * gj;
+                }
+                *dqi = t(acc);
+            }
+        }
+        s.iter_mut().for_each(|x| *x = 0.0);
+        let mut dvf = vec![0.0f64; w];
+        for tok in (0..n).rev() {
+            load(tok, &mut vf, &mut gp, &mut gf);
+            let (q, k) = (
+                &self.q[tok * m..(tok + 1) * m],
+                &self.k[tok * m..(tok + 1) * m],
+            );
+            dvf.iter_mut().for_each(|x| *x = 0.0);
+            for (((row, &qi), &ki), dki) in s
+                .chunks_exact_mut(w)
+                .zip(q)
+                .zip(k)
+                .zip(&mut dk[tok * m..(tok + 1) * m])
+            {
+                let (qi, ki) = (f(qi), f(ki));
+                let mut acc = 0.0;
+                for (((r, &gj), &vj), dvj) in row.iter_mut().zip(&gf).zip(&vf).zip(dvf.iter_mut()) {
+                    *r += qi * gj;
+                    acc += *r * vj;
+                    *dvj += *r * ki;
+                }
+                *dki = t(acc);
+            }
+            for (o, &x) in dvo[tok * dv..(tok + 1) * dv].iter_mut().zip(&dvf) {
+                *o = t(x);
+            }
+        }
+    }
+}
+
+/// Rows per block of the non-causal sums.
+const BLOCK: usize = 256;
+
+/// `Σ_rows aᵀ b` over row blocks, each block's product added into an f64 total.
+fn sum_outer<T: Real>(a: &[T], ka: usize, b: &[T], kb: usize, scratch: &mut [T]) -> Vec<T> {
+    let rows = a.len() / ka;
+    let mut s64 = vec![0.0f64; ka * kb];
+    let mut st = vec![T::zero(); ka * kb];
+    for r0 in (0..rows).step_by(BLOCK) {
+        let l = BLOCK.min(rows - r0);
+        let am = Mat::new(&a[r0 * ka..(r0 + l) * ka], l, ka, ka);
+        let bm = Mat::new(&b[r0 * kb..(r0 + l) * kb], l, kb, kb);
+        gemm(T::one(), am.t(), bm, T::zero(), scratch, kb);
+        accumulate(&mut s64, &mut st, scratch);
+    }
+    st
+}
+
+fn augmented<T: Real>(v: &[T], dv: usize) -> Vec<T> {
+    let mut vp = vec![T::zero(); v.len() / dv * (dv + 1)];
+    augment(v, dv, &mut vp);
+    vp
+}
+
+/// The states, one per head, or fresh zero states.
+fn states(state: Option<&mut [f64]>, bh: usize, size: usize) -> Result<Vec<Option<&mut [f64]>>> {
+    match state {
+        Some(s) => {
+            check_len("state", s.len(), bh * size)?;
+            Ok(s.chunks_exact_mut(size).map(Some).collect())
+        }
+        None => Ok((0..bh).map(|_| None).collect()),
+    }
+}
+
+/// Causal linear attention; `state` (`(bh, m, dv + 1)`, f64), when given, is the initial state
+/// and receives the final one.
+pub fn causal_forward<T: Real>(
+    x: &Inputs<T>,
+    eps: f64,
+    method: Method,
+    state: Option<&mut [f64]>,
+    out: Outputs<T>,
+) -> Result<()> {
+    x.check(true)?;
+    check_eps(eps)?;
+    let Dims {
+        bh, nq: n, m, dv, ..
+    } = x.dims;
+    let w = dv + 1;
+    check_len("o", out.o.len(), bh * n * dv)?;
+    check_len("den", out.den.len(), bh * n)?;
+    let states = states(state, bh, m * w)?;
+    if n == 0 {
+        return Ok(());
+    }
+    out.o
+        .par_chunks_mut(n * dv)
+        .zip(out.den.par_chunks_mut(n))
+        .zip(states.into_par_iter())
+        .enumerate()
+        .for_each(|(b, ((o, den), state))| {
+            let (q, k, v) = x.head(b);
+            let head = Head { n, m, dv, q, k, v };
+            let mut fresh = Vec::new();
+            let s64 = state.unwrap_or_else(|| {
+                fresh = vec![0.0; m * w];
+                &mut fresh
+            });
+            match method {
+                Method::Chunked(c) => head.chunked_forward(c, eps, s64, o, den),
+                Method::Scan => head.scan_forward(eps, s64, o, den),
+                Method::Quadratic => head.quadratic_forward(eps, s64, o, den),
+            }
+        });
+    Ok(())
+}
+
+fn check_grads<T: Real>(d: Dims, g: &Grads<T>, gout: &GradsOut<T>) -> Result<()> {
+    check_len("o", g.o.len(), d.bh * d.nq * d.dv)?;
+    check_len("grad_o", g.go.len(), d.bh * d.nq * d.dv)?;
+    check_len("den", g.den.len(), d.bh * d.nq)?;
+    check_len("grad_den", g.gden.len(), d.bh * d.nq)?;
+    check_len("dq", gout.dq.len(), d.bh * d.nq * d.m)?;
+    check_len("dk", gout.dk.len(), d.bh * d.nk * d.m)?;
+    check_len("dv", gout.dv.len(), d.bh * d.nk * d.dv)
+}
+
+/// Gradients of [`causal_forward`] (from a zero initial state) w.r.t. `q`, `k`, `v`.
+pub fn causal_backward<T: Real>(
+    x: &Inputs<T>,
+    method: Method,
+    g: &Grads<T>,
+    gout: GradsOut<T>,
+) -> Result<()> {
+    x.check(true)?;
+    let d = x.dims;
+    check_grads(d, g, &gout)?;
+    let Dims { nq: n, m, dv, .. } = d;
+    if n == 0 {
+        return Ok(());
+    }
+    gout.dq
+        .par_chunks_mut(n * m)
+        .zip(gout.dk.par_chunks_mut(n * m))
+        .zip(gout.dv.par_chunks_mut(n * dv))
+        .enumerate()
+        .for_each(|(b, ((dq, dk), dvo))| {
+            let (q, k, v) = x.head(b);
+            let head = Head { n, m, dv, q, k, v };
+            let rows = b * n..(b + 1) * n;
+            let gh = Grads {
+                o: &g.o[rows.start * dv..rows.end * dv],
+                den: &g.den[rows.clone()],
+                go: &g.go[rows.start * dv..rows.end * dv],
+                gden: &g.gden[rows],
+            };
+            match method {
+                Method::Chunked(c) => head.chunked_backward(c, &gh, dq, dk, dvo),
+                Method::Scan | Method::Quadratic => head.scan_backward(&gh, dq, dk, dvo),
+            }
+        });
+    Ok(())
+}
+
+/// Non-causal linear attention: every query sees every key (`nq` and `nk` may differ).
+pub fn non_causal_forward<T: Real>(x: &Inputs<T>, eps: f64, out: Outputs<T>) -> Result<()> {
+    x.check(false)?;
+    check_eps(eps)?;
+    let Dims { bh, nq, m, dv, .. } = x.dims;
+    let w = dv + 1;
+    check_len("o", out.o.len(), bh * nq * dv)?;
+    check_len("den", out.den.len(), bh * nq)?;
+    if nq == 0 {
+        return Ok(());
+    }
+    out.o
+        .par_chunks_mut(nq * dv)
+        .zip(out.den.par_chunks_mut(nq))
+        .enumerate()
+        .for_each(|(b, (o, den))| {
+            let (q, k, v) = x.head(b);
+            let mut scratch = vec![T::zero(); m * w];
+            let st = sum_outer(k, m, &augmented(v, dv), w, &mut scratch);
+            let mut y = vec![T::zero(); BLOCK.min(nq) * w];
+            for r0 in (0..nq).step_by(BLOCK) {
+                let l = BLOCK.min(nq - r0);
+                let qm = Mat::new(&q[r0 * m..(r0 + l) * m], l, m, m);
+                gemm(T::one(), qm, Mat::new(&st, m, w, w), T::zero(), &mut y, w);
+                normalise(
+                    &y[..l * w],
+                    dv,
+                    eps,
+                    &mut o[r0 * dv..(r0 + l) * dv],
+                    &mut den[r0..r0 + l],
+                );
+            }
+        });
+    Ok(())
+}
+
+/// Gradients of [`non_causal_forward`] w.r.t. `q`, `k`, `v`.
+pub fn non_causal_backward<T: Real>(x: &Inputs<T>, g: &Grads<T>, gout: GradsOut<T>) -> Result<()> {
+    x.check(false)?;
+    let d = x.dims;
+    check_grads(d, g, &gout)?;
+    let Dims { nq, nk, m, dv, .. } = d;
+    let w = dv + 1;
+    if nq == 0 && nk == 0 {
+        return Ok(());
+    }
+    gout.dq
+        .par_chunks_mut((nq * m).max(1))
+        .zip(gout.dk.par_chunks_mut((nk * m).max(1)))
+        .zip(gout.dv.par_chunks_mut((nk * dv).max(1)))
+        .enumerate()
+        .for_each(|(b, ((dq, dk), dvo))| {
+            let (q, k, v) = x.head(b);
+            let vp = augmented(v, dv);
+            let mut gp = vec![T::zero(); nq * w];
+            let rows = b * nq..(b + 1) * nq;
+            let gh = Grads {
+                o: &g.o[rows.start * dv..rows.end * dv],
+                den: &g.den[rows.clone()],
+                go: &g.go[rows.start * dv..rows.end * dv],
+                gden: &g.gden[rows],
+            };
+            grad_prime(&gh, 0..nq, dv, &mut gp);
+            let mut scratch = vec![T::zero(); m * w];
+            let st = sum_outer(k, m, &vp, w, &mut scratch);
+            let gt = sum_outer(q, m, &gp, w, &mut scratch);
+            let (stm, gtm) = (Mat::new(&st, m, w, w), Mat::new(&gt, m, w, w));
+            gemm(
+                T::one(),
+                Mat::new(&gp, nq, w, w),
+                stm.t(),
+                T::zero(),
+                &mut dq[..nq * m],
+                m,
+            );
+            gemm(
+                T::one(),
+                Mat::new(&vp, nk, w, w),
+                gtm.t(),
+                T::zero(),
+                &mut dk[..nk * m],
+                m,
+            );
+            let mut dvp = vec![T::zero(); nk * w];
+            gemm(T::one(), Mat::new(k, nk, m, m), gtm, T::zero(), &mut dvp, w);
+            for (dst, src) in dvo[..nk * dv].chunks_exact_mut(dv).zip(dvp.chunks_exact(w)) {
+                dst.copy_from_slice(&src[..dv]);
+            }
+        });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng as _;
+
+    fn random(n: usize, seed: u64, positive: bool) -> Vec<f64> {
+        let mut rng = crate::rng::stream(seed, 0);
+        (0..n)
+            .map(|_| {
+                let x: f64 = rng.random::<f64>();
+                if positive {
+                    x + 0.05
+                } else {
+                    2.0 * x - 1.0
+                }
+            })
+            .collect()
+    }
+
+    struct Case {
+        dims: Dims,
+        q: Vec<f64>,
+        k: Vec<f64>,
+        v: Vec<f64>,
+    }
+
+    fn case(bh: usize, n: usize, m: usize, dv: usize) -> Case {
+        Case {
+            dims: Dims {
+                bh,
+                nq: n,
+                nk: n,
+                m,
+                dv,
+            },
+            q: random(bh * n * m, 1, true),
+            k: random(bh * n * m, 2, true),
+            v: random(bh * n * dv, 3, false),
+        }
+    }
+
+    impl Case {
+        fn inputs(&self) -> Inputs<'_, f64> {
+            Inputs {
+                dims: self.dims,
+                q: &self.q,
+                k: &self.k,
+                v: &self.v,
+            }
+        }
+
+        fn run(&self, method: Method, state: Option<&mut [f64]>) -> (Vec<f64>, Vec<f64>) {
+            let d = self.dims;
+            let mut o = vec![0.0; d.bh * d.nq * d.dv];
+            let mut den = vec![0.0; d.bh * d.nq];
+            let out = Outputs {
+                o: &mut o,
+                den: &mut den,
+            };
+            causal_forward(&self.inputs(), 1e-6, method, state, out).unwrap();
+            (o, den)
+        }
+    }
+
+    fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn forms_agree_and_states_continue() {
+        let c = case(3, 37, 7, 6);
+        let (reference, _) = c.run(Method::Quadratic, None);
+        for method in [
+            Method::Scan,
+            Method::Chunked(1),
+            Method::Chunked(5),
+            Method::Chunked(64),
+        ] {
+            let (o, _) = c.run(method, None);
+            assert!(max_diff(&o, &reference) < 1e-12, "{method:?}");
+        }
+        // prefix then suffix through the state equals one pass
+        let (t0, d) = (20, c.dims);
+        let split = |x: &[f64], w: usize, lo: usize, hi: usize| -> Vec<f64> {
+            x.chunks(d.nq * w)
+                .flat_map(|h| h[lo * w..hi * w].to_vec())
+                .collect()
+        };
+        let part = |lo: usize, hi: usize| Case {
+            dims: Dims {
+                nq: hi - lo,
+                nk: hi - lo,
+                ..d
+            },
+            q: split(&c.q, d.m, lo, hi),
+            k: split(&c.k, d.m, lo, hi),
+            v: split(&c.v, d.dv, lo, hi),
+        };
+        let mut state = vec![0.0; d.bh * d.m * (d.dv + 1)];
+        let (first, _) = part(0, t0).run(Method::Chunked(8), Some(&mut state));
+        let (second, _) = part(t0, d.nq).run(Method::Scan, Some(&mut state));
+        assert!(max_diff(&split(&reference, d.dv, 0, t0), &first) < 1e-12);
+        assert!(max_diff(&split(&reference, d.dv, t0, d.nq), &second) < 1e-12);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        for causal in [true, false] {
+            let c = case(2, 9, 3, 2);
+            let d = c.dims;
+            let go = random(d.bh * d.nq * d.dv, 4, false);
+            let gden = random(d.bh * d.nq, 5, false);
+            let loss = |c: &Case| {
+                let mut o = vec![0.0; go.len()];
+                let mut den = vec![0.0; gden.len()];
+                let out = Outputs {
+                    o: &mut o,
+                    den: &mut den,
+                };
+                if causal {
+                    causal_forward(&c.inputs(), 1e-3, Method::Scan, None, out).unwrap();
+                } else {
+                    non_causal_forward(&c.inputs(), 1e-3, out).unwrap();
+                }
+                let l: f64 = o.iter().zip(&go).map(|(a, b)| a * b).sum();
+                (
+                    l + den.iter().zip(&gden).map(|(a, b)| a * b).sum::<f64>(),
+                    o,
+                    den,
+                )
+            };
+            let (_, o, den) = loss(&c);
+            let grads = Grads {
+                o: &o,
+                den: &den,
+                go: &go,
+                gden: &gden,
+            };
+            for method in [Method::Scan, Method::Chunked(4)] {
+                let mut dq = vec![0.0; c.q.len()];
+                let mut dk = vec![0.0; c.k.len()];
+                let mut dv = vec![0.0; c.v.len()];
+                let gout = GradsOut {
+                    dq: &mut dq,
+                    dk: &mut dk,
+                    dv: &mut dv,
+                };
+                if causal {
+                    causal_backward(&c.inputs(), method, &grads, gout).unwrap();
+                } else {
+                    non_causal_backward(&c.inputs(), &grads, gout).unwrap();
+                }
+                for (which, analytic) in [(0, &dq), (1, &dk), (2, &dv)] {
+                    for i in (0..analytic.len()).step_by(5) {
+                        let bump = |h: f64| {
+                            let mut p = Case {
+                                q: c.q.clone(),
+                                k: c.k.clone(),
+                                v: c.v.clone(),
+                                ..c
+                            };
+                            [&mut p.q, &mut p.k, &mut p.v][which][i] += h;
+                            loss(&p).0
+                        };
+                        let fd = (bump(1e-6) - bump(-1e-6)) / 2e-6;
+                        assert!(
+                            (analytic[i] - fd).abs() < 1e-6,
+                            "causal={causal} {method:?} input {which}[{i}]: {} vs {fd}",
+                            analytic[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let c = case(1, 4, 2, 2);
+        let mut o = vec![0.0; 8];
+        let mut den = vec![0.0; 4];
+        let mut x = c.inputs();
+        x.dims.nk = 3;
+        let out = Outputs {
+            o: &mut o,
+            den: &mut den,
+        };
+        assert!(causal_forward(&x, 1e-6, Method::Scan, None, out).is_err());
+        assert!(Method::parse("chunked", 0).is_err());
+        assert!(Method::parse("fast", 4).is_err());
+        let out = Outputs {
+            o: &mut o,
+            den: &mut den,
+        };
+        assert!(causal_forward(&c.inputs(), f64::NAN, Method::Scan, None, out).is_err());
+    }
+}

@@ -1,0 +1,399 @@
+//! Bindings of `kexue_core::attention`.
+
+use kexue_core::attention::features::{FeatureMap, Spec};
+use kexue_core::attention::forms::{self, Dims, Grads, GradsOut, Inputs, Method, Outputs};
+use kexue_core::attention::projection::{self, Scaling};
+use kexue_core::attention::Real;
+use numpy::{
+    Element, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::arrays::{detached, slice, with_float_array, FloatArray};
+
+/// An array with the dtype of `like` (named `like_name`) and `ndim` dimensions.
+fn typed<'py, T: Element>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    like_name: &str,
+    ndim: usize,
+) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
+    let a = obj.downcast::<PyArrayDyn<T>>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{name} must be a numpy array with the dtype of {like_name}"
+        ))
+    })?;
+    let a = a.try_readonly()?;
+    if a.ndim() != ndim {
+        return Err(PyValueError::new_err(format!(
+            "{name} must have {ndim} dimensions, got shape {:?}",
+            a.shape()
+        )));
+    }
+    Ok(a)
+}
+
+fn zeros<'py, T: Element>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<T>> {
+    PyArrayDyn::<T>::zeros(py, shape, false)
+}
+
+fn check_4d(name: &str, shape: &[usize]) -> PyResult<()> {
+    if shape.len() == 4 {
+        Ok(())
+    } else {
+        Err(PyValueError::new_err(format!(
+            "{name} must have 4 dimensions (batch, heads, seq, dim), got shape {shape:?}"
+        )))
+    }
+}
+
+/// `(q, k, v)` of one dtype with consistent `(batch, heads, seq, dim)` shapes.
+fn qkv_dims<T: Element>(
+    q: &PyReadonlyArrayDyn<'_, T>,
+    k: &PyReadonlyArrayDyn<'_, T>,
+    v: &PyReadonlyArrayDyn<'_, T>,
+) -> PyResult<Dims> {
+    let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+    check_4d("q", qs)?;
+    if ks[..2] != qs[..2] || ks[3] != qs[3] {
+        return Err(PyValueError::new_err(format!(
+            "k must have shape (batch, heads, seq, features) matching q {qs:?}, got {ks:?}"
+        )));
+    }
+    if vs[..3] != ks[..3] {
+        return Err(PyValueError::new_err(format!(
+            "v must have the batch, heads and seq of k {ks:?}, got {vs:?}"
+        )));
+    }
+    Ok(Dims {
+        bh: qs[0] * qs[1],
+        nq: qs[2],
+        nk: ks[2],
+        m: qs[3],
+        dv: vs[3],
+    })
+}
+
+fn scaling(name: &str) -> PyResult<Scaling> {
+    match name {
+        "chi" => Ok(Scaling::Chi),
+        "sqrt" => Ok(Scaling::Sqrt),
+        _ => Err(PyValueError::new_err(format!(
+            "scaling must be 'chi' or 'sqrt', got {name:?}"
+        ))),
+    }
+}
+
+/// An `m × d` orthogonal random projection (float64) drawn from `seed`.
+#[pyfunction]
+fn attention_orthogonal_random<'py>(
+    py: Python<'py>,
+    m: usize,
+    d: usize,
+    seed: u64,
+    scaling_name: &str,
+) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    let s = scaling(scaling_name)?;
+    let w = detached(py, || projection::orthogonal_random(m, d, seed, s))?;
+    numpy::PyArray1::from_vec(py, w).reshape([m, d])
+}
+
+fn spec<'a, T: Real + Element>(
+    feature_map: &str,
+    d: usize,
+    projection: Option<&'a PyReadonlyArrayDyn<'_, T>>,
+    is_query: bool,
+    offset: Option<f64>,
+) -> PyResult<Spec<'a, T>> {
+    let map = FeatureMap::parse(feature_map).map_err(crate::errors::to_py)?;
+    let projection = match projection {
+        Some(w) => {
+            let shape = w.shape();
+            if shape.len() != 2 || shape[1] != d {
+                return Err(PyValueError::new_err(format!(
+                    "projection must have shape (m, {d}), got {shape:?}"
+                )));
+            }
+            Some((slice(w, "projection")?, shape[0]))
+        }
+        None => None,
+    };
+    if let Some(c) = offset {
+        if !c.is_finite() {
+            return Err(PyValueError::new_err(format!(
+                "offset must be finite, got {c}"
+            )));
+        }
+    }
+    Ok(Spec {
+        map,
+        d,
+        projection,
+        is_query,
+        offset,
+    })
+}
+
+fn last_dim(shape: &[usize]) -> PyResult<usize> {
+    shape
+        .last()
+        .copied()
+        .ok_or_else(|| PyValueError::new_err("x must have at least 1 dimension"))
+}
+
+/// Feature map φ of the last axis of `x`: shape `x.shape[:-1] + (features,)`.
+#[pyfunction]
+#[pyo3(signature = (x, feature_map, projection, is_query, offset=None))]
+fn attention_features_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    feature_map: &str,
+    projection: Option<&Bound<'py, PyAny>>,
+    is_query: bool,
+    offset: Option<f64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    with_float_array!(FloatArray::extract(x, "x")?, x => {
+        let w = projection.map(|p| typed(p, "projection", "x", 2)).transpose()?;
+        let d = last_dim(x.shape())?;
+        let s = spec(feature_map, d, w.as_ref(), is_query, offset)?;
+        let xs = slice(&x, "x")?;
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().expect("checked above") = s.out_dim();
+        let out = zeros(py, &shape);
+        {
+            let mut o = out.readwrite();
+            let os = o.as_slice_mut()?;
+            detached(py, || s.forward(xs, os))?;
+        }
+        Ok(out.into_any())
+    })
+}
+
+/// `∂L/∂x` of the feature map from `x`, its features `phi` and `grad = ∂L/∂phi`.
+#[pyfunction]
+fn attention_features_backward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    feature_map: &str,
+    projection: Option<&Bound<'py, PyAny>>,
+    is_query: bool,
+    phi: &Bound<'py, PyAny>,
+    grad: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    with_float_array!(FloatArray::extract(x, "x")?, x => {
+        let w = projection.map(|p| typed(p, "projection", "x", 2)).transpose()?;
+        let d = last_dim(x.shape())?;
+        let s = spec(feature_map, d, w.as_ref(), is_query, None)?;
+        let phi = typed(phi, "phi", "x", x.ndim())?;
+        let grad = typed(grad, "grad", "x", x.ndim())?;
+        let (xs, ps, gs) = (slice(&x, "x")?, slice(&phi, "phi")?, slice(&grad, "grad")?);
+        let out = zeros(py, x.shape());
+        {
+            let mut o = out.readwrite();
+            let os = o.as_slice_mut()?;
+            detached(py, || s.backward(xs, ps, gs, os))?;
+        }
+        Ok(out.into_any())
+    })
+}
+
+fn forward_impl<'py, T: Real + Element>(
+    py: Python<'py>,
+    q: PyReadonlyArrayDyn<'py, T>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    eps: f64,
+    causal: Option<(Method, Option<&Bound<'py, PyAny>>)>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    check_4d("q", q.shape())?;
+    let k = typed::<T>(k, "k", "q", 4)?;
+    let v = typed::<T>(v, "v", "q", 4)?;
+    let dims = qkv_dims(&q, &k, &v)?;
+    let x = Inputs {
+        dims,
+        q: slice(&q, "q")?,
+        k: slice(&k, "k")?,
+        v: slice(&v, "v")?,
+    };
+    let qs = q.shape();
+    let o = zeros::<T>(py, &[qs[0], qs[1], qs[2], dims.dv]);
+    let den = zeros::<T>(py, &qs[..3]);
+    {
+        let (mut ow, mut dw) = (o.readwrite(), den.readwrite());
+        let out = Outputs {
+            o: ow.as_slice_mut()?,
+            den: dw.as_slice_mut()?,
+        };
+        match causal {
+            None => detached(py, || forms::non_causal_forward(&x, eps, out))?,
+            Some((method, state)) => {
+                let mut state = match state {
+                    Some(s) => {
+                        let s = s.downcast::<PyArrayDyn<f64>>().map_err(|_| {
+                            PyTypeError::new_err("state must be a float64 numpy array")
+                        })?;
+                        let want = [qs[0], qs[1], dims.m, dims.dv + 1];
+                        if s.shape() != want {
+                            return Err(PyValueError::new_err(format!(
+                                "state must have shape {want:?}, got {:?}",
+                                s.shape()
+                            )));
+                        }
+                        Some(s.try_readwrite()?)
+                    }
+                    None => None,
+                };
+                let st = match state.as_mut() {
+                    Some(s) => Some(s.as_slice_mut().map_err(|_| {
+                        PyValueError::new_err("state must be a C-contiguous array")
+                    })?),
+                    None => None,
+                };
+                detached(py, || forms::causal_forward(&x, eps, method, st, out))?
+            }
+        }
+    }
+    PyTuple::new(py, [o.into_any(), den.into_any()])
+}
+
+/// Causal linear attention on feature-mapped `(B, H, N, M)` q, k and `(B, H, N, Dv)` v;
+/// returns `(o, den)`. `state` (`(B, H, M, Dv + 1)` float64), when given, is the initial
+/// state and is overwritten with the final one.
+#[pyfunction]
+#[pyo3(signature = (q, k, v, eps, method, chunk_size, state=None))]
+#[allow(clippy::too_many_arguments)]
+fn attention_causal_forward<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    eps: f64,
+    method: &str,
+    chunk_size: usize,
+    state: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
+    with_float_array!(FloatArray::extract(q, "q")?, q => {
+        forward_impl(py, q, k, v, eps, Some((method, state)))
+    })
+}
+
+/// Non-causal linear attention; returns `(o, den)`.
+#[pyfunction]
+fn attention_noncausal_forward<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    eps: f64,
+) -> PyResult<Bound<'py, PyTuple>> {
+    with_float_array!(FloatArray::extract(q, "q")?, q => forward_impl(py, q, k, v, eps, None))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_impl<'py, T: Real + Element>(
+    py: Python<'py>,
+    q: PyReadonlyArrayDyn<'py, T>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    o: &Bound<'py, PyAny>,
+    den: &Bound<'py, PyAny>,
+    grad_o: &Bound<'py, PyAny>,
+    grad_den: &Bound<'py, PyAny>,
+    method: Option<Method>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    check_4d("q", q.shape())?;
+    let k = typed::<T>(k, "k", "q", 4)?;
+    let v = typed::<T>(v, "v", "q", 4)?;
+    let dims = qkv_dims(&q, &k, &v)?;
+    let (o, go) = (
+        typed::<T>(o, "o", "q", 4)?,
+        typed::<T>(grad_o, "grad_o", "q", 4)?,
+    );
+    let (den, gden) = (
+        typed::<T>(den, "den", "q", 3)?,
+        typed::<T>(grad_den, "grad_den", "q", 3)?,
+    );
+    let x = Inputs {
+        dims,
+        q: slice(&q, "q")?,
+        k: slice(&k, "k")?,
+        v: slice(&v, "v")?,
+    };
+    let g = Grads {
+        o: slice(&o, "o")?,
+        den: slice(&den, "den")?,
+        go: slice(&go, "grad_o")?,
+        gden: slice(&gden, "grad_den")?,
+    };
+    let (dq, dk, dv) = (
+        zeros::<T>(py, q.shape()),
+        zeros::<T>(py, k.shape()),
+        zeros::<T>(py, v.shape()),
+    );
+    {
+        let (mut a, mut b, mut c) = (dq.readwrite(), dk.readwrite(), dv.readwrite());
+        let gout = GradsOut {
+            dq: a.as_slice_mut()?,
+            dk: b.as_slice_mut()?,
+            dv: c.as_slice_mut()?,
+        };
+        match method {
+            Some(m) => detached(py, || forms::causal_backward(&x, m, &g, gout))?,
+            None => detached(py, || forms::non_causal_backward(&x, &g, gout))?,
+        }
+    }
+    PyTuple::new(py, [dq.into_any(), dk.into_any(), dv.into_any()])
+}
+
+/// Gradients `(dq, dk, dv)` of [`attention_causal_forward`] (zero initial state).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn attention_causal_backward<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    o: &Bound<'py, PyAny>,
+    den: &Bound<'py, PyAny>,
+    grad_o: &Bound<'py, PyAny>,
+    grad_den: &Bound<'py, PyAny>,
+    method: &str,
+    chunk_size: usize,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
+    with_float_array!(FloatArray::extract(q, "q")?, q => {
+        backward_impl(py, q, k, v, o, den, grad_o, grad_den, Some(method))
+    })
+}
+
+/// Gradients `(dq, dk, dv)` of [`attention_noncausal_forward`].
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn attention_noncausal_backward<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    o: &Bound<'py, PyAny>,
+    den: &Bound<'py, PyAny>,
+    grad_o: &Bound<'py, PyAny>,
+    grad_den: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    with_float_array!(FloatArray::extract(q, "q")?, q => {
+        backward_impl(py, q, k, v, o, den, grad_o, grad_den, None)
+    })
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(attention_orthogonal_random, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_features_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_features_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_causal_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_causal_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_noncausal_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_noncausal_backward, m)?)?;
+    Ok(())
+}

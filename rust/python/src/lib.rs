@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 mod arrays;
+mod cgmh;
 mod errors;
 mod losses;
 
@@ -25,5 +26,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     losses::register(m)?;
+    cgmh::register(m)?;
     Ok(())
 }

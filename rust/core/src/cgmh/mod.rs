@@ -10,6 +10,7 @@
 //! The language model is any [`Scorer`]; extra soft terms of the target (similarity for
 //! paraphrase, closeness for error correction) are [`Prior`]s.
 
+pub mod priors;
 mod sampler;
 
 pub use sampler::{run_chain, Chain};
@@ -17,6 +18,9 @@ pub use sampler::{run_chain, Chain};
 use rayon::prelude::*;
 
 use crate::{parallel, rng, Error, Result};
+
+/// Largest vocabulary accepted (each chain holds two float buffers of this size).
+pub const MAX_VOCAB: usize = 1 << 28;
 
 /// What the sampler needs from a language model over word ids `0..vocab_size()`.
 ///

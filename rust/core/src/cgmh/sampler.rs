@@ -448,8 +448,9 @@ pub fn run_chain<S: Scorer + ?Sized>(
     let norm = |lt: f64, len: usize| lt / (len + 1) as f64;
     let (mut best_x, mut best_lp, mut best_lt) = (chain.x.clone(), chain.logp, chain.lt);
     if config.trace {
-        out.trace_log_target.reserve(config.steps);
-        out.trace_accepted.reserve(config.steps);
+        let cap = config.steps.min(1 << 20); // a huge step count grows the trace as it goes
+        out.trace_log_target.reserve(cap);
+        out.trace_accepted.reserve(cap);
     }
     for t in 0..config.steps {
         let (action, accepted) = chain.step(config.temperature(t), rng)?;

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod arrays;
 mod cgmh;
 mod errors;
+mod lm;
 mod losses;
 
 /// Sizes the thread pool used by every kernel; 0 restores the default.
@@ -26,6 +27,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     losses::register(m)?;
+    lm::register(m)?;
     cgmh::register(m)?;
     Ok(())
 }

@@ -1,0 +1,263 @@
+//! ARPA text format (KenLM/SRILM): log10 probabilities and back-off weights.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+
+use super::model::{Model, ProbBackoff, Table, MAX_ORDER};
+use super::vocab::{Vocab, BOS, EOS, UNK};
+use super::write_atomically;
+use crate::{Error, Result};
+
+/// Writes `model` as ARPA (temporary file, then rename). Numbers are printed with the
+/// shortest representation that reads back to the same `f32`, so a round trip is exact.
+pub fn write_arpa(model: &Model, path: &Path) -> Result<()> {
+    write_atomically(path, |file| {
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        write_to(model, &mut w)?;
+        w.flush()
+    })
+}
+
+fn write_to(model: &Model, w: &mut impl Write) -> std::io::Result<()> {
+    let order = model.order();
+    let vocab = model.vocab();
+    writeln!(w, "\\data\\")?;
+    for (n, c) in model.counts().iter().enumerate() {
+        writeln!(w, "ngram {}={c}", n + 1)?;
+    }
+    for n in 1..=order {
+        write!(w, "\n\\{n}-grams:\n")?;
+        for (key, pb) in model.entries(n) {
+            write!(w, "{}\t", pb.prob)?;
+            for (i, &id) in key.iter().rev().enumerate() {
+                let sep = if i == 0 { "" } else { " " };
+                write!(w, "{sep}{}", vocab.word(id).unwrap_or("<unk>"))?;
+            }
+            if n < order {
+                write!(w, "\t{}", pb.backoff)?;
+            }
+            writeln!(w)?;
+        }
+    }
+    writeln!(w, "\n\\end\\")
+}
+
+/// Reads lines as bytes so that bad UTF-8 is reported with its line number.
+struct Lines<'a> {
+    path: &'a Path,
+    reader: BufReader<File>,
+    buf: Vec<u8>,
+    line: usize,
+}
+
+impl<'a> Lines<'a> {
+    /// The next line without its end, or `None` at the end of the file.
+    fn next(&mut self) -> Result<Option<&str>> {
+        self.buf.clear();
+        let n = self
+            .reader
+            .read_until(b'\n', &mut self.buf)
+            .map_err(|e| Error::io(self.path, e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        let text = std::str::from_utf8(&self.buf).map_err(|e| {
+            self.err(format!(
+                "invalid UTF-8 at byte {} of the line",
+                e.valid_up_to()
+            ))
+        })?;
+        Ok(Some(text.trim_end_matches(['\n', '\r'])))
+    }
+
+    /// The next line that is not blank; the end of the file is an error naming `wanted`.
+    fn next_nonblank(&mut self, wanted: &str) -> Result<String> {
+        loop {
+            match self.next()? {
+                None => {}
+                Some(l) if l.trim().is_empty() => continue,
+                Some(l) => return Ok(l.to_string()),
+            }
+            return Err(self.err(format!("file ends where {wanted} was expected")));
+        }
+    }
+
+    fn err(&self, message: impl Into<String>) -> Error {
+        Error::format(self.path, self.line, message)
+    }
+}
+
+fn parse_weight(field: &str, what: &str, lines: &Lines) -> Result<f32> {
+    match field.parse::<f32>() {
+        Ok(v) if !v.is_nan() => Ok(v),
+        _ => Err(lines.err(format!("{what} {field:?} is not a number"))),
+    }
+}
+
+/// Reads an ARPA file (as written by lmplz, SRILM or [`write_arpa`]). Words of higher-order
+/// n-grams must be unigrams; a missing `<unk>` gets log10 p = -100 (as KenLM does).
+pub fn read_arpa(path: &Path) -> Result<Model> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut lines = Lines {
+        path,
+        reader: BufReader::with_capacity(1 << 20, file),
+        buf: Vec::new(),
+        line: 0,
+    };
+    let first = lines.next_nonblank("\\data\\")?;
+    if first.trim() != "\\data\\" {
+        return Err(lines.err(format!(
+            "expected \\data\\ (an ARPA header), got {:?}",
+            truncate(&first)
+        )));
+    }
+    let mut counts: Vec<usize> = Vec::new();
+    loop {
+        let line = lines.next_nonblank("\\1-grams:")?.trim().to_string();
+        if let Some(rest) = line.strip_prefix("ngram ") {
+            let parsed = rest.split_once('=').and_then(|(n, c)| {
+                Some((
+                    n.trim().parse::<usize>().ok()?,
+                    c.trim().parse::<usize>().ok()?,
+                ))
+            });
+            match parsed {
+                Some((n, c)) if n == counts.len() + 1 && n <= MAX_ORDER => counts.push(c),
+                _ => {
+                    return Err(lines.err(format!(
+                        "expected \"ngram {}=COUNT\" (orders 1 to {MAX_ORDER}), got {line:?}",
+                        counts.len() + 1
+                    )))
+                }
+            }
+        } else if line == "\\1-grams:" && !counts.is_empty() {
+            break;
+        } else {
+            return Err(lines.err(format!(
+                "expected an \"ngram N=COUNT\" line or \\1-grams:, got {:?}",
+                truncate(&line)
+            )));
+        }
+    }
+    let order = counts.len();
+    let mut vocab = Vocab::new();
+    let missing = ProbBackoff {
+        prob: f32::NAN,
+        backoff: 0.0,
+    };
+    let mut unigrams = vec![missing; 3];
+    let mut tables = Vec::with_capacity(order - 1);
+    for n in 1..=order {
+        if n > 1 {
+            let header = format!("\\{n}-grams:");
+            let line = lines.next_nonblank(&header)?;
+            if line.trim() != header {
+                return Err(lines.err(format!(
+                    "expected {header} after {} {}-grams, got {:?}",
+                    counts[n - 2],
+                    n - 1,
+                    truncate(&line)
+                )));
+            }
+        }
+        let mut keys: Vec<u32> = Vec::with_capacity(if n > 1 { counts[n - 1] * n } else { 0 });
+        let mut weights: Vec<ProbBackoff> = Vec::with_capacity(counts[n - 1]);
+        for _ in 0..counts[n - 1] {
+            let line = lines.next_nonblank(&format!("a {n}-gram"))?;
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() != n + 1 && fields.len() != n + 2 {
+                return Err(lines.err(format!(
+                    "expected a {n}-gram line (log10 prob, {n} words, optional back-off), \
+                     got {} fields in {:?} (is the header's count right?)",
+                    fields.len(),
+                    truncate(&line)
+                )));
+            }
+            let prob = parse_weight(fields[0], "probability", &lines)?;
+            let backoff = match fields.get(n + 1) {
+                Some(f) => parse_weight(f, "back-off", &lines)?,
+                None => 0.0,
+            };
+            let pb = ProbBackoff { prob, backoff };
+            if n == 1 {
+                let before = vocab.len();
+                let id = vocab.insert(fields[1]) as usize;
+                if id < before && !unigrams[id].prob.is_nan() {
+                    return Err(lines.err(format!("unigram {:?} appears twice", fields[1])));
+                }
+                if id == unigrams.len() {
+                    unigrams.push(pb);
+                } else {
+                    unigrams[id] = pb;
+                }
+            } else {
+                let start = keys.len();
+                for w in fields[1..=n].iter().rev() {
+                    let Some(id) = vocab.get(w) else {
+                        return Err(lines.err(format!("word {w:?} is not among the unigrams")));
+                    };
+                    keys.push(id);
+                }
+                if keys[start + 1..].contains(&EOS) || keys[start..start + n - 1].contains(&BOS) {
+                    return Err(lines.err("</s> may only end and <s> only start an n-gram"));
+                }
+                weights.push(pb);
+            }
+        }
+        if n == 1 {
+            for (id, name) in [(BOS, "<s>"), (EOS, "</s>")] {
+                if unigrams[id as usize].prob.is_nan() {
+                    return Err(lines.err(format!("the unigrams lack {name}")));
+                }
+            }
+            if unigrams[UNK as usize].prob.is_nan() {
+                unigrams[UNK as usize] = ProbBackoff {
+                    prob: -100.0,
+                    backoff: 0.0,
+                };
+            }
+        } else {
+            let (keys, weights) = sorted(n, keys, weights);
+            if let Some(i) =
+                (1..weights.len()).find(|&i| keys[(i - 1) * n..i * n] == keys[i * n..(i + 1) * n])
+            {
+                let words: Vec<&str> = keys[i * n..(i + 1) * n]
+                    .iter()
+                    .rev()
+                    .map(|&id| vocab.word(id).unwrap_or("?"))
+                    .collect();
+                return Err(lines.err(format!("{n}-gram {:?} appears twice", words.join(" "))));
+            }
+            tables.push(Table::new(n, keys, &weights)?);
+        }
+    }
+    let end = lines.next_nonblank("\\end\\")?;
+    if end.trim() != "\\end\\" {
+        return Err(lines.err(format!(
+            "expected \\end\\ after {} {order}-grams, got {:?} (is the header's count right?)",
+            counts[order - 1],
+            truncate(&end)
+        )));
+    }
+    Ok(Model::new(vocab, unigrams, tables))
+}
+
+/// Keys and weights sorted by key (keys have stride `n`).
+fn sorted(n: usize, keys: Vec<u32>, weights: Vec<ProbBackoff>) -> (Vec<u32>, Vec<ProbBackoff>) {
+    let mut perm: Vec<u32> = (0..weights.len() as u32).collect();
+    let key = |i: u32| &keys[i as usize * n..(i as usize + 1) * n];
+    perm.sort_unstable_by(|&a, &b| key(a).cmp(key(b)));
+    let mut k = Vec::with_capacity(keys.len());
+    let mut w = Vec::with_capacity(weights.len());
+    for &i in &perm {
+        k.extend_from_slice(key(i));
+        w.push(weights[i as usize]);
+    }
+    (k, w)
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(60).collect()
+}

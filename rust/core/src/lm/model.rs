@@ -1,0 +1,433 @@
+//! The queryable back-off model: unigrams indexed by id, higher orders in open-addressing
+//! hash tables keyed by a 64-bit hash of the n-gram (KenLM's "probing" layout).
+
+use rayon::prelude::*;
+
+use super::vocab::{tokens, Vocab, BOS, EOS, UNK};
+use crate::{Error, Result};
+
+/// Highest supported order.
+pub const MAX_ORDER: usize = 7;
+
+/// log10 → natural log.
+pub const LN_10: f64 = std::f64::consts::LN_10;
+
+/// Probability and back-off weight of one n-gram, both log10 (ARPA convention).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProbBackoff {
+    pub prob: f32,
+    pub backoff: f32,
+}
+
+/// One slot of a hash table: the n-gram's hash (0 marks an empty slot) and its weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Slot {
+    pub key: u64,
+    pub prob: f32,
+    pub backoff: f32,
+}
+
+/// N-grams of one order ≥ 2. `keys` holds each n-gram's ids *newest word first* (w, then its
+/// context from nearest to farthest), sorted; `slots` is the hash table used by queries.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Table {
+    pub n: usize,
+    pub keys: Vec<u32>,
+    pub slots: Vec<Slot>,
+}
+
+fn fmix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// Hash of the 1-gram `w`; extend it word by word with [`hash_extend`] (newest word first).
+#[inline]
+pub(crate) fn hash_word(w: u32) -> u64 {
+    fmix64(u64::from(w) ^ 0x5851_f42d_4c95_7f2d)
+}
+
+#[inline]
+pub(crate) fn hash_extend(h: u64, w: u32) -> u64 {
+    fmix64(h.rotate_left(23) ^ u64::from(w).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// Hash of a key (newest word first) as stored in slots; never 0, the empty marker.
+pub(crate) fn key_hash(key: &[u32]) -> u64 {
+    let mut h = hash_word(key[0]);
+    for &w in &key[1..] {
+        h = hash_extend(h, w);
+    }
+    h.max(1)
+}
+
+impl Table {
+    /// Builds the hash table of `keys` (stride `n`, newest word first) with their weights.
+    /// Fails only if two distinct n-grams share a 64-bit hash (odds ~ entries² / 2⁶⁵).
+    pub fn new(n: usize, keys: Vec<u32>, weights: &[ProbBackoff]) -> Result<Table> {
+        let len = weights.len();
+        // 1.5 slots per entry (KenLM's default probing multiplier), at least one empty slot.
+        let size = len + len / 2 + 1;
+        let mut slots = vec![
+            Slot {
+                key: 0,
+                prob: 0.0,
+                backoff: 0.0
+            };
+            size
+        ];
+        for (key, w) in keys.chunks_exact(n).zip(weights) {
+            let h = key_hash(key);
+            let mut i = bucket(h, size);
+            while slots[i].key != 0 {
+                if slots[i].key == h {
+                    return Err(Error::value(
+                        "model",
+                        format!("has two {n}-grams with the same 64-bit hash; please report it"),
+                    ));
+                }
+                i = if i + 1 == size { 0 } else { i + 1 };
+            }
+            slots[i] = Slot {
+                key: h,
+                prob: w.prob,
+                backoff: w.backoff,
+            };
+        }
+        Ok(Table { n, keys, slots })
+    }
+
+    #[inline]
+    pub fn find(&self, hash: u64) -> Option<&Slot> {
+        let h = hash.max(1);
+        let size = self.slots.len();
+        let mut i = bucket(h, size);
+        loop {
+            let s = &self.slots[i];
+            if s.key == h {
+                return Some(s);
+            }
+            if s.key == 0 {
+                return None;
+            }
+            i = if i + 1 == size { 0 } else { i + 1 };
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len() / self.n
+    }
+}
+
+#[inline]
+fn bucket(h: u64, size: usize) -> usize {
+    // Lemire's multiply-shift range reduction: no division, uses the high bits.
+    ((u128::from(h) * size as u128) >> 64) as usize
+}
+
+/// What a query remembers of the words before: up to `order - 1` of them, newest first, with
+/// the log10 back-off weights of the contexts they form. Cheap to copy; scoring a word from a
+/// state touches only the hash tables.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct State {
+    len: u8,
+    words: [u32; MAX_ORDER - 1],
+    backoff: [f32; MAX_ORDER - 1],
+}
+
+impl State {
+    /// The empty context (KenLM's `NullContextState`).
+    pub const NULL: State = State {
+        len: 0,
+        words: [0; MAX_ORDER - 1],
+        backoff: [0.0; MAX_ORDER - 1],
+    };
+
+    /// Number of context words kept.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The kept context words, newest first.
+    pub fn words(&self) -> &[u32] {
+        &self.words[..self.len()]
+    }
+}
+
+/// The score of one word: log10 probability, length of the n-gram that matched, and
+/// whether the word was out of the vocabulary (as `kenlm.Model.full_scores`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenScore {
+    pub log10: f32,
+    pub ngram_len: usize,
+    pub oov: bool,
+}
+
+/// A back-off n-gram language model (what an ARPA file holds), ready for queries.
+///
+/// ```
+/// use kexue_core::lm::{BuildOptions, Corpus};
+/// let mut corpus = Corpus::new(false);
+/// for line in ["the cat sat", "the dog sat", "a cat ran", "the cat ran"] {
+///     corpus.add_sentence(line);
+/// }
+/// let opts = BuildOptions { order: 3, discount_fallback: true, ..Default::default() };
+/// let (lm, _) = kexue_core::lm::build(&corpus, &opts, false).unwrap();
+/// let the = lm.vocab().id("the");
+/// let cat = lm.vocab().id("cat");
+/// // ln p(cat | <s> the) from a context slice, or token by token through states:
+/// let p = lm.cond_logprob(&[kexue_core::lm::BOS, the], cat);
+/// let (l1, s1) = lm.score_word(&lm.begin_state(), the);
+/// let (l2, _) = lm.score_word(&s1, cat);
+/// assert!((f64::from(l2) * kexue_core::lm::LN_10 - p).abs() < 1e-9 && l1 < 0.0);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub(crate) vocab: Vocab,
+    pub(crate) unigrams: Vec<ProbBackoff>,
+    pub(crate) tables: Vec<Table>,
+}
+
+impl Model {
+    /// Assembles a model: `unigrams[id]` for every vocabulary id, then one table per order ≥ 2.
+    pub(crate) fn new(vocab: Vocab, unigrams: Vec<ProbBackoff>, tables: Vec<Table>) -> Self {
+        debug_assert_eq!(vocab.len(), unigrams.len());
+        Model {
+            vocab,
+            unigrams,
+            tables,
+        }
+    }
+
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    /// The order (length of the longest n-grams).
+    pub fn order(&self) -> usize {
+        self.tables.len() + 1
+    }
+
+    /// Number of n-grams of each order, 1 first.
+    pub fn counts(&self) -> Vec<usize> {
+        std::iter::once(self.unigrams.len())
+            .chain(self.tables.iter().map(Table::len))
+            .collect()
+    }
+
+    /// The state after `<s>` (KenLM's `BeginSentenceState`).
+    pub fn begin_state(&self) -> State {
+        self.state_from_context(&[BOS])
+    }
+
+    /// The state after the words of `context` (oldest first; put [`BOS`] first for a
+    /// sentence start). Only the last `order - 1` words matter.
+    pub fn state_from_context(&self, context: &[u32]) -> State {
+        let mut state = State::NULL;
+        let keep = context.len().min(self.order() - 1);
+        let mut h = 0;
+        for k in 0..keep {
+            let w = context[context.len() - 1 - k];
+            let backoff = if k == 0 {
+                match self.unigrams.get(w as usize) {
+                    Some(u) => {
+                        h = hash_word(w);
+                        u.backoff
+                    }
+                    None => break,
+                }
+            } else {
+                h = hash_extend(h, w);
+                match self.tables[k - 1].find(h) {
+                    Some(s) => s.backoff,
+                    None => break,
+                }
+            };
+            state.words[k] = w;
+            state.backoff[k] = backoff;
+            state.len += 1;
+        }
+        state
+    }
+
+    /// Scores `word` after `state`: log10 p and the state after it.
+    #[inline]
+    pub fn score_word(&self, state: &State, word: u32) -> (f32, State) {
+        let (s, next) = self.score_full(state, word);
+        (s.log10, next)
+    }
+
+    /// As [`Model::score_word`], with the matched n-gram length and the OOV flag.
+    pub fn score_full(&self, state: &State, word: u32) -> (TokenScore, State) {
+        let oov = word == UNK || word as usize >= self.unigrams.len();
+        let word = if oov { UNK } else { word };
+        let uni = self.unigrams[word as usize];
+        let mut next = State::NULL;
+        next.words[0] = word;
+        next.backoff[0] = uni.backoff;
+        let mut prob = uni.prob;
+        let mut matched = 1;
+        let mut h = hash_word(word);
+        let max_len = self.order().min(state.len() + 1);
+        while matched < max_len {
+            h = hash_extend(h, state.words[matched - 1]);
+            let Some(slot) = self.tables[matched - 1].find(h) else {
+                break;
+            };
+            prob = slot.prob;
+            if matched < MAX_ORDER - 1 {
+                next.words[matched] = state.words[matched - 1];
+                next.backoff[matched] = slot.backoff;
+            }
+            matched += 1;
+        }
+        for &b in &state.backoff[matched - 1..state.len()] {
+            prob += b;
+        }
+        next.len = matched.min(self.order() - 1) as u8;
+        let score = TokenScore {
+            log10: prob,
+            ngram_len: matched,
+            oov,
+        };
+        (score, next)
+    }
+
+    /// Natural-log probability of `word` after the words of `context` (oldest first).
+    pub fn cond_logprob(&self, context: &[u32], word: u32) -> f64 {
+        let state = self.state_from_context(context);
+        f64::from(self.score_word(&state, word).0) * LN_10
+    }
+
+    /// Maps a sentence's words to ids (`<unk>` for unknown ones).
+    pub fn ids(&self, sentence: &str) -> Vec<u32> {
+        tokens(sentence).map(|t| self.vocab.id(t)).collect()
+    }
+
+    /// Per-token scores of `ids` (plus `</s>` when `eos`), starting after `<s>` when `bos`.
+    pub fn token_scores(&self, ids: &[u32], bos: bool, eos: bool) -> Vec<TokenScore> {
+        let mut state = if bos { self.begin_state() } else { State::NULL };
+        let tail = if eos { Some(EOS) } else { None };
+        ids.iter()
+            .copied()
+            .chain(tail)
+            .map(|w| {
+                let (s, next) = self.score_full(&state, w);
+                state = next;
+                s
+            })
+            .collect()
+    }
+
+    /// Total log10 probability of `ids`, summed in f64 (as `kenlm.Model.score`).
+    pub fn score_ids(&self, ids: &[u32], bos: bool, eos: bool) -> f64 {
+        let mut state = if bos { self.begin_state() } else { State::NULL };
+        let mut total = 0.0;
+        for &w in ids {
+            let (p, next) = self.score_word(&state, w);
+            total += f64::from(p);
+            state = next;
+        }
+        if eos {
+            total += f64::from(self.score_word(&state, EOS).0);
+        }
+        total
+    }
+
+    /// log10 scores of many sentences in parallel (rayon), written to `out`.
+    pub fn score_batch<S: AsRef<str> + Sync>(
+        &self,
+        sentences: &[S],
+        bos: bool,
+        eos: bool,
+        out: &mut [f64],
+    ) -> Result<()> {
+        if out.len() != sentences.len() {
+            return Err(Error::value(
+                "out",
+                format!("must have {} elements, got {}", sentences.len(), out.len()),
+            ));
+        }
+        out.par_iter_mut()
+            .zip(sentences.par_iter())
+            .with_min_len(64)
+            .for_each(|(o, s)| *o = self.score_ids(&self.ids(s.as_ref()), bos, eos));
+        Ok(())
+    }
+
+    /// log10 p(w | context) for each `w` of `candidates` (ids), in parallel.
+    pub fn next_scores(&self, state: &State, candidates: &[u32], out: &mut [f64]) -> Result<()> {
+        if out.len() != candidates.len() {
+            return Err(Error::value(
+                "out",
+                format!("must have {} elements, got {}", candidates.len(), out.len()),
+            ));
+        }
+        out.par_iter_mut()
+            .zip(candidates.par_iter())
+            .with_min_len(4096)
+            .for_each(|(o, &w)| *o = f64::from(self.score_word(state, w).0));
+        Ok(())
+    }
+
+    /// The weights of the n-gram `key` (newest word first), if the model has it.
+    pub fn get(&self, key: &[u32]) -> Option<ProbBackoff> {
+        match key.len() {
+            0 => None,
+            1 => self.unigrams.get(key[0] as usize).copied(),
+            n => {
+                let t = self.tables.get(n - 2)?;
+                t.find(key_hash(key)).map(|s| ProbBackoff {
+                    prob: s.prob,
+                    backoff: s.backoff,
+                })
+            }
+        }
+    }
+
+    /// Every n-gram of order `n` (keys newest word first, sorted) with its weights.
+    pub fn entries(&self, n: usize) -> Box<dyn Iterator<Item = (Vec<u32>, ProbBackoff)> + '_> {
+        if n == 1 {
+            return Box::new(
+                self.unigrams
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| (vec![i as u32], *w)),
+            );
+        }
+        match self.tables.get(n.wrapping_sub(2)) {
+            Some(t) => Box::new(t.keys.chunks_exact(n).map(move |k| {
+                let s = t.find(key_hash(k)).copied().unwrap_or(Slot {
+                    key: 0,
+                    prob: 0.0,
+                    backoff: 0.0,
+                });
+                (
+                    k.to_vec(),
+                    ProbBackoff {
+                        prob: s.prob,
+                        backoff: s.backoff,
+                    },
+                )
+            })),
+            None => Box::new(std::iter::empty()),
+        }
+    }
+
+    /// Bytes held by the tables (for memory reports).
+    pub fn heap_bytes(&self) -> usize {
+        self.unigrams.len() * std::mem::size_of::<ProbBackoff>()
+            + self
+                .tables
+                .iter()
+                .map(|t| t.keys.len() * 4 + t.slots.len() * std::mem::size_of::<Slot>())
+                .sum::<usize>()
+    }
+}

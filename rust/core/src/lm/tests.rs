@@ -1,0 +1,135 @@
+//! Round trips and file errors of the whole model.
+
+use super::*;
+
+fn model(order: usize, backward: bool) -> (Model, Option<Model>) {
+    let mut c = Corpus::new(false);
+    for l in [
+        "the cat sat on the mat",
+        "the dog sat on the log",
+        "a cat saw a dog",
+        "",
+        "the mat saw the cat <unk>",
+        "dogs and cats",
+    ] {
+        c.add_sentence(l);
+    }
+    let opts = BuildOptions {
+        order,
+        discount_fallback: true,
+        ..Default::default()
+    };
+    build(&c, &opts, backward).unwrap()
+}
+
+fn scores(m: &Model) -> Vec<f64> {
+    ["the cat sat", "a dog on the mat", "unknown words here", ""]
+        .iter()
+        .map(|s| m.score_ids(&m.ids(s), true, true))
+        .collect()
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kexue-lm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn arpa_round_trip_is_exact() {
+    for order in [1, 3, 5] {
+        let (m, _) = model(order, false);
+        let p = tmp(&format!("m{order}.arpa"));
+        write_arpa(&m, &p).unwrap();
+        let back = read_arpa(&p).unwrap();
+        assert_eq!(back.counts(), m.counts());
+        assert_eq!(scores(&back), scores(&m));
+        for n in 1..=order {
+            for (k, w) in m.entries(n) {
+                let words: Vec<&str> = k.iter().map(|&i| m.vocab().word(i).unwrap()).collect();
+                let k2: Vec<u32> = words.iter().map(|w| back.vocab().id(w)).collect();
+                assert_eq!(back.get(&k2), Some(w));
+            }
+        }
+    }
+}
+
+#[test]
+fn binary_round_trip_is_exact() {
+    let (f, b) = model(4, true);
+    let p = tmp("m.kxlm");
+    save(&p, &f, b.as_ref()).unwrap();
+    let (f2, b2) = load(&p).unwrap();
+    assert_eq!(f2, f);
+    assert_eq!(b2, b);
+}
+
+#[test]
+fn corrupt_binaries_are_errors() {
+    let (f, _) = model(3, false);
+    let bytes = to_bytes(&f, None);
+    let src = std::path::Path::new("m.bin");
+    let msg = |b: &[u8]| from_bytes(b, src).unwrap_err().to_string();
+    assert!(msg(&bytes[..bytes.len() - 5]).contains("truncated"));
+    assert!(msg(&bytes[..10]).contains("truncated"));
+    let mut bad = bytes.clone();
+    bad[0] = b'X';
+    assert!(msg(&bad).contains("magic"));
+    let mut bad = bytes.clone();
+    bad[8] = 9;
+    assert!(msg(&bad).contains("version 9"));
+    let mut bad = bytes.clone();
+    let last = bad.len() - 3;
+    bad[last] ^= 1;
+    assert!(msg(&bad).contains("checksum"));
+    assert!(msg(&bad).starts_with("m.bin: "));
+}
+
+#[test]
+fn corrupt_arpa_names_file_and_line() {
+    let (m, _) = model(2, false);
+    let p = tmp("c.arpa");
+    write_arpa(&m, &p).unwrap();
+    let text = std::fs::read_to_string(&p).unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        (
+            text.replace("\\data\\", "\\dota\\"),
+            "line 1: expected \\data\\",
+        ),
+        (text.replacen("\t", "\tx ", 1), "line 6:"),
+        (
+            text[..=text[..text.len() / 2].rfind('\n').unwrap()].to_string(),
+            "file ends",
+        ),
+        (text.replacen("\t", "x\t", 1), "is not a number"),
+        (text.replace("\\end\\", ""), "file ends where \\end\\"),
+    ];
+    for (i, (t, want)) in cases.iter().enumerate() {
+        let q = tmp(&format!("c{i}.arpa"));
+        std::fs::write(&q, t).unwrap();
+        let e = read_arpa(&q).unwrap_err().to_string();
+        assert!(e.contains(want) && e.contains("c"), "{i}: {e}");
+    }
+    let q = tmp("u.arpa");
+    let mut bytes = text.into_bytes();
+    let at = bytes.iter().position(|&b| b == b'\t').unwrap() + 1;
+    bytes[at] = 0xff;
+    std::fs::write(&q, bytes).unwrap();
+    let e = read_arpa(&q).unwrap_err().to_string();
+    assert!(e.contains("line 6: invalid UTF-8"), "{e}");
+}
+
+#[test]
+fn states_agree_with_context_slices() {
+    let (m, _) = model(4, false);
+    let ids = m.ids("the cat sat on the mat");
+    let mut state = m.begin_state();
+    let mut ctx = vec![BOS];
+    for &w in &ids {
+        let (p, next) = m.score_word(&state, w);
+        let q = m.cond_logprob(&ctx, w);
+        assert!((f64::from(p) * LN_10 - q).abs() < 1e-12);
+        state = next;
+        ctx.push(w);
+    }
+}

@@ -1,0 +1,256 @@
+//! Vocabulary (dense `u32` ids, the three special words first) and the training corpus.
+
+use std::path::Path;
+
+use rustc_hash::FxHashMap;
+
+use crate::{Error, Result};
+
+/// Id of `<unk>`: every word outside the vocabulary maps here.
+pub const UNK: u32 = 0;
+/// Id of `<s>`, the sentence-start context (never predicted).
+pub const BOS: u32 = 1;
+/// Id of `</s>`, the sentence end (predicted like a word).
+pub const EOS: u32 = 2;
+
+/// Word ↔ id map. Ids 0, 1, 2 are `<unk>`, `<s>`, `</s>` (KenLM's numbering); other words
+/// follow in order of first appearance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vocab {
+    words: Vec<Box<str>>,
+    index: FxHashMap<Box<str>, u32>,
+}
+
+impl Default for Vocab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Vocab {
+    /// A vocabulary holding only `<unk>`, `<s>`, `</s>`.
+    pub fn new() -> Self {
+        let mut v = Vocab {
+            words: Vec::new(),
+            index: FxHashMap::default(),
+        };
+        for w in ["<unk>", "<s>", "</s>"] {
+            v.insert(w);
+        }
+        v
+    }
+
+    /// The id of `word`, adding it if new.
+    pub fn insert(&mut self, word: &str) -> u32 {
+        if let Some(&id) = self.index.get(word) {
+            return id;
+        }
+        let id = self.words.len() as u32;
+        self.words.push(word.into());
+        self.index.insert(word.into(), id);
+        id
+    }
+
+    /// The id of `word`, or `None` when it is not in the vocabulary.
+    pub fn get(&self, word: &str) -> Option<u32> {
+        self.index.get(word).copied()
+    }
+
+    /// The id of `word`, [`UNK`] when it is not in the vocabulary.
+    pub fn id(&self, word: &str) -> u32 {
+        self.get(word).unwrap_or(UNK)
+    }
+
+    /// The word of `id`, or `None` when `id` is out of range.
+    pub fn word(&self, id: u32) -> Option<&str> {
+        self.words.get(id as usize).map(|w| &**w)
+    }
+
+    /// Number of words, the three special ones included.
+    pub fn len(&self) -> usize {
+        self.words.len()
+    }
+
+    /// Always false: the special words are always there.
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    /// All words in id order.
+    pub fn words(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.words.iter().map(|w| &**w)
+    }
+}
+
+/// The tokens of one line: split on Unicode whitespace, as Python's `str.split()` and
+/// `kenlm.Model.score` do (lmplz splits on ASCII space, tab and CR only; the two agree on
+/// text without other whitespace characters).
+pub fn tokens(line: &str) -> impl Iterator<Item = &str> {
+    line.split(|c: char| c.is_whitespace() || c == '\0')
+        .filter(|t| !t.is_empty())
+}
+
+/// Training sentences as id sequences over a growing vocabulary.
+///
+/// Every line is a sentence, blank ones included (they train `p(</s> | <s>)`, as in lmplz).
+/// Literal `<s>` and `</s>` in the text are dropped; `<unk>` is counted as a word unless
+/// `skip_symbols` is set, which drops it too (lmplz `--skip_symbols`).
+#[derive(Clone, Debug)]
+pub struct Corpus {
+    vocab: Vocab,
+    ids: Vec<u32>,
+    starts: Vec<usize>,
+    skip_symbols: bool,
+}
+
+impl Corpus {
+    pub fn new(skip_symbols: bool) -> Self {
+        Corpus {
+            vocab: Vocab::new(),
+            ids: Vec::new(),
+            starts: vec![0],
+            skip_symbols,
+        }
+    }
+
+    /// Adds one sentence (whitespace-separated words).
+    pub fn add_sentence(&mut self, line: &str) {
+        for t in tokens(line) {
+            let id = self.vocab.insert(t);
+            if id == BOS || id == EOS || (id == UNK && self.skip_symbols) {
+                continue;
+            }
+            self.ids.push(id);
+        }
+        self.starts.push(self.ids.len());
+    }
+
+    /// Adds every line of `text` (UTF-8 bytes; a leading byte-order mark is skipped when
+    /// `first_line` is 1). `source` and `first_line` only name the place of a bad line in errors.
+    /// Returns the number of lines added.
+    pub fn add_text(&mut self, text: &[u8], source: &Path, first_line: usize) -> Result<usize> {
+        let text = match text.strip_prefix(b"\xEF\xBB\xBF") {
+            Some(rest) if first_line == 1 => rest,
+            _ => text,
+        };
+        let text = text.strip_suffix(b"\n").unwrap_or(text);
+        if text.is_empty() {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+            let line = std::str::from_utf8(line).map_err(|e| {
+                Error::format(
+                    source,
+                    first_line + i,
+                    format!("invalid UTF-8 at byte {} of the line", e.valid_up_to()),
+                )
+            })?;
+            self.add_sentence(line);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    /// Number of sentences.
+    pub fn len(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of word tokens (without `<s>`, `</s>`).
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The sentences as id slices.
+    pub fn sentences(&self) -> impl Iterator<Item = &[u32]> {
+        self.starts.windows(2).map(|w| &self.ids[w[0]..w[1]])
+    }
+
+    pub(crate) fn parts(&self) -> (&[u32], &[usize]) {
+        (&self.ids, &self.starts)
+    }
+
+    /// Maps words seen fewer than `min_count` times to `<unk>` and renumbers the rest (first
+    /// appearance order kept).
+    pub fn prune(&self, min_count: u64) -> Corpus {
+        if min_count <= 1 {
+            return self.clone();
+        }
+        let mut counts = vec![0u64; self.vocab.len()];
+        for &id in &self.ids {
+            counts[id as usize] += 1;
+        }
+        let mut vocab = Vocab::new();
+        let map: Vec<u32> = self
+            .vocab
+            .words()
+            .zip(&counts)
+            .enumerate()
+            .map(|(id, (w, &c))| {
+                if id < 3 {
+                    id as u32
+                } else if c >= min_count {
+                    vocab.insert(w)
+                } else {
+                    UNK
+                }
+            })
+            .collect();
+        Corpus {
+            vocab,
+            ids: self.ids.iter().map(|&id| map[id as usize]).collect(),
+            starts: self.starts.clone(),
+            skip_symbols: self.skip_symbols,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specials_and_symbols() {
+        let mut c = Corpus::new(true);
+        c.add_sentence("a <unk> b <s> a");
+        c.add_sentence("");
+        assert_eq!(c.len(), 2);
+        let s: Vec<_> = c.sentences().collect();
+        assert_eq!(s[0], &[3, 4, 3]);
+        assert!(s[1].is_empty());
+        let mut c = Corpus::new(false);
+        c.add_sentence("a <unk>");
+        assert_eq!(c.sentences().next().unwrap(), &[3, UNK]);
+    }
+
+    #[test]
+    fn text_errors_name_the_line() {
+        let mut c = Corpus::new(false);
+        let e = c
+            .add_text(b"\xEF\xBB\xBFok\nbad \xff\n", Path::new("x.txt"), 1)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x.txt: line 2: invalid UTF-8 at byte 4 of the line"
+        );
+        assert_eq!(c.vocab().get("ok"), Some(3));
+    }
+
+    #[test]
+    fn prune_maps_rare_words_to_unk() {
+        let mut c = Corpus::new(false);
+        c.add_sentence("a b a c a");
+        let p = c.prune(2);
+        assert_eq!(p.vocab().len(), 4);
+        assert_eq!(p.sentences().next().unwrap(), &[3, 0, 3, 0, 3]);
+    }
+}

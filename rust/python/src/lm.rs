@@ -1,0 +1,277 @@
+//! Bindings of `kexue_core::lm`: the corpus builder, the model and its files.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kexue_core::lm::{self, BuildOptions, Corpus, Model};
+use numpy::PyArray1;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::arrays::detached;
+use crate::errors::to_py;
+
+/// Training sentences being collected (see `kexue.lm.NgramLM.build`).
+#[pyclass(module = "kexue._native", name = "NgramCorpus")]
+pub struct PyCorpus {
+    inner: Corpus,
+}
+
+#[pymethods]
+impl PyCorpus {
+    #[new]
+    #[pyo3(signature = (skip_symbols = false))]
+    fn new(skip_symbols: bool) -> Self {
+        PyCorpus {
+            inner: Corpus::new(skip_symbols),
+        }
+    }
+
+    /// Adds the lines of UTF-8 `text`; `source` and `first_line` name bad lines in errors.
+    fn add_text(
+        &mut self,
+        py: Python<'_>,
+        text: &[u8],
+        source: PathBuf,
+        first_line: usize,
+    ) -> PyResult<usize> {
+        let corpus = &mut self.inner;
+        detached(py, || corpus.add_text(text, &source, first_line))
+    }
+
+    /// Adds one sentence per string.
+    fn add_sentences(&mut self, sentences: Vec<String>) {
+        for s in &sentences {
+            self.inner.add_sentence(s);
+        }
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Number of word tokens so far.
+    fn tokens(&self) -> usize {
+        self.inner.tokens()
+    }
+
+    /// Estimates the forward model and, when `backward`, the backward one.
+    #[pyo3(signature = (order, backward = false, min_count = 1, discount_fallback = false))]
+    fn build(
+        &self,
+        py: Python<'_>,
+        order: usize,
+        backward: bool,
+        min_count: u64,
+        discount_fallback: bool,
+    ) -> PyResult<(PyModel, Option<PyModel>)> {
+        let opts = BuildOptions {
+            order,
+            min_count,
+            discount_fallback,
+        };
+        let corpus = &self.inner;
+        let (f, b) = detached(py, || lm::build(corpus, &opts, backward))?;
+        Ok((PyModel::from(f), b.map(PyModel::from)))
+    }
+}
+
+/// A back-off n-gram model (what an ARPA file holds). Scores are log10.
+#[pyclass(module = "kexue._native", name = "NgramModel", frozen)]
+pub struct PyModel {
+    inner: Arc<Model>,
+}
+
+impl From<Model> for PyModel {
+    fn from(m: Model) -> Self {
+        PyModel { inner: Arc::new(m) }
+    }
+}
+
+#[pymethods]
+impl PyModel {
+    #[getter]
+    fn order(&self) -> usize {
+        self.inner.order()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.vocab().len()
+    }
+
+    /// The vocabulary in id order (`<unk>`, `<s>`, `</s>` first).
+    fn words(&self) -> Vec<String> {
+        self.inner.vocab().words().map(str::to_owned).collect()
+    }
+
+    /// The id of `word`, or None.
+    fn word_id(&self, word: &str) -> Option<u32> {
+        self.inner.vocab().get(word)
+    }
+
+    /// Number of n-grams per order.
+    fn counts(&self) -> Vec<usize> {
+        self.inner.counts()
+    }
+
+    /// Bytes held by the model's tables.
+    fn nbytes(&self) -> usize {
+        self.inner.heap_bytes()
+    }
+
+    /// log10 probability of each sentence (parallel, GIL released).
+    #[pyo3(signature = (sentences, bos = true, eos = true))]
+    fn score_batch<'py>(
+        &self,
+        py: Python<'py>,
+        sentences: Vec<String>,
+        bos: bool,
+        eos: bool,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let model = &self.inner;
+        let mut out = vec![0.0; sentences.len()];
+        detached(py, || model.score_batch(&sentences, bos, eos, &mut out))?;
+        Ok(PyArray1::from_vec(py, out))
+    }
+
+    /// Per-token (log10 p, matched n-gram length, is OOV), `</s>` last when `eos`.
+    #[pyo3(signature = (sentence, bos = true, eos = true))]
+    fn token_scores<'py>(
+        &self,
+        py: Python<'py>,
+        sentence: &str,
+        bos: bool,
+        eos: bool,
+    ) -> (
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<bool>>,
+    ) {
+        let m = &self.inner;
+        let scores = m.token_scores(&m.ids(sentence), bos, eos);
+        (
+            PyArray1::from_iter(py, scores.iter().map(|s| f64::from(s.log10))),
+            PyArray1::from_iter(py, scores.iter().map(|s| s.ngram_len as i64)),
+            PyArray1::from_iter(py, scores.iter().map(|s| s.oov)),
+        )
+    }
+
+    /// log10 p(w | context) for each candidate word, or for every vocabulary id when
+    /// `candidates` is None (`<s>`, never predicted, gets -inf). `context` is a list of words,
+    /// after `<s>` when `bos`.
+    #[pyo3(signature = (context, candidates = None, bos = true))]
+    fn next_scores<'py>(
+        &self,
+        py: Python<'py>,
+        context: Vec<String>,
+        candidates: Option<Vec<String>>,
+        bos: bool,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let m = &self.inner;
+        let v = m.vocab();
+        let ctx: Vec<u32> = bos
+            .then_some(lm::BOS)
+            .into_iter()
+            .chain(context.iter().map(|w| v.id(w)))
+            .collect();
+        let ids: Vec<u32> = match &candidates {
+            Some(c) => c.iter().map(|w| v.id(w)).collect(),
+            None => (0..v.len() as u32).collect(),
+        };
+        let mut out = vec![0.0; ids.len()];
+        detached(py, || {
+            let state = m.state_from_context(&ctx);
+            m.next_scores(&state, &ids, &mut out)
+        })?;
+        if candidates.is_none() {
+            out[lm::BOS as usize] = f64::NEG_INFINITY;
+        }
+        Ok(PyArray1::from_vec(py, out))
+    }
+
+    /// Writes the model as ARPA (temporary file, then rename).
+    fn save_arpa(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let m = &self.inner;
+        detached(py, || lm::write_arpa(m, &path))
+    }
+}
+
+/// Reads an ARPA file (lmplz, SRILM or kexue output).
+#[pyfunction]
+fn lm_read_arpa(py: Python<'_>, path: PathBuf) -> PyResult<PyModel> {
+    Ok(detached(py, || lm::read_arpa(&path))?.into())
+}
+
+fn same_vocab(forward: &PyModel, backward: Option<&PyModel>) -> PyResult<()> {
+    match backward {
+        Some(b) if b.inner.vocab() != forward.inner.vocab() => Err(to_py(
+            kexue_core::Error::value("backward", "must share the forward model's vocabulary"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Saves a forward model (and its backward twin) in the binary format.
+#[pyfunction]
+#[pyo3(signature = (path, forward, backward = None))]
+fn lm_save(
+    py: Python<'_>,
+    path: PathBuf,
+    forward: &PyModel,
+    backward: Option<&PyModel>,
+) -> PyResult<()> {
+    same_vocab(forward, backward)?;
+    let (f, b) = (&forward.inner, backward.map(|b| &*b.inner));
+    detached(py, || lm::save(&path, f, b))
+}
+
+/// Loads a binary model file: (forward, backward or None).
+#[pyfunction]
+fn lm_load(py: Python<'_>, path: PathBuf) -> PyResult<(PyModel, Option<PyModel>)> {
+    let (f, b) = detached(py, || lm::load(&path))?;
+    Ok((f.into(), b.map(PyModel::from)))
+}
+
+/// The binary image (what `lm_save` writes) as bytes.
+#[pyfunction]
+#[pyo3(signature = (forward, backward = None))]
+fn lm_to_bytes<'py>(
+    py: Python<'py>,
+    forward: &PyModel,
+    backward: Option<&PyModel>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    same_vocab(forward, backward)?;
+    let bytes = lm::to_bytes(&forward.inner, backward.map(|b| &*b.inner));
+    Ok(PyBytes::new(py, &bytes))
+}
+
+/// Parses a binary image: (forward, backward or None).
+#[pyfunction]
+fn lm_from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<(PyModel, Option<PyModel>)> {
+    let (f, b) = detached(py, || lm::from_bytes(data, std::path::Path::new("<bytes>")))?;
+    Ok((f.into(), b.map(PyModel::from)))
+}
+
+/// A bigram model from (word, count) and (word1, word2, count) tables.
+#[pyfunction]
+fn lm_from_counts(
+    py: Python<'_>,
+    unigrams: Vec<(String, u64)>,
+    bigrams: Vec<(String, String, u64)>,
+    eos_count: u64,
+) -> PyResult<PyModel> {
+    Ok(detached(py, || lm::from_counts(&unigrams, &bigrams, eos_count))?.into())
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("LM_MAX_ORDER", lm::MAX_ORDER)?;
+    m.add_class::<PyCorpus>()?;
+    m.add_class::<PyModel>()?;
+    m.add_function(wrap_pyfunction!(lm_read_arpa, m)?)?;
+    m.add_function(wrap_pyfunction!(lm_save, m)?)?;
+    m.add_function(wrap_pyfunction!(lm_load, m)?)?;
+    m.add_function(wrap_pyfunction!(lm_to_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(lm_from_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(lm_from_counts, m)?)?;
+    Ok(())
+}

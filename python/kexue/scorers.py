@@ -20,12 +20,128 @@ while candidate words still come from an n-gram scorer.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["HFCausalLM"]
+from . import _native
+
+__all__ = ["HFCausalLM", "NgramScorer", "default_lm"]
+
+_SPECIAL = ("<unk>", "<s>", "</s>")
+
+
+class NgramScorer:
+    """The native n-gram scorer: with it the whole CGMH loop runs in Rust (each candidate
+    rescored in O(order) look-ups). ``lm``: a :class:`kexue.lm.NgramLM` (its ``reverse``
+    model, if built, picks candidates together with the forward one) or a
+    ``kexue._native.NgramModel``; ``backward``: an explicit backward model.
+
+    >>> from kexue.lm import NgramLM                       # doctest: +SKIP
+    >>> lm = NgramLM.build("corpus.txt", order=4, reverse=True)
+    >>> kexue.cgmh.generate(["cat", "mat"], NgramScorer(lm))
+    """
+
+    def __init__(self, lm: Any, backward: Any = None) -> None:
+        forward, back = _models(lm)
+        if backward is not None:
+            back = _models(backward)[0]
+        # The sampler needs the models in Rust; the binary image is the LM's public exchange
+        # format, parsed once here.
+        self._cgmh_native = _native.CgmhNgram(_native.lm_to_bytes(forward, back))
+        self._forward, self._backward = forward, back
+        self._words = list(forward.words())
+        self._index = {w: i for i, w in enumerate(self._words)}
+        self.vocab_size = len(self._words)
+        self.lowercase = bool(getattr(lm, "lowercase", False))
+
+    def word_id(self, word: str) -> int | None:
+        i = self._index.get(word.lower() if self.lowercase else word)
+        return None if i is None or self._words[i] in _SPECIAL else i
+
+    def word(self, i: int) -> str:
+        return self._words[i]
+
+    def _text(self, ids: Sequence[int]) -> list[str]:
+        return [self._words[i] if i < self.vocab_size else "<unk>" for i in ids]
+
+    def sentence_logprob(self, ids: Sequence[int]) -> float:
+        return float(self._forward.score_batch([" ".join(self._text(ids))])[0]) * math.log(10)
+
+    def _next(self, model: Any, context: list[str]) -> np.ndarray:
+        out = (model.next_scores(context, None, bos=True) * math.log(10)).astype(np.float32)
+        out[:3] = -np.inf  # <unk>, <s>, </s> are never proposed
+        return out
+
+    def forward_logprobs(self, ids: Sequence[int], pos: int) -> np.ndarray:
+        return self._next(self._forward, self._text(ids[:pos]))
+
+    def backward_logprobs(self, ids: Sequence[int], pos: int) -> np.ndarray | None:
+        if self._backward is None:
+            return None
+        return self._next(self._backward, self._text(ids[pos + 1 :])[::-1])
+
+
+def _models(lm: Any) -> tuple[Any, Any]:
+    if isinstance(lm, _native.NgramModel):
+        return lm, None
+    inner = getattr(lm, "_model", None)  # kexue.lm.NgramLM
+    if isinstance(inner, _native.NgramModel):
+        return inner, getattr(lm, "_reverse_native", None)
+    raise TypeError(f"lm must be a kexue.lm.NgramLM or NgramModel, got {type(lm).__name__}")
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("KEXUE_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    if base is None:
+        local = os.environ.get("LOCALAPPDATA") if os.name == "nt" else None
+        base = local or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kexue"
+
+
+_DEFAULT: NgramScorer | None = None
+
+
+def default_lm() -> NgramScorer:
+    """The built-in English LM: bigram forward and backward models estimated from the word and
+    word-pair frequency tables shipped with ``symspellpy`` (MIT; 82,765 words, 243,342 pairs),
+    built once and cached in the user's cache directory (``$KEXUE_CACHE``,
+    ``$XDG_CACHE_HOME/kexue`` or ``~/.cache/kexue``)."""
+    global _DEFAULT
+    if _DEFAULT is not None:
+        return _DEFAULT
+    import importlib.metadata
+    import importlib.resources
+
+    version = importlib.metadata.version("symspellpy")
+    path = _cache_dir() / f"symspell-en-{version}.kxlm"
+    if path.exists():
+        forward, backward = _native.lm_load(str(path))
+    else:
+        files = importlib.resources.files("symspellpy")
+
+        def table(name: str, n: int) -> list[tuple]:
+            rows = []
+            for line in (files / name).read_text(encoding="utf-8").splitlines():
+                parts = line.split()
+                if len(parts) == n + 1:
+                    rows.append((*parts[:n], int(parts[n])))
+            return rows
+
+        uni = table("frequency_dictionary_en_82_765.txt", 1)
+        bi = table("frequency_bigramdictionary_en_243_342.txt", 2)
+        eos = max(1, sum(c for _, c in uni) // 20)  # a mean sentence length of 20 words
+        forward = _native.lm_from_counts(uni, bi, eos)
+        # The backward model reads sentences reversed: the same pairs, swapped.
+        backward = _native.lm_from_counts(uni, [(b, a, c) for a, b, c in bi], eos)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _native.lm_save(str(path), forward, backward)  # written to a temp file, then renamed
+    _DEFAULT = NgramScorer(forward, backward)
+    return _DEFAULT
 
 
 class HFCausalLM:

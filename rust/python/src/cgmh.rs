@@ -1,6 +1,9 @@
 //! Bindings of `kexue_core::cgmh`: a Python scorer object (or a native model) behind the
 //! core's `Scorer` trait, soft terms behind `Prior`, results as dicts.
 
+use std::sync::Arc;
+
+use kexue_core::cgmh::ngram::Ngram;
 use kexue_core::cgmh::priors::{BowCosine, EditPenalty};
 use kexue_core::cgmh::{self, Config, Index, Prior, Scorer, Task};
 use kexue_core::Error;
@@ -141,6 +144,43 @@ impl Scorer for PyScorer {
     }
 }
 
+/// A forward n-gram model and its optional backward twin, parsed once from the binary image
+/// `kexue._native.lm_to_bytes` writes; a scorer exposing one as `_cgmh_native` runs the whole
+/// loop in Rust.
+#[pyclass(module = "kexue._native", name = "CgmhNgram", frozen)]
+struct PyNgram {
+    inner: Arc<Ngram>,
+}
+
+#[pymethods]
+impl PyNgram {
+    #[new]
+    fn new(py: Python<'_>, image: &[u8]) -> PyResult<Self> {
+        let inner = detached(py, || {
+            let (f, b) = kexue_core::lm::from_bytes(image, std::path::Path::new("<lm image>"))?;
+            Ngram::new(Arc::new(f), b.map(Arc::new))
+        })?;
+        Ok(PyNgram {
+            inner: Arc::new(inner),
+        })
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    #[getter]
+    fn has_backward(&self) -> bool {
+        self.inner.has_backward()
+    }
+}
+
+enum AnyScorer {
+    Native(Arc<Ngram>),
+    Py(PyScorer),
+}
+
 /// A Python callable `f(ids) -> float` as a soft term.
 struct PyPrior(Py<PyAny>);
 
@@ -246,7 +286,14 @@ fn cgmh_run<'py>(
         explore,
         trace,
     };
-    let scorer = PyScorer::new(lm)?;
+    let native = lm
+        .getattr("_cgmh_native")
+        .ok()
+        .and_then(|n| Some(n.downcast::<PyNgram>().ok()?.get().inner.clone()));
+    let scorer = match native {
+        Some(ngram) => AnyScorer::Native(ngram),
+        None => AnyScorer::Py(PyScorer::new(lm)?),
+    };
     let priors: Vec<Vec<AnyPrior>> = priors
         .iter()
         .map(|ps| ps.iter().map(AnyPrior::extract).collect())
@@ -261,7 +308,10 @@ fn cgmh_run<'py>(
             priors: ps.iter().map(AnyPrior::as_dyn).collect(),
         })
         .collect();
-    let samples = detached(py, || cgmh::run(&scorer, &tasks, n, &config, seed, best))?;
+    let samples = detached(py, || match &scorer {
+        AnyScorer::Native(ngram) => cgmh::run(&**ngram, &tasks, n, &config, seed, best),
+        AnyScorer::Py(s) => cgmh::run(s, &tasks, n, &config, seed, best),
+    })?;
     let out = PyList::empty(py);
     for s in samples {
         let d = PyDict::new(py);
@@ -286,6 +336,7 @@ fn cgmh_run<'py>(
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyNgram>()?;
     m.add_function(wrap_pyfunction!(cgmh_run, m)?)?;
     Ok(())
 }

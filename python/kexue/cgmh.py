@@ -452,6 +452,9 @@ def plot_trace(sentences: Sequence[Sentence], path: str) -> None:
     suffix = os.path.splitext(path)[1] or ".png"
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
     try:
         fig.savefig(tmp)
         os.replace(tmp, path)

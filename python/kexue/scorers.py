@@ -70,6 +70,8 @@ class NgramScorer:
         return [self._words[i] if i < self.vocab_size else "<unk>" for i in ids]
 
     def sentence_logprob(self, ids: Sequence[int]) -> float:
+        if any(0 <= i < 3 for i in ids):  # <unk>, <s>, </s> ids: outside the target
+            return -math.inf
         return float(self._forward.score_batch([" ".join(self._text(ids))])[0]) * math.log(10)
 
     def _next(self, model: Any, context: list[str]) -> np.ndarray:

@@ -151,7 +151,12 @@ impl Scorer for Ngram {
         self.forward.unigram.len()
     }
 
+    /// −∞ for sentences holding `<unk>`, `<s>` or `</s>` ids: the target excludes them (the
+    /// candidate scores agree), while unknown words carry ids past the vocabulary.
     fn sentence_logprob(&self, x: &[u32]) -> Result<f64> {
+        if x.iter().any(|&w| special(w)) {
+            return Ok(f64::NEG_INFINITY);
+        }
         Ok(self.forward.model.score_ids(x, true, true) * LN_10)
     }
 
@@ -176,6 +181,10 @@ impl Scorer for Ngram {
         ctx.extend(x[pos.saturating_sub(keep)..pos].iter().map(id));
         let state = m.state_from_context(&ctx);
         let rest = &x[pos + 1..];
+        if x[..pos].iter().chain(rest).any(|&w| special(w)) {
+            out.fill(f64::NEG_INFINITY);
+            return Ok(());
+        }
         let mut base = None;
         for (o, &c) in out.iter_mut().zip(cands) {
             if special(c) {
@@ -242,7 +251,7 @@ mod tests {
         let v = f.vocab();
         let x: Vec<u32> = "the cat sat on zebra mat"
             .split(' ')
-            .map(|w| v.id(w))
+            .map(|w| v.get(w).unwrap_or(v.len() as u32 + 7)) // an unknown word's id
             .collect();
         let cands: Vec<u32> = (0..v.len() as u32).collect();
         for pos in 0..x.len() {

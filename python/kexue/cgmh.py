@@ -122,10 +122,17 @@ def detokenize(tokens: Sequence[str], tokenizer: Tokenizer = None) -> str:
     return out
 
 
-def _default_lm():
-    from .scorers import default_lm
+def _scorer(lm: Any) -> Any:
+    """The default LM for None; n-gram models wrapped in the native scorer."""
+    from . import scorers
 
-    return default_lm()
+    if lm is None:
+        return scorers.default_lm()
+    from .lm import NgramLM
+
+    if isinstance(lm, (NgramLM, _native.NgramModel)):
+        return scorers.NgramScorer(lm)
+    return lm
 
 
 class _Ids:
@@ -210,7 +217,7 @@ def _run(
         raise ValueError(
             f"actions must be 3 probabilities (replace, insert, delete), got {actions!r}"
         )
-    lm = _default_lm() if lm is None else lm
+    lm = _scorer(lm)
     ids = ids or _Ids(lm)
     tokens = [[ids.id(w) for w in ws] for ws in inputs]
     # "free" order: each chain starts from its own permutation of the keywords (keywords are
@@ -364,7 +371,7 @@ def paraphrase(
     embeddings (any callable text → vector). ``keywords``: words that must stay."""
     words = _sentence(sentence, tokenizer)
     keep = set(_keywords(list(keywords), tokenizer, "keywords")) if keywords else set()
-    lm = _default_lm() if lm is None else lm
+    lm = _scorer(lm)
     ids = _Ids(lm)
     src = [ids.id(w) for w in words]
     if similarity is None:
@@ -397,7 +404,7 @@ def correct(
     """Error correction: samples ``p(x) · exp(−weight · edit distance(x, sentence))`` (with
     ``anneal``: searches), so edits that raise fluency enough are kept."""
     words = _sentence(sentence, tokenizer)
-    lm = _default_lm() if lm is None else lm
+    lm = _scorer(lm)
     ids = _Ids(lm)
     prior = ("edit", [ids.id(w) for w in words], float(weight))
     return _run(

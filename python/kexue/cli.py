@@ -7,6 +7,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+import numpy as np
+
 from . import __version__, benchmarks
 
 
@@ -19,21 +21,16 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _load_lm(args: argparse.Namespace):
-    from . import _native
+    from .lm import NgramLM
     from .scorers import NgramScorer, default_lm
 
     if args.lm and args.corpus:
         raise SystemExit("kexue generate: give --lm or --corpus, not both")
     if args.lm:
-        if args.lm.endswith(".arpa"):
-            return NgramScorer(_native.lm_read_arpa(args.lm))
-        return NgramScorer(*_native.lm_load(args.lm))
+        return NgramScorer(_lm_load(args.lm))
     if args.corpus:
-        corpus = _native.NgramCorpus()
-        with open(args.corpus, "rb") as f:
-            corpus.add_text(f.read(), args.corpus, 1)
-        forward, backward = corpus.build(args.order, backward=True, discount_fallback=True)
-        return NgramScorer(forward, backward)
+        lm = NgramLM.build(args.corpus, args.order, backward=True, discount_fallback=True)
+        return NgramScorer(lm)
     return default_lm()
 
 
@@ -66,7 +63,7 @@ def _generate(args: argparse.Namespace) -> int:
     traced = []
     with tqdm(total=len(sets), unit="input", disable=len(sets) < 2, file=sys.stderr) as bar:
         for lo in range(0, len(sets), batch):
-            # one seed per batch position keeps outputs independent of the batch size
+            # batches of ~64 chains, each seeded by its first input's line number
             results = generate_many(sets[lo : lo + batch], lm, seed=args.seed + lo, **options)
             for keywords, sentences in zip(sets[lo : lo + batch], results):
                 traced.extend(sentences)
@@ -81,6 +78,54 @@ def _generate(args: argparse.Namespace) -> int:
             bar.update(len(results))
     if args.plot:
         plot_trace(traced[:8], args.plot)
+    return 0
+
+
+def _lm_load(path: str):  # binary by its magic, else ARPA
+    from .lm import NgramLM
+
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    return NgramLM.load(path) if magic == b"KEXUELM\0" else NgramLM.load_arpa(path)
+
+
+def _lm_build(args: argparse.Namespace) -> int:
+    from .lm import NgramLM
+
+    lm = NgramLM.build(
+        args.corpus,
+        order=args.order,
+        backward=not (args.arpa or args.no_backward),
+        min_count=args.min_count,
+        skip_symbols=args.skip_symbols,
+        discount_fallback=args.discount_fallback,
+    )
+    (lm.save_arpa if args.arpa else lm.save)(args.output)
+    print(f"{lm!r} -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _lm_ppl(args: argparse.Namespace) -> int:
+    lm = _lm_load(args.model)
+    with open(args.text, encoding="utf-8-sig") as f:
+        lines = f.read().splitlines()
+    ids = [s.split() for s in lines]
+    oov = sum(1 for words in ids for w in words if w not in _vocab_set(lm))
+    tokens = sum(len(words) + 1 for words in ids)
+    scores = lm.logprob(lines)
+    print(f"sentences {len(lines)}  tokens {tokens} (with </s>)  OOVs {oov}")
+    print(f"perplexity {float(np.exp(-scores.sum() / tokens)):.4f}  (OOVs included, as kenlm)")
+    return 0
+
+
+def _vocab_set(lm) -> frozenset:
+    return frozenset(lm.vocab) - {"<unk>"}
+
+
+def _lm_score(args: argparse.Namespace) -> int:
+    lm = _lm_load(args.model)
+    for line in sys.stdin:
+        print(f"{lm.score(line.rstrip(chr(10))):.6f}")
     return 0
 
 
@@ -117,6 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per sentence")
     p.add_argument("--plot", metavar="PNG", help="draw log-prob and acceptance traces")
     p.set_defaults(run=_generate)
+
+    lm = commands.add_parser("lm", help="n-gram language model: build, perplexity, scores")
+    lm_commands = lm.add_subparsers(dest="lm_command", metavar="COMMAND", required=True)
+    p = lm_commands.add_parser("build", help="estimate a modified Kneser-Ney model")
+    p.add_argument("corpus", help="UTF-8 text, one sentence per line")
+    p.add_argument("-o", "--output", required=True, help="model file to write")
+    p.add_argument("--order", type=int, default=5, help="n-gram order, 1 to 7 (default 5)")
+    p.add_argument("--arpa", action="store_true", help="write ARPA text (forward model only)")
+    p.add_argument("--no-backward", action="store_true", help="skip the backward model")
+    p.add_argument("--min-count", type=int, default=1, help="rarer words become <unk>")
+    p.add_argument("--skip-symbols", action="store_true", help="drop <unk> from the text (lmplz)")
+    p.add_argument(
+        "--discount-fallback", action="store_true", help="D = 0.5, 1, 1.5 on degenerate counts"
+    )
+    p.set_defaults(run=_lm_build)
+    p = lm_commands.add_parser("ppl", help="perplexity of a text file")
+    p.add_argument("model", help="binary model or ARPA file")
+    p.add_argument("text", help="UTF-8 text, one sentence per line")
+    p.set_defaults(run=_lm_ppl)
+    p = lm_commands.add_parser("score", help="log10 score of each stdin line")
+    p.add_argument("model", help="binary model or ARPA file")
+    p.set_defaults(run=_lm_score)
     return parser
 
 

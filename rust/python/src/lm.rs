@@ -76,6 +76,13 @@ impl PyCorpus {
     }
 }
 
+/// Per-token log10 scores, matched n-gram lengths and OOV flags.
+type TokenArrays<'py> = (
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<bool>>,
+);
+
 /// A back-off n-gram model (what an ARPA file holds). Scores are log10.
 #[pyclass(module = "kexue._native", name = "NgramModel", frozen)]
 pub struct PyModel {
@@ -119,18 +126,22 @@ impl PyModel {
         self.inner.heap_bytes()
     }
 
-    /// log10 probability of each sentence (parallel, GIL released).
-    #[pyo3(signature = (sentences, bos = true, eos = true))]
+    /// log10 probability of each sentence (parallel, GIL released); summed in float32 like
+    /// `kenlm` when `f32_sum`.
+    #[pyo3(signature = (sentences, bos = true, eos = true, f32_sum = false))]
     fn score_batch<'py>(
         &self,
         py: Python<'py>,
         sentences: Vec<String>,
         bos: bool,
         eos: bool,
+        f32_sum: bool,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let model = &self.inner;
         let mut out = vec![0.0; sentences.len()];
-        detached(py, || model.score_batch(&sentences, bos, eos, &mut out))?;
+        detached(py, || {
+            model.score_batch(&sentences, bos, eos, f32_sum, &mut out)
+        })?;
         Ok(PyArray1::from_vec(py, out))
     }
 
@@ -142,11 +153,7 @@ impl PyModel {
         sentence: &str,
         bos: bool,
         eos: bool,
-    ) -> (
-        Bound<'py, PyArray1<f64>>,
-        Bound<'py, PyArray1<i64>>,
-        Bound<'py, PyArray1<bool>>,
-    ) {
+    ) -> TokenArrays<'py> {
         let m = &self.inner;
         let scores = m.token_scores(&m.ids(sentence), bos, eos);
         (

@@ -131,7 +131,7 @@ impl Config {
         if vocab == 0 || vocab > u32::MAX as usize {
             return Err(Error::value(
                 "lm",
-                format!("must have 1..2^32 words, got {vocab}"),
+                format!("must have 1..=2^28 words, got {vocab}"),
             ));
         }
         let sum: f64 = self.actions.iter().sum();

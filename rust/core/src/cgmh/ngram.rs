@@ -27,7 +27,9 @@ fn ln(v: f32) -> f32 {
 
 impl Side {
     fn new(model: Arc<Model>) -> Self {
-        let unigram = model.entries(1).map(|(_, pb)| ln(pb.prob)).collect();
+        let unigram = (0..model.vocab().len() as u32)
+            .map(|w| model.get(&[w]).map_or(f32::NEG_INFINITY, |pb| ln(pb.prob)))
+            .collect();
         let mut grouped: HashMap<Vec<u32>, Vec<(u32, f32)>> = HashMap::new();
         for n in 2..=model.order() {
             for (key, pb) in model.entries(n) {

@@ -26,16 +26,24 @@ fn write_to(model: &Model, w: &mut impl Write) -> std::io::Result<()> {
     for (n, c) in model.counts().iter().enumerate() {
         writeln!(w, "ngram {}={c}", n + 1)?;
     }
-    for n in 1..=order {
+    let word = |id: u32| vocab.word(id).unwrap_or("<unk>");
+    write!(w, "\n\\1-grams:\n")?;
+    for (id, pb) in (0..).zip(model.unigrams()) {
+        write!(w, "{}\t{}", pb.prob, word(id))?;
+        if order > 1 {
+            write!(w, "\t{}", pb.backoff + 0.0)?; // -0.0 (a mark) prints as 0
+        }
+        writeln!(w)?;
+    }
+    for n in 2..=order {
         write!(w, "\n\\{n}-grams:\n")?;
         for (key, pb) in model.entries(n) {
-            write!(w, "{}\t", pb.prob)?;
-            for (i, &id) in key.iter().rev().enumerate() {
-                let sep = if i == 0 { "" } else { " " };
-                write!(w, "{sep}{}", vocab.word(id).unwrap_or("<unk>"))?;
+            write!(w, "{}\t{}", pb.prob, word(key[n - 1]))?;
+            for &id in key[..n - 1].iter().rev() {
+                write!(w, " {}", word(id))?;
             }
             if n < order {
-                write!(w, "\t{}", pb.backoff)?;
+                write!(w, "\t{}", pb.backoff + 0.0)?; // -0.0 (a mark) prints as 0
             }
             writeln!(w)?;
         }

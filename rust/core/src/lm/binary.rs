@@ -210,7 +210,7 @@ fn decode_model(r: &mut In) -> Result<Model> {
             .collect();
         tables.push(Table { n, keys, slots });
     }
-    Ok(Model::new(vocab, unigrams, tables))
+    Ok(Model::from_marked_parts(vocab, unigrams, tables))
 }
 
 /// Parses a binary image; `source` names it in errors.

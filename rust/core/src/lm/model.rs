@@ -19,6 +19,16 @@ pub struct ProbBackoff {
     pub backoff: f32,
 }
 
+/// Bits of -0.0: a zero back-off stored with the sign bit set marks an n-gram that is no
+/// context of any longer n-gram (KenLM's trick), so scoring stops extending the state there
+/// and saves a hash look-up (a cache miss) per word.
+const NO_EXTENSION: u32 = 0x8000_0000;
+
+#[inline]
+fn has_extension(backoff: f32) -> bool {
+    backoff.to_bits() != NO_EXTENSION
+}
+
 /// One slot of a hash table: the n-gram's hash (0 marks an empty slot) and its weights.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Slot {
@@ -98,6 +108,19 @@ impl Table {
             };
         }
         Ok(Table { n, keys, slots })
+    }
+
+    fn find_mut(&mut self, hash: u64) -> Option<&mut Slot> {
+        let h = hash.max(1);
+        let size = self.slots.len();
+        let mut i = bucket(h, size);
+        while self.slots[i].key != 0 {
+            if self.slots[i].key == h {
+                return Some(&mut self.slots[i]);
+            }
+            i = if i + 1 == size { 0 } else { i + 1 };
+        }
+        None
     }
 
     #[inline]
@@ -196,8 +219,52 @@ pub struct Model {
 }
 
 impl Model {
-    /// Assembles a model: `unigrams[id]` for every vocabulary id, then one table per order ≥ 2.
+    /// Assembles a model: `unigrams[id]` for every vocabulary id, then one table per order ≥ 2;
+    /// marks the zero back-offs of n-grams that extend to no longer n-gram.
     pub(crate) fn new(vocab: Vocab, unigrams: Vec<ProbBackoff>, tables: Vec<Table>) -> Self {
+        let mut m = Self::from_marked_parts(vocab, unigrams, tables);
+        let no_ext = f32::from_bits(NO_EXTENSION);
+        let zero_to_no_ext = |b: &mut f32| {
+            if *b == 0.0 {
+                *b = no_ext;
+            }
+        };
+        m.unigrams
+            .iter_mut()
+            .for_each(|u| zero_to_no_ext(&mut u.backoff));
+        for t in &mut m.tables {
+            t.slots
+                .iter_mut()
+                .for_each(|s| zero_to_no_ext(&mut s.backoff));
+        }
+        let clear = |b: &mut f32| {
+            if b.to_bits() == NO_EXTENSION {
+                *b = 0.0;
+            }
+        };
+        for k in 0..m.tables.len() {
+            let (lower, upper) = m.tables.split_at_mut(k);
+            let t = &upper[0];
+            for key in t.keys.chunks_exact(t.n) {
+                let context = &key[1..];
+                if k == 0 {
+                    if let Some(u) = m.unigrams.get_mut(context[0] as usize) {
+                        clear(&mut u.backoff);
+                    }
+                } else if let Some(s) = lower[k - 1].find_mut(key_hash(context)) {
+                    clear(&mut s.backoff);
+                }
+            }
+        }
+        m
+    }
+
+    /// Assembles a model whose extension marks are already set (binary files).
+    pub(crate) fn from_marked_parts(
+        vocab: Vocab,
+        unigrams: Vec<ProbBackoff>,
+        tables: Vec<Table>,
+    ) -> Self {
         debug_assert_eq!(vocab.len(), unigrams.len());
         Model {
             vocab,
@@ -274,6 +341,8 @@ impl Model {
         next.backoff[0] = uni.backoff;
         let mut prob = uni.prob;
         let mut matched = 1;
+        // The next state keeps the longest matched n-gram that some longer n-gram extends.
+        let mut keep = usize::from(has_extension(uni.backoff));
         let mut h = hash_word(word);
         let max_len = self.order().min(state.len() + 1);
         while matched < max_len {
@@ -287,11 +356,14 @@ impl Model {
                 next.backoff[matched] = slot.backoff;
             }
             matched += 1;
+            if has_extension(slot.backoff) {
+                keep = matched;
+            }
         }
         for &b in &state.backoff[matched - 1..state.len()] {
             prob += b;
         }
-        next.len = matched.min(self.order() - 1) as u8;
+        next.len = keep.min(self.order() - 1) as u8;
         let score = TokenScore {
             log10: prob,
             ngram_len: matched,
@@ -326,27 +398,47 @@ impl Model {
             .collect()
     }
 
-    /// Total log10 probability of `ids`, summed in f64 (as `kenlm.Model.score`).
+    /// Total log10 probability of `ids` (and `</s>` when `eos`), after `<s>` when `bos`,
+    /// summed in f64.
     pub fn score_ids(&self, ids: &[u32], bos: bool, eos: bool) -> f64 {
+        self.sum_scores(ids, bos, eos, 0.0, |t, p| t + f64::from(p))
+    }
+
+    /// As [`Model::score_ids`] but summed in f32, exactly as `kenlm.Model.score` does (its
+    /// rounding reaches ~1e-4 on sentences of a few hundred words).
+    pub fn score_ids_f32(&self, ids: &[u32], bos: bool, eos: bool) -> f32 {
+        self.sum_scores(ids, bos, eos, 0.0, |t, p| t + p)
+    }
+
+    fn sum_scores<T>(
+        &self,
+        ids: &[u32],
+        bos: bool,
+        eos: bool,
+        zero: T,
+        add: impl Fn(T, f32) -> T,
+    ) -> T {
         let mut state = if bos { self.begin_state() } else { State::NULL };
-        let mut total = 0.0;
+        let mut total = zero;
         for &w in ids {
             let (p, next) = self.score_word(&state, w);
-            total += f64::from(p);
+            total = add(total, p);
             state = next;
         }
         if eos {
-            total += f64::from(self.score_word(&state, EOS).0);
+            total = add(total, self.score_word(&state, EOS).0);
         }
         total
     }
 
-    /// log10 scores of many sentences in parallel (rayon), written to `out`.
+    /// log10 scores of many sentences in parallel (rayon), written to `out`; summed in f32
+    /// like `kenlm` when `f32_sum`, else in f64.
     pub fn score_batch<S: AsRef<str> + Sync>(
         &self,
         sentences: &[S],
         bos: bool,
         eos: bool,
+        f32_sum: bool,
         out: &mut [f64],
     ) -> Result<()> {
         if out.len() != sentences.len() {
@@ -358,7 +450,14 @@ impl Model {
         out.par_iter_mut()
             .zip(sentences.par_iter())
             .with_min_len(64)
-            .for_each(|(o, s)| *o = self.score_ids(&self.ids(s.as_ref()), bos, eos));
+            .for_each(|(o, s)| {
+                let ids = self.ids(s.as_ref());
+                *o = if f32_sum {
+                    f64::from(self.score_ids_f32(&ids, bos, eos))
+                } else {
+                    self.score_ids(&ids, bos, eos)
+                }
+            });
         Ok(())
     }
 
@@ -392,33 +491,31 @@ impl Model {
         }
     }
 
-    /// Every n-gram of order `n` (keys newest word first, sorted) with its weights.
-    pub fn entries(&self, n: usize) -> Box<dyn Iterator<Item = (Vec<u32>, ProbBackoff)> + '_> {
-        if n == 1 {
-            return Box::new(
-                self.unigrams
-                    .iter()
-                    .enumerate()
-                    .map(|(i, w)| (vec![i as u32], *w)),
-            );
-        }
-        match self.tables.get(n.wrapping_sub(2)) {
-            Some(t) => Box::new(t.keys.chunks_exact(n).map(move |k| {
-                let s = t.find(key_hash(k)).copied().unwrap_or(Slot {
-                    key: 0,
-                    prob: 0.0,
-                    backoff: 0.0,
-                });
-                (
-                    k.to_vec(),
+    /// Weights of the unigrams, indexed by word id.
+    pub fn unigrams(&self) -> &[ProbBackoff] {
+        &self.unigrams
+    }
+
+    /// Every n-gram of order `n` ≥ 2 (keys newest word first, sorted) with its weights;
+    /// nothing for other orders (see [`Model::unigrams`]).
+    pub fn entries(&self, n: usize) -> impl Iterator<Item = (&[u32], ProbBackoff)> + '_ {
+        let table = if n >= 2 { self.tables.get(n - 2) } else { None };
+        table.into_iter().flat_map(move |t| {
+            t.keys.chunks_exact(n).map(move |k| {
+                let s = t.find(key_hash(k));
+                let weights = s.map_or(
                     ProbBackoff {
+                        prob: f32::NAN,
+                        backoff: f32::NAN,
+                    },
+                    |s| ProbBackoff {
                         prob: s.prob,
                         backoff: s.backoff,
                     },
-                )
-            })),
-            None => Box::new(std::iter::empty()),
-        }
+                );
+                (k, weights)
+            })
+        })
     }
 
     /// Bytes held by the tables (for memory reports).

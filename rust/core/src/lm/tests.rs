@@ -44,7 +44,8 @@ fn arpa_round_trip_is_exact() {
         let back = read_arpa(&p).unwrap();
         assert_eq!(back.counts(), m.counts());
         assert_eq!(scores(&back), scores(&m));
-        for n in 1..=order {
+        assert_eq!(back.unigrams(), m.unigrams());
+        for n in 2..=order {
             for (k, w) in m.entries(n) {
                 let words: Vec<&str> = k.iter().map(|&i| m.vocab().word(i).unwrap()).collect();
                 let k2: Vec<u32> = words.iter().map(|w| back.vocab().id(w)).collect();

@@ -20,6 +20,67 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_lm(args: argparse.Namespace):
+    from .lm import NgramLM
+    from .scorers import NgramScorer, default_lm
+
+    if args.lm and args.corpus:
+        raise SystemExit("kexue generate: give --lm or --corpus, not both")
+    if args.lm:
+        return NgramScorer(_lm_load(args.lm))
+    if args.corpus:
+        lm = NgramLM.build(args.corpus, args.order, backward=True, discount_fallback=True)
+        return NgramScorer(lm)
+    return default_lm()
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from .cgmh import generate_many, plot_trace
+
+    if args.input:
+        with open(args.input, encoding="utf-8") as f:
+            sets = [line.split() for line in f if line.strip()]
+    else:
+        sets = [args.words]
+    if not sets or not sets[0]:
+        raise SystemExit("kexue generate: give keywords or --input FILE")
+    lm = _load_lm(args)
+    options = {
+        "n": args.n,
+        "steps": args.steps,
+        "anneal": True if args.anneal else None,
+        "order": "fixed" if args.fixed_order else "free",
+        "top_k": args.top_k,
+        "gamma": args.gamma,
+        "max_len": args.max_len,
+        "return_trace": bool(args.plot),
+    }
+    batch = max(1, 64 // args.n)
+    traced = []
+    with tqdm(total=len(sets), unit="input", disable=len(sets) < 2, file=sys.stderr) as bar:
+        for lo in range(0, len(sets), batch):
+            # batches of ~64 chains, each seeded by its first input's line number
+            results = generate_many(sets[lo : lo + batch], lm, seed=args.seed + lo, **options)
+            for keywords, sentences in zip(sets[lo : lo + batch], results):
+                traced.extend(sentences)
+                for s in sentences:
+                    if args.json:
+                        row = {"keywords": keywords, "text": s.text, "tokens": s.tokens,
+                               "logprob": s.logprob, "nll_per_token": s.nll_per_token,
+                               "acceptance": s.acceptance_rate}  # fmt: skip
+                        print(json.dumps(row, ensure_ascii=False))
+                    else:
+                        print(s.text)
+            bar.update(len(results))
+    if args.plot:
+        plot_trace(traced[:8], args.plot)
+    return 0
+
+
 def _lm_load(path: str):  # binary by its magic, else ARPA
     from .lm import NgramLM
 
@@ -78,6 +139,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="problem size (default per bench)")
     p.add_argument("--repeat", type=int, default=7, help="timed runs; the median is shown")
     p.set_defaults(run=_bench)
+
+    p = commands.add_parser(
+        "generate", help="sentences containing given keywords (CGMH)", description=(
+            "Keyword-to-sentence generation by Metropolis-Hastings (CGMH). Without --lm or "
+            "--corpus uses the built-in English bigram LM (offline)."
+        ),
+    )  # fmt: skip
+    p.add_argument("words", nargs="*", metavar="WORD", help="keywords every sentence contains")
+    p.add_argument("--input", help="file with one keyword set per line (whitespace-separated)")
+    p.add_argument("--lm", help="n-gram model: kexue binary file or .arpa")
+    p.add_argument("--corpus", help="train a Kneser-Ney LM on this text file (one sentence a line)")
+    p.add_argument("--order", type=int, default=4, help="n-gram order for --corpus (default 4)")
+    p.add_argument("--n", type=int, default=3, help="sentences per keyword set (default 3)")
+    p.add_argument("--steps", type=int, default=200, help="MH steps per chain (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--anneal", action="store_true", help="simulated annealing: best sentence")
+    p.add_argument("--fixed-order", action="store_true", help="keep keywords in the given order")
+    p.add_argument("--top-k", type=int, default=50, help="candidates per edit (default 50)")
+    p.add_argument("--gamma", type=float, default=1.0, help="exponent on p(x) (default 1)")
+    p.add_argument("--max-len", type=int, default=40, help="longest sentence (default 40)")
+    p.add_argument("--json", action="store_true", help="one JSON object per sentence")
+    p.add_argument("--plot", metavar="PNG", help="draw log-prob and acceptance traces")
+    p.set_defaults(run=_generate)
 
     lm = commands.add_parser("lm", help="n-gram language model: build, perplexity, scores")
     lm_commands = lm.add_subparsers(dest="lm_command", metavar="COMMAND", required=True)

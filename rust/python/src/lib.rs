@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod arrays;
 mod attention;
+mod cgmh;
 mod errors;
 mod lm;
 mod losses;
@@ -33,5 +34,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     vmf::register(m)?;
     multitask::register(m)?;
     attention::register(m)?;
+    cgmh::register(m)?;
     Ok(())
 }

@@ -1,0 +1,342 @@
+//! Bindings of `kexue_core::cgmh`: a Python scorer object (or a native model) behind the
+//! core's `Scorer` trait, soft terms behind `Prior`, results as dicts.
+
+use std::sync::Arc;
+
+use kexue_core::cgmh::ngram::Ngram;
+use kexue_core::cgmh::priors::{BowCosine, EditPenalty};
+use kexue_core::cgmh::{self, Config, Index, Prior, Scorer, Task};
+use kexue_core::Error;
+use numpy::{PyArray1, PyReadonlyArray1, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::arrays::detached;
+
+fn py_err(what: &str, e: PyErr) -> Error {
+    Error::value(what, format!("raised {e}"))
+}
+
+/// A Python object with `vocab_size`, `sentence_logprob(ids)`, `forward_logprobs(ids, pos)`,
+/// `backward_logprobs(ids, pos)` (array or None) and optionally
+/// `replace_logprobs(ids, pos, cands)`; calls take the GIL, so chains over it serialise.
+struct PyScorer {
+    obj: Py<PyAny>,
+    vocab: usize,
+    batched: bool,
+}
+
+impl PyScorer {
+    fn new(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let vocab: usize = obj
+            .getattr("vocab_size")
+            .and_then(|v| v.extract())
+            .map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err(
+                    "lm must be a scorer with an int vocab_size (see kexue.scorers)",
+                )
+            })?;
+        for m in ["sentence_logprob", "forward_logprobs", "backward_logprobs"] {
+            if !obj.hasattr(m)? {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    "lm must be a scorer with a {m} method (see kexue.scorers)"
+                )));
+            }
+        }
+        Ok(PyScorer {
+            obj: obj.clone().unbind(),
+            vocab,
+            batched: obj.hasattr("replace_logprobs")?,
+        })
+    }
+
+    fn fill<'py, T: numpy::Element + Copy>(
+        got: &Bound<'py, PyAny>,
+        what: &str,
+        out: &mut [T],
+    ) -> kexue_core::Result<()> {
+        let a: PyReadonlyArray1<'py, T> = got
+            .extract()
+            .map_err(|_| Error::type_("lm", format!("{what} must return a 1-d numpy array")))?;
+        let s = a
+            .as_slice()
+            .map_err(|_| Error::value("lm", format!("{what} must return a contiguous array")))?;
+        if s.len() != out.len() {
+            return Err(Error::value(
+                "lm",
+                format!("{what} returned {} values, expected {}", a.len(), out.len()),
+            ));
+        }
+        out.copy_from_slice(s);
+        Ok(())
+    }
+}
+
+impl Scorer for PyScorer {
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    fn sentence_logprob(&self, x: &[u32]) -> kexue_core::Result<f64> {
+        Python::with_gil(|py| {
+            self.obj
+                .bind(py)
+                .call_method1("sentence_logprob", (x.to_vec(),))
+                .and_then(|v| v.extract::<f64>())
+                .map_err(|e| py_err("lm.sentence_logprob", e))
+        })
+    }
+
+    fn replace_logprobs(
+        &self,
+        x: &[u32],
+        pos: usize,
+        cands: &[u32],
+        out: &mut [f64],
+    ) -> kexue_core::Result<()> {
+        if !self.batched {
+            let mut y = x.to_vec();
+            for (o, &c) in out.iter_mut().zip(cands) {
+                y[pos] = c;
+                *o = self.sentence_logprob(&y)?;
+            }
+            return Ok(());
+        }
+        Python::with_gil(|py| {
+            let cands = PyArray1::from_slice(py, cands);
+            let got = self
+                .obj
+                .bind(py)
+                .call_method1("replace_logprobs", (x.to_vec(), pos, cands))
+                .map_err(|e| py_err("lm.replace_logprobs", e))?;
+            Self::fill(&got, "replace_logprobs", out)
+        })
+    }
+
+    fn forward_logprobs(&self, x: &[u32], pos: usize, out: &mut [f32]) -> kexue_core::Result<()> {
+        Python::with_gil(|py| {
+            let got = self
+                .obj
+                .bind(py)
+                .call_method1("forward_logprobs", (x.to_vec(), pos))
+                .map_err(|e| py_err("lm.forward_logprobs", e))?;
+            Self::fill(&got, "forward_logprobs", out)
+        })
+    }
+
+    fn backward_logprobs(
+        &self,
+        x: &[u32],
+        pos: usize,
+        out: &mut [f32],
+    ) -> kexue_core::Result<bool> {
+        Python::with_gil(|py| {
+            let got = self
+                .obj
+                .bind(py)
+                .call_method1("backward_logprobs", (x.to_vec(), pos))
+                .map_err(|e| py_err("lm.backward_logprobs", e))?;
+            if got.is_none() {
+                return Ok(false);
+            }
+            Self::fill(&got, "backward_logprobs", out).map(|_| true)
+        })
+    }
+}
+
+/// A forward n-gram model and its optional backward twin, parsed once from the binary image
+/// `kexue._native.lm_to_bytes` writes; a scorer exposing one as `_cgmh_native` runs the whole
+/// loop in Rust.
+#[pyclass(module = "kexue._native", name = "CgmhNgram", frozen)]
+struct PyNgram {
+    inner: Arc<Ngram>,
+}
+
+#[pymethods]
+impl PyNgram {
+    #[new]
+    fn new(py: Python<'_>, image: &[u8]) -> PyResult<Self> {
+        let inner = detached(py, || {
+            let (f, b) = kexue_core::lm::from_bytes(image, std::path::Path::new("<lm image>"))?;
+            Ngram::new(Arc::new(f), b.map(Arc::new))
+        })?;
+        Ok(PyNgram {
+            inner: Arc::new(inner),
+        })
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    #[getter]
+    fn has_backward(&self) -> bool {
+        self.inner.has_backward()
+    }
+}
+
+enum AnyScorer {
+    Native(Arc<Ngram>),
+    Py(PyScorer),
+}
+
+/// A Python callable `f(ids) -> float` as a soft term.
+struct PyPrior(Py<PyAny>);
+
+impl Prior for PyPrior {
+    fn log_score(&self, x: &[u32]) -> kexue_core::Result<f64> {
+        Python::with_gil(|py| {
+            self.0
+                .bind(py)
+                .call1((x.to_vec(),))
+                .and_then(|v| v.extract::<f64>())
+                .map_err(|e| py_err("prior", e))
+        })
+    }
+}
+
+enum AnyPrior {
+    Cosine(BowCosine),
+    Edit(EditPenalty),
+    Py(PyPrior),
+}
+
+impl AnyPrior {
+    fn extract(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        if let Ok((kind, source, weight)) = obj.extract::<(String, Vec<u32>, f64)>() {
+            if !weight.is_finite() {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "prior weight must be finite, got {weight}"
+                )));
+            }
+            return match kind.as_str() {
+                "cosine" => Ok(AnyPrior::Cosine(BowCosine::new(&source, weight))),
+                "edit" => Ok(AnyPrior::Edit(EditPenalty::new(&source, weight))),
+                _ => Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "prior kind must be 'cosine' or 'edit', got {kind:?}"
+                ))),
+            };
+        }
+        if obj.is_callable() {
+            return Ok(AnyPrior::Py(PyPrior(obj.clone().unbind())));
+        }
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "priors must be (kind, source ids, weight) tuples or callables ids -> float",
+        ))
+    }
+
+    fn as_dyn(&self) -> &dyn Prior {
+        match self {
+            AnyPrior::Cosine(p) => p,
+            AnyPrior::Edit(p) => p,
+            AnyPrior::Py(p) => p,
+        }
+    }
+}
+
+/// Runs `n` chains per input; returns one dict per chain, input-major.
+#[pyfunction]
+#[pyo3(signature = (lm, inputs, fixed, priors, n, steps, top_k, actions, min_len, max_len, gamma, anneal, index, explore, seed, best, trace))]
+#[allow(clippy::too_many_arguments)]
+fn cgmh_run<'py>(
+    py: Python<'py>,
+    lm: &Bound<'py, PyAny>,
+    inputs: Vec<Vec<u32>>,
+    fixed: Vec<Vec<bool>>,
+    priors: Vec<Vec<Bound<'py, PyAny>>>,
+    n: usize,
+    steps: usize,
+    top_k: usize,
+    actions: (f64, f64, f64),
+    min_len: usize,
+    max_len: usize,
+    gamma: f64,
+    anneal: Option<(f64, f64)>,
+    index: &str,
+    explore: f64,
+    seed: u64,
+    best: bool,
+    trace: bool,
+) -> PyResult<Bound<'py, PyList>> {
+    let index = match index {
+        "min" => Index::Min,
+        "product" => Index::Product,
+        "forward" => Index::Forward,
+        _ => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "index must be 'min', 'product' or 'forward', got {index:?}"
+            )))
+        }
+    };
+    if fixed.len() != inputs.len() || priors.len() != inputs.len() {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "fixed and priors must have one entry per input",
+        ));
+    }
+    let config = Config {
+        steps,
+        top_k,
+        actions: [actions.0, actions.1, actions.2],
+        min_len,
+        max_len,
+        gamma,
+        anneal,
+        index,
+        explore,
+        trace,
+    };
+    let native = lm
+        .getattr("_cgmh_native")
+        .ok()
+        .and_then(|n| Some(n.downcast::<PyNgram>().ok()?.get().inner.clone()));
+    let scorer = match native {
+        Some(ngram) => AnyScorer::Native(ngram),
+        None => AnyScorer::Py(PyScorer::new(lm)?),
+    };
+    let priors: Vec<Vec<AnyPrior>> = priors
+        .iter()
+        .map(|ps| ps.iter().map(AnyPrior::extract).collect())
+        .collect::<PyResult<_>>()?;
+    let tasks: Vec<Task<'_>> = inputs
+        .into_iter()
+        .zip(fixed)
+        .zip(&priors)
+        .map(|((tokens, fixed), ps)| Task {
+            tokens,
+            fixed,
+            priors: ps.iter().map(AnyPrior::as_dyn).collect(),
+        })
+        .collect();
+    let samples = detached(py, || match &scorer {
+        AnyScorer::Native(ngram) => cgmh::run(&**ngram, &tasks, n, &config, seed, best),
+        AnyScorer::Py(s) => cgmh::run(s, &tasks, n, &config, seed, best),
+    })?;
+    let out = PyList::empty(py);
+    for s in samples {
+        let d = PyDict::new(py);
+        d.set_item("tokens", s.tokens)?;
+        d.set_item("logprob", s.logprob)?;
+        d.set_item("log_target", s.log_target)?;
+        d.set_item("last", s.last)?;
+        d.set_item("last_logprob", s.last_logprob)?;
+        d.set_item("proposed", s.proposed.to_vec())?;
+        d.set_item("accepted", s.accepted.to_vec())?;
+        if trace {
+            d.set_item(
+                "trace_log_target",
+                PyArray1::from_vec(py, s.trace_log_target),
+            )?;
+            let acc: Vec<bool> = s.trace_accepted;
+            d.set_item("trace_accepted", PyArray1::from_vec(py, acc))?;
+        }
+        out.append(d)?;
+    }
+    Ok(out)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyNgram>()?;
+    m.add_function(wrap_pyfunction!(cgmh_run, m)?)?;
+    Ok(())
+}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .activations import SquarePlus
+from .attention import LinearAttention
 from .losses import (
     GlobalPointer,
     GlobalPointerKL,
@@ -10,20 +11,18 @@ from .losses import (
     NxMCrossentropy,
     SparseMultilabelCategoricalCrossentropy,
 )
+from .multitask import DynamicWeightAverage, UncertaintyWeighting
 from .vmf import VMFLatent
 
 __all__ = [
+    "DynamicWeightAverage",
     "GlobalPointer",
     "GlobalPointerKL",
+    "LinearAttention",
     "MultilabelCategoricalCrossentropy",
     "NxMCrossentropy",
     "SparseMultilabelCategoricalCrossentropy",
     "SquarePlus",
+    "UncertaintyWeighting",
     "VMFLatent",
 ]
-from .multitask import DynamicWeightAverage, UncertaintyWeighting
-
-__all__ = ["DynamicWeightAverage", "SquarePlus", "UncertaintyWeighting"]
-from .attention import LinearAttention
-
-__all__ = ["LinearAttention", "SquarePlus"]

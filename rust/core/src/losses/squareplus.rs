@@ -6,6 +6,7 @@
 //! The inner loops are branch-free so they vectorise; a chunk in which `x²` overflowed,
 //! `r` vanished (b = 0) or `x` is not finite is redone point by point with `hypot`.
 
+use multiversion::multiversion;
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -54,6 +55,9 @@ fn check(b: f64, lengths: &[(&str, usize)]) -> Result<()> {
     Ok(())
 }
 
+// Wheels target baseline x86-64 (SSE2); an AVX2+FMA clone, picked at run time, is ~1.5x
+// faster on the sqrt/div-bound loop.
+#[multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
 fn forward_chunk<T: Float>(x: &[T], b: T, out: &mut [T]) {
     let half = T::from(0.5).expect("0.5 is representable");
     let quarter_b = b * half * half;
@@ -71,6 +75,7 @@ fn forward_chunk<T: Float>(x: &[T], b: T, out: &mut [T]) {
     }
 }
 
+#[multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
 fn backward_chunk<T: Float>(x: &[T], grad: &[T], b: T, out: &mut [T]) {
     let half = T::from(0.5).expect("0.5 is representable");
     let quarter_b = b * half * half;

@@ -232,3 +232,26 @@ def test_distribution_object() -> None:
     batch = vmf.VonMisesFisher(np.eye(4), np.array([1.0, 2.0, 3.0, 4.0]))
     assert batch.sample().shape == (4, 4) and batch.entropy().shape == (4,)
     assert batch.mean().shape == (4, 4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(2, 300),
+    st.one_of(st.just(0.0), st.floats(1e-300, 1e12)),
+    st.integers(0, 2**64 - 1),
+    st.sampled_from([np.float32, np.float64]),
+)
+def test_samples_are_finite_unit_vectors(d: int, kappa: float, seed: int, dtype: type) -> None:
+    mu = np.random.default_rng(seed % 1000).standard_normal(d).astype(dtype)
+    x = vmf.sample_vmf(mu, kappa, 50, seed=seed)
+    assert x.dtype == dtype and np.isfinite(x).all()
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    assert np.abs(np.linalg.norm(x.astype(np.float64), axis=1) - 1).max() < tol
+
+
+def test_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from kexue.benchmarks import vmf as bench
+
+    bench.run(size=200, repeat=1)
+    out = capsys.readouterr().out
+    assert "speed-up vs scipy vonmises_fisher.rvs" in out and "per-row mu" in out

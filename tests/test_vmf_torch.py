@@ -160,3 +160,17 @@ def test_vmf_latent() -> None:
         layer(torch.randn(8, 15))
     with pytest.raises(ValueError, match="kappa"):
         VMFLatent(16, -1.0)
+
+
+def test_torch_road_is_thread_count_independent() -> None:
+    import torch
+
+    mu = torch.randn(5000, 16, dtype=torch.float64)
+    kappa = torch.linspace(0, 1e4, 5000, dtype=torch.float64)
+    a = vmf.sample_vmf(mu, kappa, seed=8)
+    kexue.set_num_threads(1)
+    try:
+        b = vmf.sample_vmf(mu, kappa, seed=8)
+    finally:
+        kexue.set_num_threads(0)
+    assert torch.equal(a, b)

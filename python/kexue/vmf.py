@@ -78,8 +78,13 @@ def _check_kappa(kappa: Any) -> Any:
 # --- functions of (d, κ) ----------------------------------------------------------------
 
 
+def _rust(name: str) -> Any:
+    """``name(d, κ)`` of a numpy array, in Rust."""
+    return lambda kappa, *, d: _native.vmf_evaluate(name, d, kappa)
+
+
 def _cpu_roundtrip(name: str) -> Any:
-    """``name`` evaluated in Rust on a tensor of any device (κ arrays are small)."""
+    """``name(d, κ)`` of a tensor on any device, in Rust on the CPU (κ arrays are small)."""
 
     def run(kappa: Any, *, d: int) -> Any:
         import torch
@@ -93,22 +98,19 @@ def _cpu_roundtrip(name: str) -> Any:
 def _quantity(name: str, slope: str, sign: float, times_kappa: bool) -> Kernel:
     """Kernel of ``name(d, κ)`` whose derivative is ``sign · [κ ·] slope(d, κ)``."""
 
-    def derivative(kappa: Any, d: int, evaluate: Any) -> Any:
-        s = evaluate(kappa, d=d) * sign
-        return s * kappa if times_kappa else s
+    def vjp(evaluate: Any) -> Any:
+        def backward(inputs: tuple, outputs: tuple, grads: tuple, *, d: int) -> tuple:
+            kappa = inputs[0]
+            s = evaluate(kappa, d=d) * sign
+            return (grads[0] * (s * kappa if times_kappa else s),)
 
-    def backward(inputs: tuple, outputs: tuple, grads: tuple, *, d: int) -> tuple:
-        numpy_slope = lambda k, d: _native.vmf_evaluate(slope, d, k)  # noqa: E731
-        return (grads[0] * derivative(inputs[0], d, numpy_slope),)
-
-    def torch_backward(inputs: tuple, outputs: tuple, grads: tuple, *, d: int) -> tuple:
-        return (grads[0] * derivative(inputs[0], d, _cpu_roundtrip(slope)),)
+        return backward
 
     return Kernel(
-        lambda kappa, *, d: _native.vmf_evaluate(name, d, kappa),
-        backward,
+        _rust(name),
+        vjp(_rust(slope)),
         torch_forward=_cpu_roundtrip(name),
-        torch_backward=torch_backward,
+        torch_backward=vjp(_cpu_roundtrip(slope)),
     )
 
 

@@ -370,8 +370,9 @@ def test_bad_input_is_a_clear_error():
         linear_attention(q, k, v, causal=True, projection=w, mask=np.ones((1, 4), bool))
     with pytest.raises(TypeError, match="mask must be a boolean"):
         linear_attention(q, k, v, causal=True, projection=w, mask=np.ones((1, 5)))
-    with pytest.raises(ValueError, match="finite"):
-        linear_attention(q * np.nan, k, v, causal=True, projection=w)
+    with pytest.raises(ValueError, match="v must be finite"):
+        linear_attention(q, k, v * np.nan, causal=True, projection=w)
+    assert np.isnan(linear_attention(q * np.nan, k, v, causal=True, projection=w)).all()
     with pytest.raises(ValueError, match="scaling"):
         orthogonal_random_matrix(4, 4, seed=0, scaling="uniform")
     with pytest.raises(TypeError, match="state must be a CausalState"):

@@ -204,50 +204,71 @@ struct Head<'a, T> {
 }
 
 impl<T: Real> Head<'_, T> {
-    fn chunked_forward(&self, c: usize, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) {
+    /// Returns false (and stops) at a chunk whose values are not all finite: `0·inf` in the
+    /// masked product would leak them into earlier positions of the chunk.
+    fn chunked_forward(
+        &self,
+        c: usize,
+        eps: f64,
+        s64: &mut [f64],
+        o: &mut [T],
+        den: &mut [T],
+    ) -> bool {
         let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
         let c = c.min(n);
         let mut a = vec![T::zero(); c * c];
-        let mut vp = vec![T::zero(); c * w];
-        let mut y = vec![T::zero(); c * w];
+        let mut y = vec![T::zero(); c * dv];
         let mut delta = vec![T::zero(); m * w];
         let mut st: Vec<T> = s64.iter().map(|&x| t(x)).collect();
         for c0 in (0..n).step_by(c) {
             let l = c.min(n - c0);
-            let qc = Mat::new(&self.q[c0 * m..(c0 + l) * m], l, m, m);
-            let kc = Mat::new(&self.k[c0 * m..(c0 + l) * m], l, m, m);
-            augment(&self.v[c0 * dv..(c0 + l) * dv], dv, &mut vp[..l * w]);
+            let (qs, ks) = (&self.q[c0 * m..(c0 + l) * m], &self.k[c0 * m..(c0 + l) * m]);
+            let vs = &self.v[c0 * dv..(c0 + l) * dv];
+            if !vs.iter().all(|x| x.is_finite()) {
+                return false;
+            }
+            let (qc, kc, vc) = (
+                Mat::new(qs, l, m, m),
+                Mat::new(ks, l, m, m),
+                Mat::new(vs, l, dv, dv),
+            );
+            // The GEMMs run on the Dv value columns; the normaliser column of ones is summed
+            // apart (65 columns would cost a whole extra SIMD tile).
             gemm(T::one(), qc, kc.t(), T::zero(), &mut a, l);
             tril(&mut a[..l * l], l);
-            gemm(
-                T::one(),
-                Mat::new(&a, l, l, l),
-                Mat::new(&vp, l, w, w),
-                T::zero(),
-                &mut y,
-                w,
-            );
-            gemm(T::one(), qc, Mat::new(&st, m, w, w), T::one(), &mut y, w);
-            gemm(
-                T::one(),
-                kc.t(),
-                Mat::new(&vp, l, w, w),
-                T::zero(),
-                &mut delta,
-                w,
-            );
+            gemm(T::one(), Mat::new(&a, l, l, l), vc, T::zero(), &mut y, dv);
+            gemm(T::one(), qc, Mat::new(&st, m, dv, w), T::one(), &mut y, dv);
+            for (i, ((yi, qi), (oi, di))) in y
+                .chunks_exact(dv)
+                .zip(qs.chunks_exact(m))
+                .zip(
+                    o[c0 * dv..]
+                        .chunks_exact_mut(dv)
+                        .zip(den[c0..c0 + l].iter_mut()),
+                )
+                .enumerate()
+            {
+                let intra = a[i * l..i * l + i + 1]
+                    .iter()
+                    .fold(T::zero(), |s, &x| s + x);
+                let inter = qi
+                    .iter()
+                    .zip(st[dv..].iter().step_by(w))
+                    .fold(T::zero(), |s, (&q, &z)| s + q * z);
+                let d = f(intra + inter) + eps;
+                *di = t(d);
+                oi.iter_mut().zip(yi).for_each(|(o, &y)| *o = t(f(y) / d));
+            }
+            gemm(T::one(), kc.t(), vc, T::zero(), &mut delta, w);
+            for (j, dz) in delta[dv..].iter_mut().step_by(w).enumerate() {
+                *dz = ks[j..].iter().step_by(m).fold(T::zero(), |s, &k| s + k);
+            }
             accumulate(s64, &mut st, &delta);
-            normalise(
-                &y[..l * w],
-                dv,
-                eps,
-                &mut o[c0 * dv..(c0 + l) * dv],
-                &mut den[c0..c0 + l],
-            );
         }
+        true
     }
 
-    fn scan_forward(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) {
+    fn scan_forward(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) -> bool {
         let (m, dv, w) = (self.m, self.dv, self.dv + 1);
         let mut vf = vec![1.0f64; w];
         let mut y = vec![0.0f64; w];
@@ -272,9 +293,10 @@ impl<T: Real> Head<'_, T> {
             *den = t(d);
             o.iter_mut().zip(&y).for_each(|(o, &y)| *o = t(y / d));
         }
+        true
     }
 
-    fn quadratic_forward(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) {
+    fn quadratic_forward(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) -> bool {
         let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
         let mut y = vec![0.0f64; w];
         for i in 0..n {
@@ -305,6 +327,7 @@ impl<T: Real> Head<'_, T> {
                 row[dv] += f(kv);
             }
         }
+        true
     }
 
     fn chunked_backward(&self, c: usize, g: &Grads<T>, dq: &mut [T], dk: &mut [T], dvo: &mut [T]) {
@@ -491,12 +514,13 @@ pub fn causal_forward<T: Real>(
     if n == 0 {
         return Ok(());
     }
-    out.o
+    let finite = out
+        .o
         .par_chunks_mut(n * dv)
         .zip(out.den.par_chunks_mut(n))
         .zip(states.into_par_iter())
         .enumerate()
-        .for_each(|(b, ((o, den), state))| {
+        .map(|(b, ((o, den), state))| {
             let (q, k, v) = x.head(b);
             let head = Head { n, m, dv, q, k, v };
             let mut fresh = Vec::new();
@@ -509,8 +533,16 @@ pub fn causal_forward<T: Real>(
                 Method::Scan => head.scan_forward(eps, s64, o, den),
                 Method::Quadratic => head.quadratic_forward(eps, s64, o, den),
             }
-        });
-    Ok(())
+        })
+        .reduce(|| true, |a, b| a && b);
+    if finite {
+        Ok(())
+    } else {
+        Err(Error::value(
+            "v",
+            "must be finite for method='chunked' (use method='scan' to let NaN/inf propagate)",
+        ))
+    }
 }
 
 fn check_grads<T: Real>(d: Dims, g: &Grads<T>, gout: &GradsOut<T>) -> Result<()> {

@@ -268,7 +268,31 @@ impl<T: Real> Head<'_, T> {
         true
     }
 
+    /// The token recurrence (decoding runs it): AVX2+FMA when the CPU has them, since the
+    /// extension is built for baseline x86-64 and this loop is not a GEMM.
     fn scan_forward(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { self.scan_forward_avx2(eps, s64, o, den) };
+        }
+        self.scan_forward_any(eps, s64, o, den)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scan_forward_avx2(
+        &self,
+        eps: f64,
+        s64: &mut [f64],
+        o: &mut [T],
+        den: &mut [T],
+    ) -> bool {
+        self.scan_forward_any(eps, s64, o, den)
+    }
+
+    #[inline(always)]
+    fn scan_forward_any(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) -> bool {
         let (m, dv, w) = (self.m, self.dv, self.dv + 1);
         let mut vf = vec![1.0f64; w];
         let mut y = vec![0.0f64; w];
@@ -458,6 +482,9 @@ impl<T: Real> Head<'_, T> {
     }
 }
 
+/// Multiply-adds below which heads are batched into one task.
+const MIN_WORK: usize = 1 << 17;
+
 /// Rows per block of the non-causal sums.
 const BLOCK: usize = 256;
 
@@ -514,12 +541,16 @@ pub fn causal_forward<T: Real>(
     if n == 0 {
         return Ok(());
     }
+    // Heads per task: one task per head unless a head is tiny (decoding one token), where
+    // waking threads costs more than the work.
+    let per_task = (MIN_WORK / (n * m * (dv + 1))).clamp(1, bh.max(1));
     let finite = out
         .o
         .par_chunks_mut(n * dv)
         .zip(out.den.par_chunks_mut(n))
         .zip(states.into_par_iter())
         .enumerate()
+        .with_min_len(per_task)
         .map(|(b, ((o, den), state))| {
             let (q, k, v) = x.head(b);
             let head = Head { n, m, dv, q, k, v };

@@ -206,13 +206,9 @@ impl<T: Real> Spec<'_, T> {
                     }
                 };
                 let m = u.len();
-                for (oi, &ui) in o[..m].iter_mut().zip(u) {
-                    *oi = (ui - shift).exp() * norm;
-                }
+                T::exp_into(u, T::one(), shift, norm, &mut o[..m]);
                 if hyp {
-                    for (oi, &ui) in o[m..].iter_mut().zip(u) {
-                        *oi = (-ui - shift).exp() * norm;
-                    }
+                    T::exp_into(u, -T::one(), shift, norm, &mut o[m..]);
                 }
             }
             FeatureMap::Exp => {
@@ -221,9 +217,7 @@ impl<T: Real> Spec<'_, T> {
                 } else {
                     offset
                 };
-                o.iter_mut()
-                    .zip(u)
-                    .for_each(|(oi, &ui)| *oi = (ui - c).exp());
+                T::exp_into(u, T::one(), c, T::one(), o);
             }
             FeatureMap::EluPlusOne => o.iter_mut().zip(u).for_each(|(oi, &ui)| {
                 *oi = if ui > T::zero() {

@@ -473,3 +473,26 @@ def _nullcontext():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def test_key_offset_cancels_and_batches_are_independent():
+    q, k, v = qkv((2, 2, 30, 6), 4)
+    w = orthogonal_random_matrix(12, 6, seed=2)
+    base = linear_attention(q, k, v, causal=True, projection=w, eps=0.0)
+    for offset in (-3.0, 0.0, 7.5):
+        shifted = linear_attention(q, k, v, causal=True, projection=w, eps=0.0, key_offset=offset)
+        np.testing.assert_allclose(shifted, base, rtol=1e-10)
+    # a huge second batch element leaves the first one bitwise unchanged (no global max)
+    k2, q2 = k.copy(), q.copy()
+    k2[1] *= 1e3
+    q2[1] *= 1e3
+    other = linear_attention(q2, k2, v, causal=True, projection=w, eps=0.0)
+    np.testing.assert_array_equal(other[0], base[0])
+
+
+def test_float32_state_stays_accurate_on_long_sequences():
+    q, k, v = qkv((1, 1, 16384, 8), 8, np.float32, seed=5)
+    w = orthogonal_random_matrix(16, 8, seed=0)
+    got = linear_attention(q, k, v, causal=True, projection=w)
+    want = linear_attention(*(x.astype(np.float64) for x in (q, k, v)), causal=True, projection=w)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

@@ -15,6 +15,9 @@ Causality: the FAVOR+ key stabiliser is the constant ``max_i |ω_i|²/2`` of the
 which bounds every key feature by 1 whatever the key's norm, and depends on no other key (the
 global max of google-research / performer-pytorch leaks future keys into past outputs).
 Queries use their own per-token max, which cancels in the ratio.
+
+Precision: the Rust kernels keep the state in float64 (the chunked form adds each chunk's
+float32 ``Kᵀ V`` into it); the pure-torch road accumulates in the input dtype.
 """
 
 from __future__ import annotations
@@ -533,6 +536,7 @@ class CausalState:
         self.chunk_size = int(chunk_size)
         self.kv: Any = None
         self.position = 0
+        self._projections: dict = {}
 
     def update(self, q: Any, k: Any, v: Any) -> Any:
         """Consumes ``T`` tokens, ``(B, H, T, D)`` (or one token ``(B, H, D)``), and returns their
@@ -543,12 +547,7 @@ class CausalState:
         q, k, v = _check_qkv(q, k, v, causal=True)
         if is_tensor(q):
             q, k, v = q.detach(), k.detach(), v.detach()
-        phq = _apply_map(
-            self.feature_map, q, self.projection, is_query=True, key_offset=self.key_offset
-        )
-        phk = _apply_map(
-            self.feature_map, k, self.projection, is_query=False, key_offset=self.key_offset
-        )
+        phq, phk = self._features(q, True), self._features(k, False)
         want = (q.shape[0], q.shape[1], phq.shape[-1], v.shape[-1] + 1)
         if self.kv is not None and tuple(self.kv.shape) != want:
             raise ValueError(
@@ -573,6 +572,25 @@ class CausalState:
             o = _to_kind(o, q)
         self.position += q.shape[2]
         return o[:, :, 0] if single else o
+
+    def _features(self, x: Any, is_query: bool) -> Any:
+        """φ(x), with the projection validated and converted once per array kind/dtype
+        (decoding calls this for every token)."""
+        if callable(self.feature_map) or self.projection is None:
+            return _apply_map(
+                self.feature_map, x, self.projection, is_query=is_query, key_offset=self.key_offset
+            )
+        key = (is_tensor(x), str(x.dtype), str(getattr(x, "device", "")), x.shape[-1])
+        if key not in self._projections:
+            w = _check_projection(self.projection, x.shape[-1], self.feature_map)
+            self._projections[key] = _like(w, x)
+        return _features(
+            x,
+            self._projections[key],
+            feature_map=self.feature_map,
+            is_query=is_query,
+            offset=self.key_offset,
+        )
 
     def copy(self) -> CausalState:
         """An independent copy (the projection is shared: it is never modified)."""

@@ -482,7 +482,10 @@ impl<T: Real> Head<'_, T> {
     }
 }
 
-/// Multiply-adds below which heads are batched into one task.
+/// One head's outputs and optional state, numbered.
+type HeadTask<'a, T> = (usize, ((&'a mut [T], &'a mut [T]), Option<&'a mut [f64]>));
+
+/// Multiply-adds below which a call runs on the calling thread.
 const MIN_WORK: usize = 1 << 17;
 
 /// Rows per block of the non-causal sums.
@@ -541,31 +544,37 @@ pub fn causal_forward<T: Real>(
     if n == 0 {
         return Ok(());
     }
-    // Heads per task: one task per head unless a head is tiny (decoding one token), where
-    // waking threads costs more than the work.
-    let per_task = (MIN_WORK / (n * m * (dv + 1))).clamp(1, bh.max(1));
-    let finite = out
-        .o
-        .par_chunks_mut(n * dv)
-        .zip(out.den.par_chunks_mut(n))
-        .zip(states.into_par_iter())
-        .enumerate()
-        .with_min_len(per_task)
-        .map(|(b, ((o, den), state))| {
-            let (q, k, v) = x.head(b);
-            let head = Head { n, m, dv, q, k, v };
-            let mut fresh = Vec::new();
-            let s64 = state.unwrap_or_else(|| {
-                fresh = vec![0.0; m * w];
-                &mut fresh
-            });
-            match method {
-                Method::Chunked(c) => head.chunked_forward(c, eps, s64, o, den),
-                Method::Scan => head.scan_forward(eps, s64, o, den),
-                Method::Quadratic => head.quadratic_forward(eps, s64, o, den),
-            }
-        })
-        .reduce(|| true, |a, b| a && b);
+    let run = |(b, ((o, den), state)): HeadTask<T>| {
+        let (q, k, v) = x.head(b);
+        let head = Head { n, m, dv, q, k, v };
+        let mut fresh = Vec::new();
+        let s64 = state.unwrap_or_else(|| {
+            fresh = vec![0.0; m * w];
+            &mut fresh
+        });
+        match method {
+            Method::Chunked(c) => head.chunked_forward(c, eps, s64, o, den),
+            Method::Scan => head.scan_forward(eps, s64, o, den),
+            Method::Quadratic => head.quadratic_forward(eps, s64, o, den),
+        }
+    };
+    let finite = if bh * n * m * w < MIN_WORK {
+        // Decoding a token: handing work to the pool's threads costs more than the work.
+        out.o
+            .chunks_mut(n * dv)
+            .zip(out.den.chunks_mut(n))
+            .zip(states)
+            .enumerate()
+            .all(run)
+    } else {
+        out.o
+            .par_chunks_mut(n * dv)
+            .zip(out.den.par_chunks_mut(n))
+            .zip(states.into_par_iter())
+            .enumerate()
+            .map(run)
+            .reduce(|| true, |a, b| a && b)
+    };
     if finite {
         Ok(())
     } else {

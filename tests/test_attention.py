@@ -496,3 +496,26 @@ def test_float32_state_stays_accurate_on_long_sequences():
     got = linear_attention(q, k, v, causal=True, projection=w)
     want = linear_attention(*(x.astype(np.float64) for x in (q, k, v)), causal=True, projection=w)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_strided_inputs_give_identical_results():
+    q, k, v = qkv((2, 5, 3, 4), 6)  # stored (B, N, H, D): a transposed view is strided
+    w = orthogonal_random_matrix(8, 4, seed=1)
+    views = [x.transpose(0, 2, 1, 3) for x in (q, k, v)]
+    contiguous = [np.ascontiguousarray(x) for x in views]
+    for causal in (True, False):
+        np.testing.assert_array_equal(
+            linear_attention(*views, causal=causal, projection=w),
+            linear_attention(*contiguous, causal=causal, projection=w),
+        )
+
+
+@pytest.mark.torch
+def test_strided_tensors_through_the_rust_road():
+    import torch
+
+    q, k, v = (torch.tensor(x).transpose(1, 2) for x in qkv((2, 5, 3, 4), 6))
+    w = orthogonal_random_matrix(8, 4, seed=1)
+    want = linear_attention(*(x.contiguous().numpy() for x in (q, k, v)), causal=True, projection=w)
+    got = linear_attention(q, k, v, causal=True, projection=w)
+    np.testing.assert_array_equal(got.numpy(), want)

@@ -5,6 +5,9 @@ the chunked torch form (vectorised over chunks: masked ``C × C`` products insid
 cumsum of chunk states across), the naive cumsum-of-outer-products form (N ≤ 2048: it
 materialises ``(N, M, Dv)``), and exact ``scaled_dot_product_attention(is_causal=True)``.
 Streaming decode is timed per token against recomputing the prefix with the chunked torch form.
+
+On a shared box, run with ``OMP_WAIT_POLICY=PASSIVE``: torch's OpenMP threads otherwise keep
+spinning after each op and the interleaved timings of both sides suffer.
 """
 
 from __future__ import annotations

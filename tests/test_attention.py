@@ -370,8 +370,9 @@ def test_bad_input_is_a_clear_error():
         linear_attention(q, k, v, causal=True, projection=w, mask=np.ones((1, 4), bool))
     with pytest.raises(TypeError, match="mask must be a boolean"):
         linear_attention(q, k, v, causal=True, projection=w, mask=np.ones((1, 5)))
-    with pytest.raises(ValueError, match="finite"):
-        linear_attention(q * np.nan, k, v, causal=True, projection=w)
+    with pytest.raises(ValueError, match="v must be finite"):
+        linear_attention(q, k, v * np.nan, causal=True, projection=w)
+    assert np.isnan(linear_attention(q * np.nan, k, v, causal=True, projection=w)).all()
     with pytest.raises(ValueError, match="scaling"):
         orthogonal_random_matrix(4, 4, seed=0, scaling="uniform")
     with pytest.raises(TypeError, match="state must be a CausalState"):
@@ -472,3 +473,49 @@ def _nullcontext():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def test_key_offset_cancels_and_batches_are_independent():
+    q, k, v = qkv((2, 2, 30, 6), 4)
+    w = orthogonal_random_matrix(12, 6, seed=2)
+    base = linear_attention(q, k, v, causal=True, projection=w, eps=0.0)
+    for offset in (-3.0, 0.0, 7.5):
+        shifted = linear_attention(q, k, v, causal=True, projection=w, eps=0.0, key_offset=offset)
+        np.testing.assert_allclose(shifted, base, rtol=1e-10)
+    # a huge second batch element leaves the first one bitwise unchanged (no global max)
+    k2, q2 = k.copy(), q.copy()
+    k2[1] *= 1e3
+    q2[1] *= 1e3
+    other = linear_attention(q2, k2, v, causal=True, projection=w, eps=0.0)
+    np.testing.assert_array_equal(other[0], base[0])
+
+
+def test_float32_state_stays_accurate_on_long_sequences():
+    q, k, v = qkv((1, 1, 16384, 8), 8, np.float32, seed=5)
+    w = orthogonal_random_matrix(16, 8, seed=0)
+    got = linear_attention(q, k, v, causal=True, projection=w)
+    want = linear_attention(*(x.astype(np.float64) for x in (q, k, v)), causal=True, projection=w)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_strided_inputs_give_identical_results():
+    q, k, v = qkv((2, 5, 3, 4), 6)  # stored (B, N, H, D): a transposed view is strided
+    w = orthogonal_random_matrix(8, 4, seed=1)
+    views = [x.transpose(0, 2, 1, 3) for x in (q, k, v)]
+    contiguous = [np.ascontiguousarray(x) for x in views]
+    for causal in (True, False):
+        np.testing.assert_array_equal(
+            linear_attention(*views, causal=causal, projection=w),
+            linear_attention(*contiguous, causal=causal, projection=w),
+        )
+
+
+@pytest.mark.torch
+def test_strided_tensors_through_the_rust_road():
+    import torch
+
+    q, k, v = (torch.tensor(x).transpose(1, 2) for x in qkv((2, 5, 3, 4), 6))
+    w = orthogonal_random_matrix(8, 4, seed=1)
+    want = linear_attention(*(x.contiguous().numpy() for x in (q, k, v)), causal=True, projection=w)
+    got = linear_attention(q, k, v, causal=True, projection=w)
+    np.testing.assert_array_equal(got.numpy(), want)

@@ -15,6 +15,9 @@ Causality: the FAVOR+ key stabiliser is the constant ``max_i |ω_i|²/2`` of the
 which bounds every key feature by 1 whatever the key's norm, and depends on no other key (the
 global max of google-research / performer-pytorch leaks future keys into past outputs).
 Queries use their own per-token max, which cancels in the ratio.
+
+Precision: the Rust kernels keep the state in float64 (the chunked form adds each chunk's
+float32 ``Kᵀ V`` into it); the pure-torch road accumulates in the input dtype.
 """
 
 from __future__ import annotations
@@ -202,6 +205,8 @@ def feature_map(
     if x.ndim < 1:
         raise ValueError("x must have at least 1 dimension, got a 0-d array")
     projection = _like(_check_projection(projection, x.shape[-1], name), x)
+    if name == "identity" and projection is None:
+        return x
     if key_offset is not None:
         key_offset = check_scalar(key_offset, "key_offset")
     return _features(x, projection, feature_map=name, is_query=bool(is_query), offset=key_offset)
@@ -295,9 +300,11 @@ _noncausal = Kernel(
 
 
 def _check_qkv(q: Any, k: Any, v: Any, *, causal: bool) -> tuple:
-    q = check_float(q, "q", finite=True, ndim=4)
-    k = check_float(k, "k", finite=True, ndim=4)
-    v = check_float(v, "v", finite=True, ndim=4)
+    # No finiteness pass over the inputs (numpy semantics: NaN propagates); the chunked
+    # kernel refuses a non-finite v, the one place where it could leak into earlier outputs.
+    q = check_float(q, "q", ndim=4)
+    k = check_float(k, "k", ndim=4)
+    v = check_float(v, "v", ndim=4)
     kinds = {is_tensor(x) for x in (q, k, v)}
     if len(kinds) != 1:
         raise TypeError("q, k and v must be all numpy arrays or all torch tensors")
@@ -529,6 +536,7 @@ class CausalState:
         self.chunk_size = int(chunk_size)
         self.kv: Any = None
         self.position = 0
+        self._projections: dict = {}
 
     def update(self, q: Any, k: Any, v: Any) -> Any:
         """Consumes ``T`` tokens, ``(B, H, T, D)`` (or one token ``(B, H, D)``), and returns their
@@ -539,12 +547,7 @@ class CausalState:
         q, k, v = _check_qkv(q, k, v, causal=True)
         if is_tensor(q):
             q, k, v = q.detach(), k.detach(), v.detach()
-        phq = _apply_map(
-            self.feature_map, q, self.projection, is_query=True, key_offset=self.key_offset
-        )
-        phk = _apply_map(
-            self.feature_map, k, self.projection, is_query=False, key_offset=self.key_offset
-        )
+        phq, phk = self._features(q, True), self._features(k, False)
         want = (q.shape[0], q.shape[1], phq.shape[-1], v.shape[-1] + 1)
         if self.kv is not None and tuple(self.kv.shape) != want:
             raise ValueError(
@@ -569,6 +572,25 @@ class CausalState:
             o = _to_kind(o, q)
         self.position += q.shape[2]
         return o[:, :, 0] if single else o
+
+    def _features(self, x: Any, is_query: bool) -> Any:
+        """φ(x), with the projection validated and converted once per array kind/dtype
+        (decoding calls this for every token)."""
+        if callable(self.feature_map) or self.projection is None:
+            return _apply_map(
+                self.feature_map, x, self.projection, is_query=is_query, key_offset=self.key_offset
+            )
+        key = (is_tensor(x), str(x.dtype), str(getattr(x, "device", "")), x.shape[-1])
+        if key not in self._projections:
+            w = _check_projection(self.projection, x.shape[-1], self.feature_map)
+            self._projections[key] = _like(w, x)
+        return _features(
+            x,
+            self._projections[key],
+            feature_map=self.feature_map,
+            is_query=is_query,
+            offset=self.key_offset,
+        )
 
     def copy(self) -> CausalState:
         """An independent copy (the projection is shared: it is never modified)."""

@@ -175,20 +175,26 @@ impl<T: Real> Spec<'_, T> {
         let half = T::from(0.5).unwrap();
         let x_scale2 = T::from(1.0 / (self.d as f64).sqrt()).unwrap();
         let norm = T::from(1.0 / (f as f64).sqrt()).unwrap();
-        out.par_chunks_mut(ROWS * f)
-            .zip(x.par_chunks(ROWS * self.d))
-            .for_each(|(o, x)| {
-                let n = x.len() / self.d;
-                let mut u = vec![T::zero(); n * m];
-                self.project(x, n, &mut u);
-                for ((o, u), x) in o
-                    .chunks_exact_mut(f)
-                    .zip(u.chunks_exact(m))
-                    .zip(x.chunks_exact(self.d))
-                {
-                    self.row(u, x, o, offset, half * x_scale2, norm);
-                }
-            });
+        let block = |(o, x): (&mut [T], &[T])| {
+            let n = x.len() / self.d;
+            let mut u = vec![T::zero(); n * m];
+            self.project(x, n, &mut u);
+            for ((o, u), x) in o
+                .chunks_exact_mut(f)
+                .zip(u.chunks_exact(m))
+                .zip(x.chunks_exact(self.d))
+            {
+                self.row(u, x, o, offset, half * x_scale2, norm);
+            }
+        };
+        if rows <= ROWS {
+            // one block (decoding): no hand-off to the pool's threads
+            block((out, x));
+        } else {
+            out.par_chunks_mut(ROWS * f)
+                .zip(x.par_chunks(ROWS * self.d))
+                .for_each(block);
+        }
         Ok(())
     }
 
@@ -206,13 +212,9 @@ impl<T: Real> Spec<'_, T> {
                     }
                 };
                 let m = u.len();
-                for (oi, &ui) in o[..m].iter_mut().zip(u) {
-                    *oi = (ui - shift).exp() * norm;
-                }
+                T::exp_into(u, T::one(), shift, norm, &mut o[..m]);
                 if hyp {
-                    for (oi, &ui) in o[m..].iter_mut().zip(u) {
-                        *oi = (-ui - shift).exp() * norm;
-                    }
+                    T::exp_into(u, -T::one(), shift, norm, &mut o[m..]);
                 }
             }
             FeatureMap::Exp => {
@@ -221,9 +223,7 @@ impl<T: Real> Spec<'_, T> {
                 } else {
                     offset
                 };
-                o.iter_mut()
-                    .zip(u)
-                    .for_each(|(oi, &ui)| *oi = (ui - c).exp());
+                T::exp_into(u, T::one(), c, T::one(), o);
             }
             FeatureMap::EluPlusOne => o.iter_mut().zip(u).for_each(|(oi, &ui)| {
                 *oi = if ui > T::zero() {

@@ -204,50 +204,95 @@ struct Head<'a, T> {
 }
 
 impl<T: Real> Head<'_, T> {
-    fn chunked_forward(&self, c: usize, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) {
+    /// Returns false (and stops) at a chunk whose values are not all finite: `0·inf` in the
+    /// masked product would leak them into earlier positions of the chunk.
+    fn chunked_forward(
+        &self,
+        c: usize,
+        eps: f64,
+        s64: &mut [f64],
+        o: &mut [T],
+        den: &mut [T],
+    ) -> bool {
         let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
         let c = c.min(n);
         let mut a = vec![T::zero(); c * c];
-        let mut vp = vec![T::zero(); c * w];
-        let mut y = vec![T::zero(); c * w];
+        let mut y = vec![T::zero(); c * dv];
         let mut delta = vec![T::zero(); m * w];
         let mut st: Vec<T> = s64.iter().map(|&x| t(x)).collect();
         for c0 in (0..n).step_by(c) {
             let l = c.min(n - c0);
-            let qc = Mat::new(&self.q[c0 * m..(c0 + l) * m], l, m, m);
-            let kc = Mat::new(&self.k[c0 * m..(c0 + l) * m], l, m, m);
-            augment(&self.v[c0 * dv..(c0 + l) * dv], dv, &mut vp[..l * w]);
+            let (qs, ks) = (&self.q[c0 * m..(c0 + l) * m], &self.k[c0 * m..(c0 + l) * m]);
+            let vs = &self.v[c0 * dv..(c0 + l) * dv];
+            if !vs.iter().all(|x| x.is_finite()) {
+                return false;
+            }
+            let (qc, kc, vc) = (
+                Mat::new(qs, l, m, m),
+                Mat::new(ks, l, m, m),
+                Mat::new(vs, l, dv, dv),
+            );
+            // The GEMMs run on the Dv value columns; the normaliser column of ones is summed
+            // apart (65 columns would cost a whole extra SIMD tile).
             gemm(T::one(), qc, kc.t(), T::zero(), &mut a, l);
             tril(&mut a[..l * l], l);
-            gemm(
-                T::one(),
-                Mat::new(&a, l, l, l),
-                Mat::new(&vp, l, w, w),
-                T::zero(),
-                &mut y,
-                w,
-            );
-            gemm(T::one(), qc, Mat::new(&st, m, w, w), T::one(), &mut y, w);
-            gemm(
-                T::one(),
-                kc.t(),
-                Mat::new(&vp, l, w, w),
-                T::zero(),
-                &mut delta,
-                w,
-            );
+            gemm(T::one(), Mat::new(&a, l, l, l), vc, T::zero(), &mut y, dv);
+            gemm(T::one(), qc, Mat::new(&st, m, dv, w), T::one(), &mut y, dv);
+            for (i, ((yi, qi), (oi, di))) in y
+                .chunks_exact(dv)
+                .zip(qs.chunks_exact(m))
+                .zip(
+                    o[c0 * dv..]
+                        .chunks_exact_mut(dv)
+                        .zip(den[c0..c0 + l].iter_mut()),
+                )
+                .enumerate()
+            {
+                let intra = a[i * l..i * l + i + 1]
+                    .iter()
+                    .fold(T::zero(), |s, &x| s + x);
+                let inter = qi
+                    .iter()
+                    .zip(st[dv..].iter().step_by(w))
+                    .fold(T::zero(), |s, (&q, &z)| s + q * z);
+                let d = f(intra + inter) + eps;
+                *di = t(d);
+                oi.iter_mut().zip(yi).for_each(|(o, &y)| *o = t(f(y) / d));
+            }
+            gemm(T::one(), kc.t(), vc, T::zero(), &mut delta, w);
+            for (j, dz) in delta[dv..].iter_mut().step_by(w).enumerate() {
+                *dz = ks[j..].iter().step_by(m).fold(T::zero(), |s, &k| s + k);
+            }
             accumulate(s64, &mut st, &delta);
-            normalise(
-                &y[..l * w],
-                dv,
-                eps,
-                &mut o[c0 * dv..(c0 + l) * dv],
-                &mut den[c0..c0 + l],
-            );
         }
+        true
     }
 
-    fn scan_forward(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) {
+    /// The token recurrence (decoding runs it): AVX2+FMA when the CPU has them, since the
+    /// extension is built for baseline x86-64 and this loop is not a GEMM.
+    fn scan_forward(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { self.scan_forward_avx2(eps, s64, o, den) };
+        }
+        self.scan_forward_any(eps, s64, o, den)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scan_forward_avx2(
+        &self,
+        eps: f64,
+        s64: &mut [f64],
+        o: &mut [T],
+        den: &mut [T],
+    ) -> bool {
+        self.scan_forward_any(eps, s64, o, den)
+    }
+
+    #[inline(always)]
+    fn scan_forward_any(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) -> bool {
         let (m, dv, w) = (self.m, self.dv, self.dv + 1);
         let mut vf = vec![1.0f64; w];
         let mut y = vec![0.0f64; w];
@@ -272,9 +317,10 @@ impl<T: Real> Head<'_, T> {
             *den = t(d);
             o.iter_mut().zip(&y).for_each(|(o, &y)| *o = t(y / d));
         }
+        true
     }
 
-    fn quadratic_forward(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) {
+    fn quadratic_forward(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) -> bool {
         let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
         let mut y = vec![0.0f64; w];
         for i in 0..n {
@@ -305,6 +351,7 @@ impl<T: Real> Head<'_, T> {
                 row[dv] += f(kv);
             }
         }
+        true
     }
 
     fn chunked_backward(&self, c: usize, g: &Grads<T>, dq: &mut [T], dk: &mut [T], dvo: &mut [T]) {
@@ -435,6 +482,12 @@ impl<T: Real> Head<'_, T> {
     }
 }
 
+/// One head's outputs and optional state, numbered.
+type HeadTask<'a, T> = (usize, ((&'a mut [T], &'a mut [T]), Option<&'a mut [f64]>));
+
+/// Multiply-adds below which a call runs on the calling thread.
+const MIN_WORK: usize = 1 << 17;
+
 /// Rows per block of the non-causal sums.
 const BLOCK: usize = 256;
 
@@ -491,26 +544,45 @@ pub fn causal_forward<T: Real>(
     if n == 0 {
         return Ok(());
     }
-    out.o
-        .par_chunks_mut(n * dv)
-        .zip(out.den.par_chunks_mut(n))
-        .zip(states.into_par_iter())
-        .enumerate()
-        .for_each(|(b, ((o, den), state))| {
-            let (q, k, v) = x.head(b);
-            let head = Head { n, m, dv, q, k, v };
-            let mut fresh = Vec::new();
-            let s64 = state.unwrap_or_else(|| {
-                fresh = vec![0.0; m * w];
-                &mut fresh
-            });
-            match method {
-                Method::Chunked(c) => head.chunked_forward(c, eps, s64, o, den),
-                Method::Scan => head.scan_forward(eps, s64, o, den),
-                Method::Quadratic => head.quadratic_forward(eps, s64, o, den),
-            }
+    let run = |(b, ((o, den), state)): HeadTask<T>| {
+        let (q, k, v) = x.head(b);
+        let head = Head { n, m, dv, q, k, v };
+        let mut fresh = Vec::new();
+        let s64 = state.unwrap_or_else(|| {
+            fresh = vec![0.0; m * w];
+            &mut fresh
         });
-    Ok(())
+        match method {
+            Method::Chunked(c) => head.chunked_forward(c, eps, s64, o, den),
+            Method::Scan => head.scan_forward(eps, s64, o, den),
+            Method::Quadratic => head.quadratic_forward(eps, s64, o, den),
+        }
+    };
+    let finite = if bh * n * m * w < MIN_WORK {
+        // Decoding a token: handing work to the pool's threads costs more than the work.
+        out.o
+            .chunks_mut(n * dv)
+            .zip(out.den.chunks_mut(n))
+            .zip(states)
+            .enumerate()
+            .all(run)
+    } else {
+        out.o
+            .par_chunks_mut(n * dv)
+            .zip(out.den.par_chunks_mut(n))
+            .zip(states.into_par_iter())
+            .enumerate()
+            .map(run)
+            .reduce(|| true, |a, b| a && b)
+    };
+    if finite {
+        Ok(())
+    } else {
+        Err(Error::value(
+            "v",
+            "must be finite for method='chunked' (use method='scan' to let NaN/inf propagate)",
+        ))
+    }
 }
 
 fn check_grads<T: Real>(d: Dims, g: &Grads<T>, gout: &GradsOut<T>) -> Result<()> {

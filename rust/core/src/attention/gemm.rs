@@ -5,6 +5,9 @@ use num_traits::Float;
 
 /// The float types the attention kernels run in.
 pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
+    /// `out[i] = exp(sign·x[i] − shift)·scale`.
+    fn exp_into(x: &[Self], sign: Self, shift: Self, scale: Self, out: &mut [Self]);
+
     /// `c ← alpha·a·b + beta·c` on raw strided pointers.
     ///
     /// # Safety
@@ -22,7 +25,42 @@ pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
     );
 }
 
+/// `exp` for f32 that vectorises (Cephes' `expf`: `2^n·p(r)` with `|r| ≤ ln2/2`, within 2 ulp):
+/// libm's `expf` is an opaque call per element, and FAVOR+ takes one per feature. Inputs
+/// outside `[-87, 88]` (and NaN) are redone with libm, so overflow/underflow are exact.
+fn exp_f32_into(x: &[f32], sign: f32, shift: f32, scale: f32, out: &mut [f32]) {
+    const P: [f32; 6] = [
+        1.987_569_2e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ];
+    let mut outside = false;
+    for (o, &x) in out.iter_mut().zip(x) {
+        let a = sign * x - shift;
+        outside |= !(-87.0..=88.0).contains(&a);
+        let a = a.clamp(-87.0, 88.0);
+        // round to nearest through the float adder (no SSE4.1 `roundps` in baseline x86-64)
+        let n = (a * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+        let r = a - n * 0.693_359_4 + n * 2.121_944_4e-4;
+        let p = P.iter().fold(0.0, |acc, &c| acc * r + c);
+        let e = 1.0 + r + r * r * p;
+        *o = e * f32::from_bits(((n as i32 + 127) as u32) << 23) * scale;
+    }
+    if outside {
+        for (o, &x) in out.iter_mut().zip(x) {
+            *o = (sign * x - shift).exp() * scale;
+        }
+    }
+}
+
 impl Real for f32 {
+    fn exp_into(x: &[f32], sign: f32, shift: f32, scale: f32, out: &mut [f32]) {
+        exp_f32_into(x, sign, shift, scale, out);
+    }
+
     unsafe fn gemm_raw(
         m: usize,
         k: usize,
@@ -40,6 +78,12 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
+    fn exp_into(x: &[f64], sign: f64, shift: f64, scale: f64, out: &mut [f64]) {
+        for (o, &x) in out.iter_mut().zip(x) {
+            *o = (sign * x - shift).exp() * scale;
+        }
+    }
+
     unsafe fn gemm_raw(
         m: usize,
         k: usize,
@@ -130,6 +174,27 @@ pub(crate) fn gemm<T: Real>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_exp_is_within_two_ulp_and_exact_at_the_edges() {
+        let x: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.0437).collect();
+        let mut y = vec![0.0f32; x.len()];
+        f32::exp_into(&x, 1.0, 0.0, 1.0, &mut y);
+        for (&x, &y) in x.iter().zip(&y) {
+            let want = f64::from(x).exp();
+            assert!(
+                (f64::from(y) - want).abs() <= 2.5 * f64::from(f32::EPSILON) * want,
+                "{x}"
+            );
+        }
+        let edge = [-1e4f32, -87.5, 88.5, 1e4, f32::NEG_INFINITY, 0.0];
+        let mut y = [0.0f32; 6];
+        f32::exp_into(&edge, 1.0, 0.0, 1.0, &mut y);
+        assert_eq!(y, edge.map(f32::exp));
+        let mut nan = [0.0f32];
+        f32::exp_into(&[f32::NAN], 1.0, 0.0, 1.0, &mut nan);
+        assert!(nan[0].is_nan());
+    }
 
     #[test]
     fn strided_products_match_loops() {

@@ -62,6 +62,10 @@ def test_special_values_and_relu_limit() -> None:
     x = np.array([-np.inf, np.inf, np.nan, -2.0, 0.0, 2.0])
     y = squareplus(x, 0.0)
     np.testing.assert_array_equal(y, [0.0, np.inf, np.nan, 0.0, 0.0, 2.0])
+    tiny = np.array([-1e-45, 1e-45, 1e-20, -1e-20], dtype=np.float32)  # x² underflows
+    np.testing.assert_array_equal(squareplus(tiny, 0.0), np.maximum(tiny, 0))
+    slope = kexue._native.squareplus_backward(tiny, np.ones_like(tiny), 0.0)
+    np.testing.assert_array_equal(slope, [0.0, 1.0, 1.0, 0.0])
 
 
 def test_named_constants_match_their_definitions() -> None:

@@ -1,10 +1,11 @@
 //! SquarePlus, `(x + sqrt(x² + b)) / 2`, and its slope, stable over the whole float range.
 //!
-//! With `r = sqrt(x² + b)` and `h = (r + |x|)/2` (a sum, so it never cancels; halved
-//! before adding so it cannot overflow): `f(x) = h` for `x >= 0` and `b/(4h)` for `x < 0`;
-//! `f'(x) = h/r` for `x >= 0` and `b/(4rh)` for `x < 0`. The naive form returns 0 at x = -1e4 and inf at |x| = 1e20 in f32.
-//! The inner loops are branch-free so they vectorise; a chunk in which `x²` overflowed,
-//! `r` vanished (b = 0) or `x` is not finite is redone point by point with `hypot`.
+//! With `r = sqrt(x² + b)` and `s = r + |x|` (a sum, so it never cancels):
+//! `f(x) = s/2` for `x >= 0` and `b/(2s)` for `x < 0`, and in both cases `f'(x) = f(x)/r`.
+//! The naive form returns 0 at x = -1e4 and inf at |x| = 1e20 in f32.
+//! The inner loops are branch-free so they vectorise (they halve before adding, so `s`
+//! cannot overflow); a chunk in which `x² + b` overflowed or fell below the normal range
+//! (b = 0 with tiny x), or `x` is not finite, is redone point by point with `hypot`.
 
 use multiversion::multiversion;
 use num_traits::Float;
@@ -23,25 +24,27 @@ pub const B_SOFTPLUS_MINIMAX: f64 = 1.523_821_032_9;
 /// matches softplus.
 pub const B_DEFAULT: f64 = 4.0;
 
-/// Value and slope at one point, exact for every input including ±inf, NaN and b = 0.
+/// Value and slope at one point, exact for every input including ±inf, NaN, subnormals
+/// and b = 0.
 fn exact<T: Float>(x: T, b: T) -> (T, T) {
     let half = T::from(0.5).expect("0.5 is representable");
-    let quarter_b = b * half * half;
     let r = x.hypot(b.sqrt());
-    let h = r * half + x.abs() * half;
-    if x >= T::zero() {
-        let slope = if x.is_infinite() {
-            T::one()
-        } else if r == T::zero() {
-            half // b = 0 at x = 0: the limit f'(0) = 1/2 that holds for every b
-        } else {
-            h / r
-        };
-        (h, slope)
+    let s = r + x.abs();
+    let value = match (x >= T::zero(), s.is_finite()) {
+        (true, true) => s * half,
+        (false, true) => b * half / s,
+        // s overflowed: halve before adding (exact enough at this magnitude).
+        (true, false) => r * half + x.abs() * half,
+        (false, false) => b * half * half / (r * half + x.abs() * half),
+    };
+    let slope = if x == T::infinity() {
+        T::one()
+    } else if r == T::zero() {
+        half // b = 0 at x = 0: the limit f'(0) = 1/2 that holds for every b
     } else {
-        // NaN lands here too and propagates through both expressions.
-        (quarter_b / h, quarter_b / (r * h))
-    }
+        value / r // NaN propagates
+    };
+    (value, slope)
 }
 
 fn check(b: f64, lengths: &[(&str, usize)]) -> Result<()> {
@@ -55,18 +58,31 @@ fn check(b: f64, lengths: &[(&str, usize)]) -> Result<()> {
     Ok(())
 }
 
+/// Value, slope, and whether they are accurate (else the caller redoes the chunk exactly).
+#[inline(always)]
+fn fast<T: Float>(x: T, b: T) -> (T, T, bool) {
+    let half = T::from(0.5).expect("0.5 is representable");
+    let r2 = x * x + b;
+    let r = r2.sqrt();
+    let h = r * half + x.abs() * half;
+    let value = if x >= T::zero() {
+        h
+    } else {
+        b * half * half / h
+    };
+    let ok = r2 >= T::min_positive_value() && r2 < T::infinity();
+    (value, value / r, ok)
+}
+
 // Wheels target baseline x86-64 (SSE2); an AVX2+FMA clone, picked at run time, is ~1.5x
 // faster on the sqrt/div-bound loop.
 #[multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
 fn forward_chunk<T: Float>(x: &[T], b: T, out: &mut [T]) {
-    let half = T::from(0.5).expect("0.5 is representable");
-    let quarter_b = b * half * half;
     let mut needs_exact = false;
     for (&xi, yi) in x.iter().zip(out.iter_mut()) {
-        let r = (xi * xi + b).sqrt();
-        let h = r * half + xi.abs() * half;
-        *yi = if xi >= T::zero() { h } else { quarter_b / h };
-        needs_exact |= !(r > T::zero() && r < T::infinity());
+        let (value, _, ok) = fast(xi, b);
+        *yi = value;
+        needs_exact |= !ok;
     }
     if needs_exact {
         for (&xi, yi) in x.iter().zip(out.iter_mut()) {
@@ -77,19 +93,11 @@ fn forward_chunk<T: Float>(x: &[T], b: T, out: &mut [T]) {
 
 #[multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
 fn backward_chunk<T: Float>(x: &[T], grad: &[T], b: T, out: &mut [T]) {
-    let half = T::from(0.5).expect("0.5 is representable");
-    let quarter_b = b * half * half;
     let mut needs_exact = false;
     for ((&xi, &gi), oi) in x.iter().zip(grad).zip(out.iter_mut()) {
-        let r = (xi * xi + b).sqrt();
-        let h = r * half + xi.abs() * half;
-        let slope = if xi >= T::zero() {
-            h / r
-        } else {
-            quarter_b / (r * h)
-        };
+        let (_, slope, ok) = fast(xi, b);
         *oi = gi * slope;
-        needs_exact |= !(r > T::zero() && r < T::infinity());
+        needs_exact |= !ok;
     }
     if needs_exact {
         for ((&xi, &gi), oi) in x.iter().zip(grad).zip(out.iter_mut()) {

@@ -397,6 +397,13 @@ impl Model {
         (score, next)
     }
 
+    /// As [`Model::score_word`] in natural log (the unit of the ML APIs).
+    #[inline]
+    pub fn logprob_word(&self, state: &State, word: u32) -> (f64, State) {
+        let (p, next) = self.score_word(state, word);
+        (f64::from(p) * LN_10, next)
+    }
+
     /// Natural-log probability of `word` after the words of `context` (oldest first).
     pub fn cond_logprob(&self, context: &[u32], word: u32) -> f64 {
         let state = self.state_from_context(context);
@@ -479,6 +486,26 @@ impl Model {
                 let ids: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
                 self.score_many(&ids, bos, eos, f32_sum, out);
             });
+        Ok(())
+    }
+
+    /// log10 scores of many id sentences (as [`Model::score_ids`]) in parallel (rayon).
+    pub fn score_ids_batch(
+        &self,
+        sentences: &[&[u32]],
+        bos: bool,
+        eos: bool,
+        out: &mut [f64],
+    ) -> Result<()> {
+        if out.len() != sentences.len() {
+            return Err(Error::value(
+                "out",
+                format!("must have {} elements, got {}", sentences.len(), out.len()),
+            ));
+        }
+        out.par_chunks_mut(64)
+            .zip(sentences.par_chunks(64))
+            .for_each(|(out, part)| self.score_many(part, bos, eos, false, out));
         Ok(())
     }
 

@@ -512,7 +512,7 @@ impl Model {
     /// Sentence scores (as [`Model::score_ids`], or [`Model::score_ids_f32`] when `f32_sum`).
     ///
     /// Every look-up a sentence can need is known from its words alone (the state only cuts
-    /// it short), so the slots of the word [`LOOKAHEAD`] positions ahead are prefetched while
+    /// it short), so the slots of the word `LOOKAHEAD` positions ahead are prefetched while
     /// the current one is scored: the cache misses of several words overlap.
     pub fn score_many(
         &self,

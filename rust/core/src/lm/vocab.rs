@@ -197,17 +197,31 @@ pub struct Tokens<'a> {
     rest: &'a str,
 }
 
+/// ASCII separators: what `char::is_whitespace` accepts below 0x80, and NUL.
+const fn ascii_separators() -> [bool; 128] {
+    let mut t = [false; 128];
+    let seps = [b' ', b'\t', b'\n', 0x0b, 0x0c, b'\r', 0];
+    let mut i = 0;
+    while i < seps.len() {
+        t[seps[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+static SEPARATOR: [bool; 128] = ascii_separators();
+
 impl<'a> Tokens<'a> {
-    /// Length of the separator starting at byte `i`, or 0 when a word character starts there.
+    /// Whether a separator starts at byte `i` (a char boundary), and the char's length.
     #[inline]
-    fn separator_len(&self, i: usize) -> usize {
+    fn at(&self, i: usize) -> (bool, usize) {
         let b = self.rest.as_bytes()[i];
         if b < 0x80 {
-            usize::from(b.is_ascii_whitespace() || b == 0 || b == 0x0b)
+            (SEPARATOR[b as usize], 1)
         } else {
             match self.rest[i..].chars().next() {
-                Some(c) if c.is_whitespace() => c.len_utf8(),
-                _ => 0,
+                Some(c) => (c.is_whitespace(), c.len_utf8()),
+                None => (false, 1),
             }
         }
     }
@@ -216,27 +230,25 @@ impl<'a> Tokens<'a> {
 impl<'a> Iterator for Tokens<'a> {
     type Item = &'a str;
 
+    #[inline]
     fn next(&mut self) -> Option<&'a str> {
         let n = self.rest.len();
         let mut start = 0;
-        while start < n {
-            match self.separator_len(start) {
-                0 => break,
-                k => start += k,
+        loop {
+            if start == n {
+                self.rest = "";
+                return None;
+            }
+            match self.at(start) {
+                (true, k) => start += k,
+                (false, _) => break,
             }
         }
-        if start == n {
-            self.rest = "";
-            return None;
-        }
-        let mut end = start + 1;
-        while end < n && !self.rest.is_char_boundary(end) {
-            end += 1;
-        }
-        while end < n && self.separator_len(end) == 0 {
-            end += 1;
-            while end < n && !self.rest.is_char_boundary(end) {
-                end += 1;
+        let mut end = start;
+        while end < n {
+            match self.at(end) {
+                (false, k) => end += k,
+                (true, _) => break,
             }
         }
         let word = &self.rest[start..end];

@@ -149,8 +149,9 @@ def main() -> None:
     t_peer = median_time(theirs, repeat=1, warmup=0)
     per_step = peer.scored / n_steps  # candidate sentences scored per step (same algorithm)
     t_ours = median_time(ours, repeat=args.repeat, warmup=1)
-    print(f"LM: KN order 3, vocab {len(lm.vocab)}; {len(sets)} keyword sets x {args.chains} "
-          f"chains x {args.steps} steps, top-K {args.top_k}; threads {get_num_threads()}")  # fmt: skip
+    shape = f"{len(sets)} keyword sets x {args.chains} chains x {args.steps} steps"
+    print(f"LM: KN order 3, vocab {len(lm.vocab)}; {shape}, top-K {args.top_k}; "
+          f"threads {get_num_threads()}")  # fmt: skip
     print(f"{'':<28}{'time':>10}{'steps/s':>12}{'cands/s':>12}{'sentences/s':>13}")
     for name, t in (("kexue (Rust loop)", t_ours), ("Python over kenlm.Model", t_peer)):
         print(f"{name:<28}{t:9.3f}s{n_steps / t:12.0f}{n_steps * per_step / t:12.0f}"

@@ -1,7 +1,7 @@
 """CGMH quality as in the paper's keyword-to-sentence table, on WikiText-2.
 
 Data: sentences of ``wikitext-2/test.txt`` (paragraph lines split at " . ", headings dropped)
-with 8 to 25 words and no ``<unk>``, every ``stride``-th one until ``--sentences``.
+with 8 to 25 words and no ``<unk>``, every 5th one until ``--sentences`` have keywords.
 Keyword rule: sentence i gets k = 1 + i mod 4 keywords, drawn uniformly (seed i) from its
 content words (alphabetic, >= 3 letters, not a stop word, in the LM's vocabulary), kept in
 sentence order; sentences with fewer than k content words are skipped.
@@ -53,9 +53,9 @@ def split(path: str) -> list[list[str]]:
     return pool
 
 
-def sentences(path: str, limit: int, stride: int = 7) -> list[list[str]]:
+def sentences(path: str, stride: int = 5) -> list[list[str]]:
     pool = [w for w in split(path) if 8 <= len(w) <= 25 and "<unk>" not in w]
-    return pool[::stride][: limit * 2]  # more than needed: the keyword rule skips some
+    return pool[::stride]  # the caller stops once enough have keywords
 
 
 def keywords(words: list[str], k: int, seed: int, vocab: set[str]) -> list[str] | None:
@@ -153,7 +153,7 @@ def main() -> None:
     took = time.perf_counter() - t0
     print(f"LM: KN order {args.order} on wikitext-2/valid.txt, vocab {len(vocab)}, {took:.1f} s")
     items = []
-    for i, words in enumerate(sentences(f"{DATA}/test.txt", args.sentences)):
+    for i, words in enumerate(sentences(f"{DATA}/test.txt")):
         k = 1 + len(items) % 4
         kw = keywords(words, k, i, vset)
         if kw is not None:

@@ -26,6 +26,35 @@ def squareplus_backward(
 
 # --- cgmh -------------------------------------------------------------------------------
 
+class CgmhNgram:
+    """A forward n-gram model (and backward twin) from ``lm_to_bytes``, for the Rust loop."""
+
+    def __init__(self, image: bytes) -> None: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def has_backward(self) -> bool: ...
+
+def cgmh_run(
+    lm: Any,
+    inputs: list[list[int]],
+    fixed: list[list[bool]],
+    priors: list[list[Any]],
+    n: int,
+    steps: int,
+    top_k: int,
+    actions: tuple[float, float, float],
+    min_len: int,
+    max_len: int,
+    gamma: float,
+    anneal: tuple[float, float] | None,
+    index: str,
+    explore: float,
+    seed: int,
+    best: bool,
+    trace: bool,
+) -> list[dict[str, Any]]: ...
+
 # --- attention --------------------------------------------------------------------------
 
 # --- vmf --------------------------------------------------------------------------------

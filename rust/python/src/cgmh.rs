@@ -95,12 +95,7 @@ impl Scorer for PyScorer {
         out: &mut [f64],
     ) -> kexue_core::Result<()> {
         if !self.batched {
-            let mut y = x.to_vec();
-            for (o, &c) in out.iter_mut().zip(cands) {
-                y[pos] = c;
-                *o = self.sentence_logprob(&y)?;
-            }
-            return Ok(());
+            return cgmh::replace_by_sentences(self, x, pos, cands, out);
         }
         Python::with_gil(|py| {
             let cands = PyArray1::from_slice(py, cands);

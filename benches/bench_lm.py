@@ -145,13 +145,20 @@ def equality(tmp: str, orders: list[int]) -> None:
 
 
 def run_measured(code: str) -> tuple[float, float, str]:
-    """Runs Python ``code`` in a fresh process: (wall seconds, peak RSS MiB, its stdout)."""
+    """Runs Python ``code`` in a fresh process: (wall seconds, peak RSS MiB, its stdout).
+
+    The peak is the process's VmHWM (Linux), which exec resets; ``ru_maxrss`` would carry
+    over the parent's peak through fork."""
     wrapper = (
-        "import resource, sys, time\n"
+        "import time\n"
+        "def hwm():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            return int(line.split()[1])\n"
         "t = time.perf_counter()\n"
         f"{code}\n"
         "dt = time.perf_counter() - t\n"
-        "print(f'@@ {dt} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}')\n"
+        "print(f'@@ {dt} {hwm()}')\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", wrapper], capture_output=True, check=True, text=True
@@ -162,7 +169,7 @@ def run_measured(code: str) -> tuple[float, float, str]:
 
 def run_lmplz_measured(order: int, src: str, dst: str) -> tuple[float, float]:
     code = (
-        "import subprocess\n"
+        "import resource, subprocess\n"
         f"fin = open({src!r}, 'rb'); fout = open({dst!r}, 'wb')\n"
         f"subprocess.run([{KENLM_BIN + '/lmplz'!r}, '-o', '{order}', '-S', '1G', "
         "'--skip_symbols', '--discount_fallback'], stdin=fin, stdout=fout, "
@@ -246,6 +253,16 @@ def scoring_bench(tmp: str, repeat: int) -> None:
     )
     set_num_threads(1)
     try:
+        # CPU time is what a loaded machine distorts least: ours runs in one pool thread.
+        cpu = {
+            name: cpu_time(fn, repeat)
+            for name, fn in [("kexue", lambda: ours.logprob(lines)), *peers.items()]
+        }
+        ratio = cpu["kexue"] / cpu["python loop over kenlm.Model.score"]
+        print(
+            f"CPU time, 1 thread: kexue {cpu['kexue'] * 1e3:.2f} ms, kenlm loop "
+            f"{cpu['python loop over kenlm.Model.score'] * 1e3:.2f} ms   ours/peer = {ratio:5.2f}"
+        )
         compare(
             "NgramLM.logprob, 1 thread",
             f"{len(lines)} sentences",
@@ -257,9 +274,20 @@ def scoring_bench(tmp: str, repeat: int) -> None:
         set_num_threads(0)
 
 
+def cpu_time(fn, repeat: int) -> float:
+    """Median process CPU seconds of ``fn()``."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return float(np.median(times))
+
+
 def memory_bench(ref_arpa: str, our_bin: str) -> None:
     print("\n== 4. loaded 5-gram (5M-token build): RSS growth of the load")
-    base = "import numpy, kenlm\nfrom kexue.lm import NgramLM\nimport resource\n"
+    base = "import numpy, kenlm\nfrom kexue.lm import NgramLM\n"
     cases = {
         "kexue binary (NgramLM.load)": f"m = NgramLM.load({our_bin!r})",
         "kexue from ARPA (NgramLM.load_arpa)": f"m = NgramLM.load_arpa({ref_arpa!r})",

@@ -264,6 +264,11 @@ class NgramLM:
         return self._reverse
 
     @property
+    def native(self) -> _native.NgramModel:
+        """The Rust model, for other kexue kernels (e.g. CGMH) that take it as an argument."""
+        return self._model
+
+    @property
     def counts(self) -> list[int]:
         """Number of n-grams of each order."""
         return self._model.counts()
@@ -334,7 +339,9 @@ class NgramLM:
     ) -> np.ndarray:
         """Natural-log p(w | context): over the vocabulary (indexed like :attr:`vocab`;
         ``<s>``, never predicted, gets −inf, and the rest sums to 1) or over ``candidates``.
-        ``context`` starts after ``<s>`` when ``bos``."""
+        ``context`` starts after ``<s>`` when ``bos``. A candidate outside the vocabulary
+        scores as ``<unk>`` (as in ``kenlm``); when ``<unk>`` was counted as a word it can be
+        likely, so filter candidates by :attr:`vocab` where that matters."""
         ctx = self._prep(context).split()
         if candidates is not None:
             if isinstance(candidates, str):

@@ -84,9 +84,20 @@ type TokenArrays<'py> = (
 );
 
 /// A back-off n-gram model (what an ARPA file holds). Scores are log10.
+///
+/// Other bindings of this crate (CGMH) take a model argument as `&PyModel` and share the
+/// Rust [`Model`] through [`PyModel::model`] without copying it.
 #[pyclass(module = "kexue._native", name = "NgramModel", frozen)]
 pub struct PyModel {
     inner: Arc<Model>,
+}
+
+impl PyModel {
+    /// The shared Rust model (cheap to clone; `Model` is `Send + Sync`).
+    #[allow(dead_code)] // the API other bindings (CGMH) use
+    pub fn model(&self) -> &Arc<Model> {
+        &self.inner
+    }
 }
 
 impl From<Model> for PyModel {

@@ -1,5 +1,4 @@
-//! Compact binary format: a forward model and optionally its backward twin, read back in
-//! one bulk read.
+//! Compact binary format: a forward model and optionally its backward twin.
 //!
 //! Layout (little-endian, every array 8-byte aligned):
 //! `magic "KEXUELM\0"`, `version u32`, `models u32`, `payload_len u64`, `crc32 u32`, pad,
@@ -7,8 +6,11 @@
 //! one `(entries u64, slots u64)` per order ≥ 2, the vocabulary (words joined by NUL), the
 //! unigram `(prob f32, backoff f32)` pairs, then per order the keys (`u32`, newest word
 //! first) and the hash slots (`key u64, prob f32, backoff f32`). The hash tables are stored
-//! as built, so loading does no hashing.
+//! as built, so a load reads each array straight into its final place (no parsing, no
+//! hashing, no second copy of the file in memory) while the checksum runs over the bytes.
 
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::model::{Model, ProbBackoff, Slot, Table, MAX_ORDER};
@@ -20,117 +22,214 @@ pub const MAGIC: &[u8; 8] = b"KEXUELM\0";
 pub const VERSION: u32 = 1;
 const HEADER: usize = 32;
 
-struct Out(Vec<u8>);
+/// Plain-old-data array elements: every bit pattern is a valid value, no padding, and
+/// `to_le` converts to/from the file's byte order (a no-op on little-endian machines).
+trait Pod: Copy + Default {
+    fn to_le(self) -> Self;
+}
 
-impl Out {
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+impl Pod for u32 {
+    fn to_le(self) -> Self {
+        self.to_le()
     }
-    fn align(&mut self) {
-        while self.0.len() % 8 != 0 {
-            self.0.push(0);
+}
+
+impl Pod for ProbBackoff {
+    fn to_le(self) -> Self {
+        ProbBackoff {
+            prob: f32::from_bits(self.prob.to_bits().to_le()),
+            backoff: f32::from_bits(self.backoff.to_bits().to_le()),
         }
     }
 }
 
-fn encode_model(out: &mut Out, m: &Model) {
-    let vocab: Vec<u8> = m.vocab.words().collect::<Vec<_>>().join("\0").into_bytes();
-    out.u64(m.order() as u64);
-    out.u64(m.vocab.len() as u64);
-    out.u64(vocab.len() as u64);
-    for t in &m.tables {
-        out.u64(t.len() as u64);
-        out.u64(t.slots.len() as u64);
-    }
-    out.0.extend_from_slice(&vocab);
-    out.align();
-    for u in &m.unigrams {
-        out.0.extend_from_slice(&u.prob.to_le_bytes());
-        out.0.extend_from_slice(&u.backoff.to_le_bytes());
-    }
-    for t in &m.tables {
-        for k in &t.keys {
-            out.0.extend_from_slice(&k.to_le_bytes());
-        }
-        out.align();
-        for s in &t.slots {
-            out.u64(s.key);
-            out.0.extend_from_slice(&s.prob.to_le_bytes());
-            out.0.extend_from_slice(&s.backoff.to_le_bytes());
+impl Pod for Slot {
+    fn to_le(self) -> Self {
+        Slot {
+            key: self.key.to_le(),
+            prob: f32::from_bits(self.prob.to_bits().to_le()),
+            backoff: f32::from_bits(self.backoff.to_bits().to_le()),
         }
     }
 }
 
-/// The binary image of `forward` (and `backward`, which must share its vocabulary).
-pub fn to_bytes(forward: &Model, backward: Option<&Model>) -> Vec<u8> {
-    let mut out = Out(vec![0; HEADER]);
-    encode_model(&mut out, forward);
-    if let Some(b) = backward {
-        encode_model(&mut out, b);
+/// The bytes of a POD slice.
+fn as_bytes<T: Pod>(v: &[T]) -> &[u8] {
+    // SAFETY: `T: Pod` types (u32, and the `repr(C)` ProbBackoff and Slot made of 4- and
+    // 8-byte fields with no padding) have no uninitialised bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+}
+
+fn as_bytes_mut<T: Pod>(v: &mut [T]) -> &mut [u8] {
+    // SAFETY: as `as_bytes`; and every bit pattern is a valid `T`, so any bytes written
+    // through the view leave valid values.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), std::mem::size_of_val(v)) }
+}
+
+struct Out<W: Write> {
+    w: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Out<W> {
+    fn bytes(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.w.write_all(b)?;
+        self.crc.update(b);
+        self.len += b.len() as u64;
+        Ok(())
     }
-    let payload = &out.0[HEADER..];
-    let crc = crc32fast::hash(payload);
-    let len = payload.len() as u64;
-    let models: u32 = if backward.is_some() { 2 } else { 1 };
-    let h = &mut out.0[..HEADER];
+
+    fn u64(&mut self, v: u64) -> std::io::Result<()> {
+        self.bytes(&v.to_le_bytes())
+    }
+
+    fn array<T: Pod>(&mut self, v: &[T]) -> std::io::Result<()> {
+        if cfg!(target_endian = "little") {
+            self.bytes(as_bytes(v))?;
+        } else {
+            for x in v {
+                self.bytes(as_bytes(&[x.to_le()]))?;
+            }
+        }
+        self.align()
+    }
+
+    fn align(&mut self) -> std::io::Result<()> {
+        let pad = (8 - self.len % 8) % 8;
+        self.bytes(&[0; 8][..pad as usize])
+    }
+
+    fn model(&mut self, m: &Model) -> std::io::Result<()> {
+        let vocab: Vec<u8> = m.vocab.words().collect::<Vec<_>>().join("\0").into_bytes();
+        self.u64(m.order() as u64)?;
+        self.u64(m.vocab.len() as u64)?;
+        self.u64(vocab.len() as u64)?;
+        for t in &m.tables {
+            self.u64(t.len() as u64)?;
+            self.u64(t.slots.len() as u64)?;
+        }
+        self.bytes(&vocab)?;
+        self.align()?;
+        self.array(&m.unigrams)?;
+        for t in &m.tables {
+            self.array(&t.keys)?;
+            self.array(&t.slots)?;
+        }
+        Ok(())
+    }
+}
+
+fn header(models: u32, len: u64, crc: u32) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
     h[..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&models.to_le_bytes());
     h[16..24].copy_from_slice(&len.to_le_bytes());
     h[24..28].copy_from_slice(&crc.to_le_bytes());
-    out.0
+    h
 }
 
-/// Writes [`to_bytes`] to `path` (temporary file, then rename).
+/// Writes the payload after a placeholder header; returns the real header.
+fn encode(
+    w: &mut impl Write,
+    forward: &Model,
+    backward: Option<&Model>,
+) -> std::io::Result<[u8; HEADER]> {
+    w.write_all(&[0; HEADER])?;
+    let mut out = Out {
+        w,
+        crc: crc32fast::Hasher::new(),
+        len: 0,
+    };
+    out.model(forward)?;
+    if let Some(b) = backward {
+        out.model(b)?;
+    }
+    let models = if backward.is_some() { 2 } else { 1 };
+    Ok(header(models, out.len, out.crc.finalize()))
+}
+
+/// The binary image of `forward` (and `backward`, which must share its vocabulary).
+pub fn to_bytes(forward: &Model, backward: Option<&Model>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let h = encode(&mut bytes, forward, backward).expect("writing to a Vec cannot fail");
+    bytes[..HEADER].copy_from_slice(&h);
+    bytes
+}
+
+/// Writes the binary image to `path`, streamed (temporary file, then rename).
 pub fn save(path: &Path, forward: &Model, backward: Option<&Model>) -> Result<()> {
-    let bytes = to_bytes(forward, backward);
-    write_atomically(path, |f| std::io::Write::write_all(f, &bytes))
+    write_atomically(path, |file| {
+        let mut w = BufWriter::with_capacity(1 << 20, &mut *file);
+        let h = encode(&mut w, forward, backward)?;
+        w.flush()?;
+        drop(w);
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&h)
+    })
 }
 
 /// Reads a file written by [`save`]: the forward model and the backward one if stored.
 pub fn load(path: &Path) -> Result<(Model, Option<Model>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    from_bytes(&bytes, path)
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    decode(BufReader::with_capacity(1 << 20, file), len, path)
 }
 
-/// Bounds-checked reader; every failure names the source and the byte offset.
-struct In<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+/// Parses a binary image; `source` names it in errors.
+pub fn from_bytes(bytes: &[u8], source: &Path) -> Result<(Model, Option<Model>)> {
+    decode(bytes, bytes.len() as u64, source)
+}
+
+/// Bounds-checked reader of the payload; every failure names the source and byte offset.
+struct In<'a, R: Read> {
+    r: R,
+    crc: crc32fast::Hasher,
+    pos: u64,
+    end: u64,
     source: &'a Path,
 }
 
-impl<'a> In<'a> {
+impl<R: Read> In<'_, R> {
     fn err(&self, message: String) -> Error {
         Error::format(self.source, 0, message)
     }
 
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        match self.pos.checked_add(n) {
-            Some(end) if end <= self.bytes.len() => {
-                let s = &self.bytes[self.pos..end];
-                self.pos = end;
-                Ok(s)
-            }
-            _ => Err(self.err(format!(
+    fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+        let n = buf.len() as u64;
+        if self.end - self.pos < n {
+            return Err(self.err(format!(
                 "truncated or corrupt: {what} needs {n} bytes at offset {}, the data has {}",
-                self.pos,
-                self.bytes.len()
-            ))),
+                self.pos, self.end
+            )));
         }
+        self.r.read_exact(buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                self.err(format!("truncated: the data ends inside {what}"))
+            } else {
+                Error::io(self.source, e)
+            }
+        })?;
+        if self.pos >= HEADER as u64 {
+            self.crc.update(buf);
+        }
+        self.pos += n;
+        Ok(())
     }
 
     fn u64(&mut self, what: &str) -> Result<u64> {
-        let b = self.take(8, what)?;
-        Ok(u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        let mut b = [0u8; 8];
+        self.fill(&mut b, what)?;
+        Ok(u64::from_le_bytes(b))
     }
 
-    /// A size that must fit in what is left of the data (so a corrupt size cannot ask for
+    /// A count that must fit in what is left of the data (so a corrupt size cannot ask for
     /// terabytes) when each element takes `each` bytes.
-    fn size(&mut self, what: &str, each: usize) -> Result<usize> {
+    fn size(&mut self, what: &str, each: u64) -> Result<usize> {
         let v = self.u64(what)?;
-        let left = (self.bytes.len() - self.pos) as u64;
-        if v.saturating_mul(each as u64) > left {
+        let left = self.end - self.pos;
+        if v.saturating_mul(each) > left {
             return Err(self.err(format!(
                 "corrupt: {what} = {v} does not fit in the {left} bytes left"
             )));
@@ -138,130 +237,116 @@ impl<'a> In<'a> {
         Ok(v as usize)
     }
 
-    fn align(&mut self) -> Result<()> {
-        let pad = (8 - self.pos % 8) % 8;
-        self.take(pad, "padding").map(|_| ())
+    fn align(&mut self, what: &str) -> Result<()> {
+        let pad = ((8 - self.pos % 8) % 8) as usize;
+        self.fill(&mut [0u8; 8][..pad], what)
+    }
+
+    fn array<T: Pod>(&mut self, n: usize, what: &str) -> Result<Vec<T>> {
+        let mut v = vec![T::default(); n];
+        self.fill(as_bytes_mut(&mut v), what)?;
+        if cfg!(target_endian = "big") {
+            v.iter_mut().for_each(|x| *x = x.to_le());
+        }
+        self.align(what)?;
+        Ok(v)
+    }
+
+    fn model(&mut self) -> Result<Model> {
+        let order = self.u64("order")?;
+        if !(1..=MAX_ORDER as u64).contains(&order) {
+            return Err(self.err(format!("corrupt: order {order} is not in 1..={MAX_ORDER}")));
+        }
+        let order = order as usize;
+        let vocab_len = self.size("vocabulary size", 8)?;
+        let vocab_bytes = self.size("vocabulary bytes", 1)?;
+        let mut sizes = Vec::with_capacity(order - 1);
+        for n in 2..=order {
+            let entries = self.size(&format!("{n}-gram count"), 4 * n as u64)?;
+            let slots = self.size(&format!("{n}-gram slots"), 16)?;
+            if slots <= entries {
+                return Err(self.err(format!("corrupt: {n}-gram table has no empty slot")));
+            }
+            sizes.push((entries, slots));
+        }
+        let mut text = vec![0u8; vocab_bytes];
+        self.fill(&mut text, "vocabulary")?;
+        self.align("vocabulary")?;
+        let text = std::str::from_utf8(&text)
+            .map_err(|_| self.err("corrupt: the vocabulary is not UTF-8".into()))?;
+        let mut vocab = Vocab::new();
+        for (i, w) in text.split('\0').enumerate() {
+            if vocab.insert(w) as usize != i {
+                return Err(self.err(format!("corrupt: vocabulary word {i} ({w:?}) repeats")));
+            }
+        }
+        if vocab.len() != vocab_len {
+            return Err(self.err(format!(
+                "corrupt: vocabulary has {} words, the header says {vocab_len}",
+                vocab.len()
+            )));
+        }
+        let unigrams = self.array(vocab_len, "unigrams")?;
+        let mut tables = Vec::with_capacity(order - 1);
+        for (n, &(entries, slots)) in (2..).zip(&sizes) {
+            let keys: Vec<u32> = self.array(entries * n, "n-gram keys")?;
+            if let Some(bad) = keys.iter().find(|&&id| id as usize >= vocab_len) {
+                return Err(self.err(format!("corrupt: word id {bad} is out of the vocabulary")));
+            }
+            let slots = self.array(slots, "hash slots")?;
+            tables.push(Table { n, keys, slots });
+        }
+        Ok(Model::from_marked_parts(vocab, unigrams, tables))
     }
 }
 
-fn f32_at(b: &[u8], i: usize) -> f32 {
-    f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
-}
-
-fn decode_model(r: &mut In) -> Result<Model> {
-    let order = r.u64("order")?;
-    if !(1..=MAX_ORDER as u64).contains(&order) {
-        return Err(r.err(format!("corrupt: order {order} is not in 1..={MAX_ORDER}")));
-    }
-    let order = order as usize;
-    let vocab_len = r.size("vocabulary size", 8)?;
-    let vocab_bytes = r.size("vocabulary bytes", 1)?;
-    let mut sizes = Vec::with_capacity(order - 1);
-    for n in 2..=order {
-        let entries = r.size(&format!("{n}-gram count"), 4 * n)?;
-        let slots = r.size(&format!("{n}-gram slots"), 16)?;
-        if slots <= entries {
-            return Err(r.err(format!("corrupt: {n}-gram table has no empty slot")));
-        }
-        sizes.push((entries, slots));
-    }
-    let text = r.take(vocab_bytes, "vocabulary")?;
-    let text = std::str::from_utf8(text)
-        .map_err(|_| r.err("corrupt: the vocabulary is not UTF-8".into()))?;
-    let mut vocab = Vocab::new();
-    for (i, w) in text.split('\0').enumerate() {
-        if vocab.insert(w) as usize != i {
-            return Err(r.err(format!("corrupt: vocabulary word {i} ({w:?}) repeats")));
-        }
-    }
-    if vocab.len() != vocab_len {
-        return Err(r.err(format!(
-            "corrupt: vocabulary has {} words, the header says {vocab_len}",
-            vocab.len()
-        )));
-    }
-    r.align()?;
-    let uni = r.take(vocab_len * 8, "unigrams")?;
-    let unigrams = (0..vocab_len)
-        .map(|i| ProbBackoff {
-            prob: f32_at(uni, 8 * i),
-            backoff: f32_at(uni, 8 * i + 4),
-        })
-        .collect();
-    let mut tables = Vec::with_capacity(order - 1);
-    for (n, &(entries, slots)) in (2..).zip(&sizes) {
-        let k = r.take(entries * n * 4, "n-gram keys")?;
-        let keys: Vec<u32> = k
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        if let Some(bad) = keys.iter().find(|&&id| id as usize >= vocab_len) {
-            return Err(r.err(format!("corrupt: word id {bad} is out of the vocabulary")));
-        }
-        r.align()?;
-        let s = r.take(slots * 16, "hash slots")?;
-        let slots = s
-            .chunks_exact(16)
-            .map(|c| Slot {
-                key: u64::from_le_bytes(c[..8].try_into().unwrap_or([0; 8])),
-                prob: f32_at(c, 8),
-                backoff: f32_at(c, 12),
-            })
-            .collect();
-        tables.push(Table { n, keys, slots });
-    }
-    Ok(Model::from_marked_parts(vocab, unigrams, tables))
-}
-
-/// Parses a binary image; `source` names it in errors.
-pub fn from_bytes(bytes: &[u8], source: &Path) -> Result<(Model, Option<Model>)> {
+fn decode(r: impl Read, len: u64, source: &Path) -> Result<(Model, Option<Model>)> {
     let mut r = In {
-        bytes,
+        r,
+        crc: crc32fast::Hasher::new(),
         pos: 0,
+        end: len,
         source,
     };
-    let magic = r.take(8, "magic")?;
-    if magic != MAGIC {
+    let mut h = [0u8; HEADER];
+    r.fill(&mut h[..8], "magic")?;
+    if &h[..8] != MAGIC {
         return Err(r.err(format!(
             "not a kexue n-gram model: magic {:?}, expected {:?}",
-            String::from_utf8_lossy(magic),
+            String::from_utf8_lossy(&h[..8]),
             String::from_utf8_lossy(MAGIC)
         )));
     }
-    let b = r.take(HEADER - 8, "header")?;
-    let version = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    r.fill(&mut h[8..], "header")?;
+    let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let version = word(8);
     if version != VERSION {
         return Err(r.err(format!(
             "format version {version} is not supported (this kexue reads version {VERSION})"
         )));
     }
-    let models = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-    let len = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
-    let crc = u32::from_le_bytes([b[16], b[17], b[18], b[19]]);
-    let payload = &bytes[HEADER..];
-    if payload.len() as u64 != len {
+    let models = word(12);
+    let payload = u64::from_le_bytes(h[16..24].try_into().unwrap_or([0; 8]));
+    let crc = word(24);
+    if len - HEADER as u64 != payload {
         return Err(r.err(format!(
-            "truncated or corrupt: the header announces {len} bytes of data, the file has {}",
-            payload.len()
+            "truncated or corrupt: the header announces {payload} bytes of data, there are {}",
+            len - HEADER as u64
         )));
-    }
-    if crc32fast::hash(payload) != crc {
-        return Err(r.err("corrupt: checksum mismatch".into()));
     }
     if !(1..=2).contains(&models) {
         return Err(r.err(format!("corrupt: {models} models (expected 1 or 2)")));
     }
-    let forward = decode_model(&mut r)?;
-    let backward = if models == 2 {
-        Some(decode_model(&mut r)?)
-    } else {
-        None
-    };
-    if r.pos != bytes.len() {
+    let forward = r.model()?;
+    let backward = if models == 2 { Some(r.model()?) } else { None };
+    if r.pos != len {
         return Err(r.err(format!(
             "corrupt: {} unexpected trailing bytes",
-            bytes.len() - r.pos
+            len - r.pos
         )));
+    }
+    if r.crc.clone().finalize() != crc {
+        return Err(r.err("corrupt: checksum mismatch".into()));
     }
     Ok((forward, backward))
 }

@@ -470,7 +470,7 @@ fn log10_prob(p: f64) -> f32 {
 /// fallback 0.5, 1, 1.5 where the count-of-counts are degenerate, as in truncated lists).
 /// A bigram context's denominator is its unigram count, so the mass of pairs missing from a
 /// truncated table goes to the back-off. `</s>` gets `eos_count`; `<s>` is a context without
-/// bigrams (p(w | <s>) = p(w)).
+/// bigrams (`p(w | <s>) = p(w)`).
 pub fn from_counts(
     unigram_counts: &[(String, u64)],
     bigrams: &[(String, String, u64)],

@@ -9,11 +9,18 @@ use crate::{Error, Result};
 /// Highest supported order.
 pub const MAX_ORDER: usize = 7;
 
+/// Candidate words scored together so that their look-ups overlap.
+pub const LANES: usize = 8;
+
+/// How many words ahead sentence scoring prefetches.
+pub const LOOKAHEAD: usize = 4;
+
 /// log10 → natural log.
 pub const LN_10: f64 = std::f64::consts::LN_10;
 
 /// Probability and back-off weight of one n-gram, both log10 (ARPA convention).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
 pub struct ProbBackoff {
     pub prob: f32,
     pub backoff: f32,
@@ -30,7 +37,8 @@ fn has_extension(backoff: f32) -> bool {
 }
 
 /// One slot of a hash table: the n-gram's hash (0 marks an empty slot) and its weights.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Slot {
     pub key: u64,
     pub prob: f32,
@@ -123,6 +131,23 @@ impl Table {
         None
     }
 
+    /// Hints the CPU to load the slot where a search for `hash` starts.
+    #[inline]
+    fn prefetch(&self, hash: u64) {
+        let slot = self
+            .slots
+            .as_ptr()
+            .wrapping_add(bucket(hash.max(1), self.slots.len()));
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(slot.cast());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = slot;
+    }
+
     #[inline]
     pub fn find(&self, hash: u64) -> Option<&Slot> {
         let h = hash.max(1);
@@ -154,7 +179,7 @@ fn bucket(h: u64, size: usize) -> usize {
 /// What a query remembers of the words before: up to `order - 1` of them, newest first, with
 /// the log10 back-off weights of the contexts they form. Cheap to copy; scoring a word from a
 /// state touches only the hash tables.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct State {
     len: u8,
     words: [u32; MAX_ORDER - 1],
@@ -186,7 +211,7 @@ impl State {
 
 /// The score of one word: log10 probability, length of the n-gram that matched, and
 /// whether the word was out of the vocabulary (as `kenlm.Model.full_scores`).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TokenScore {
     pub log10: f32,
     pub ngram_len: usize,
@@ -372,6 +397,13 @@ impl Model {
         (score, next)
     }
 
+    /// As [`Model::score_word`] in natural log (the unit of the ML APIs).
+    #[inline]
+    pub fn logprob_word(&self, state: &State, word: u32) -> (f64, State) {
+        let (p, next) = self.score_word(state, word);
+        (f64::from(p) * LN_10, next)
+    }
+
     /// Natural-log probability of `word` after the words of `context` (oldest first).
     pub fn cond_logprob(&self, context: &[u32], word: u32) -> f64 {
         let state = self.state_from_context(context);
@@ -447,18 +479,104 @@ impl Model {
                 format!("must have {} elements, got {}", sentences.len(), out.len()),
             ));
         }
-        out.par_iter_mut()
-            .zip(sentences.par_iter())
-            .with_min_len(64)
-            .for_each(|(o, s)| {
-                let ids = self.ids(s.as_ref());
-                *o = if f32_sum {
-                    f64::from(self.score_ids_f32(&ids, bos, eos))
-                } else {
-                    self.score_ids(&ids, bos, eos)
-                }
+        out.par_chunks_mut(64)
+            .zip(sentences.par_chunks(64))
+            .for_each(|(out, part)| {
+                let ids: Vec<Vec<u32>> = part.iter().map(|s| self.ids(s.as_ref())).collect();
+                let ids: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+                self.score_many(&ids, bos, eos, f32_sum, out);
             });
         Ok(())
+    }
+
+    /// log10 scores of many id sentences (as [`Model::score_ids`]) in parallel (rayon).
+    pub fn score_ids_batch(
+        &self,
+        sentences: &[&[u32]],
+        bos: bool,
+        eos: bool,
+        out: &mut [f64],
+    ) -> Result<()> {
+        if out.len() != sentences.len() {
+            return Err(Error::value(
+                "out",
+                format!("must have {} elements, got {}", sentences.len(), out.len()),
+            ));
+        }
+        out.par_chunks_mut(64)
+            .zip(sentences.par_chunks(64))
+            .for_each(|(out, part)| self.score_many(part, bos, eos, false, out));
+        Ok(())
+    }
+
+    /// Sentence scores (as [`Model::score_ids`], or [`Model::score_ids_f32`] when `f32_sum`).
+    ///
+    /// Every look-up a sentence can need is known from its words alone (the state only cuts
+    /// it short), so the slots of the word `LOOKAHEAD` positions ahead are prefetched while
+    /// the current one is scored: the cache misses of several words overlap.
+    pub fn score_many(
+        &self,
+        sentences: &[&[u32]],
+        bos: bool,
+        eos: bool,
+        f32_sum: bool,
+        out: &mut [f64],
+    ) {
+        let start = if bos { self.begin_state() } else { State::NULL };
+        for (ids, out) in sentences.iter().zip(out.iter_mut()) {
+            let len = ids.len() + usize::from(eos);
+            // Word at position i (</s> after the words), or the context before the words.
+            let at = |i: isize| -> Option<u32> {
+                match usize::try_from(i) {
+                    Ok(i) if i < ids.len() => Some(ids[i]),
+                    Ok(i) if i < len => Some(EOS),
+                    Ok(_) => None,
+                    Err(_) => (i == -1 && bos).then_some(BOS),
+                }
+            };
+            let prefetch = |i: usize| {
+                let i = i as isize;
+                let Some(w) = at(i) else { return };
+                let mut h = hash_word(self.known(w));
+                for (k, t) in (1..).zip(&self.tables) {
+                    let Some(c) = at(i - k) else { break };
+                    h = hash_extend(h, c);
+                    t.prefetch(h);
+                }
+            };
+            (0..LOOKAHEAD).for_each(prefetch);
+            let mut state = start;
+            let (mut sum64, mut sum32) = (0f64, 0f32);
+            for i in 0..len {
+                prefetch(i + LOOKAHEAD);
+                let w = at(i as isize).unwrap_or(EOS);
+                let (p, next) = self.score_word(&state, w);
+                state = next;
+                sum64 += f64::from(p);
+                sum32 += p;
+            }
+            *out = if f32_sum { f64::from(sum32) } else { sum64 };
+        }
+    }
+
+    /// `word` if it is in the vocabulary, else [`UNK`].
+    #[inline]
+    fn known(&self, word: u32) -> u32 {
+        if (word as usize) < self.unigrams.len() {
+            word
+        } else {
+            UNK
+        }
+    }
+
+    /// Starts loading the hash slots that scoring `word` after `state` may read.
+    #[inline]
+    fn prefetch(&self, state: &State, word: u32) {
+        let mut h = hash_word(self.known(word));
+        for (t, &w) in self.tables.iter().zip(state.words()) {
+            h = hash_extend(h, w);
+            t.prefetch(h);
+        }
     }
 
     /// log10 p(w | context) for each `w` of `candidates` (ids), in parallel.
@@ -469,10 +587,18 @@ impl Model {
                 format!("must have {} elements, got {}", candidates.len(), out.len()),
             ));
         }
-        out.par_iter_mut()
-            .zip(candidates.par_iter())
-            .with_min_len(4096)
-            .for_each(|(o, &w)| *o = f64::from(self.score_word(state, w).0));
+        out.par_chunks_mut(1024)
+            .zip(candidates.par_chunks(1024))
+            .for_each(|(out, part)| {
+                for (out, part) in out.chunks_mut(LANES).zip(part.chunks(LANES)) {
+                    for &w in part {
+                        self.prefetch(state, w);
+                    }
+                    for (o, &w) in out.iter_mut().zip(part) {
+                        *o = f64::from(self.score_word(state, w).0);
+                    }
+                }
+            });
         Ok(())
     }
 

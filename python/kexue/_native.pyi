@@ -71,9 +71,9 @@ def lm_from_counts(
 # --- cgmh -------------------------------------------------------------------------------
 
 class CgmhNgram:
-    """A forward n-gram model (and backward twin) from ``lm_to_bytes``, for the Rust loop."""
+    """A forward n-gram model (and backward twin), shared with the Rust loop."""
 
-    def __init__(self, image: bytes) -> None: ...
+    def __init__(self, forward: NgramModel, backward: NgramModel | None = None) -> None: ...
     @property
     def vocab_size(self) -> int: ...
     @property

@@ -50,9 +50,7 @@ class NgramScorer:
         forward, back = _models(lm)
         if backward is not None:
             back = _models(backward)[0]
-        # The sampler needs the models in Rust; the binary image is the LM's public exchange
-        # format, parsed once here.
-        self._cgmh_native = _native.CgmhNgram(_native.lm_to_bytes(forward, back))
+        self._cgmh_native = _native.CgmhNgram(forward, back)
         self._forward, self._backward = forward, back
         self._words = list(forward.words())
         self._index = {w: i for i, w in enumerate(self._words)}
@@ -89,11 +87,12 @@ class NgramScorer:
 
 
 def _models(lm: Any) -> tuple[Any, Any]:
+    from .lm import NgramLM
+
     if isinstance(lm, _native.NgramModel):
         return lm, None
-    inner = getattr(lm, "_model", None)  # kexue.lm.NgramLM
-    if isinstance(inner, _native.NgramModel):
-        return inner, getattr(lm, "_reverse_native", None)
+    if isinstance(lm, NgramLM):
+        return lm.native, (lm.reverse.native if lm.reverse is not None else None)
     raise TypeError(f"lm must be a kexue.lm.NgramLM or NgramModel, got {type(lm).__name__}")
 
 
@@ -121,9 +120,9 @@ def default_lm() -> NgramScorer:
 
     version = importlib.metadata.version("symspellpy")
     path = _cache_dir() / f"symspell-en-{version}.kxlm"
-    if path.exists():
+    try:
         forward, backward = _native.lm_load(str(path))
-    else:
+    except (OSError, ValueError):  # not built yet, or written by another kexue version
         files = importlib.resources.files("symspellpy")
 
         def table(name: str, n: int) -> list[tuple]:

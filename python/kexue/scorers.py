@@ -41,9 +41,13 @@ class NgramScorer:
     model, if built, picks candidates together with the forward one) or a
     ``kexue._native.NgramModel``; ``backward``: an explicit backward model.
 
-    >>> from kexue.lm import NgramLM                       # doctest: +SKIP
-    >>> lm = NgramLM.build("corpus.txt", order=4, reverse=True)
-    >>> kexue.cgmh.generate(["cat", "mat"], NgramScorer(lm))
+    >>> from kexue.cgmh import generate
+    >>> from kexue.lm import NgramLM
+    >>> lm = NgramLM.build(["the cat sat on the mat", "a dog sat"], 3, progress=False,
+    ...                    discount_fallback=True)
+    >>> out = generate(["dog", "mat"], NgramScorer(lm), n=2, steps=30)
+    >>> all("dog" in s.tokens and "mat" in s.tokens for s in out)
+    True
     """
 
     def __init__(self, lm: Any, backward: Any = None) -> None:

@@ -293,6 +293,13 @@ class NgramLM:
                 "sentences must be a str or an iterable of sentences, "
                 f"got {type(sentences).__name__}"
             )
+        if (
+            isinstance(sentences, list)
+            and self.tokenizer is None
+            and not self.lowercase
+            and all(type(s) is str for s in sentences)
+        ):
+            return sentences, False  # already what the native side takes
         return [self._prep(s) for s in sentences], False
 
     def logprob(

@@ -93,13 +93,15 @@ pub fn build(
     } else {
         corpus
     };
-    let one = |reverse| estimate(corpus, opts, reverse);
-    if backward {
-        let (f, b) = rayon::join(|| one(false), || one(true));
-        Ok((f?, Some(b?)))
+    // One direction after the other: each is parallel inside, and the peak memory is one
+    // estimation's working set, not two.
+    let forward = estimate(corpus, opts, false)?;
+    let backward = if backward {
+        Some(estimate(corpus, opts, true)?)
     } else {
-        Ok((one(false)?, None))
-    }
+        None
+    };
+    Ok((forward, backward))
 }
 
 fn estimate(corpus: &Corpus, opts: &BuildOptions, reverse: bool) -> Result<Model> {

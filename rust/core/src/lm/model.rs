@@ -134,18 +134,11 @@ impl Table {
     /// Hints the CPU to load the slot where a search for `hash` starts.
     #[inline]
     fn prefetch(&self, hash: u64) {
-        let slot = self
-            .slots
-            .as_ptr()
-            .wrapping_add(bucket(hash.max(1), self.slots.len()));
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(slot.cast());
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = slot;
+        prefetch(
+            self.slots
+                .as_ptr()
+                .wrapping_add(bucket(hash.max(1), self.slots.len())),
+        );
     }
 
     #[inline]
@@ -168,6 +161,19 @@ impl Table {
     pub fn len(&self) -> usize {
         self.keys.len() / self.n
     }
+}
+
+/// Hints the CPU to start loading the cache line of `p` (a no-op off x86-64).
+#[inline]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 #[inline]
@@ -482,8 +488,9 @@ impl Model {
         out.par_chunks_mut(64)
             .zip(sentences.par_chunks(64))
             .for_each(|(out, part)| {
-                let ids: Vec<Vec<u32>> = part.iter().map(|s| self.ids(s.as_ref())).collect();
-                let ids: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+                let (mut ids, mut ends) = (Vec::new(), vec![0]);
+                self.vocab.ids_batch(part, &mut ids, &mut ends);
+                let ids: Vec<&[u32]> = ends.windows(2).map(|w| &ids[w[0]..w[1]]).collect();
                 self.score_many(&ids, bos, eos, f32_sum, out);
             });
         Ok(())

@@ -136,6 +136,41 @@ def _cases(y_pred: np.ndarray, y_true: np.ndarray, idx: np.ndarray) -> dict[str,
     }
 
 
+def _scores_case(batch: int, repeat: int, threads: str) -> dict[str, float]:
+    """GlobalPointer scores with RoPE and masking, fwd+bwd, beside the same maths in torch
+    ops (RoPE, ``einsum``, ``masked_fill``) under autograd."""
+    import torch
+
+    from ..losses import _torch_scores, global_pointer_scores
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, 256, 8, 64, generator=gen)
+    k = torch.randn(batch, 256, 8, 64, generator=gen)
+    mask = torch.arange(256)[None, :] < torch.randint(128, 257, (batch, 1), generator=gen)
+    grad = torch.randn(batch, 8, 256, 256, generator=gen)
+
+    def fwd_bwd(scores: Callable[..., Any]) -> Callable[[], None]:
+        def run() -> None:
+            qq, kk = q.detach().requires_grad_(), k.detach().requires_grad_()
+            s = scores(qq, kk)
+            torch.autograd.backward(s, torch.where(s.isinf(), 0.0, grad))
+
+        return run
+
+    shape = f"q, k ({batch}, 256, 8, 64) float32 -> ({batch}, 8, 256, 256), RoPE, fwd+bwd, "
+    return compare(
+        "GP scores kexue (torch CPU road)",
+        shape + threads,
+        fwd_bwd(lambda a, b: global_pointer_scores(a, b, mask=mask)),
+        {
+            "torch RoPE + einsum + masked_fill": fwd_bwd(
+                lambda a, b: _torch_scores(a, b, None, None, mask, rope=True, tril=True)
+            )
+        },
+        repeat=repeat,
+    )
+
+
 def _peak_mib(rows: int, cols: int, k: int, case: str) -> float:
     """Peak resident memory (MiB) above the inputs of one fwd+bwd call of ``case``, in a
     fresh process so earlier cases do not hide it."""
@@ -206,6 +241,8 @@ def run(size: int | None = None, repeat: int = 7, memory: bool = True) -> dict[s
             f"GP {ours}", shape, cases[ours], {p: cases[p] for p in peers}, repeat=repeat
         )
     del cases
+
+    results["gp scores"] = _scores_case(batch, repeat, threads)
 
     if memory:
         label_mib = gp_rows * gp_cols * 4 / 2**20

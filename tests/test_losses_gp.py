@@ -190,6 +190,11 @@ def test_kl_float32_and_threads() -> None:
             "even for RoPE",
         ),
         (
+            lambda: global_pointer_scores(np.zeros((1, 3, 2, 0)), np.zeros((1, 3, 2, 0))),
+            ValueError,
+            "at least 1",
+        ),
+        (
             lambda: global_pointer_scores(np.zeros((1, 3, 2, 4)), np.zeros((1, 2, 2, 4))),
             ValueError,
             "k must have the shape of q",

@@ -376,6 +376,8 @@ def global_pointer_scores(
         raise TypeError("k must be of the same kind (array or tensor) and dtype as q")
     _same_shape(k, q, "k", "q")
     batch, length, qk_heads, head_size = q.shape
+    if head_size < 1:
+        raise ValueError("head_size (q.shape[-1]) must be at least 1, got 0")
     if rope and head_size % 2:
         raise ValueError(f"head_size (q.shape[-1]) must be even for RoPE, got {head_size}")
     rb = cb = None

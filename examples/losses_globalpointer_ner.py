@@ -14,7 +14,9 @@ that index 0 is free as padding (``mask_zero=True``, GPLinker's convention). R-D
 :func:`kexue.losses.global_pointer_kl` between two dropout passes.
 
 Run: ``python examples/losses_globalpointer_ner.py`` (``--efficient`` for Efficient
-GlobalPointer). RESULT_LINE
+GlobalPointer). Measured with the defaults (seed 0, 1500 training and 500 test sentences,
+4 epochs, R-Drop weight 1): span-level test F1 = 1.0000 for GlobalPointer and 0.9979 for
+Efficient GlobalPointer (a few minutes on 2 busy CPU cores).
 """
 
 from __future__ import annotations

@@ -160,12 +160,15 @@ def test_kl_float32_and_threads() -> None:
     s = rng.standard_normal((4, 3, 64, 64)).astype(np.float32) * 4
     t = s + rng.standard_normal(s.shape).astype(np.float32)
     np.testing.assert_allclose(global_pointer_kl(s, t, reduction="none"), ref_kl(s, t), rtol=1e-6)
+    q, k, mask = inputs(5, b=6, length=33, h=2, d=8, dtype=np.float32)
     kexue.set_num_threads(1)
     try:
         one = global_pointer_kl(s, t, reduction="none")
+        scores = global_pointer_scores(q, k, mask=mask)
     finally:
         kexue.set_num_threads(0)
     np.testing.assert_array_equal(one, global_pointer_kl(s, t, reduction="none"))
+    np.testing.assert_array_equal(scores, global_pointer_scores(q, k, mask=mask))
 
 
 @pytest.mark.parametrize(
@@ -185,6 +188,11 @@ def test_kl_float32_and_threads() -> None:
             lambda: global_pointer_scores(np.zeros((1, 3, 2, 5)), np.zeros((1, 3, 2, 5))),
             ValueError,
             "even for RoPE",
+        ),
+        (
+            lambda: global_pointer_scores(np.zeros((1, 3, 2, 0)), np.zeros((1, 3, 2, 0))),
+            ValueError,
+            "at least 1",
         ),
         (
             lambda: global_pointer_scores(np.zeros((1, 3, 2, 4)), np.zeros((1, 2, 2, 4))),
@@ -349,3 +357,14 @@ class _nullcontext:
 
     def __exit__(self, *args: object) -> None:
         return None
+
+
+@pytest.mark.torch
+def test_fallback_road_refuses_nonfinite_vectors() -> None:
+    import torch
+
+    q = torch.zeros(1, 2, 1, 2)
+    with kexue.torch_fallback(), pytest.raises(ValueError, match="k must be finite"):
+        global_pointer_scores(q, q * float("nan"))
+    with pytest.raises(ValueError, match="k must be finite"):
+        global_pointer_scores(q, q * float("nan"))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._dispatch import Kernel, check_float, check_scalar, is_tensor, unwrap_0d
+from ._dispatch import Kernel, check_finite, check_float, check_scalar, is_tensor, unwrap_0d
 
 __all__ = [
     "EPS_DEFAULT",
@@ -318,6 +318,8 @@ def _keep(mask: Any, length: int, tril: bool, like: Any) -> Any:
 def _torch_scores(q: Any, k: Any, rb: Any, cb: Any, mask: Any, *, rope: bool, tril: bool) -> Any:
     import torch
 
+    check_finite(q, "q")  # the Rust road checks inside its kernel
+    check_finite(k, "k")
     if rope:
         q, k = _rope(q), _rope(k)
     s = torch.einsum("bmhd,bnhd->bhmn", q, k) / q.shape[-1] ** 0.5
@@ -374,6 +376,8 @@ def global_pointer_scores(
         raise TypeError("k must be of the same kind (array or tensor) and dtype as q")
     _same_shape(k, q, "k", "q")
     batch, length, qk_heads, head_size = q.shape
+    if head_size < 1:
+        raise ValueError("head_size (q.shape[-1]) must be at least 1, got 0")
     if rope and head_size % 2:
         raise ValueError(f"head_size (q.shape[-1]) must be even for RoPE, got {head_size}")
     rb = cb = None
@@ -393,22 +397,7 @@ def global_pointer_scores(
             raise TypeError("bias must be of the same kind and dtype as q")
     if mask is not None:
         mask = _mask(mask, q, (batch, length))
-    for x, name in ((q, "q"), (k, "k")):
-        (_torch_check_finite if is_tensor(x) else _np_check_finite)(x, name)
     return _scores(q, k, rb, cb, mask, rope=rope, tril=tril)
-
-
-def _np_check_finite(x: Any, name: str) -> None:
-    from ._dispatch import check_finite
-
-    check_finite(x, name)
-
-
-def _torch_check_finite(x: Any, name: str) -> None:
-    from ._dispatch import check_finite
-
-    if x.device.type != "cpu":  # the Rust road checks on the CPU; on devices check here
-        check_finite(x, name)
 
 
 def global_pointer_decode(scores: Any, threshold: float = 0.0) -> Any:

@@ -206,26 +206,29 @@ pub(crate) fn max_slice<T: Real>(xs: &[T], init: T) -> T {
 /// in f64 lanes; the ties (each exactly 1) are counted apart so `log1p` stays exact.
 #[inline]
 pub(crate) fn sum_exp_slice<T: Real>(xs: &[T], shift: T) -> (f64, usize) {
+    // branch-free: every exp is computed and ties are masked out, so the loop vectorises
     let mut acc = [0.0f64; LANES];
-    let mut ties = [0usize; LANES];
-    let term = |x: T| {
-        if x == shift {
-            0.0
-        } else {
-            (x - shift).exp_fast().widen()
-        }
-    };
+    let mut ties = [0.0f64; LANES];
     let chunks = xs.chunks_exact(LANES);
     let rest = chunks.remainder();
     for c in chunks {
         for l in 0..LANES {
-            acc[l] += term(c[l]);
-            ties[l] += usize::from(c[l] == shift);
+            let e = (c[l] - shift).exp_fast().widen();
+            let tie = c[l] == shift;
+            acc[l] += if tie { 0.0 } else { e };
+            ties[l] += if tie { 1.0 } else { 0.0 };
         }
     }
-    let small = rest.iter().map(|&x| term(x)).sum::<f64>() + acc.iter().sum::<f64>();
-    let count = rest.iter().filter(|&&x| x == shift).count() + ties.iter().sum::<usize>();
-    (small, count)
+    let mut small: f64 = acc.iter().sum();
+    let mut count: f64 = ties.iter().sum();
+    for &x in rest {
+        if x == shift {
+            count += 1.0;
+        } else {
+            small += (x - shift).exp_fast().widen();
+        }
+    }
+    (small, count as usize)
 }
 
 /// `out = scale · exp((x - shift) - log_sum)`: one softmax-like gradient slice.

@@ -45,6 +45,9 @@ impl<T: Float + Send + Sync> Scores<'_, T> {
         if self.qk_heads != self.heads && self.bias.is_none() {
             return Err(Error::value("bias", "is needed when q and k have one head"));
         }
+        if d == 0 {
+            return Err(Error::value("head_size", "must be at least 1, got 0"));
+        }
         if self.rope && d % 2 != 0 {
             return Err(Error::value(
                 "head_size",

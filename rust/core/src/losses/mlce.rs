@@ -89,6 +89,53 @@ fn first_bad_logit<T: Real>(name: &str, s: &[T], row: usize) -> Result<()> {
     Ok(())
 }
 
+/// A row of hard labels, `keep` the mask's flags (monomorphised with and without a mask so
+/// both loops vectorise): negatives by a select into `buf`, positives (few) one by one.
+fn hard_forward<T: Real>(
+    s: &[T],
+    t: &[T],
+    keep: impl Iterator<Item = bool> + Clone,
+    buf: &mut Vec<T>,
+) -> [f64; STATS] {
+    let (ninf, one) = (T::neg_infinity(), T::one());
+    buf.resize(s.len(), ninf);
+    let neg = &mut buf[..s.len()];
+    for (((n, &sv), &tv), kept) in neg.iter_mut().zip(s).zip(t).zip(keep.clone()) {
+        *n = if (tv == one) | !kept { ninf } else { sv };
+    }
+    let mut pos = Lse0::<T>::new();
+    for ((&sv, &tv), kept) in s.iter().zip(t).zip(keep) {
+        if tv == one && kept && sv > ninf {
+            pos.add(-sv.widen());
+        }
+    }
+    let ([a, b], [c, d]) = (lse0_parts(std::iter::once(&*neg)), pos.parts());
+    [a, b, c, d]
+}
+
+/// Backward of [`hard_forward`]: one exponential per entry, branch-free.
+fn hard_backward<T: Real>(
+    s: &[T],
+    t: &[T],
+    keep: impl Iterator<Item = bool>,
+    st: &[f64],
+    g: T,
+    out: &mut [T],
+) {
+    let (ninf, one, zero) = (T::neg_infinity(), T::one(), T::zero());
+    let (mn, mp) = (T::narrow(st[0]), T::narrow(st[2])); // exact: maxima of T values
+    for (((o, &sv), &tv), kept) in out.iter_mut().zip(s).zip(t).zip(keep) {
+        let is_pos = tv == one;
+        let (v, shift, log_sum, sign) = if is_pos {
+            (-sv, mp, st[3], -g)
+        } else {
+            (sv, mn, st[1], g)
+        };
+        let e = T::narrow((v - shift).widen() - log_sum).exp_fast();
+        *o = if kept & (sv > ninf) { sign * e } else { zero };
+    }
+}
+
 /// All labels exactly 0 or 1: the row takes the vectorised path (no logs, one exp each).
 #[inline]
 fn hard<T: Real>(t: &[T]) -> bool {
@@ -126,18 +173,10 @@ impl<T: Real> Dense<'_, T> {
         let (s, t, m) = self.row(r);
         first_bad_logit("y_pred", s, r)?;
         if hard(t) {
-            let ninf = T::neg_infinity();
-            buf.resize(2 * s.len(), ninf);
-            let (neg, pos) = buf.split_at_mut(s.len());
-            for c in 0..s.len() {
-                let keep = m.map_or(true, |m| m[c] != 0) & (s[c] > ninf);
-                let is_pos = t[c] == T::one();
-                neg[c] = if keep & !is_pos { s[c] } else { ninf };
-                pos[c] = if keep & is_pos { -s[c] } else { ninf };
-            }
-            let [a, b] = lse0_parts(std::iter::once(&*neg));
-            let [c, d] = lse0_parts(std::iter::once(&*pos));
-            return Ok([a, b, c, d]);
+            return Ok(match m {
+                None => hard_forward(s, t, std::iter::repeat(true), buf),
+                Some(m) => hard_forward(s, t, m.iter().map(|&v| v != 0), buf),
+            });
         }
         let (mut neg, mut pos) = (Lse0::<T>::new(), Lse0::<T>::new());
         for c in 0..s.len() {
@@ -159,18 +198,9 @@ impl<T: Real> Dense<'_, T> {
     fn backward_row(&self, r: usize, st: &[f64], g: T, out: &mut [T]) {
         let (s, t, m) = self.row(r);
         if hard(t) {
-            let ninf = T::neg_infinity();
-            let (mn, mp) = (T::narrow(st[0]), T::narrow(st[2])); // exact: maxima of T values
-            for c in 0..s.len() {
-                let keep = m.map_or(true, |m| m[c] != 0) & (s[c] > ninf);
-                let is_pos = t[c] == T::one();
-                let (v, shift, log_sum, sign) = if is_pos {
-                    (-s[c], mp, st[3], -g)
-                } else {
-                    (s[c], mn, st[1], g)
-                };
-                let e = T::narrow((v - shift).widen() - log_sum).exp_fast();
-                out[c] = if keep { sign * e } else { T::zero() };
+            match m {
+                None => hard_backward(s, t, std::iter::repeat(true), st, g, out),
+                Some(m) => hard_backward(s, t, m.iter().map(|&v| v != 0), st, g, out),
             }
             return;
         }

@@ -15,10 +15,16 @@ from collections.abc import Callable
 __all__ = ["available", "compare", "median_time"]
 
 
-def median_time(fn: Callable[[], object], *, repeat: int = 7, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeat`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
+def median_time(
+    fn: Callable[[], object], *, repeat: int = 7, warmup: int = 2, warmup_seconds: float = 0.2
+) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeat`` runs, after at least ``warmup``
+    runs and ``warmup_seconds`` of them (a fresh process needs time before its heap, page
+    tables and thread pools reach their steady state)."""
+    start, runs = time.perf_counter(), 0
+    while runs < warmup or time.perf_counter() - start < warmup_seconds:
         fn()
+        runs += 1
     times = []
     for _ in range(repeat):
         start = time.perf_counter()

@@ -49,7 +49,10 @@ from . import get_num_threads
 __all__ = ["generate_batch", "perplexity_batch", "row_seeds"]
 
 _LOCK = threading.Lock()
-_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # NgramLM → NgramScorer
+# NgramLM → NgramScorer; LMs read from a file are keyed by (path, sha256), so copies
+# unpickled by several tasks of one worker share a scorer.
+_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SCORERS_BY_FILE: dict[tuple[str, str], Any] = {}
 _LOADED: dict[str, Any] = {}  # path → NgramLM, for LMs passed by path
 
 
@@ -194,10 +197,11 @@ def _scorer(lm: Any) -> Any:
         lm = _load(lm)
     if not isinstance(lm, NgramLM):
         return lm  # a scorer already
+    cache, key = (_SCORERS, lm) if lm._source is None else (_SCORERS_BY_FILE, lm._source)
     with _LOCK:
-        scorer = _SCORERS.get(lm)
+        scorer = cache.get(key)
         if scorer is None:
-            scorer = _SCORERS[lm] = scorers.NgramScorer(lm)
+            scorer = cache[key] = scorers.NgramScorer(lm)
         return scorer
 
 

@@ -443,3 +443,15 @@ def test_cli(tmp_path, capsys, monkeypatch) -> None:
     assert cli.main(["lm", "score", str(model)]) == 0
     got = [float(x) for x in capsys.readouterr().out.split()]
     np.testing.assert_allclose(got, [lm.score(s) for s in ["w1 w2", "", "w3 w4 w5"]], atol=1e-6)
+
+
+PTB = os.path.join(os.environ.get("KEXUE_DATA", "/work/shared/data"), "ptb")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(PTB, "ptb.train.txt")), reason="no PTB data")
+def test_published_ptb_anchor() -> None:
+    # KN5 on PTB train, <unk> counted as a word: test perplexity 141.2 (Mikolov et al.;
+    # 141.19 with KenLM, per the data README).
+    lm = NgramLM.build(os.path.join(PTB, "ptb.train.txt"), order=5, backward=False, progress=False)
+    lines = open(os.path.join(PTB, "ptb.test.txt"), encoding="utf-8").read().splitlines()
+    assert lm.perplexity(lines) == pytest.approx(141.19, abs=0.01)

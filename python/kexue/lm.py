@@ -311,6 +311,13 @@ class NgramLM:
                 "sentences must be a str or an iterable of sentences, "
                 f"got {type(sentences).__name__}"
             )
+        if (
+            isinstance(sentences, list)
+            and self.tokenizer is None
+            and not self.lowercase
+            and all(type(s) is str for s in sentences)
+        ):
+            return sentences, False  # already what the native side takes
         return [self._prep(s) for s in sentences], False
 
     def logprob(
@@ -364,7 +371,9 @@ class NgramLM:
     ) -> np.ndarray:
         """Natural-log p(w | context): over the vocabulary (indexed like :attr:`vocab`;
         ``<s>``, never predicted, gets −inf, and the rest sums to 1) or over ``candidates``.
-        ``context`` starts after ``<s>`` when ``bos``."""
+        ``context`` starts after ``<s>`` when ``bos``. A candidate outside the vocabulary
+        scores as ``<unk>`` (as in ``kenlm``); when ``<unk>`` was counted as a word it can be
+        likely, so filter candidates by :attr:`vocab` where that matters."""
         ctx = self._prep(context).split()
         if candidates is not None:
             if isinstance(candidates, str):

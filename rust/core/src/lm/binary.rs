@@ -19,7 +19,7 @@ use super::write_atomically;
 use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"KEXUELM\0";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2; // 2: KenLM-style hash_extend
 const HEADER: usize = 32;
 
 /// Plain-old-data array elements: every bit pattern is a valid value, no padding, and

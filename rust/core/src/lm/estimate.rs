@@ -93,13 +93,15 @@ pub fn build(
     } else {
         corpus
     };
-    let one = |reverse| estimate(corpus, opts, reverse);
-    if backward {
-        let (f, b) = rayon::join(|| one(false), || one(true));
-        Ok((f?, Some(b?)))
+    // One direction after the other: each is parallel inside, and the peak memory is one
+    // estimation's working set, not two.
+    let forward = estimate(corpus, opts, false)?;
+    let backward = if backward {
+        Some(estimate(corpus, opts, true)?)
     } else {
-        Ok((one(false)?, None))
-    }
+        None
+    };
+    Ok((forward, backward))
 }
 
 fn estimate(corpus: &Corpus, opts: &BuildOptions, reverse: bool) -> Result<Model> {
@@ -470,7 +472,7 @@ fn log10_prob(p: f64) -> f32 {
 /// fallback 0.5, 1, 1.5 where the count-of-counts are degenerate, as in truncated lists).
 /// A bigram context's denominator is its unigram count, so the mass of pairs missing from a
 /// truncated table goes to the back-off. `</s>` gets `eos_count`; `<s>` is a context without
-/// bigrams (p(w | <s>) = p(w)).
+/// bigrams (`p(w | <s>) = p(w)`).
 pub fn from_counts(
     unigram_counts: &[(String, u64)],
     bigrams: &[(String, String, u64)],

@@ -3,11 +3,15 @@
 //! - [`Corpus`] collects training sentences; [`build`] estimates an interpolated modified
 //!   Kneser–Ney model exactly as KenLM's `lmplz` does (and its backward twin on reversed
 //!   sentences when asked); [`from_counts`] estimates a bigram model from count tables.
-//! - [`Model`] answers queries: [`Model::score_word`] from a [`State`] (incremental scoring,
-//!   O(order) hash look-ups per word), [`Model::cond_logprob`] from a context slice,
-//!   sentence scores ([`Model::score_ids`], [`Model::score_batch`], parallel), per-token
-//!   scores and next-word distributions. Scores are log10 (ARPA's unit) except
-//!   `cond_logprob`, which is a natural log.
+//! - [`Model`] answers queries. For generation loops (CGMH): [`Vocab::get`] / [`Vocab::word`]
+//!   map words ↔ ids, [`Model::order`], [`Model::cond_logprob`] gives ln p(word | context
+//!   slice), [`Model::begin_state`] + [`Model::score_word`] / [`Model::logprob_word`] score
+//!   incrementally (O(order) hash look-ups per word; a [`State`] is a small `Copy` value, so a
+//!   changed word only rescoring the positions after it is cheap), [`Model::next_scores`]
+//!   scores many candidate words after one state, [`Model::score_ids_batch`] many id
+//!   sentences in parallel. [`build`] and [`load`] return the forward model and, when asked,
+//!   the backward one (trained on reversed sentences, same vocabulary and ids). Scores are
+//!   log10 (ARPA's unit, and `kenlm`'s) except the `logprob`/`cond_logprob` ones (natural log).
 //! - [`write_arpa`] / [`read_arpa`] (reads lmplz output), [`save`] / [`load`] (binary).
 //!
 //! Word ids: [`UNK`] = 0, [`BOS`] = 1, [`EOS`] = 2, then words; [`Vocab`] maps both ways.

@@ -68,9 +68,12 @@ pub(crate) fn hash_word(w: u32) -> u64 {
     fmix64(u64::from(w) ^ 0x5851_f42d_4c95_7f2d)
 }
 
+/// KenLM's `CombineWordHash`: two independent multiplications, so extending a hash by a
+/// word costs a few cycles; slots are chosen by the well-mixed high bits.
 #[inline]
 pub(crate) fn hash_extend(h: u64, w: u32) -> u64 {
-    fmix64(h.rotate_left(23) ^ u64::from(w).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    h.wrapping_mul(8_978_948_897_894_561_157)
+        ^ (1 + u64::from(w)).wrapping_mul(17_894_857_484_156_487_943)
 }
 
 /// Hash of a key (newest word first) as stored in slots; never 0, the empty marker.
@@ -134,18 +137,11 @@ impl Table {
     /// Hints the CPU to load the slot where a search for `hash` starts.
     #[inline]
     fn prefetch(&self, hash: u64) {
-        let slot = self
-            .slots
-            .as_ptr()
-            .wrapping_add(bucket(hash.max(1), self.slots.len()));
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(slot.cast());
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = slot;
+        prefetch(
+            self.slots
+                .as_ptr()
+                .wrapping_add(bucket(hash.max(1), self.slots.len())),
+        );
     }
 
     #[inline]
@@ -168,6 +164,19 @@ impl Table {
     pub fn len(&self) -> usize {
         self.keys.len() / self.n
     }
+}
+
+/// Hints the CPU to start loading the cache line of `p` (a no-op off x86-64).
+#[inline]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 #[inline]
@@ -358,6 +367,18 @@ impl Model {
 
     /// As [`Model::score_word`], with the matched n-gram length and the OOV flag.
     pub fn score_full(&self, state: &State, word: u32) -> (TokenScore, State) {
+        self.score_impl(state, word, None)
+    }
+
+    /// Scoring itself; `hashes[k - 1]`, when given, is the hash of `word` with the first `k`
+    /// words of `state` (precomputed by the caller), else hashes are computed here.
+    #[inline(always)]
+    fn score_impl(
+        &self,
+        state: &State,
+        word: u32,
+        hashes: Option<&[u64; MAX_ORDER - 1]>,
+    ) -> (TokenScore, State) {
         let oov = word == UNK || word as usize >= self.unigrams.len();
         let word = if oov { UNK } else { word };
         let uni = self.unigrams[word as usize];
@@ -371,7 +392,10 @@ impl Model {
         let mut h = hash_word(word);
         let max_len = self.order().min(state.len() + 1);
         while matched < max_len {
-            h = hash_extend(h, state.words[matched - 1]);
+            h = match hashes {
+                Some(pre) => pre[matched - 1],
+                None => hash_extend(h, state.words[matched - 1]),
+            };
             let Some(slot) = self.tables[matched - 1].find(h) else {
                 break;
             };
@@ -395,6 +419,13 @@ impl Model {
             oov,
         };
         (score, next)
+    }
+
+    /// As [`Model::score_word`] in natural log (the unit of the ML APIs).
+    #[inline]
+    pub fn logprob_word(&self, state: &State, word: u32) -> (f64, State) {
+        let (p, next) = self.score_word(state, word);
+        (f64::from(p) * LN_10, next)
     }
 
     /// Natural-log probability of `word` after the words of `context` (oldest first).
@@ -475,17 +506,38 @@ impl Model {
         out.par_chunks_mut(64)
             .zip(sentences.par_chunks(64))
             .for_each(|(out, part)| {
-                let ids: Vec<Vec<u32>> = part.iter().map(|s| self.ids(s.as_ref())).collect();
-                let ids: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+                let (mut ids, mut ends) = (Vec::new(), vec![0]);
+                self.vocab.ids_batch(part, &mut ids, &mut ends);
+                let ids: Vec<&[u32]> = ends.windows(2).map(|w| &ids[w[0]..w[1]]).collect();
                 self.score_many(&ids, bos, eos, f32_sum, out);
             });
+        Ok(())
+    }
+
+    /// log10 scores of many id sentences (as [`Model::score_ids`]) in parallel (rayon).
+    pub fn score_ids_batch(
+        &self,
+        sentences: &[&[u32]],
+        bos: bool,
+        eos: bool,
+        out: &mut [f64],
+    ) -> Result<()> {
+        if out.len() != sentences.len() {
+            return Err(Error::value(
+                "out",
+                format!("must have {} elements, got {}", sentences.len(), out.len()),
+            ));
+        }
+        out.par_chunks_mut(64)
+            .zip(sentences.par_chunks(64))
+            .for_each(|(out, part)| self.score_many(part, bos, eos, false, out));
         Ok(())
     }
 
     /// Sentence scores (as [`Model::score_ids`], or [`Model::score_ids_f32`] when `f32_sum`).
     ///
     /// Every look-up a sentence can need is known from its words alone (the state only cuts
-    /// it short), so the slots of the word [`LOOKAHEAD`] positions ahead are prefetched while
+    /// it short), so the slots of the word `LOOKAHEAD` positions ahead are prefetched while
     /// the current one is scored: the cache misses of several words overlap.
     pub fn score_many(
         &self,
@@ -507,26 +559,33 @@ impl Model {
                     Err(_) => (i == -1 && bos).then_some(BOS),
                 }
             };
-            let prefetch = |i: usize| {
+            // Hashes of the word at i with 1, 2, … words of context, kept for scoring it.
+            let mut ring = [[0u64; MAX_ORDER - 1]; LOOKAHEAD + 1];
+            let prefetch = |ring: &mut [[u64; MAX_ORDER - 1]; LOOKAHEAD + 1], i: usize| {
                 let i = i as isize;
                 let Some(w) = at(i) else { return };
+                let hashes = &mut ring[i as usize % (LOOKAHEAD + 1)];
                 let mut h = hash_word(self.known(w));
                 for (k, t) in (1..).zip(&self.tables) {
                     let Some(c) = at(i - k) else { break };
-                    h = hash_extend(h, c);
+                    h = hash_extend(h, self.known(c));
+                    hashes[k as usize - 1] = h;
                     t.prefetch(h);
                 }
             };
-            (0..LOOKAHEAD).for_each(prefetch);
+            (0..LOOKAHEAD).for_each(|i| prefetch(&mut ring, i));
             let mut state = start;
             let (mut sum64, mut sum32) = (0f64, 0f32);
             for i in 0..len {
-                prefetch(i + LOOKAHEAD);
+                prefetch(&mut ring, i + LOOKAHEAD);
                 let w = at(i as isize).unwrap_or(EOS);
-                let (p, next) = self.score_word(&state, w);
+                // The state holds the sentence's own context words, so the prefetch hashes
+                // are the ones scoring needs.
+                let hashes = &ring[i % (LOOKAHEAD + 1)];
+                let (score, next) = self.score_impl(&state, w, Some(hashes));
                 state = next;
-                sum64 += f64::from(p);
-                sum32 += p;
+                sum64 += f64::from(score.log10);
+                sum32 += score.log10;
             }
             *out = if f32_sum { f64::from(sum32) } else { sum64 };
         }

@@ -121,6 +121,26 @@ fn corrupt_arpa_names_file_and_line() {
 }
 
 #[test]
+fn batch_scores_equal_single_scores() {
+    let (m, _) = model(5, false);
+    let sentences: Vec<Vec<u32>> = ["the cat sat on the mat", "", "a dog saw the log", "zzz"]
+        .iter()
+        .cycle()
+        .take(300)
+        .map(|s| m.ids(s))
+        .collect();
+    let refs: Vec<&[u32]> = sentences.iter().map(Vec::as_slice).collect();
+    for (bos, eos) in [(true, true), (false, true), (true, false), (false, false)] {
+        let mut out = vec![0.0; refs.len()];
+        m.score_ids_batch(&refs, bos, eos, &mut out).unwrap();
+        for (s, o) in refs.iter().zip(&out) {
+            assert_eq!(*o, m.score_ids(s, bos, eos));
+        }
+    }
+    assert!(m.score_ids_batch(&refs, true, true, &mut [0.0]).is_err());
+}
+
+#[test]
 fn states_agree_with_context_slices() {
     let (m, _) = model(4, false);
     let ids = m.ids("the cat sat on the mat");
@@ -130,6 +150,7 @@ fn states_agree_with_context_slices() {
         let (p, next) = m.score_word(&state, w);
         let q = m.cond_logprob(&ctx, w);
         assert!((f64::from(p) * LN_10 - q).abs() < 1e-12);
+        assert_eq!(m.logprob_word(&state, w).0, q);
         state = next;
         ctx.push(w);
     }

@@ -123,6 +123,42 @@ impl Vocab {
         (h != 0).then_some(id)
     }
 
+    /// The ids of the words of each sentence (`<unk>` for unknown ones), appended to `ids`;
+    /// each sentence's end offset is pushed to `ends`. All words are hashed and their slots
+    /// prefetched first, so the look-ups' cache misses overlap.
+    pub fn ids_batch<S: AsRef<str>>(
+        &self,
+        sentences: &[S],
+        ids: &mut Vec<u32>,
+        ends: &mut Vec<usize>,
+    ) {
+        let mut words: Vec<(&str, u64)> = Vec::new();
+        let mut lens = Vec::with_capacity(sentences.len());
+        let mask = self.slots.len() - 1;
+        for s in sentences {
+            let before = words.len();
+            for t in tokens(s.as_ref()) {
+                let h = word_hash(t);
+                super::model::prefetch(self.slots.as_ptr().wrapping_add(h as usize & mask));
+                words.push((t, h));
+            }
+            lens.push(words.len() - before);
+        }
+        ids.extend(words.iter().map(|&(w, h)| {
+            let (found, id) = self.slots[self.slot(w, h)];
+            if found == 0 {
+                UNK
+            } else {
+                id
+            }
+        }));
+        let mut end = ends.last().copied().unwrap_or(0);
+        for n in lens {
+            end += n;
+            ends.push(end);
+        }
+    }
+
     /// The id of `word`, [`UNK`] when it is not in the vocabulary.
     pub fn id(&self, word: &str) -> u32 {
         self.get(word).unwrap_or(UNK)
@@ -152,9 +188,73 @@ impl Vocab {
 /// The tokens of one line: split on Unicode whitespace, as Python's `str.split()` and
 /// `kenlm.Model.score` do (lmplz splits on ASCII space, tab and CR only; the two agree on
 /// text without other whitespace characters).
-pub fn tokens(line: &str) -> impl Iterator<Item = &str> {
-    line.split(|c: char| c.is_whitespace() || c == '\0')
-        .filter(|t| !t.is_empty())
+pub fn tokens(line: &str) -> Tokens<'_> {
+    Tokens { rest: line }
+}
+
+/// Iterator of [`tokens`]; bytes below 0x80 are classified without decoding characters.
+pub struct Tokens<'a> {
+    rest: &'a str,
+}
+
+/// ASCII separators: what `char::is_whitespace` accepts below 0x80, and NUL.
+const fn ascii_separators() -> [bool; 128] {
+    let mut t = [false; 128];
+    let seps = [b' ', b'\t', b'\n', 0x0b, 0x0c, b'\r', 0];
+    let mut i = 0;
+    while i < seps.len() {
+        t[seps[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+static SEPARATOR: [bool; 128] = ascii_separators();
+
+impl<'a> Tokens<'a> {
+    /// Whether a separator starts at byte `i` (a char boundary), and the char's length.
+    #[inline]
+    fn at(&self, i: usize) -> (bool, usize) {
+        let b = self.rest.as_bytes()[i];
+        if b < 0x80 {
+            (SEPARATOR[b as usize], 1)
+        } else {
+            match self.rest[i..].chars().next() {
+                Some(c) => (c.is_whitespace(), c.len_utf8()),
+                None => (false, 1),
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = &'a str;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a str> {
+        let n = self.rest.len();
+        let mut start = 0;
+        loop {
+            if start == n {
+                self.rest = "";
+                return None;
+            }
+            match self.at(start) {
+                (true, k) => start += k,
+                (false, _) => break,
+            }
+        }
+        let mut end = start;
+        while end < n {
+            match self.at(end) {
+                (false, k) => end += k,
+                (true, _) => break,
+            }
+        }
+        let word = &self.rest[start..end];
+        self.rest = &self.rest[end..];
+        Some(word)
+    }
 }
 
 /// Training sentences as id sequences over a growing vocabulary.
@@ -297,6 +397,19 @@ mod tests {
         let mut c = Corpus::new(false);
         c.add_sentence("a <unk>");
         assert_eq!(c.sentences().next().unwrap(), &[3, UNK]);
+    }
+
+    #[test]
+    fn tokens_split_on_unicode_whitespace() {
+        let line = "\u{a0}a  b\tc\u{3000}dé\0e\u{2028}\r\n ";
+        let want: Vec<&str> = line
+            .split(|c: char| c.is_whitespace() || c == '\0')
+            .filter(|t| !t.is_empty())
+            .collect();
+        assert_eq!(tokens(line).collect::<Vec<_>>(), want);
+        assert_eq!(want, ["a", "b", "c", "dé", "e"]);
+        assert_eq!(tokens("").count(), 0);
+        assert_eq!(tokens(" \u{85} ").count(), 0);
     }
 
     #[test]

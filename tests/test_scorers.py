@@ -132,3 +132,22 @@ def test_cli_generate(capsys, tmp_path):
     assert png.stat().st_size > 1000
     with pytest.raises(SystemExit):
         main(["generate"])
+
+
+def test_native_loop_is_thread_count_independent_and_takes_ngramlm(ngram):
+    import kexue
+    from kexue.lm import NgramLM
+
+    kw = [["cat"], ["dog", "tree"], ["the", "the"]]
+    kexue.set_num_threads(1)
+    a = cgmh.generate_many(kw, ngram, n=5, steps=80, seed=3, anneal=True)
+    kexue.set_num_threads(0)
+    b = cgmh.generate_many(kw, ngram, n=5, steps=80, seed=3, anneal=True)
+    assert [[s.tokens for s in r] for r in a] == [[s.tokens for s in r] for r in b]
+    lm = NgramLM.build(SENTENCES, 3, progress=False, discount_fallback=True)
+    out = cgmh.generate(["bird", "mat"], lm, n=2, steps=40)  # an NgramLM is wrapped natively
+    assert all({"bird", "mat"} <= set(s.tokens) for s in out)
+    src = "the cat sat on on the mat"
+    fixed = cgmh.correct(src, lm, n=1, steps=100, weight=1.0)[0]
+    # the best state seen is at least as good (per token) as the input, the chain's start
+    assert fixed.log_target / (len(fixed.tokens) + 1) >= lm.logprob(src) / 8 - 1e-9

@@ -103,6 +103,35 @@ def lm_from_counts(
 
 # --- cgmh -------------------------------------------------------------------------------
 
+class CgmhNgram:
+    """A forward n-gram model (and backward twin), shared with the Rust loop."""
+
+    def __init__(self, forward: NgramModel, backward: NgramModel | None = None) -> None: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def has_backward(self) -> bool: ...
+
+def cgmh_run(
+    lm: Any,
+    inputs: list[list[int]],
+    fixed: list[list[bool]],
+    priors: list[list[Any]],
+    n: int,
+    steps: int,
+    top_k: int,
+    actions: tuple[float, float, float],
+    min_len: int,
+    max_len: int,
+    gamma: float,
+    anneal: tuple[float, float] | None,
+    index: str,
+    explore: float,
+    seed: int,
+    best: bool,
+    trace: bool,
+) -> list[dict[str, Any]]: ...
+
 # --- attention --------------------------------------------------------------------------
 
 def attention_orthogonal_random(

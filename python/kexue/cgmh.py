@@ -54,6 +54,8 @@ class Sentence:
     #: the chain's final state (equal to ``tokens`` when ``select="last"``)
     last_tokens: list[str]
     last_logprob: float
+    #: proposals and acceptances per action; a replace that redraws the current word counts
+    #: as accepted (it is a Gibbs draw), a move with no valid target as rejected
     proposed: dict[str, int]
     accepted: dict[str, int]
     #: per step, with ``return_trace=True``: log target of the current state, acceptance

@@ -41,18 +41,20 @@ class NgramScorer:
     model, if built, picks candidates together with the forward one) or a
     ``kexue._native.NgramModel``; ``backward``: an explicit backward model.
 
-    >>> from kexue.lm import NgramLM                       # doctest: +SKIP
-    >>> lm = NgramLM.build("corpus.txt", order=4, reverse=True)
-    >>> kexue.cgmh.generate(["cat", "mat"], NgramScorer(lm))
+    >>> from kexue.cgmh import generate
+    >>> from kexue.lm import NgramLM
+    >>> lm = NgramLM.build(["the cat sat on the mat", "a dog sat"], 3, progress=False,
+    ...                    discount_fallback=True)
+    >>> out = generate(["dog", "mat"], NgramScorer(lm), n=2, steps=30)
+    >>> all("dog" in s.tokens and "mat" in s.tokens for s in out)
+    True
     """
 
     def __init__(self, lm: Any, backward: Any = None) -> None:
         forward, back = _models(lm)
         if backward is not None:
             back = _models(backward)[0]
-        # The sampler needs the models in Rust; the binary image is the LM's public exchange
-        # format, parsed once here.
-        self._cgmh_native = _native.CgmhNgram(_native.lm_to_bytes(forward, back))
+        self._cgmh_native = _native.CgmhNgram(forward, back)
         self._forward, self._backward = forward, back
         self._words = list(forward.words())
         self._index = {w: i for i, w in enumerate(self._words)}
@@ -89,11 +91,12 @@ class NgramScorer:
 
 
 def _models(lm: Any) -> tuple[Any, Any]:
+    from .lm import NgramLM
+
     if isinstance(lm, _native.NgramModel):
         return lm, None
-    inner = getattr(lm, "_model", None)  # kexue.lm.NgramLM
-    if isinstance(inner, _native.NgramModel):
-        return inner, getattr(lm, "_reverse_native", None)
+    if isinstance(lm, NgramLM):
+        return lm.native, (lm.reverse.native if lm.reverse is not None else None)
     raise TypeError(f"lm must be a kexue.lm.NgramLM or NgramModel, got {type(lm).__name__}")
 
 
@@ -121,9 +124,9 @@ def default_lm() -> NgramScorer:
 
     version = importlib.metadata.version("symspellpy")
     path = _cache_dir() / f"symspell-en-{version}.kxlm"
-    if path.exists():
+    try:
         forward, backward = _native.lm_load(str(path))
-    else:
+    except (OSError, ValueError):  # not built yet, or written by another kexue version
         files = importlib.resources.files("symspellpy")
 
         def table(name: str, n: int) -> list[tuple]:

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::arrays::detached;
+use crate::lm::PyModel;
 
 fn py_err(what: &str, e: PyErr) -> Error {
     Error::value(what, format!("raised {e}"))
@@ -95,12 +96,7 @@ impl Scorer for PyScorer {
         out: &mut [f64],
     ) -> kexue_core::Result<()> {
         if !self.batched {
-            let mut y = x.to_vec();
-            for (o, &c) in out.iter_mut().zip(cands) {
-                y[pos] = c;
-                *o = self.sentence_logprob(&y)?;
-            }
-            return Ok(());
+            return cgmh::replace_by_sentences(self, x, pos, cands, out);
         }
         Python::with_gil(|py| {
             let cands = PyArray1::from_slice(py, cands);
@@ -144,8 +140,8 @@ impl Scorer for PyScorer {
     }
 }
 
-/// A forward n-gram model and its optional backward twin, parsed once from the binary image
-/// `kexue._native.lm_to_bytes` writes; a scorer exposing one as `_cgmh_native` runs the whole
+/// A forward n-gram model and its optional backward twin (shared, not copied) with the
+/// successor lists the sampler needs; a scorer exposing one as `_cgmh_native` runs the whole
 /// loop in Rust.
 #[pyclass(module = "kexue._native", name = "CgmhNgram", frozen)]
 struct PyNgram {
@@ -155,11 +151,10 @@ struct PyNgram {
 #[pymethods]
 impl PyNgram {
     #[new]
-    fn new(py: Python<'_>, image: &[u8]) -> PyResult<Self> {
-        let inner = detached(py, || {
-            let (f, b) = kexue_core::lm::from_bytes(image, std::path::Path::new("<lm image>"))?;
-            Ngram::new(Arc::new(f), b.map(Arc::new))
-        })?;
+    #[pyo3(signature = (forward, backward = None))]
+    fn new(py: Python<'_>, forward: &PyModel, backward: Option<&PyModel>) -> PyResult<Self> {
+        let (f, b) = (forward.model().clone(), backward.map(|b| b.model().clone()));
+        let inner = detached(py, || Ngram::new(f, b))?;
         Ok(PyNgram {
             inner: Arc::new(inner),
         })

@@ -44,12 +44,7 @@ pub trait Scorer: Sync {
         cands: &[u32],
         out: &mut [f64],
     ) -> Result<()> {
-        let mut y = x.to_vec();
-        for (o, &c) in out.iter_mut().zip(cands) {
-            y[pos] = c;
-            *o = self.sentence_logprob(&y)?;
-        }
-        Ok(())
+        replace_by_sentences(self, x, pos, cands, out)
     }
 
     /// `out[w]` = log p→(w | x[..pos]) for every word `w` (the value of `x[pos..]` is unused).
@@ -58,6 +53,22 @@ pub trait Scorer: Sync {
     /// `out[w]` = log p←(w | x[pos + 1..]) from a backward model; returns `false` (and leaves
     /// `out` alone) when the scorer has none, in which case candidates use the forward model.
     fn backward_logprobs(&self, x: &[u32], pos: usize, out: &mut [f32]) -> Result<bool>;
+}
+
+/// [`Scorer::replace_logprobs`] by scoring each candidate sentence in full.
+pub fn replace_by_sentences<S: Scorer + ?Sized>(
+    scorer: &S,
+    x: &[u32],
+    pos: usize,
+    cands: &[u32],
+    out: &mut [f64],
+) -> Result<()> {
+    let mut y = x.to_vec();
+    for (o, &c) in out.iter_mut().zip(cands) {
+        y[pos] = c;
+        *o = scorer.sentence_logprob(&y)?;
+    }
+    Ok(())
 }
 
 /// A soft term `log s(x)` added to the target (paraphrase similarity, closeness to a source).

@@ -5,6 +5,7 @@
 //! min_len ≤ |x| ≤ max_len. Every move below is an exact MH step for that target.
 
 use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 
 use rand::Rng as _;
 
@@ -29,12 +30,37 @@ pub struct Chain<'a, S: Scorer + ?Sized> {
     lt: f64,
     fwd: Vec<f32>,
     bwd: Vec<f32>,
-    ids: Vec<u32>,
+    heap: BinaryHeap<Ranked>,
     cands: Vec<u32>,
     cand_lp: Vec<f64>,
     cand_lt: Vec<f64>,
     scratch: Vec<u32>,
 }
+
+/// A word ranked by its candidate index: "greater" means worse (lower index, then larger
+/// id), so the top-K set is a function of the index alone, ties included.
+#[derive(Clone, Copy, Debug)]
+struct Ranked(f32, u32);
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
+    }
+}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranked {}
 
 fn check_logprob(v: f64) -> Result<f64> {
     if v.is_nan() || v == f64::INFINITY {
@@ -77,7 +103,7 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
             lt: 0.0,
             fwd: vec![0.0; vocab],
             bwd: vec![0.0; vocab],
-            ids: Vec::with_capacity(vocab),
+            heap: BinaryHeap::new(),
             cands: Vec::new(),
             cand_lp: Vec::new(),
             cand_lt: Vec::new(),
@@ -123,22 +149,25 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
                 "returned NaN in a next-word distribution",
             ));
         }
-        let fwd = &self.fwd;
-        self.ids.clear();
-        self.ids.extend(0..fwd.len() as u32);
+        // One pass with a size-K heap whose top is the worst kept word: almost every word is
+        // rejected by a single comparison (a full selection over V costs several times more).
         let k = self.config.top_k;
-        if k < self.ids.len() {
-            let cmp = |a: &u32, b: &u32| {
-                fwd[*b as usize]
-                    .partial_cmp(&fwd[*a as usize])
-                    .unwrap_or(Ordering::Equal)
-                    .then(a.cmp(b))
-            };
-            self.ids.select_nth_unstable_by(k - 1, cmp);
-            self.ids.truncate(k);
+        let heap = &mut self.heap;
+        heap.clear();
+        for (w, &v) in self.fwd.iter().enumerate() {
+            let e = Ranked(v, w as u32);
+            if heap.len() < k {
+                heap.push(e);
+            } else if let Some(mut worst) = heap.peek_mut() {
+                if e < *worst {
+                    *worst = e;
+                }
+            }
         }
         self.cands.clear();
-        self.cands.extend_from_slice(&self.ids);
+        self.cands.extend(heap.iter().map(|r| r.1));
+        self.cands
+            .sort_unstable_by_key(|&w| Ranked(self.fwd[w as usize], w));
         Ok(())
     }
 

@@ -471,3 +471,6 @@ def plot_trace(sentences: Sequence[Sentence], path: str) -> None:
         plt.close(fig)
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+from .pipelines import generate_batch as generate_batch  # noqa: E402  (DataFrame/Arrow batches)

@@ -38,6 +38,7 @@ Conventions (those of ``kenlm`` and ``lmplz``):
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Union
@@ -95,6 +96,7 @@ class NgramLM:
         self.tokenizer = tokenizer
         self._vocab: tuple[str, ...] | None = None
         self._reverse: NgramLM | None = None
+        self._source: tuple[str, str] | None = None  # (path, sha256) when read by load()
 
     # --- construction ---------------------------------------------------------------------
 
@@ -206,8 +208,12 @@ class NgramLM:
     ) -> NgramLM:
         """Reads a file written by :meth:`save` (``lowercase``/``tokenizer`` are not stored:
         pass them again)."""
-        model, reverse = _native.lm_load(os.fspath(path))
-        return cls(model, reverse, lowercase=lowercase, tokenizer=tokenizer)
+        path = os.path.abspath(os.fspath(path))
+        digest = _sha256(path)
+        model, reverse = _native.lm_load(path)
+        lm = cls(model, reverse, lowercase=lowercase, tokenizer=tokenizer)
+        lm._source = (path, digest)  # pickled by reference: see __getstate__
+        return lm
 
     def save_arpa(self, path: str | os.PathLike[str]) -> None:
         """Writes the forward model as ARPA (``lm.reverse.save_arpa`` for the backward one);
@@ -228,17 +234,29 @@ class NgramLM:
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            "model": bytes(_native.lm_to_bytes(self._model, self._reverse_native)),
-            "lowercase": self.lowercase,
-            "tokenizer": self.tokenizer,
-        }
+        """A model read by :meth:`load` pickles as its file's path and SHA-256 (a few hundred
+        bytes, so broadcasting it to workers is cheap; unpickling re-reads the file and
+        raises ``ValueError`` if its content changed); any other model as its binary image."""
+        state: dict[str, Any] = {"lowercase": self.lowercase, "tokenizer": self.tokenizer}
+        if self._source is not None:
+            state["path"], state["sha256"] = self._source
+        else:
+            state["model"] = bytes(_native.lm_to_bytes(self._model, self._reverse_native))
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        model, reverse = _native.lm_from_bytes(state["model"])
+        if "path" in state:
+            path, digest = state["path"], state["sha256"]
+            if _sha256(path) != digest:
+                raise ValueError(f"{path}: the LM file changed since this model was pickled")
+            model, reverse = _native.lm_load(path)
+        else:
+            model, reverse = _native.lm_from_bytes(state["model"])
         NgramLM.__init__(
             self, model, reverse, lowercase=state["lowercase"], tokenizer=state["tokenizer"]
         )
+        if "path" in state:
+            self._source = (path, digest)
 
     # --- properties -----------------------------------------------------------------------
 
@@ -341,6 +359,13 @@ class NgramLM:
         tokens = sum(len(s.split()) + 1 for s in batch)
         return float(np.exp(-total / tokens))
 
+    def perplexity_batch(self, batch: Any, text_col: str = "text", **options: Any) -> Any:
+        """:func:`kexue.pipelines.perplexity_batch` with this model: per-row perplexity of a
+        DataFrame / Arrow table / dict batch, for corpus filtering in Dask or Ray."""
+        from .pipelines import perplexity_batch
+
+        return perplexity_batch(batch, text_col, self, **options)
+
     def next_logprobs(
         self, context: Sentence, candidates: Sequence[str] | None = None, *, bos: bool = True
     ) -> np.ndarray:
@@ -355,6 +380,14 @@ class NgramLM:
                 raise TypeError("candidates must be a sequence of words, not a str")
             candidates = [self._prep(c) for c in candidates]
         return self._model.next_scores(ctx, candidates, bos=bool(bos)) * LN10
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _read_file(

@@ -500,6 +500,9 @@ class VonMisesFisher:
         self.mu, self.kappa, self.dim = mu, kappa[()], _check_d(mu.shape[-1])
         self._seeds = np.random.default_rng(seed)
 
+    def __getnewargs__(self) -> tuple[Any, Any]:  # pickle: __new__ needs mu and kappa
+        return self.mu, self.kappa
+
     def _seed(self, seed: Any) -> int:
         if seed is None:
             return int(self._seeds.integers(2**63))

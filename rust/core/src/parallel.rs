@@ -4,6 +4,7 @@
 //! must work at any time, so kernels run inside a replaceable pool of our own. Until a
 //! size is set, rayon's global pool (which honours `RAYON_NUM_THREADS`) is used.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -11,12 +12,23 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 use crate::{Error, Result};
 
 static POOL: RwLock<Option<Arc<ThreadPool>>> = RwLock::new(None);
+/// Process that started the pool's threads: a `fork` child inherits the pool but not its
+/// threads, so a kernel run there would wait forever on workers that do not exist.
+static PID: AtomicU32 = AtomicU32::new(0);
+/// Set in a `fork` child: rayon's global pool may be one of the dead inherited ones.
+static FORKED: AtomicBool = AtomicBool::new(false);
 
 /// Elements per task below which splitting work costs more than it saves.
 pub const MIN_CHUNK: usize = 1 << 14;
 
 /// Sizes the pool; `0` returns to rayon's default (`RAYON_NUM_THREADS` or the core count).
 pub fn set_num_threads(n: usize) -> Result<()> {
+    current(); // in a fork child, first replaces the inherited pool (never drops it)
+    let n = if n == 0 && FORKED.load(Ordering::Acquire) {
+        rayon::current_num_threads() // the default size, but in a pool of live threads
+    } else {
+        n
+    };
     let pool = if n == 0 {
         None
     } else {
@@ -37,6 +49,29 @@ pub fn num_threads() -> usize {
 }
 
 fn current() -> Option<Arc<ThreadPool>> {
+    let pid = std::process::id();
+    if PID.load(Ordering::Acquire) != pid {
+        let mut pool = POOL.write().unwrap_or_else(|e| e.into_inner());
+        let owner = PID.load(Ordering::Acquire);
+        if owner != pid {
+            if owner != 0 {
+                // Forked child: start live threads, as many as before. The inherited pool is
+                // leaked, not dropped: dropping would signal threads that are not there.
+                let n = pool
+                    .as_ref()
+                    .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+                std::mem::forget(pool.take());
+                FORKED.store(true, Ordering::Release);
+                *pool = ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("kexue-{i}"))
+                    .build()
+                    .ok()
+                    .map(Arc::new);
+            }
+            PID.store(pid, Ordering::Release);
+        }
+    }
     POOL.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 

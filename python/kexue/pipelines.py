@@ -1,0 +1,265 @@
+"""kexue inside data pipelines: batch entry points for Dask, Ray Data and plain pandas/pyarrow.
+
+Each function takes a batch in the formats the engines hand to user code — a pandas DataFrame
+(Dask ``map_partitions``, Ray ``batch_format="pandas"``), a pyarrow Table (Ray
+``batch_format="pyarrow"``) or a dict of numpy arrays (Ray's default ``"numpy"``) — and returns
+the same kind with columns added, so it drops into ``ddf.map_partitions(generate_batch, ...)``
+or ``ds.map_batches(generate_batch, fn_kwargs=...)`` as is.
+
+Results never depend on how the data is partitioned: every random row gets its own seed, read
+from ``seed_col`` or derived from ``(seed, row index)`` by :class:`numpy.random.SeedSequence`.
+The row index is ``index_col`` if given, else the DataFrame's index (Dask keeps the global one;
+a non-integer index raises), else the row's position in the batch — so give Ray batches, which
+carry no index, an id or seed column.
+
+>>> import pandas as pd
+>>> from kexue.pipelines import generate_batch
+>>> df = pd.DataFrame({"keywords": ["cat mat", "dog park", "rain"]})
+>>> out = generate_batch(df, steps=40, seed=1)
+>>> list(out.columns)
+['keywords', 'text', 'logprob', 'nll_per_token', 'acceptance_rate']
+>>> out.iloc[1:].equals(generate_batch(df.iloc[1:], steps=40, seed=1))  # any partitioning
+True
+
+Sharing and safety. The LM is used read-only: a :class:`kexue.lm.NgramLM` (and the native
+``NgramModel`` / CGMH scorer behind it) may be used by many threads at once. Pass the LM itself
+(``client.scatter(lm, broadcast=True)`` in Dask; ``ray.put(lm)`` in Ray): an LM read by
+:meth:`~kexue.lm.NgramLM.load` pickles as path + SHA-256, and each worker process builds its
+CGMH scorer once (cached per LM object). A path string also works: each process then loads the
+file once. kexue's thread pool survives ``fork``: a child process starts fresh threads on its
+first kernel call (inherited pools are never used). The corpus builder
+(``kexue._native.NgramCorpus``) is the one mutable native object; concurrent use of one builder
+raises ``RuntimeError`` instead of corrupting it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from . import get_num_threads
+
+__all__ = ["generate_batch", "perplexity_batch", "row_seeds"]
+
+_LOCK = threading.Lock()
+# NgramLM → NgramScorer; LMs read from a file are keyed by (path, sha256), so copies
+# unpickled by several tasks of one worker share a scorer.
+_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SCORERS_BY_FILE: dict[tuple[str, str], Any] = {}
+_LOADED: dict[str, Any] = {}  # path → NgramLM, for LMs passed by path
+
+
+def row_seeds(seed: int, index: Sequence[int] | np.ndarray) -> np.ndarray:
+    """One 64-bit seed per row from ``(seed, row index)``: independent streams for nearby
+    indices, identical whatever the partitioning."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    idx = np.asarray(index)
+    if idx.size and (idx.dtype.kind not in "iu" or idx.min() < 0):
+        raise ValueError("the row index must hold ints >= 0 (give index_col or seed_col)")
+    return np.array(
+        [np.random.SeedSequence((int(seed), int(i))).generate_state(1, np.uint64)[0] for i in idx],
+        dtype=np.uint64,
+    )
+
+
+def generate_batch(
+    batch: Any,
+    keywords_col: str = "keywords",
+    lm: Any = None,
+    *,
+    seed_col: str | None = None,
+    seed: int = 0,
+    index_col: str | None = None,
+    n: int = 1,
+    steps: int = 200,
+    threads: int | None = None,
+    **options: Any,
+) -> Any:
+    """CGMH sentences for every row's keywords (:func:`kexue.cgmh.generate`).
+
+    ``keywords_col`` holds a whitespace-separated str or a list of words per row. ``lm``: a
+    :class:`kexue.lm.NgramLM`, a path of an LM file (loaded once per process), any
+    :mod:`kexue.scorers` scorer, or None for the built-in English LM. Row ``i`` is seeded by
+    ``batch[seed_col][i]``, else by ``(seed, row index)`` (see the module notes). Adds columns
+    ``text``, ``logprob`` (natural log), ``nll_per_token`` and ``acceptance_rate``; with
+    ``n > 1`` each row is repeated ``n`` times and a ``sample`` column added. Rows run on
+    ``threads`` threads (default: :func:`kexue.get_num_threads`); ``options`` go to
+    :func:`kexue.cgmh.generate` (``anneal``, ``top_k``, ``order``, ...).
+    """
+    from .cgmh import generate_many
+
+    kind, cols, index, rows = _columns(batch, "batch")
+    words = [_keywords(k, i) for i, k in enumerate(_column(cols, keywords_col, "keywords_col"))]
+    if seed_col is not None:
+        seeds = np.asarray(_column(cols, seed_col, "seed_col"))
+        if rows and (seeds.dtype.kind not in "iu" or seeds.min() < 0):
+            raise ValueError(f"seed_col {seed_col!r} must hold ints >= 0")
+    else:
+        if index_col is not None:
+            index = np.asarray(_column(cols, index_col, "index_col"))
+        seeds = row_seeds(seed, np.arange(rows) if index is None else index)
+    scorer = _scorer(lm)
+    if threads is None:
+        threads = get_num_threads()
+
+    def one(i: int) -> list:
+        return generate_many([words[i]], scorer, n=n, steps=steps, seed=int(seeds[i]), **options)[0]
+
+    with ThreadPoolExecutor(max(1, min(int(threads), rows))) as pool:
+        results = list(pool.map(one, range(rows)))
+    flat = [s for row in results for s in row]
+    new = {
+        "text": np.array([s.text for s in flat], dtype=object),
+        "logprob": np.array([s.logprob for s in flat], dtype=np.float64),
+        "nll_per_token": np.array([s.nll_per_token for s in flat], dtype=np.float64),
+        "acceptance_rate": np.array([s.acceptance_rate for s in flat], dtype=np.float64),
+    }
+    take = None
+    if n > 1:
+        take = np.repeat(np.arange(rows), n)
+        new["sample"] = np.tile(np.arange(n), rows)
+    return _with_columns(kind, batch, take, new)
+
+
+def perplexity_batch(
+    batch: Any,
+    text_col: str = "text",
+    lm: Any = None,
+    *,
+    max_perplexity: float | None = None,
+) -> Any:
+    """Per-row LM scores for corpus filtering: adds ``logprob`` (natural log of the sentence,
+    ``</s>`` included), ``tokens`` (words + ``</s>``) and ``perplexity`` columns, and keeps only
+    rows with ``perplexity <= max_perplexity`` when given. ``lm``: a :class:`kexue.lm.NgramLM`
+    or the path of one (loaded once per process). Deterministic: no seeds involved."""
+    from .lm import NgramLM
+
+    if lm is None:
+        raise TypeError("lm must be a kexue.lm.NgramLM or the path of an LM file, got None")
+    if not isinstance(lm, NgramLM):
+        lm = _load(lm)
+    kind, cols, _, _ = _columns(batch, "batch")
+    texts = list(_column(cols, text_col, "text_col"))
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"text_col must hold str, row {i} is {type(t).__name__}")
+    prepped = [lm._prep(t) for t in texts]
+    logprob = np.asarray(lm.logprob(prepped), dtype=np.float64) if texts else np.zeros(0)
+    tokens = np.array([len(t.split()) + 1 for t in prepped], dtype=np.int64)
+    ppl = np.exp(-logprob / np.maximum(tokens, 1))
+    take = None
+    if max_perplexity is not None:
+        if isinstance(max_perplexity, bool) or not isinstance(max_perplexity, (int, float)):
+            raise TypeError(f"max_perplexity must be a number, got {max_perplexity!r}")
+        take = np.flatnonzero(ppl <= max_perplexity)
+        logprob, tokens, ppl = logprob[take], tokens[take], ppl[take]
+    return _with_columns(
+        kind, batch, take, {"logprob": logprob, "tokens": tokens, "perplexity": ppl}
+    )
+
+
+# --- LM per process --------------------------------------------------------------------------
+
+
+def _load(path: Any) -> Any:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"lm must be an NgramLM, a path, a scorer or None, got {type(path).__name__}"
+        )
+    from .lm import NgramLM
+
+    key = os.path.abspath(os.fspath(path))
+    with _LOCK:
+        if key not in _LOADED:
+            with open(key, "rb") as f:
+                binary = f.read(8) == b"KEXUELM\0"
+            _LOADED[key] = NgramLM.load(key) if binary else NgramLM.load_arpa(key)
+        return _LOADED[key]
+
+
+def _scorer(lm: Any) -> Any:
+    """The CGMH scorer for ``lm``, built once per process and LM object (building one parses
+    the model into the sampler's tables)."""
+    from . import scorers
+    from .lm import NgramLM
+
+    if lm is None:
+        return scorers.default_lm()
+    if isinstance(lm, (str, os.PathLike)):
+        lm = _load(lm)
+    if not isinstance(lm, NgramLM):
+        return lm  # a scorer already
+    cache, key = (_SCORERS, lm) if lm._source is None else (_SCORERS_BY_FILE, lm._source)
+    with _LOCK:
+        scorer = cache.get(key)
+        if scorer is None:
+            scorer = cache[key] = scorers.NgramScorer(lm)
+        return scorer
+
+
+# --- batch formats ---------------------------------------------------------------------------
+
+
+def _columns(batch: Any, name: str) -> tuple[str, Any, np.ndarray | None, int]:
+    """(kind, column mapping, integer row index or None, row count)."""
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(batch, pd.DataFrame):
+        return "pandas", batch, batch.index.to_numpy(), len(batch)
+    pa = sys.modules.get("pyarrow")
+    if pa is not None and isinstance(batch, pa.Table):
+        return "arrow", batch, None, batch.num_rows
+    if isinstance(batch, dict):
+        lengths = {len(v) for v in batch.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"{name} columns must have equal lengths, got {sorted(lengths)}")
+        return "dict", batch, None, lengths.pop() if lengths else 0
+    raise TypeError(
+        f"{name} must be a pandas DataFrame, a pyarrow Table or a dict of arrays, "
+        f"got {type(batch).__name__}"
+    )
+
+
+def _column(cols: Any, key: object, name: str) -> Any:
+    if not isinstance(key, str):
+        raise TypeError(f"{name} must be a column name (str), got {type(key).__name__}")
+    names = cols.column_names if hasattr(cols, "column_names") else list(cols.keys())
+    if key not in names:
+        raise ValueError(f"{name}: no column {key!r} in the batch (columns: {list(names)})")
+    col = cols[key]
+    return col.to_pylist() if hasattr(col, "to_pylist") else col
+
+
+def _keywords(cell: Any, row: int) -> list[str]:
+    if isinstance(cell, str):
+        words = cell.split()
+    elif isinstance(cell, (list, tuple, np.ndarray)) and all(isinstance(w, str) for w in cell):
+        words = [str(w) for w in cell]
+    else:
+        raise TypeError(f"keywords of row {row} must be a str or a list of str, got {cell!r}")
+    if not words:
+        raise ValueError(f"keywords of row {row} are empty")
+    return words
+
+
+def _with_columns(kind: str, batch: Any, take: np.ndarray | None, new: dict[str, Any]) -> Any:
+    if kind == "pandas":
+        out = batch.iloc[take] if take is not None else batch
+        return out.assign(**new)
+    if kind == "arrow":
+        import pyarrow as pa
+
+        out = batch.take(pa.array(take, type=pa.int64())) if take is not None else batch
+        for k, v in new.items():
+            out = out.append_column(k, pa.array(v.tolist() if v.dtype == object else v))
+        return out
+    out = {k: np.asarray(v)[take] if take is not None else v for k, v in batch.items()}
+    out.update(new)
+    return out

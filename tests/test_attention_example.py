@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "attention_performer_lm.py"
-PTB = Path("/work/shared/data/ptb")
+PTB = Path(os.environ.get("KEXUE_DATA", "/work/shared/data")) / "ptb"
 
 
 @pytest.mark.torch

@@ -24,7 +24,7 @@ from kexue.vmf import VonMisesFisher
 pd = pytest.importorskip("pandas")
 pa = pytest.importorskip("pyarrow")
 
-TEXT = "/work/shared/data/wikitext-2/test.txt"
+TEXT = os.path.join(os.environ.get("KEXUE_DATA", "/work/shared/data"), "wikitext-2/test.txt")
 KEYWORDS = ["city river", "war", "game music", "king", "first album", "team season", "film"]
 
 

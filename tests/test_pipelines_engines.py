@@ -16,7 +16,7 @@ from kexue.pipelines import generate_batch, perplexity_batch
 
 pd = pytest.importorskip("pandas")
 
-TEXT = "/work/shared/data/wikitext-2/test.txt"
+TEXT = os.path.join(os.environ.get("KEXUE_DATA", "/work/shared/data"), "wikitext-2/test.txt")
 KEYWORDS = ["city river", "war", "game music", "king", "first album", "team season", "film"]
 OPTS = {"steps": 30, "seed": 4}
 

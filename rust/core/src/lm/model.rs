@@ -497,12 +497,7 @@ impl Model {
         f32_sum: bool,
         out: &mut [f64],
     ) -> Result<()> {
-        if out.len() != sentences.len() {
-            return Err(Error::value(
-                "out",
-                format!("must have {} elements, got {}", sentences.len(), out.len()),
-            ));
-        }
+        check_out_len(out, sentences.len())?;
         out.par_chunks_mut(64)
             .zip(sentences.par_chunks(64))
             .for_each(|(out, part)| {
@@ -522,12 +517,7 @@ impl Model {
         eos: bool,
         out: &mut [f64],
     ) -> Result<()> {
-        if out.len() != sentences.len() {
-            return Err(Error::value(
-                "out",
-                format!("must have {} elements, got {}", sentences.len(), out.len()),
-            ));
-        }
+        check_out_len(out, sentences.len())?;
         out.par_chunks_mut(64)
             .zip(sentences.par_chunks(64))
             .for_each(|(out, part)| self.score_many(part, bos, eos, false, out));
@@ -684,5 +674,17 @@ impl Model {
                 .iter()
                 .map(|t| t.keys.len() * 4 + t.slots.len() * std::mem::size_of::<Slot>())
                 .sum::<usize>()
+    }
+}
+
+/// `out` must hold one score per sentence.
+fn check_out_len(out: &[f64], sentences: usize) -> Result<()> {
+    if out.len() == sentences {
+        Ok(())
+    } else {
+        Err(Error::value(
+            "out",
+            format!("must have {sentences} elements, got {}", out.len()),
+        ))
     }
 }

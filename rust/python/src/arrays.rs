@@ -50,6 +50,19 @@ pub fn slice<'a, T: Element>(a: &'a PyReadonlyArrayDyn<'_, T>, name: &str) -> Py
         .map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
 }
 
+/// A read-only numpy array of exactly dtype `T`; otherwise a `TypeError` reading
+/// "`name` must be `expected`" (e.g. "a float64 numpy array").
+pub fn typed<'py, T: Element>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    expected: &str,
+) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
+    let a = obj
+        .downcast::<PyArrayDyn<T>>()
+        .map_err(|_| PyTypeError::new_err(format!("{name} must be {expected}")))?;
+    Ok(a.try_readonly()?)
+}
+
 /// Extracts an array of the same dtype and shape as `like`.
 pub fn same_as<'py, T: Element>(
     obj: &Bound<'py, PyAny>,
@@ -57,12 +70,8 @@ pub fn same_as<'py, T: Element>(
     like: &PyReadonlyArrayDyn<'py, T>,
     like_name: &str,
 ) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
-    let a = obj.downcast::<PyArrayDyn<T>>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{name} must be a numpy array with the dtype of {like_name}"
-        ))
-    })?;
-    let a = a.try_readonly()?;
+    let expected = format!("a numpy array with the dtype of {like_name}");
+    let a = typed(obj, name, &expected)?;
     if a.shape() != like.shape() {
         return Err(PyValueError::new_err(format!(
             "{name} must have the shape of {like_name} {:?}, got {:?}",

@@ -11,7 +11,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::arrays::{detached, slice, with_float_array, FloatArray};
+use crate::arrays::{self, detached, slice, with_float_array, FloatArray};
 
 /// An array with the dtype of `like` (named `like_name`) and `ndim` dimensions.
 fn typed<'py, T: Element>(
@@ -20,12 +20,8 @@ fn typed<'py, T: Element>(
     like_name: &str,
     ndim: usize,
 ) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
-    let a = obj.downcast::<PyArrayDyn<T>>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{name} must be a numpy array with the dtype of {like_name}"
-        ))
-    })?;
-    let a = a.try_readonly()?;
+    let expected = format!("a numpy array with the dtype of {like_name}");
+    let a = arrays::typed(obj, name, &expected)?;
     if a.ndim() != ndim {
         return Err(PyValueError::new_err(format!(
             "{name} must have {ndim} dimensions, got shape {:?}",

@@ -3,10 +3,10 @@
 use kexue_core::losses::global_pointer as gp;
 use kexue_core::losses::{mlce, nxm, squareplus};
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::arrays::{detached, filled, same_as, slice, with_float_array, FloatArray};
+use crate::arrays::{self, detached, filled, same_as, slice, with_float_array, FloatArray};
 
 /// SquarePlus of a C-contiguous float array, as a new array of the same shape and dtype.
 #[pyfunction]
@@ -57,10 +57,7 @@ fn typed<'py, T: Element>(
     dtype: &str,
     shape: Option<&[usize]>,
 ) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
-    let a = obj
-        .downcast::<PyArrayDyn<T>>()
-        .map_err(|_| PyTypeError::new_err(format!("{name} must be a {dtype} numpy array")))?
-        .try_readonly()?;
+    let a = arrays::typed(obj, name, &format!("a {dtype} numpy array"))?;
     if let Some(shape) = shape {
         if a.shape() != shape {
             return Err(PyValueError::new_err(format!(

@@ -1,11 +1,11 @@
 //! Bindings of `kexue_core::multitask`: `J` is read in place (a borrowed C-contiguous view).
 
 use kexue_core::multitask;
-use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::arrays::{detached, filled, slice, with_float_array, FloatArray};
+use crate::arrays::{detached, filled, slice, typed, with_float_array, FloatArray};
 
 /// `(K, P)` of a 2-D array named `name`.
 fn rows_cols(shape: &[usize], name: &str) -> PyResult<(usize, usize)> {
@@ -19,10 +19,7 @@ fn rows_cols(shape: &[usize], name: &str) -> PyResult<(usize, usize)> {
 
 /// A float64 K×K matrix as (values, K).
 fn square<'py>(g: &Bound<'py, PyAny>) -> PyResult<(PyReadonlyArrayDyn<'py, f64>, usize)> {
-    let a = g
-        .downcast::<PyArrayDyn<f64>>()
-        .map_err(|_| PyTypeError::new_err("G must be a float64 numpy array"))?
-        .try_readonly()?;
+    let a = typed::<f64>(g, "G", "a float64 numpy array")?;
     let (k, k2) = rows_cols(a.shape(), "G")?;
     if k != k2 {
         return Err(PyValueError::new_err(format!(

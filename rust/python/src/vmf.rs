@@ -1,11 +1,11 @@
 //! Bindings of `kexue_core::vmf`.
 
 use kexue_core::vmf;
-use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods, ToPyArray};
+use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods, ToPyArray};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::arrays::{detached, filled, slice, with_float_array, FloatArray};
+use crate::arrays::{detached, filled, slice, typed, with_float_array, FloatArray};
 
 /// The most elements one sampling call may allocate (2^36: 512 GiB of float64), so that a
 /// huge `n` or `d` is refused before any allocation is tried.
@@ -61,7 +61,7 @@ fn vmf_sample<'py>(
     n: usize,
     seed: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let kappa = kappa.downcast::<PyArrayDyn<f64>>()?.try_readonly()?;
+    let kappa = typed::<f64>(kappa, "kappa", "a float64 numpy array")?;
     let ks = slice(&kappa, "kappa")?;
     with_float_array!(FloatArray::extract(mu, "mu")?, m => {
         let shape = m.shape();
@@ -85,7 +85,7 @@ fn vmf_sample_wood<'py>(
     seed: u64,
     double: bool,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-    let kappa = kappa.downcast::<PyArrayDyn<f64>>()?.try_readonly()?;
+    let kappa = typed::<f64>(kappa, "kappa", "a float64 numpy array")?;
     let ks = slice(&kappa, "kappa")?.to_vec();
     let elements = checked_elements(n, d)?;
     let (mut w, mut eps) = (vec![0f64; n], vec![0f64; n]);

@@ -141,6 +141,18 @@ def check_scalar(
     return value
 
 
+def check_int(value: Any, name: str, *, low: int, high: int | None = None) -> int:
+    """An int (Python or numpy, not bool) within ``[low, high]``: ``TypeError`` for another
+    type, ``ValueError`` naming the bounds otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
 def unwrap_0d(result: np.ndarray) -> Any:
     """numpy's own convention: a 0-d result comes back as a numpy scalar."""
     return result[()] if result.ndim == 0 else result

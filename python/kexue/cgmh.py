@@ -25,6 +25,7 @@ from typing import Any, Union
 import numpy as np
 
 from . import _native
+from ._dispatch import check_int
 
 __all__ = [
     "Sentence",
@@ -165,12 +166,6 @@ class _Ids:
         return self.lm.word(i) if i < self.vocab_size else self.extra_words[i - self.vocab_size]
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
 def _anneal(anneal: object) -> tuple[float, float] | None:
     if anneal is None or anneal is False:
         return None
@@ -206,10 +201,10 @@ def _run(
     permute: bool,
     ids: _Ids | None = None,
 ) -> list[list[Sentence]]:
-    n = _check_int("n", n, 1)
-    steps = _check_int("steps", steps, 1)
-    top_k = _check_int("top_k", top_k, 1)
-    seed = _check_int("seed", seed, 0)
+    n = check_int(n, "n", low=1)
+    steps = check_int(steps, "steps", low=1)
+    top_k = check_int(top_k, "top_k", low=1)
+    seed = check_int(seed, "seed", low=0)
     anneal_t = _anneal(anneal)
     if select is None:
         select = "best" if anneal_t else "last"

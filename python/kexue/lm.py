@@ -46,6 +46,7 @@ from typing import Any, Union
 import numpy as np
 
 from . import _native
+from ._dispatch import check_int
 
 __all__ = ["NgramLM"]
 
@@ -60,16 +61,6 @@ _BATCH_LINES = 20_000
 
 def _is_path(obj: object) -> bool:
     return isinstance(obj, (str, os.PathLike)) and not isinstance(obj, bytes)
-
-
-def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
 
 
 class NgramLM:
@@ -123,8 +114,8 @@ class NgramLM:
         raise ``ValueError`` unless ``discount_fallback=True`` (discounts 0.5, 1, 1.5, as
         ``lmplz --discount_fallback``).
         """
-        order = _check_int("order", order, 1, MAX_ORDER)
-        min_count = _check_int("min_count", min_count, 1)
+        order = check_int(order, "order", low=1, high=MAX_ORDER)
+        min_count = check_int(min_count, "min_count", low=1)
         if tokenizer is not None and not callable(tokenizer):
             raise TypeError(f"tokenizer must be callable, got {type(tokenizer).__name__}")
 
@@ -188,7 +179,7 @@ class NgramLM:
         ]
         if eos_count is None:
             eos_count = max(1, sum(c for _, c in unigrams) // 20)
-        eos_count = _check_int("eos_count", eos_count, 0)
+        eos_count = check_int(eos_count, "eos_count", low=0)
         model = _native.lm_from_counts(unigrams, bigrams, eos_count)
         return cls(model, None, lowercase=lowercase)
 
@@ -486,14 +477,14 @@ def _table(table: object, n: int) -> Iterable[tuple]:
             words = (key,) if n == 1 else tuple(key)
             if len(words) != n:
                 raise ValueError(f"bigram keys must be (word1, word2) pairs, got {key!r}")
-            yield (*words, _check_int("count", count, 0))
+            yield (*words, check_int(count, "count", low=0))
         return
     if isinstance(table, Iterable) and not isinstance(table, (str, bytes)):
         for row in table:
             row = tuple(row)
             if len(row) != n + 1:
                 raise ValueError(f"rows must be {n} word(s) and a count, got {row!r}")
-            yield (*row[:n], _check_int("count", row[n], 0))
+            yield (*row[:n], check_int(row[n], "count", low=0))
         return
     raise TypeError(
         f"a count table must be a mapping, an iterable or a path, got {type(table).__name__}"

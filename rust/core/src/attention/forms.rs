@@ -216,6 +216,11 @@ impl<T: Real> Head<'_, T> {
     ) -> bool {
         let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
         let c = c.min(n);
+        if let Some(finite) =
+            T::chunked_fast(self.q, self.k, self.v, (n, m, dv, c), eps, s64, o, den)
+        {
+            return finite;
+        }
         let mut a = vec![T::zero(); c * c];
         let mut y = vec![T::zero(); c * dv];
         let mut delta = vec![T::zero(); m * w];

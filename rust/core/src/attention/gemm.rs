@@ -23,6 +23,22 @@ pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
         beta: Self,
         c: (*mut Self, isize, isize),
     );
+
+    /// One head of the chunked causal forward by [`super::fast`], where it applies (f32,
+    /// `M` and `D_v` multiples of 16): `Some(all values finite)`, else `None`.
+    #[allow(clippy::too_many_arguments)]
+    fn chunked_fast(
+        _q: &[Self],
+        _k: &[Self],
+        _v: &[Self],
+        _dims: (usize, usize, usize, usize),
+        _eps: f64,
+        _s64: &mut [f64],
+        _o: &mut [Self],
+        _den: &mut [Self],
+    ) -> Option<bool> {
+        None
+    }
 }
 
 /// `exp` for f32 that vectorises (Cephes' `expf`: `2^n·p(r)` with `|r| ≤ ln2/2`, within 2 ulp):
@@ -74,6 +90,19 @@ impl Real for f32 {
         matrixmultiply::sgemm(
             m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
         );
+    }
+
+    fn chunked_fast(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dims: (usize, usize, usize, usize),
+        eps: f64,
+        s64: &mut [f64],
+        o: &mut [f32],
+        den: &mut [f32],
+    ) -> Option<bool> {
+        super::fast::chunked_forward(q, k, v, dims, eps, s64, o, den)
     }
 }
 

@@ -1,0 +1,372 @@
+//! The f32 chunked causal forward when `M` and `D_v` are multiples of 16 (every usual head
+//! size): the same schedule as `forms`' chunked form, with products written for this shape.
+//!
+//! Hand-written rather than `matrixmultiply` because at `64 × 64 × 64` its packing of both
+//! operands costs about as much as the product itself, and half of each `C × C` block is above
+//! the diagonal: here every product reads its operands in place (rows of `B` are contiguous
+//! 16-lane blocks, elements of `A` are broadcast), keeps a `4 × 64` tile of `C` in registers,
+//! and the masked block products stop at the diagonal. `multiversion` compiles the loops for
+//! AVX-512 and AVX2 (+FMA) and picks one at run time; the code itself is portable.
+
+use multiversion::multiversion;
+
+/// Rows of a register tile.
+const R: usize = 4;
+/// Lanes of a column block.
+const L: usize = 16;
+/// Most column blocks in one tile (`R × NB` blocks of accumulators).
+const NB: usize = 4;
+
+/// `c[r, ..16·B] (+)= Σ_{p<k} a[r·lda + p] · b[p·ldb + ..16·B]` for `r < RR`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile<const RR: usize, const B: usize>(
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    add: bool,
+) {
+    let mut acc = [[[0.0f32; L]; B]; RR];
+    if add {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (t, acc) in acc.iter_mut().enumerate() {
+                acc.copy_from_slice(&c[r * ldc + t * L..r * ldc + (t + 1) * L]);
+            }
+        }
+    }
+    let rows: [&[f32]; RR] = std::array::from_fn(|r| &a[r * lda..r * lda + k]);
+    for p in 0..k {
+        let bp = &b[p * ldb..p * ldb + B * L];
+        let bv: [[f32; L]; B] = std::array::from_fn(|t| {
+            let mut x = [0.0; L];
+            x.copy_from_slice(&bp[t * L..(t + 1) * L]);
+            x
+        });
+        for (acc, row) in acc.iter_mut().zip(&rows) {
+            let x = row[p];
+            for (acc, bv) in acc.iter_mut().zip(&bv) {
+                for (acc, &bv) in acc.iter_mut().zip(bv) {
+                    *acc = x.mul_add(bv, *acc);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (t, acc) in acc.iter().enumerate() {
+            c[r * ldc + t * L..r * ldc + (t + 1) * L].copy_from_slice(acc);
+        }
+    }
+}
+
+/// `c[..rows, ..cols] (+)= a[..rows, ..k] · b[..k, ..cols]`, row-major with leading dimensions
+/// `lda`, `ldb`, `ldc`; `cols` a multiple of 16. Each output element is one FMA chain over
+/// `p = 0..k` whatever the tiling, so a row's result never depends on the other rows.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm16(
+    rows: usize,
+    cols: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    add: bool,
+) {
+    macro_rules! dispatch {
+        ($rr:expr, $nb:expr, $($args:expr),*) => {
+            match ($rr, $nb) {
+                (4, 4) => tile::<4, 4>($($args),*),
+                (4, 3) => tile::<4, 3>($($args),*),
+                (4, 2) => tile::<4, 2>($($args),*),
+                (4, _) => tile::<4, 1>($($args),*),
+                (3, 4) => tile::<3, 4>($($args),*),
+                (3, 3) => tile::<3, 3>($($args),*),
+                (3, 2) => tile::<3, 2>($($args),*),
+                (3, _) => tile::<3, 1>($($args),*),
+                (2, 4) => tile::<2, 4>($($args),*),
+                (2, 3) => tile::<2, 3>($($args),*),
+                (2, 2) => tile::<2, 2>($($args),*),
+                (2, _) => tile::<2, 1>($($args),*),
+                (_, 4) => tile::<1, 4>($($args),*),
+                (_, 3) => tile::<1, 3>($($args),*),
+                (_, 2) => tile::<1, 2>($($args),*),
+                (_, _) => tile::<1, 1>($($args),*),
+            }
+        };
+    }
+    for r0 in (0..rows).step_by(R) {
+        let rr = R.min(rows - r0);
+        let mut j0 = 0;
+        while j0 < cols {
+            let nb = NB.min((cols - j0) / L);
+            dispatch!(
+                rr,
+                nb,
+                k,
+                &a[r0 * lda..],
+                lda,
+                &b[j0..],
+                ldb,
+                &mut c[r0 * ldc + j0..],
+                ldc,
+                add
+            );
+            j0 += nb * L;
+        }
+    }
+}
+
+/// `Σ x` in 16 lanes, then across them.
+#[inline(always)]
+fn lanes_sum(acc: [f32; L]) -> f32 {
+    acc.iter().fold(0.0, |s, &x| s + x)
+}
+
+/// `t[p·ldt + j] = x[j·m + p]` for `j < rows`, zero for `rows ≤ j < ceil16(rows)`.
+/// In 16 × 16 blocks held in registers, which the compiler turns into shuffles.
+#[inline(always)]
+fn transpose(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt: usize) {
+    for j0 in (0..rows).step_by(L) {
+        let jn = L.min(rows - j0);
+        for p0 in (0..m).step_by(L) {
+            let mut blk = [[0.0f32; L]; L];
+            for (j, b) in blk.iter_mut().enumerate().take(jn) {
+                b.copy_from_slice(&x[(j0 + j) * m + p0..(j0 + j) * m + p0 + L]);
+            }
+            for p in 0..L {
+                let col: [f32; L] = std::array::from_fn(|j| blk[j][p]);
+                t[(p0 + p) * ldt + j0..(p0 + p) * ldt + j0 + L].copy_from_slice(&col);
+            }
+        }
+    }
+}
+
+fn ceil16(x: usize) -> usize {
+    x.div_ceil(L) * L
+}
+
+/// One head of [`super::forms`]' chunked causal forward in f32; `None` when `m` or `dv` is not
+/// a multiple of 16. Returns `Some(false)` (and stops) at a chunk with a non-finite value.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn chunked_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (n, m, dv, c): (usize, usize, usize, usize),
+    eps: f64,
+    s64: &mut [f64],
+    o: &mut [f32],
+    den: &mut [f32],
+) -> Option<bool> {
+    if m % L != 0 || dv % L != 0 || n == 0 {
+        return None;
+    }
+    Some(head(q, k, v, (n, m, dv, c.min(n)), eps, s64, o, den))
+}
+
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma",
+    "aarch64+neon"
+))]
+#[allow(clippy::too_many_arguments)]
+fn head(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (n, m, dv, c): (usize, usize, usize, usize),
+    eps: f64,
+    s64: &mut [f64],
+    o: &mut [f32],
+    den: &mut [f32],
+) -> bool {
+    let w = dv + 1;
+    let cp = ceil16(c);
+    // kt: the chunk's keys transposed (m × cp, zero past the chunk), a: its masked scores.
+    let mut kt = vec![0.0f32; m * cp];
+    let mut a = vec![0.0f32; c * cp];
+    let mut st = vec![0.0f32; m * dv];
+    let mut z = vec![0.0f32; m];
+    let mut delta = vec![0.0f32; m * dv];
+    let refresh = |s64: &[f64], st: &mut [f32], z: &mut [f32]| {
+        for ((row, st), z) in s64.chunks_exact(w).zip(st.chunks_exact_mut(dv)).zip(z) {
+            st.iter_mut().zip(row).for_each(|(st, &s)| *st = s as f32);
+            *z = row[dv] as f32;
+        }
+    };
+    refresh(s64, &mut st, &mut z);
+    for c0 in (0..n).step_by(c) {
+        let l = c.min(n - c0);
+        let lp = ceil16(l);
+        let (qs, ks) = (&q[c0 * m..(c0 + l) * m], &k[c0 * m..(c0 + l) * m]);
+        let vs = &v[c0 * dv..(c0 + l) * dv];
+        // `&` rather than `all`: no early exit, so the check vectorises.
+        if !vs.iter().fold(true, |ok, x| ok & x.is_finite()) {
+            return false;
+        }
+        transpose(ks, m, l, &mut kt, cp);
+        for i0 in (0..l).step_by(R) {
+            let hi = (i0 + R).min(l);
+            let (rr, cols) = (hi - i0, ceil16(hi));
+            let qb = &qs[i0 * m..];
+            let ab = &mut a[i0 * cp..];
+            gemm16(rr, cols, m, qb, m, &kt, cp, ab, cp, false);
+            // Assignment, not a product: non-finite future scores cannot leak backwards.
+            for (i, row) in (i0..hi).zip(ab.chunks_mut(cp)) {
+                row[i + 1..cols].fill(0.0);
+            }
+            let ob = &mut o[(c0 + i0) * dv..(c0 + hi) * dv];
+            gemm16(rr, dv, m, qb, m, &st, dv, ob, dv, false);
+            gemm16(rr, dv, hi, ab, cp, vs, dv, ob, dv, true);
+            for (i, (orow, d)) in (i0..hi).zip(ob.chunks_exact_mut(dv).zip(&mut den[c0 + i0..])) {
+                let mut acc = [0.0f32; L];
+                for blk in a[i * cp..i * cp + cols].chunks_exact(L) {
+                    acc.iter_mut().zip(blk).for_each(|(s, &x)| *s += x);
+                }
+                for (qb, zb) in qs[i * m..(i + 1) * m]
+                    .chunks_exact(L)
+                    .zip(z.chunks_exact(L))
+                {
+                    for ((s, &q), &z) in acc.iter_mut().zip(qb).zip(zb) {
+                        *s = q.mul_add(z, *s);
+                    }
+                }
+                let dd = f64::from(lanes_sum(acc)) + eps;
+                *d = dd as f32;
+                let inv = 1.0 / dd;
+                orow.iter_mut()
+                    .for_each(|y| *y = (f64::from(*y) * inv) as f32);
+            }
+        }
+        gemm16(m, dv, l, &kt, cp, vs, dv, &mut delta, dv, false);
+        for ((row, dl), kr) in s64
+            .chunks_exact_mut(w)
+            .zip(delta.chunks_exact(dv))
+            .zip(kt.chunks_exact(cp))
+        {
+            row.iter_mut()
+                .zip(dl)
+                .for_each(|(s, &d)| *s += f64::from(d));
+            let mut acc = [0.0f32; L];
+            for blk in kr[..lp].chunks_exact(L) {
+                acc.iter_mut().zip(blk).for_each(|(s, &x)| *s += x);
+            }
+            row[dv] += f64::from(lanes_sum(acc));
+        }
+        refresh(s64, &mut st, &mut z);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng as _;
+
+    fn random(len: usize, seed: u64, positive: bool) -> Vec<f32> {
+        let mut rng = crate::rng::stream(seed, 0);
+        (0..len)
+            .map(|_| {
+                let x: f32 = rng.random();
+                if positive {
+                    x + 0.05
+                } else {
+                    2.0 * x - 1.0
+                }
+            })
+            .collect()
+    }
+
+    /// The recurrence in f64, from a zero state.
+    fn reference(q: &[f32], k: &[f32], v: &[f32], n: usize, m: usize, dv: usize) -> Vec<f64> {
+        let mut s = vec![0.0f64; m * (dv + 1)];
+        let mut o = vec![0.0f64; n * dv];
+        for t in 0..n {
+            for p in 0..m {
+                let row = &mut s[p * (dv + 1)..(p + 1) * (dv + 1)];
+                for j in 0..dv {
+                    row[j] += f64::from(k[t * m + p]) * f64::from(v[t * dv + j]);
+                }
+                row[dv] += f64::from(k[t * m + p]);
+            }
+            let y = |j: usize| -> f64 {
+                (0..m)
+                    .map(|p| f64::from(q[t * m + p]) * s[p * (dv + 1) + j])
+                    .sum()
+            };
+            let d = y(dv) + 1e-6;
+            for j in 0..dv {
+                o[t * dv + j] = y(j) / d;
+            }
+        }
+        o
+    }
+
+    #[test]
+    fn matches_the_recurrence_is_causal_and_continues() {
+        for (n, m, dv) in [(70, 32, 16), (33, 16, 48), (5, 64, 64)] {
+            let (q, k, v) = (
+                random(n * m, 1, true),
+                random(n * m, 2, true),
+                random(n * dv, 3, false),
+            );
+            let want = reference(&q, &k, &v, n, m, dv);
+            let run = |q: &[f32], k: &[f32], v: &[f32], n: usize, c: usize, s: &mut [f64]| {
+                let (mut o, mut den) = (vec![0.0f32; n * dv], vec![0.0f32; n]);
+                let ok = chunked_forward(q, k, v, (n, m, dv, c), 1e-6, s, &mut o, &mut den);
+                assert_eq!(ok, Some(true));
+                o
+            };
+            for c in [1, 5, 16, 21, 64, 100] {
+                let o = run(&q, &k, &v, n, c, &mut vec![0.0; m * (dv + 1)]);
+                for (a, b) in o.iter().zip(&want) {
+                    assert!((f64::from(*a) - b).abs() < 1e-5 * b.abs().max(1.0), "c={c}");
+                }
+                // editing the last token's q, k, v leaves every earlier output bitwise equal
+                let (mut q2, mut k2, mut v2) = (q.clone(), k.clone(), v.clone());
+                q2[(n - 1) * m] = 7.0;
+                k2[(n - 1) * m] = 9.0;
+                v2[(n - 1) * dv] = -3.0;
+                let o2 = run(&q2, &k2, &v2, n, c, &mut vec![0.0; m * (dv + 1)]);
+                assert_eq!(o[..(n - 1) * dv], o2[..(n - 1) * dv], "c={c}");
+                // a prefix then the rest through the state
+                let t0 = n / 2 + 1;
+                let mut s = vec![0.0; m * (dv + 1)];
+                let mut parts = run(&q[..t0 * m], &k[..t0 * m], &v[..t0 * dv], t0, c, &mut s);
+                parts.extend(run(
+                    &q[t0 * m..],
+                    &k[t0 * m..],
+                    &v[t0 * dv..],
+                    n - t0,
+                    c,
+                    &mut s,
+                ));
+                for (a, b) in parts.iter().zip(&want) {
+                    assert!((f64::from(*a) - b).abs() < 1e-5 * b.abs().max(1.0), "c={c}");
+                }
+            }
+        }
+        let bad = [0.0f32; 20];
+        let mut s = vec![0.0; 8 * 9];
+        assert_eq!(
+            chunked_forward(
+                &bad,
+                &bad,
+                &bad,
+                (2, 10, 8, 4),
+                1e-6,
+                &mut s,
+                &mut [0.0; 16],
+                &mut [0.0; 2]
+            ),
+            None
+        );
+    }
+}

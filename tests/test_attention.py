@@ -100,6 +100,37 @@ def test_matches_float64_reference(name, causal, masked):
                 assert np.abs(got - want).max() <= tol * scale, (dtype, method, chunk)
 
 
+@pytest.mark.parametrize("name", MAPS)
+def test_vector_path_shapes_match_reference(name):
+    """Head sizes that are multiples of 16 take the register-tiled float32 kernel, with the
+    feature map applied chunk by chunk inside it; fed precomputed features it runs alone."""
+    q, k, v = qkv((2, 2, 53, 16), 32, scale=0.5)
+    w = orthogonal_random_matrix(32, 16, seed=5) if name != "elu+1" else None
+    phq = features_f64(q, name, w, is_query=True)
+    phk = features_f64(k, name, w, is_query=False)
+    want = reference(phq, phk, v, causal=True)
+    scale = np.abs(want).max()
+    args = [x.astype(np.float32) for x in (q, k, v)]
+    given = [x.astype(np.float32) for x in (phq, phk)]
+    for chunk in (1, 7, 16, 53, 64):
+        mapped = linear_attention(
+            *args, causal=True, feature_map=name, projection=w, chunk_size=chunk
+        )
+        assert np.abs(mapped - want).max() <= 1e-5 * scale, chunk
+        got = linear_attention(
+            *given, args[2], causal=True, feature_map="identity", chunk_size=chunk
+        )
+        assert np.abs(got - want).max() <= 1e-5 * scale, chunk
+        for t in (0, 20, 40):
+            edited = [x.copy() for x in args]
+            for x in edited:
+                x[:, :, t + 1 :] *= 50
+            out = linear_attention(
+                *edited, causal=True, feature_map=name, projection=w, chunk_size=chunk
+            )
+            np.testing.assert_array_equal(out[:, :, : t + 1], mapped[:, :, : t + 1])
+
+
 def test_features_match_float64_formulas():
     x = np.random.default_rng(1).standard_normal((3, 4, 5))
     for name in MAPS:

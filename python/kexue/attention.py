@@ -437,6 +437,10 @@ def linear_attention(
     mask = _check_mask(mask, k, "mask")
     if mask is not None and not causal and q.shape[2] != k.shape[2]:
         raise ValueError("mask needs as many queries as keys; mask keys and queries separately")
+    if causal and mask is None and _fused(feature_map, q, k, v):
+        return _mapped_causal(
+            q, k, v, feature_map, projection, key_offset, eps, method, int(chunk_size)
+        )
     phq = _apply_map(feature_map, q, projection, is_query=True, key_offset=key_offset)
     phk = _where(
         mask, _apply_map(feature_map, k, projection, is_query=False, key_offset=key_offset)
@@ -446,6 +450,45 @@ def linear_attention(
     else:
         o, _ = _noncausal(phq, phk, v, eps=eps)
     return _where(mask, o)
+
+
+def _fused(fmap: FeatureMap, *xs: Any) -> bool:
+    """Whether the feature map can run inside the Rust causal pass: a named map, and numpy
+    inputs or CPU tensors that need no gradient (the pass keeps no features for backward)."""
+    if callable(fmap):
+        return False
+    if not is_tensor(xs[0]):
+        return True
+    import torch
+
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+    return xs[0].device.type == "cpu" and not _force_torch.get() and not grad
+
+
+def _mapped_causal(
+    q: Any,
+    k: Any,
+    v: Any,
+    fmap: str,
+    projection: Any,
+    key_offset: float | None,
+    eps: float,
+    method: str,
+    chunk_size: int,
+    state: Any = None,
+) -> Any:
+    """Causal linear attention with ``fmap`` applied inside one Rust pass (no feature arrays)."""
+    w = _like(_check_projection(projection, q.shape[-1], fmap), q)
+    if key_offset is not None:
+        key_offset = check_scalar(key_offset, "key_offset")
+    arrays = [
+        None if x is None else x.detach().contiguous().numpy() if is_tensor(x) else x
+        for x in (q, k, v, w)
+    ]
+    o, _ = _native.attention_causal_mapped_forward(
+        *arrays[:3], fmap, arrays[3], key_offset, eps, method, chunk_size, state
+    )
+    return _to_kind(o, q)
 
 
 def softmax_attention(

@@ -195,6 +195,9 @@ fn attention_features_backward<'py>(
     })
 }
 
+/// A feature map by name with its projection and key offset, applied inside the kernel.
+type MapArgs<'a, 'py> = (&'a str, Option<&'a Bound<'py, PyAny>>, Option<f64>);
+
 fn forward_impl<'py, T: Real + Element>(
     py: Python<'py>,
     q: PyReadonlyArrayDyn<'py, T>,
@@ -202,6 +205,7 @@ fn forward_impl<'py, T: Real + Element>(
     v: &Bound<'py, PyAny>,
     eps: f64,
     causal: Option<(Method, Option<&Bound<'py, PyAny>>)>,
+    map: Option<MapArgs<'_, 'py>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     check_4d("q", q.shape())?;
     let k = typed::<T>(k, "k", "q", 4)?;
@@ -213,9 +217,24 @@ fn forward_impl<'py, T: Real + Element>(
         k: slice(&k, "k")?,
         v: slice(&v, "v")?,
     };
+    let w = match map {
+        Some((_, Some(p), _)) => Some(typed::<T>(p, "projection", "q", 2)?),
+        _ => None,
+    };
+    let specs = match map {
+        Some((name, _, offset)) => Some((
+            spec(name, dims.m, w.as_ref(), true, offset)?,
+            spec(name, dims.m, w.as_ref(), false, offset)?,
+        )),
+        None => None,
+    };
+    let maps = specs.as_ref().map(|(a, b)| (a, b));
+    let features = maps.map_or(dims.m, |(sq, _)| sq.out_dim());
     let qs = q.shape();
-    let o = zeros::<T>(py, &[qs[0], qs[1], qs[2], dims.dv]);
-    let den = zeros::<T>(py, &qs[..3]);
+    // SAFETY: every form writes every element of `o` and `den` before they are returned; on
+    // error they are dropped unread. (No zero-fill: a fresh zeroed array costs page faults.)
+    let o = unsafe { PyArrayDyn::<T>::new(py, &[qs[0], qs[1], qs[2], dims.dv][..], false) };
+    let den = unsafe { PyArrayDyn::<T>::new(py, &qs[..3], false) };
     {
         let (mut ow, mut dw) = (o.readwrite(), den.readwrite());
         let out = Outputs {
@@ -230,7 +249,7 @@ fn forward_impl<'py, T: Real + Element>(
                         let s = s.downcast::<PyArrayDyn<f64>>().map_err(|_| {
                             PyTypeError::new_err("state must be a float64 numpy array")
                         })?;
-                        let want = [qs[0], qs[1], dims.m, dims.dv + 1];
+                        let want = [qs[0], qs[1], features, dims.dv + 1];
                         if s.shape() != want {
                             return Err(PyValueError::new_err(format!(
                                 "state must have shape {want:?}, got {:?}",
@@ -247,7 +266,9 @@ fn forward_impl<'py, T: Real + Element>(
                     })?),
                     None => None,
                 };
-                detached(py, || forms::causal_forward(&x, eps, method, st, out))?
+                detached(py, || {
+                    forms::causal_forward_mapped(&x, maps, eps, method, st, out)
+                })?
             }
         }
     }
@@ -272,7 +293,33 @@ fn attention_causal_forward<'py>(
 ) -> PyResult<Bound<'py, PyTuple>> {
     let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
     with_float_array!(FloatArray::extract(q, "q")?, q => {
-        forward_impl(py, q, k, v, eps, Some((method, state)))
+        forward_impl(py, q, k, v, eps, Some((method, state)), None)
+    })
+}
+
+/// [`attention_causal_forward`] on raw `(B, H, N, D)` q and k, mapped by `feature_map` (with
+/// `projection` `(m, D)` and the key offset) inside the kernel; the state has the map's
+/// feature count.
+#[pyfunction]
+#[pyo3(signature = (q, k, v, feature_map, projection, key_offset, eps, method, chunk_size, state=None))]
+#[allow(clippy::too_many_arguments)]
+fn attention_causal_mapped_forward<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    feature_map: &str,
+    projection: Option<&Bound<'py, PyAny>>,
+    key_offset: Option<f64>,
+    eps: f64,
+    method: &str,
+    chunk_size: usize,
+    state: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
+    let map = Some((feature_map, projection, key_offset));
+    with_float_array!(FloatArray::extract(q, "q")?, q => {
+        forward_impl(py, q, k, v, eps, Some((method, state)), map)
     })
 }
 
@@ -285,7 +332,7 @@ fn attention_noncausal_forward<'py>(
     v: &Bound<'py, PyAny>,
     eps: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    with_float_array!(FloatArray::extract(q, "q")?, q => forward_impl(py, q, k, v, eps, None))
+    with_float_array!(FloatArray::extract(q, "q")?, q => forward_impl(py, q, k, v, eps, None, None))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -388,6 +435,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(attention_features_forward, m)?)?;
     m.add_function(wrap_pyfunction!(attention_features_backward, m)?)?;
     m.add_function(wrap_pyfunction!(attention_causal_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_causal_mapped_forward, m)?)?;
     m.add_function(wrap_pyfunction!(attention_causal_backward, m)?)?;
     m.add_function(wrap_pyfunction!(attention_noncausal_forward, m)?)?;
     m.add_function(wrap_pyfunction!(attention_noncausal_backward, m)?)?;

@@ -10,6 +10,9 @@
 
 use multiversion::multiversion;
 
+use super::features::{RowConsts, Spec};
+use super::forms::Maps;
+
 /// Rows of a register tile.
 const R: usize = 4;
 /// Lanes of a column block.
@@ -152,14 +155,49 @@ fn ceil16(x: usize) -> usize {
     x.div_ceil(L) * L
 }
 
-/// One head of [`super::forms`]' chunked causal forward in f32; `None` when `m` or `dv` is not
-/// a multiple of 16. Returns `Some(false)` (and stops) at a chunk with a non-finite value.
+/// Per-chunk feature maps: the specs, their row constants and `scale·Ωᵀ`.
+struct Mapper<'a> {
+    specs: [&'a Spec<'a, f32>; 2],
+    consts: [RowConsts<f32>; 2],
+    wt: Option<Vec<f32>>,
+    d: usize,
+    mp: usize,
+}
+
+impl Mapper<'_> {
+    /// φ of `rows` raw rows `x` (query side `0`, key side `1`) into `out`; `u` is scratch.
+    #[inline(always)]
+    fn apply(&self, side: usize, x: &[f32], rows: usize, u: &mut [f32], out: &mut [f32]) {
+        let (d, mp) = (self.d, self.mp);
+        let u: &[f32] = match &self.wt {
+            Some(wt) => {
+                gemm16(rows, mp, d, x, d, wt, mp, u, mp, false);
+                &u[..rows * mp]
+            }
+            None => &x[..rows * d],
+        };
+        let (spec, c) = (self.specs[side], &self.consts[side]);
+        for ((o, u), x) in out
+            .chunks_exact_mut(spec.out_dim())
+            .zip(u.chunks_exact(mp))
+            .zip(x.chunks_exact(d))
+        {
+            spec.row(u, x, o, c);
+        }
+    }
+}
+
+/// One head of [`super::forms`]' chunked causal forward in f32; `None` when `m`, `dv` (or the
+/// projection's feature count) is not a multiple of 16. With `maps`, `q` and `k` are raw
+/// `n × d` rows mapped chunk by chunk. Returns `Some(false)` (and stops) at a chunk with a
+/// non-finite value.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn chunked_forward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     (n, m, dv, c): (usize, usize, usize, usize),
+    maps: Option<Maps<f32>>,
     eps: f64,
     s64: &mut [f64],
     o: &mut [f32],
@@ -168,7 +206,34 @@ pub(crate) fn chunked_forward(
     if m % L != 0 || dv % L != 0 || n == 0 {
         return None;
     }
-    Some(head(q, k, v, (n, m, dv, c.min(n)), eps, s64, o, den))
+    let mapper = match maps {
+        None => None,
+        Some((sq, sk)) => {
+            let mp = sq.proj_dim();
+            if sq.projection.is_some() && mp % L != 0 {
+                return None;
+            }
+            Some(Mapper {
+                specs: [sq, sk],
+                consts: [sq.consts(), sk.consts()],
+                wt: sq.projection_t(),
+                d: sq.d,
+                mp,
+            })
+        }
+    };
+    let c = c.min(n);
+    Some(head(
+        q,
+        k,
+        v,
+        (n, m, dv, c),
+        mapper.as_ref(),
+        eps,
+        s64,
+        o,
+        den,
+    ))
 }
 
 #[multiversion(targets(
@@ -182,6 +247,7 @@ fn head(
     k: &[f32],
     v: &[f32],
     (n, m, dv, c): (usize, usize, usize, usize),
+    mapper: Option<&Mapper>,
     eps: f64,
     s64: &mut [f64],
     o: &mut [f32],
@@ -195,6 +261,11 @@ fn head(
     let mut st = vec![0.0f32; m * dv];
     let mut z = vec![0.0f32; m];
     let mut delta = vec![0.0f32; m * dv];
+    // the mapped chunk: projections u, features of q and k
+    let (mut u, mut phq, mut phk) = match mapper {
+        Some(mp) => (vec![0.0; c * mp.mp], vec![0.0; c * m], vec![0.0; c * m]),
+        None => (Vec::new(), Vec::new(), Vec::new()),
+    };
     let refresh = |s64: &[f64], st: &mut [f32], z: &mut [f32]| {
         for ((row, st), z) in s64.chunks_exact(w).zip(st.chunks_exact_mut(dv)).zip(z) {
             st.iter_mut().zip(row).for_each(|(st, &s)| *st = s as f32);
@@ -205,7 +276,15 @@ fn head(
     for c0 in (0..n).step_by(c) {
         let l = c.min(n - c0);
         let lp = ceil16(l);
-        let (qs, ks) = (&q[c0 * m..(c0 + l) * m], &k[c0 * m..(c0 + l) * m]);
+        let (qs, ks) = match mapper {
+            None => (&q[c0 * m..(c0 + l) * m], &k[c0 * m..(c0 + l) * m]),
+            Some(mp) => {
+                let d = mp.d;
+                mp.apply(0, &q[c0 * d..(c0 + l) * d], l, &mut u, &mut phq);
+                mp.apply(1, &k[c0 * d..(c0 + l) * d], l, &mut u, &mut phk);
+                (&phq[..l * m], &phk[..l * m])
+            }
+        };
         let vs = &v[c0 * dv..(c0 + l) * dv];
         // `&` rather than `all`: no early exit, so the check vectorises.
         if !vs.iter().fold(true, |ok, x| ok & x.is_finite()) {
@@ -320,7 +399,7 @@ mod tests {
             let want = reference(&q, &k, &v, n, m, dv);
             let run = |q: &[f32], k: &[f32], v: &[f32], n: usize, c: usize, s: &mut [f64]| {
                 let (mut o, mut den) = (vec![0.0f32; n * dv], vec![0.0f32; n]);
-                let ok = chunked_forward(q, k, v, (n, m, dv, c), 1e-6, s, &mut o, &mut den);
+                let ok = chunked_forward(q, k, v, (n, m, dv, c), None, 1e-6, s, &mut o, &mut den);
                 assert_eq!(ok, Some(true));
                 o
             };
@@ -361,6 +440,7 @@ mod tests {
                 &bad,
                 &bad,
                 (2, 10, 8, 4),
+                None,
                 1e-6,
                 &mut s,
                 &mut [0.0; 16],
@@ -368,5 +448,53 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn mapped_chunks_match_mapping_first() {
+        use crate::attention::features::FeatureMap;
+        let (n, d, dv) = (45, 16, 16);
+        let (q, k, v) = (
+            random(n * d, 4, false),
+            random(n * d, 5, false),
+            random(n * dv, 6, false),
+        );
+        let w = random(32 * d, 7, false);
+        for (map, projection) in [
+            (FeatureMap::Positive, Some((&w[..], 32))),
+            (FeatureMap::Hyperbolic, Some((&w[..], 32))),
+            (FeatureMap::Exp, Some((&w[..], 32))),
+            (FeatureMap::EluPlusOne, None),
+            (FeatureMap::Relu, Some((&w[..], 32))),
+        ] {
+            let spec = |is_query| Spec {
+                map,
+                d,
+                projection,
+                is_query,
+                offset: None,
+            };
+            let (sq, sk) = (spec(true), spec(false));
+            let m = sq.out_dim();
+            let run = |q: &[f32], k: &[f32], maps| {
+                let (mut o, mut den) = (vec![0.0f32; n * dv], vec![0.0f32; n]);
+                let mut s = vec![0.0; m * (dv + 1)];
+                let dims = (n, m, dv, 16);
+                let ok = chunked_forward(q, k, &v, dims, maps, 1e-6, &mut s, &mut o, &mut den);
+                assert_eq!(ok, Some(true), "{map:?}");
+                (o, s)
+            };
+            let (mut fq, mut fk) = (vec![0.0; n * m], vec![0.0; n * m]);
+            sq.forward(&q, &mut fq).unwrap();
+            sk.forward(&k, &mut fk).unwrap();
+            let (want, want_s) = run(&fq, &fk, None);
+            let (got, got_s) = run(&q, &k, Some((&sq, &sk)));
+            for (a, b) in want.iter().zip(&got) {
+                assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{map:?}");
+            }
+            for (a, b) in want_s.iter().zip(&got_s) {
+                assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{map:?}");
+            }
+        }
     }
 }

@@ -85,6 +85,26 @@ fn argmax<T: Real>(x: &[T]) -> usize {
 /// Rows per parallel task.
 const ROWS: usize = 64;
 
+/// Per-map constants of [`Spec::row`].
+pub(crate) struct RowConsts<T> {
+    offset: T,
+    half_scale2: T,
+    norm: T,
+}
+
+/// A reduction of `x` in 16 independent lanes, then across them: the compiler vectorises it
+/// (a single running fold is one long dependency chain, and float sums may not be reordered).
+#[inline(always)]
+fn lanes<T: Real>(x: &[T], init: T, step: impl Fn(T, T) -> T, merge: impl Fn(T, T) -> T) -> T {
+    let mut acc = [init; 16];
+    let mut blocks = x.chunks_exact(16);
+    for b in &mut blocks {
+        acc.iter_mut().zip(b).for_each(|(a, &x)| *a = step(*a, x));
+    }
+    let tail = blocks.remainder().iter().fold(init, |a, &x| step(a, x));
+    acc.iter().fold(tail, |a, &b| merge(a, b))
+}
+
 impl<T: Real> Spec<'_, T> {
     fn m(&self) -> usize {
         self.projection.map_or(self.d, |(_, m)| m)
@@ -94,7 +114,7 @@ impl<T: Real> Spec<'_, T> {
         self.map.out_dim(self.m())
     }
 
-    fn check(&self, x_len: usize) -> Result<usize> {
+    pub(crate) fn check(&self, x_len: usize) -> Result<usize> {
         if self.d == 0 {
             return Err(Error::value("x", "must have a non-empty last dimension"));
         }
@@ -142,22 +162,51 @@ impl<T: Real> Spec<'_, T> {
     /// `u = scale·x·Ωᵀ` for a block of rows (or `x` itself without a projection).
     fn project(&self, x: &[T], rows: usize, u: &mut [T]) {
         match self.projection {
-            Some((w, m)) => {
-                let scale = if self.map.is_favor() {
-                    T::from(self.d as f64).map_or_else(T::one, |d| d.powf(T::from(-0.25).unwrap()))
-                } else {
-                    T::one()
-                };
-                gemm(
-                    scale,
-                    Mat::new(x, rows, self.d, self.d),
-                    Mat::new(w, m, self.d, self.d).t(),
-                    T::zero(),
-                    u,
-                    m,
-                );
-            }
+            Some((w, m)) => gemm(
+                self.scale(),
+                Mat::new(x, rows, self.d, self.d),
+                Mat::new(w, m, self.d, self.d).t(),
+                T::zero(),
+                u,
+                m,
+            ),
             None => u.copy_from_slice(x),
+        }
+    }
+
+    /// The constants of [`Self::row`]: the key offset, `D^(−1/2)/2` and `1/√features`.
+    pub(crate) fn consts(&self) -> RowConsts<T> {
+        RowConsts {
+            offset: self.offset(),
+            half_scale2: T::from(0.5 / (self.d as f64).sqrt()).unwrap_or_else(T::zero),
+            norm: T::from(1.0 / (self.out_dim() as f64).sqrt()).unwrap_or_else(T::one),
+        }
+    }
+
+    /// `scale·Ωᵀ` (`d × m`, row-major), the right-hand side of the projection, or `None`
+    /// without a projection.
+    pub(crate) fn projection_t(&self) -> Option<Vec<T>> {
+        let (w, m) = self.projection?;
+        let scale = self.scale();
+        let mut wt = vec![T::zero(); self.d * m];
+        for (i, row) in w.chunks_exact(self.d).enumerate() {
+            for (j, &x) in row.iter().enumerate() {
+                wt[j * m + i] = x * scale;
+            }
+        }
+        Some(wt)
+    }
+
+    /// Features per row of the projection (`d` without one).
+    pub(crate) fn proj_dim(&self) -> usize {
+        self.m()
+    }
+
+    fn scale(&self) -> T {
+        if self.map.is_favor() {
+            T::from((self.d as f64).powf(-0.25)).unwrap_or_else(T::one)
+        } else {
+            T::one()
         }
     }
 
@@ -171,10 +220,7 @@ impl<T: Real> Spec<'_, T> {
                 format!("must have {} elements", rows * f),
             ));
         }
-        let offset = self.offset();
-        let half = T::from(0.5).unwrap();
-        let x_scale2 = T::from(1.0 / (self.d as f64).sqrt()).unwrap();
-        let norm = T::from(1.0 / (f as f64).sqrt()).unwrap();
+        let consts = self.consts();
         let block = |(o, x): (&mut [T], &[T])| {
             let n = x.len() / self.d;
             let mut u = vec![T::zero(); n * m];
@@ -184,7 +230,7 @@ impl<T: Real> Spec<'_, T> {
                 .zip(u.chunks_exact(m))
                 .zip(x.chunks_exact(self.d))
             {
-                self.row(u, x, o, offset, half * x_scale2, norm);
+                self.row(u, x, o, &consts);
             }
         };
         if rows <= ROWS {
@@ -198,32 +244,34 @@ impl<T: Real> Spec<'_, T> {
         Ok(())
     }
 
-    fn row(&self, u: &[T], x: &[T], o: &mut [T], offset: T, half_scale2: T, norm: T) {
-        let max = |it: &mut dyn Iterator<Item = T>| it.fold(T::neg_infinity(), T::max);
+    /// φ of one row from its projection `u` (and the row `x` itself, for the FAVOR+ key norm).
+    #[inline(always)]
+    pub(crate) fn row(&self, u: &[T], x: &[T], o: &mut [T], c: &RowConsts<T>) {
         match self.map {
             FeatureMap::Positive | FeatureMap::Hyperbolic => {
                 let hyp = self.map == FeatureMap::Hyperbolic;
                 // Queries drop the per-row |x'|²/2 along with the max: both cancel in the ratio.
                 let shift = match (self.is_query, hyp) {
-                    (true, true) => max(&mut u.iter().map(|v| v.abs())),
-                    (true, false) => max(&mut u.iter().copied()),
+                    (true, true) => lanes(u, T::neg_infinity(), |a, x| a.max(x.abs()), T::max),
+                    (true, false) => lanes(u, T::neg_infinity(), |a, x| a.max(x), T::max),
                     (false, _) => {
-                        x.iter().fold(T::zero(), |a, &v| a + v * v) * half_scale2 + offset
+                        lanes(x, T::zero(), |a, x| a + x * x, |a, b| a + b) * c.half_scale2
+                            + c.offset
                     }
                 };
                 let m = u.len();
-                T::exp_into(u, T::one(), shift, norm, &mut o[..m]);
+                T::exp_into(u, T::one(), shift, c.norm, &mut o[..m]);
                 if hyp {
-                    T::exp_into(u, -T::one(), shift, norm, &mut o[m..]);
+                    T::exp_into(u, -T::one(), shift, c.norm, &mut o[m..]);
                 }
             }
             FeatureMap::Exp => {
-                let c = if self.is_query {
-                    max(&mut u.iter().copied())
+                let shift = if self.is_query {
+                    lanes(u, T::neg_infinity(), |a, x| a.max(x), T::max)
                 } else {
-                    offset
+                    c.offset
                 };
-                T::exp_into(u, T::one(), c, T::one(), o);
+                T::exp_into(u, T::one(), shift, T::one(), o);
             }
             FeatureMap::EluPlusOne => o.iter_mut().zip(u).for_each(|(oi, &ui)| {
                 *oi = if ui > T::zero() {

@@ -14,6 +14,7 @@
 
 use rayon::prelude::*;
 
+use super::features::Spec;
 use super::gemm::{gemm, Mat};
 use super::Real;
 use crate::{Error, Result};
@@ -216,9 +217,17 @@ impl<T: Real> Head<'_, T> {
     ) -> bool {
         let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
         let c = c.min(n);
-        if let Some(finite) =
-            T::chunked_fast(self.q, self.k, self.v, (n, m, dv, c), eps, s64, o, den)
-        {
+        if let Some(finite) = T::chunked_fast(
+            self.q,
+            self.k,
+            self.v,
+            (n, m, dv, c),
+            None,
+            eps,
+            s64,
+            o,
+            den,
+        ) {
             return finite;
         }
         let mut a = vec![T::zero(); c * c];
@@ -537,11 +546,53 @@ pub fn causal_forward<T: Real>(
     state: Option<&mut [f64]>,
     out: Outputs<T>,
 ) -> Result<()> {
+    causal_forward_mapped(x, None, eps, method, state, out)
+}
+
+/// The query and key feature maps of [`causal_forward_mapped`].
+pub type Maps<'a, T> = (&'a Spec<'a, T>, &'a Spec<'a, T>);
+
+/// [`causal_forward`] on raw `q`, `k` (`dims.m` is their dimension `D`) mapped by `maps`
+/// inside the pass (chunk by chunk where the fast path runs), so the feature arrays never exist
+/// whole; the state has the maps' feature count. `maps = None` is [`causal_forward`].
+pub fn causal_forward_mapped<T: Real>(
+    x: &Inputs<T>,
+    maps: Option<Maps<T>>,
+    eps: f64,
+    method: Method,
+    state: Option<&mut [f64]>,
+    out: Outputs<T>,
+) -> Result<()> {
     x.check(true)?;
     check_eps(eps)?;
     let Dims {
-        bh, nq: n, m, dv, ..
+        bh,
+        nq: n,
+        m: d,
+        dv,
+        ..
     } = x.dims;
+    let m = match maps {
+        None => d,
+        Some((sq, sk)) => {
+            for s in [sq, sk] {
+                if s.d != d {
+                    return Err(Error::value(
+                        "q",
+                        format!("must have the feature maps' dimension {}, got {d}", s.d),
+                    ));
+                }
+                s.check(n * d)?;
+            }
+            if sq.out_dim() != sk.out_dim() {
+                return Err(Error::value(
+                    "feature_map",
+                    "must give queries and keys the same number of features",
+                ));
+            }
+            sq.out_dim()
+        }
+    };
     let w = dv + 1;
     check_len("o", out.o.len(), bh * n * dv)?;
     check_len("den", out.den.len(), bh * n)?;
@@ -549,37 +600,57 @@ pub fn causal_forward<T: Real>(
     if n == 0 {
         return Ok(());
     }
-    let run = |(b, ((o, den), state)): HeadTask<T>| {
+    let run = |(b, ((o, den), state)): HeadTask<T>| -> Result<()> {
         let (q, k, v) = x.head(b);
-        let head = Head { n, m, dv, q, k, v };
         let mut fresh = Vec::new();
         let s64 = state.unwrap_or_else(|| {
             fresh = vec![0.0; m * w];
             &mut fresh
         });
-        match method {
+        let (fq, fk);
+        let (q, k) = match maps {
+            None => (q, k),
+            Some((sq, sk)) => {
+                if let Method::Chunked(c) = method {
+                    let dims = (n, m, dv, c.min(n));
+                    if let Some(finite) = T::chunked_fast(q, k, v, dims, maps, eps, s64, o, den) {
+                        return finite_or_err(finite);
+                    }
+                }
+                let map = |s: &Spec<T>, x: &[T]| {
+                    let mut f = vec![T::zero(); n * m];
+                    s.forward(x, &mut f).map(|_| f)
+                };
+                (fq, fk) = (map(sq, q)?, map(sk, k)?);
+                (&fq[..], &fk[..])
+            }
+        };
+        let head = Head { n, m, dv, q, k, v };
+        finite_or_err(match method {
             Method::Chunked(c) => head.chunked_forward(c, eps, s64, o, den),
             Method::Scan => head.scan_forward(eps, s64, o, den),
             Method::Quadratic => head.quadratic_forward(eps, s64, o, den),
-        }
+        })
     };
-    let finite = if bh * n * m * w < MIN_WORK {
+    if bh * n * m * w < MIN_WORK {
         // Decoding a token: handing work to the pool's threads costs more than the work.
         out.o
             .chunks_mut(n * dv)
             .zip(out.den.chunks_mut(n))
             .zip(states)
             .enumerate()
-            .all(run)
+            .try_for_each(run)
     } else {
         out.o
             .par_chunks_mut(n * dv)
             .zip(out.den.par_chunks_mut(n))
             .zip(states.into_par_iter())
             .enumerate()
-            .map(run)
-            .reduce(|| true, |a, b| a && b)
-    };
+            .try_for_each(run)
+    }
+}
+
+fn finite_or_err(finite: bool) -> Result<()> {
     if finite {
         Ok(())
     } else {

@@ -3,6 +3,8 @@
 
 use num_traits::Float;
 
+use super::forms::Maps;
+
 /// The float types the attention kernels run in.
 pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
     /// `out[i] = exp(sign·x[i] − shift)·scale`.
@@ -25,13 +27,15 @@ pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
     );
 
     /// One head of the chunked causal forward by [`super::fast`], where it applies (f32,
-    /// `M` and `D_v` multiples of 16): `Some(all values finite)`, else `None`.
+    /// `M` and `D_v` multiples of 16): `Some(all values finite)`, else `None`. With `maps`,
+    /// `q` and `k` are raw and mapped chunk by chunk.
     #[allow(clippy::too_many_arguments)]
     fn chunked_fast(
         _q: &[Self],
         _k: &[Self],
         _v: &[Self],
         _dims: (usize, usize, usize, usize),
+        _maps: Option<Maps<Self>>,
         _eps: f64,
         _s64: &mut [f64],
         _o: &mut [Self],
@@ -44,6 +48,8 @@ pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
 /// `exp` for f32 that vectorises (Cephes' `expf`: `2^n·p(r)` with `|r| ≤ ln2/2`, within 2 ulp):
 /// libm's `expf` is an opaque call per element, and FAVOR+ takes one per feature. Inputs
 /// outside `[-87, 88]` (and NaN) are redone with libm, so overflow/underflow are exact.
+/// Inlined so that it vectorises for the target features of its caller.
+#[inline(always)]
 fn exp_f32_into(x: &[f32], sign: f32, shift: f32, scale: f32, out: &mut [f32]) {
     const P: [f32; 6] = [
         1.987_569_2e-4,
@@ -58,12 +64,16 @@ fn exp_f32_into(x: &[f32], sign: f32, shift: f32, scale: f32, out: &mut [f32]) {
         let a = sign * x - shift;
         outside |= !(-87.0..=88.0).contains(&a);
         let a = a.clamp(-87.0, 88.0);
-        // round to nearest through the float adder (no SSE4.1 `roundps` in baseline x86-64)
-        let n = (a * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+        // Round to nearest through the float adder (no SSE4.1 `roundps` in baseline x86-64):
+        // `t = 1.5·2²³ + n` holds the integer `n` in its low bits, so `2ⁿ` is integer ops on
+        // them (an `as i32` cast would saturate, which does not vectorise).
+        let t = a * std::f32::consts::LOG2_E + 12_582_912.0;
+        let n = t - 12_582_912.0;
         let r = a - n * 0.693_359_4 + n * 2.121_944_4e-4;
         let p = P.iter().fold(0.0, |acc, &c| acc * r + c);
         let e = 1.0 + r + r * r * p;
-        *o = e * f32::from_bits(((n as i32 + 127) as u32) << 23) * scale;
+        let pow2 = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
+        *o = e * pow2 * scale;
     }
     if outside {
         for (o, &x) in out.iter_mut().zip(x) {
@@ -73,6 +83,7 @@ fn exp_f32_into(x: &[f32], sign: f32, shift: f32, scale: f32, out: &mut [f32]) {
 }
 
 impl Real for f32 {
+    #[inline(always)]
     fn exp_into(x: &[f32], sign: f32, shift: f32, scale: f32, out: &mut [f32]) {
         exp_f32_into(x, sign, shift, scale, out);
     }
@@ -97,12 +108,13 @@ impl Real for f32 {
         k: &[f32],
         v: &[f32],
         dims: (usize, usize, usize, usize),
+        maps: Option<Maps<f32>>,
         eps: f64,
         s64: &mut [f64],
         o: &mut [f32],
         den: &mut [f32],
     ) -> Option<bool> {
-        super::fast::chunked_forward(q, k, v, dims, eps, s64, o, den)
+        super::fast::chunked_forward(q, k, v, dims, maps, eps, s64, o, den)
     }
 }
 

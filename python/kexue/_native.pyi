@@ -161,6 +161,18 @@ def attention_causal_forward(
     chunk_size: int,
     state: npt.NDArray[np.float64] | None = None,
 ) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]]: ...
+def attention_causal_mapped_forward(
+    q: npt.NDArray[np.floating[Any]],
+    k: npt.NDArray[np.floating[Any]],
+    v: npt.NDArray[np.floating[Any]],
+    feature_map: str,
+    projection: npt.NDArray[np.floating[Any]] | None,
+    key_offset: float | None,
+    eps: float,
+    method: str,
+    chunk_size: int,
+    state: npt.NDArray[np.float64] | None = None,
+) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]]: ...
 def attention_causal_backward(
     q: npt.NDArray[np.floating[Any]],
     k: npt.NDArray[np.floating[Any]],

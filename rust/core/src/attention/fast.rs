@@ -9,6 +9,7 @@
 //! AVX-512 and AVX2 (+FMA) and picks one at run time; the code itself is portable.
 
 use multiversion::multiversion;
+use multiversion::target::match_target;
 
 use super::features::{RowConsts, Spec};
 use super::forms::Maps;
@@ -133,7 +134,7 @@ fn lanes_sum(acc: [f32; L]) -> f32 {
 }
 
 /// `t[p·ldt + j] = x[j·m + p]` for `j < rows`, zero for `rows ≤ j < ceil16(rows)`.
-/// In 16 × 16 blocks held in registers, which the compiler turns into shuffles.
+/// The portable form: in 16 × 16 blocks.
 #[inline(always)]
 fn transpose(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt: usize) {
     for j0 in (0..rows).step_by(L) {
@@ -146,6 +147,44 @@ fn transpose(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt: usize) {
             for p in 0..L {
                 let col: [f32; L] = std::array::from_fn(|j| blk[j][p]);
                 t[(p0 + p) * ldt + j0..(p0 + p) * ldt + j0 + L].copy_from_slice(&col);
+            }
+        }
+    }
+}
+
+/// [`transpose`] with AVX-512 shuffles: four rounds of interleaving rows `i` and `i + 8`
+/// transpose a 16 × 16 block in registers (the compiler leaves the portable form as scalar
+/// moves, which cost as much as a quarter of the whole pass).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+// AVX-512 intrinsics and target features are stable since Rust 1.89 (as are the AVX-512
+// targets `multiversion` compiles `head` for).
+#[clippy::msrv = "1.89"]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_avx512(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt: usize) {
+    use std::arch::x86_64::*;
+    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for j0 in (0..rows).step_by(L) {
+        let jn = L.min(rows - j0);
+        for p0 in (0..m).step_by(L) {
+            let mut blk = [_mm512_setzero_ps(); L];
+            for (j, b) in blk.iter_mut().enumerate().take(jn) {
+                let row = &x[(j0 + j) * m + p0..(j0 + j) * m + p0 + L];
+                *b = _mm512_loadu_ps(row.as_ptr());
+            }
+            for _ in 0..4 {
+                let old = blk;
+                for i in 0..L / 2 {
+                    blk[2 * i] = _mm512_permutex2var_ps(old[i], lo, old[i + L / 2]);
+                    blk[2 * i + 1] = _mm512_permutex2var_ps(old[i], hi, old[i + L / 2]);
+                }
+            }
+            for (p, col) in blk.iter().enumerate() {
+                let dst = &mut t[(p0 + p) * ldt + j0..(p0 + p) * ldt + j0 + L];
+                _mm512_storeu_ps(dst.as_mut_ptr(), *col);
             }
         }
     }
@@ -266,13 +305,10 @@ fn head(
         Some(mp) => (vec![0.0; c * mp.mp], vec![0.0; c * m], vec![0.0; c * m]),
         None => (Vec::new(), Vec::new(), Vec::new()),
     };
-    let refresh = |s64: &[f64], st: &mut [f32], z: &mut [f32]| {
-        for ((row, st), z) in s64.chunks_exact(w).zip(st.chunks_exact_mut(dv)).zip(z) {
-            st.iter_mut().zip(row).for_each(|(st, &s)| *st = s as f32);
-            *z = row[dv] as f32;
-        }
-    };
-    refresh(s64, &mut st, &mut z);
+    for ((row, st), z) in s64.chunks_exact(w).zip(st.chunks_exact_mut(dv)).zip(&mut z) {
+        st.iter_mut().zip(row).for_each(|(st, &s)| *st = s as f32);
+        *z = row[dv] as f32;
+    }
     for c0 in (0..n).step_by(c) {
         let l = c.min(n - c0);
         let lp = ceil16(l);
@@ -290,7 +326,11 @@ fn head(
         if !vs.iter().fold(true, |ok, x| ok & x.is_finite()) {
             return false;
         }
-        transpose(ks, m, l, &mut kt, cp);
+        match_target! {
+            // SAFETY: this version of `head` runs only where AVX-512F was detected.
+            "x86_64+avx512f" => unsafe { transpose_avx512(ks, m, l, &mut kt, cp) },
+            _ => transpose(ks, m, l, &mut kt, cp),
+        }
         for i0 in (0..l).step_by(R) {
             let hi = (i0 + R).min(l);
             let (rr, cols) = (hi - i0, ceil16(hi));
@@ -325,21 +365,25 @@ fn head(
             }
         }
         gemm16(m, dv, l, &kt, cp, vs, dv, &mut delta, dv, false);
-        for ((row, dl), kr) in s64
+        // The f64 state takes each chunk's f32 sum; the f32 copy products read is refreshed
+        // in the same pass.
+        for (((row, dl), kr), (st, z)) in s64
             .chunks_exact_mut(w)
             .zip(delta.chunks_exact(dv))
             .zip(kt.chunks_exact(cp))
+            .zip(st.chunks_exact_mut(dv).zip(z.iter_mut()))
         {
-            row.iter_mut()
-                .zip(dl)
-                .for_each(|(s, &d)| *s += f64::from(d));
+            for ((s, &d), st) in row.iter_mut().zip(dl).zip(st.iter_mut()) {
+                *s += f64::from(d);
+                *st = *s as f32;
+            }
             let mut acc = [0.0f32; L];
             for blk in kr[..lp].chunks_exact(L) {
                 acc.iter_mut().zip(blk).for_each(|(s, &x)| *s += x);
             }
             row[dv] += f64::from(lanes_sum(acc));
+            *z = row[dv] as f32;
         }
-        refresh(s64, &mut st, &mut z);
     }
     true
 }
@@ -496,5 +540,70 @@ mod tests {
                 assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{map:?}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tmpbench {
+    use super::*;
+    #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx2+fma"))]
+    fn run(a: &[f32], b: &[f32], c: &mut [f32], reps: usize) {
+        for _ in 0..reps {
+            gemm16(64, 64, 64, a, 64, b, 64, c, 64, false);
+        }
+    }
+    #[test]
+    #[ignore]
+    fn head_speed() {
+        let n = 8192;
+        let q: Vec<f32> = (0..n * 64)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 + 0.01)
+            .collect();
+        let k = q.clone();
+        let v: Vec<f32> = (0..n * 64)
+            .map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let mut o = vec![0.0f32; n * 64];
+        let mut den = vec![0.0f32; n];
+        for c in [64] {
+            let mut best = f64::MAX;
+            for _ in 0..7 {
+                let mut s = vec![0.0f64; 64 * 65];
+                let t = std::time::Instant::now();
+                chunked_forward(
+                    &q,
+                    &k,
+                    &v,
+                    (n, 64, 64, c),
+                    None,
+                    1e-6,
+                    &mut s,
+                    &mut o,
+                    &mut den,
+                );
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "head N={n} C={c}: {:.3} ms (x8 heads / 2 cores = {:.2} ms)",
+                best * 1e3,
+                best * 4e3
+            );
+        }
+    }
+
+    #[test]
+    #[ignore]
+    fn tile_speed() {
+        let a = vec![0.5f32; 64 * 64];
+        let b = vec![0.25f32; 64 * 64];
+        let mut c = vec![0.0f32; 64 * 64];
+        let reps = 20000;
+        let t = std::time::Instant::now();
+        run(&a, &b, &mut c, reps);
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "gemm 64^3: {:.1} GFLOP/s",
+            2.0 * 64f64.powi(3) * reps as f64 / s / 1e9
+        );
     }
 }

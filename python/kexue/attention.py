@@ -590,46 +590,82 @@ class CausalState:
         q, k, v = _check_qkv(q, k, v, causal=True)
         if is_tensor(q):
             q, k, v = q.detach(), k.detach(), v.detach()
-        phq, phk = self._features(q, True), self._features(k, False)
-        want = (q.shape[0], q.shape[1], phq.shape[-1], v.shape[-1] + 1)
-        if self.kv is not None and tuple(self.kv.shape) != want:
-            raise ValueError(
-                f"q, k, v do not continue this state: it holds (batch, heads, features, dv+1) = "
-                f"{tuple(self.kv.shape)}, these give {want}"
-            )
-        if is_tensor(q) and (q.device.type != "cpu" or _force_torch.get()):
-            import torch
-
-            kv = None if self.kv is None else torch.as_tensor(self.kv, device=q.device)
-            o, _, self.kv = _torch_scan(phq, phk, v, kv, eps=self.eps, chunk_size=self.chunk_size)
+        torch_road = is_tensor(q) and (q.device.type != "cpu" or _force_torch.get())
+        if callable(self.feature_map) or torch_road:
+            o = self._update_mapped_first(q, k, v, torch_road)
         else:
-            if self.kv is None:
-                self.kv = np.zeros(want)
-            elif is_tensor(self.kv):
-                self.kv = self.kv.cpu().numpy().astype(np.float64)
-            arrays = [x.contiguous().numpy() if is_tensor(x) else x for x in (phq, phk, v)]
+            # One Rust call maps q and k and advances the state (decoding calls this per token).
+            w = self._projection(q)
+            m = q.shape[-1] if w is None else w.shape[0]
+            m = 2 * m if self.feature_map == "favor+hyperbolic" else m
+            self._check_continues((q.shape[0], q.shape[1], m, v.shape[-1] + 1))
+            arrays = [x.contiguous().numpy() if is_tensor(x) else x for x in (q, k, v, w)]
             method = "scan" if q.shape[2] <= 16 else "chunked"
-            o, _ = _native.attention_causal_forward(
-                *arrays, self.eps, method, self.chunk_size, self.kv
+            o, _ = _native.attention_causal_mapped_forward(
+                *arrays[:3],
+                self.feature_map,
+                arrays[3],
+                self.key_offset,
+                self.eps,
+                method,
+                self.chunk_size,
+                self.kv,
             )
             o = _to_kind(o, q)
         self.position += q.shape[2]
         return o[:, :, 0] if single else o
 
-    def _features(self, x: Any, is_query: bool) -> Any:
-        """φ(x), with the projection validated and converted once per array kind/dtype
-        (decoding calls this for every token)."""
-        if callable(self.feature_map) or self.projection is None:
-            return _apply_map(
-                self.feature_map, x, self.projection, is_query=is_query, key_offset=self.key_offset
+    def _check_shape(self, want: tuple) -> None:
+        if self.kv is not None and tuple(self.kv.shape) != want:
+            raise ValueError(
+                f"q, k, v do not continue this state: it holds (batch, heads, features, dv+1) = "
+                f"{tuple(self.kv.shape)}, these give {want}"
             )
+
+    def _check_continues(self, want: tuple) -> None:
+        """Makes ``kv`` a float64 numpy state of shape ``want`` (zeros when new)."""
+        self._check_shape(want)
+        if self.kv is None:
+            self.kv = np.zeros(want)
+        elif is_tensor(self.kv):
+            self.kv = self.kv.cpu().numpy().astype(np.float64)
+
+    def _update_mapped_first(self, q: Any, k: Any, v: Any, torch_road: bool) -> Any:
+        """The update for callable maps and the torch road: features first, then the state."""
+        phq, phk = self._features(q, True), self._features(k, False)
+        want = (q.shape[0], q.shape[1], phq.shape[-1], v.shape[-1] + 1)
+        if torch_road:
+            import torch
+
+            self._check_shape(want)
+            kv = None if self.kv is None else torch.as_tensor(self.kv, device=q.device)
+            o, _, self.kv = _torch_scan(phq, phk, v, kv, eps=self.eps, chunk_size=self.chunk_size)
+            return o
+        self._check_continues(want)
+        arrays = [x.contiguous().numpy() if is_tensor(x) else x for x in (phq, phk, v)]
+        method = "scan" if q.shape[2] <= 16 else "chunked"
+        o, _ = _native.attention_causal_forward(*arrays, self.eps, method, self.chunk_size, self.kv)
+        return _to_kind(o, q)
+
+    def _projection(self, x: Any) -> Any:
+        """The projection validated and converted to ``x``'s kind and dtype, once per kind."""
+        if self.projection is None:
+            return None
         key = (is_tensor(x), str(x.dtype), str(getattr(x, "device", "")), x.shape[-1])
         if key not in self._projections:
             w = _check_projection(self.projection, x.shape[-1], self.feature_map)
             self._projections[key] = _like(w, x)
+        return self._projections[key]
+
+    def _features(self, x: Any, is_query: bool) -> Any:
+        """φ(x) for the callable maps and the torch road."""
+        if callable(self.feature_map) or self.projection is None:
+            return _apply_map(
+                self.feature_map, x, self.projection, is_query=is_query, key_offset=self.key_offset
+            )
         return _features(
             x,
-            self._projections[key],
+            self._projection(x),
             feature_map=self.feature_map,
             is_query=is_query,
             offset=self.key_offset,

@@ -11,8 +11,8 @@
 use multiversion::multiversion;
 use multiversion::target::match_target;
 
-use super::features::{RowConsts, Spec};
-use super::forms::Maps;
+use super::features::Mapper;
+use super::forms::Method;
 
 /// Rows of a register tile.
 const R: usize = 4;
@@ -194,85 +194,161 @@ fn ceil16(x: usize) -> usize {
     x.div_ceil(L) * L
 }
 
-/// Per-chunk feature maps: the specs, their row constants and `scale·Ωᵀ`.
-struct Mapper<'a> {
-    specs: [&'a Spec<'a, f32>; 2],
-    consts: [RowConsts<f32>; 2],
-    wt: Option<Vec<f32>>,
-    d: usize,
-    mp: usize,
-}
-
-impl Mapper<'_> {
-    /// φ of `rows` raw rows `x` (query side `0`, key side `1`) into `out`; `u` is scratch.
-    #[inline(always)]
-    fn apply(&self, side: usize, x: &[f32], rows: usize, u: &mut [f32], out: &mut [f32]) {
-        let (d, mp) = (self.d, self.mp);
-        let u: &[f32] = match &self.wt {
-            Some(wt) => {
-                gemm16(rows, mp, d, x, d, wt, mp, u, mp, false);
-                &u[..rows * mp]
-            }
-            None => &x[..rows * d],
-        };
-        let (spec, c) = (self.specs[side], &self.consts[side]);
-        for ((o, u), x) in out
-            .chunks_exact_mut(spec.out_dim())
-            .zip(u.chunks_exact(mp))
-            .zip(x.chunks_exact(d))
-        {
-            spec.row(u, x, o, c);
+/// φ of `rows` raw rows `x` (query side `0`, key side `1`) into `out`; `u` is scratch.
+#[inline(always)]
+fn apply(mp: &Mapper<f32>, side: usize, x: &[f32], rows: usize, u: &mut [f32], out: &mut [f32]) {
+    let (d, p) = (mp.d, mp.mp);
+    let u: &[f32] = match &mp.wt {
+        Some(wt) => {
+            gemm16(rows, p, d, x, d, wt, p, u, p, false);
+            &u[..rows * p]
         }
+        None => &x[..rows * d],
+    };
+    let (spec, c) = (mp.specs[side], &mp.consts[side]);
+    for ((o, u), x) in out
+        .chunks_exact_mut(spec.out_dim())
+        .zip(u.chunks_exact(p))
+        .zip(x.chunks_exact(d))
+        .take(rows)
+    {
+        spec.row(u, x, o, c);
     }
 }
 
-/// One head of [`super::forms`]' chunked causal forward in f32; `None` when `m`, `dv` (or the
-/// projection's feature count) is not a multiple of 16. With `maps`, `q` and `k` are raw
-/// `n × d` rows mapped chunk by chunk. Returns `Some(false)` (and stops) at a chunk with a
-/// non-finite value.
+/// One head of [`super::forms`]' chunked or scan causal forward in f32; `None` when `m`,
+/// `dv` (or the projection's feature count) is not a multiple of 16, or for the quadratic
+/// form. With `mapper`, `q` and `k` are raw `n × d` rows mapped inside the pass. Returns
+/// `Some(false)` (and stops) at a chunk with a non-finite value.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn chunked_forward(
+pub(crate) fn forward(
+    method: Method,
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    (n, m, dv, c): (usize, usize, usize, usize),
-    maps: Option<Maps<f32>>,
+    (n, m, dv): (usize, usize, usize),
+    mapper: Option<&Mapper<f32>>,
     eps: f64,
     s64: &mut [f64],
     o: &mut [f32],
     den: &mut [f32],
 ) -> Option<bool> {
-    if m % L != 0 || dv % L != 0 || n == 0 {
+    if m % L != 0 || dv % L != 0 || n == 0 || mapper.is_some_and(|mp| mp.mp % L != 0) {
         return None;
     }
-    let mapper = match maps {
-        None => None,
-        Some((sq, sk)) => {
-            let mp = sq.proj_dim();
-            if sq.projection.is_some() && mp % L != 0 {
-                return None;
+    match method {
+        Method::Chunked(c) => Some(head(
+            q,
+            k,
+            v,
+            (n, m, dv, c.min(n)),
+            mapper,
+            eps,
+            s64,
+            o,
+            den,
+        )),
+        Method::Scan => Some(scan(q, k, v, (n, m, dv), mapper, eps, s64, o, den)),
+        Method::Quadratic => None,
+    }
+}
+
+/// `S[p, j0..j0 + 16·B] += k_p v` and `y = Σ_p q_p S[p, j0..j0 + 16·B]` for one token (`S`
+/// has rows of `w`); `y`'s `B` blocks are independent FMA chains, so they overlap.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn scan_block<const B: usize>(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: &mut [f64],
+    w: usize,
+    j0: usize,
+    y: &mut [f64],
+) {
+    let vb: [[f64; L]; B] =
+        std::array::from_fn(|b| std::array::from_fn(|j| f64::from(v[b * L + j])));
+    let mut acc = [[0.0f64; L]; B];
+    // No bounds check (so no exit) inside the loop: `acc` then stays in registers.
+    assert!(j0 + B * L <= w);
+    for ((row, &qp), &kp) in s.chunks_exact_mut(w).zip(q).zip(k) {
+        let (qp, kp) = (f64::from(qp), f64::from(kp));
+        let row = &mut row[j0..j0 + B * L];
+        for ((acc, vb), row) in acc.iter_mut().zip(&vb).zip(row.chunks_exact_mut(L)) {
+            for ((a, &vj), s) in acc.iter_mut().zip(vb).zip(row) {
+                *s = kp.mul_add(vj, *s);
+                *a = qp.mul_add(*s, *a);
             }
-            Some(Mapper {
-                specs: [sq, sk],
-                consts: [sq.consts(), sk.consts()],
-                wt: sq.projection_t(),
-                d: sq.d,
-                mp,
-            })
         }
+    }
+    for (y, acc) in y.chunks_exact_mut(L).zip(&acc) {
+        y.copy_from_slice(acc);
+    }
+}
+
+/// The token recurrence (what decoding runs) on the f64 state, by blocks of up to 64 value
+/// columns whose `y` stays in registers.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma",
+    "aarch64+neon"
+))]
+#[allow(clippy::too_many_arguments)]
+fn scan(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (n, m, dv): (usize, usize, usize),
+    mapper: Option<&Mapper<f32>>,
+    eps: f64,
+    s64: &mut [f64],
+    o: &mut [f32],
+    den: &mut [f32],
+) -> bool {
+    let w = dv + 1;
+    let (mut u, mut phq, mut phk) = match mapper {
+        Some(mp) => (vec![0.0; mp.mp], vec![0.0; m], vec![0.0; m]),
+        None => (Vec::new(), Vec::new(), Vec::new()),
     };
-    let c = c.min(n);
-    Some(head(
-        q,
-        k,
-        v,
-        (n, m, dv, c),
-        mapper.as_ref(),
-        eps,
-        s64,
-        o,
-        den,
-    ))
+    let mut y = vec![0.0f64; dv];
+    for t in 0..n {
+        let (qt, kt) = match mapper {
+            None => (&q[t * m..(t + 1) * m], &k[t * m..(t + 1) * m]),
+            Some(mp) => {
+                let d = mp.d;
+                apply(mp, 0, &q[t * d..(t + 1) * d], 1, &mut u, &mut phq);
+                apply(mp, 1, &k[t * d..(t + 1) * d], 1, &mut u, &mut phk);
+                (&phq[..], &phk[..])
+            }
+        };
+        let vt = &v[t * dv..(t + 1) * dv];
+        let mut j0 = 0;
+        while j0 < dv {
+            let nb = NB.min((dv - j0) / L);
+            let (v, y) = (&vt[j0..], &mut y[j0..]);
+            match nb {
+                4 => scan_block::<4>(qt, kt, v, s64, w, j0, y),
+                3 => scan_block::<3>(qt, kt, v, s64, w, j0, y),
+                2 => scan_block::<2>(qt, kt, v, s64, w, j0, y),
+                _ => scan_block::<1>(qt, kt, v, s64, w, j0, y),
+            }
+            j0 += nb * L;
+        }
+        // the normaliser column z, in 4 partial sums
+        let mut acc = [0.0f64; 4];
+        for (p, (&qp, &kp)) in qt.iter().zip(kt).enumerate() {
+            let z = &mut s64[p * w + dv];
+            *z += f64::from(kp);
+            acc[p % 4] = f64::from(qp).mul_add(*z, acc[p % 4]);
+        }
+        let d = (acc[0] + acc[1]) + (acc[2] + acc[3]) + eps;
+        den[t] = d as f32;
+        let inv = 1.0 / d;
+        for (o, &y) in o[t * dv..(t + 1) * dv].iter_mut().zip(&y) {
+            *o = (y * inv) as f32;
+        }
+    }
+    true
 }
 
 #[multiversion(targets(
@@ -286,7 +362,7 @@ fn head(
     k: &[f32],
     v: &[f32],
     (n, m, dv, c): (usize, usize, usize, usize),
-    mapper: Option<&Mapper>,
+    mapper: Option<&Mapper<f32>>,
     eps: f64,
     s64: &mut [f64],
     o: &mut [f32],
@@ -316,8 +392,8 @@ fn head(
             None => (&q[c0 * m..(c0 + l) * m], &k[c0 * m..(c0 + l) * m]),
             Some(mp) => {
                 let d = mp.d;
-                mp.apply(0, &q[c0 * d..(c0 + l) * d], l, &mut u, &mut phq);
-                mp.apply(1, &k[c0 * d..(c0 + l) * d], l, &mut u, &mut phk);
+                apply(mp, 0, &q[c0 * d..(c0 + l) * d], l, &mut u, &mut phq);
+                apply(mp, 1, &k[c0 * d..(c0 + l) * d], l, &mut u, &mut phk);
                 (&phq[..l * m], &phk[..l * m])
             }
         };
@@ -443,11 +519,16 @@ mod tests {
             let want = reference(&q, &k, &v, n, m, dv);
             let run = |q: &[f32], k: &[f32], v: &[f32], n: usize, c: usize, s: &mut [f64]| {
                 let (mut o, mut den) = (vec![0.0f32; n * dv], vec![0.0f32; n]);
-                let ok = chunked_forward(q, k, v, (n, m, dv, c), None, 1e-6, s, &mut o, &mut den);
+                let method = if c == 0 {
+                    Method::Scan
+                } else {
+                    Method::Chunked(c)
+                };
+                let ok = forward(method, q, k, v, (n, m, dv), None, 1e-6, s, &mut o, &mut den);
                 assert_eq!(ok, Some(true));
                 o
             };
-            for c in [1, 5, 16, 21, 64, 100] {
+            for c in [0, 1, 5, 16, 21, 64, 100] {
                 let o = run(&q, &k, &v, n, c, &mut vec![0.0; m * (dv + 1)]);
                 for (a, b) in o.iter().zip(&want) {
                     assert!((f64::from(*a) - b).abs() < 1e-5 * b.abs().max(1.0), "c={c}");
@@ -479,11 +560,12 @@ mod tests {
         let bad = [0.0f32; 20];
         let mut s = vec![0.0; 8 * 9];
         assert_eq!(
-            chunked_forward(
+            forward(
+                Method::Chunked(4),
                 &bad,
                 &bad,
                 &bad,
-                (2, 10, 8, 4),
+                (2, 10, 8),
                 None,
                 1e-6,
                 &mut s,
@@ -496,7 +578,7 @@ mod tests {
 
     #[test]
     fn mapped_chunks_match_mapping_first() {
-        use crate::attention::features::FeatureMap;
+        use crate::attention::features::{FeatureMap, Spec};
         let (n, d, dv) = (45, 16, 16);
         let (q, k, v) = (
             random(n * d, 4, false),
@@ -520,24 +602,27 @@ mod tests {
             };
             let (sq, sk) = (spec(true), spec(false));
             let m = sq.out_dim();
-            let run = |q: &[f32], k: &[f32], maps| {
+            let mapper = Mapper::new(&sq, &sk);
+            let run = |method, q: &[f32], k: &[f32], maps| {
                 let (mut o, mut den) = (vec![0.0f32; n * dv], vec![0.0f32; n]);
                 let mut s = vec![0.0; m * (dv + 1)];
-                let dims = (n, m, dv, 16);
-                let ok = chunked_forward(q, k, &v, dims, maps, 1e-6, &mut s, &mut o, &mut den);
+                let dims = (n, m, dv);
+                let ok = forward(method, q, k, &v, dims, maps, 1e-6, &mut s, &mut o, &mut den);
                 assert_eq!(ok, Some(true), "{map:?}");
                 (o, s)
             };
             let (mut fq, mut fk) = (vec![0.0; n * m], vec![0.0; n * m]);
             sq.forward(&q, &mut fq).unwrap();
             sk.forward(&k, &mut fk).unwrap();
-            let (want, want_s) = run(&fq, &fk, None);
-            let (got, got_s) = run(&q, &k, Some((&sq, &sk)));
-            for (a, b) in want.iter().zip(&got) {
-                assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{map:?}");
-            }
-            for (a, b) in want_s.iter().zip(&got_s) {
-                assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{map:?}");
+            for method in [Method::Chunked(16), Method::Scan] {
+                let (want, want_s) = run(method, &fq, &fk, None);
+                let (got, got_s) = run(method, &q, &k, Some(&mapper));
+                for (a, b) in want.iter().zip(&got) {
+                    assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{map:?}");
+                }
+                for (a, b) in want_s.iter().zip(&got_s) {
+                    assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{map:?}");
+                }
             }
         }
     }
@@ -570,11 +655,12 @@ mod tmpbench {
             for _ in 0..7 {
                 let mut s = vec![0.0f64; 64 * 65];
                 let t = std::time::Instant::now();
-                chunked_forward(
+                forward(
+                    Method::Chunked(c),
                     &q,
                     &k,
                     &v,
-                    (n, 64, 64, c),
+                    (n, 64, 64),
                     None,
                     1e-6,
                     &mut s,
@@ -589,6 +675,35 @@ mod tmpbench {
                 best * 4e3
             );
         }
+    }
+
+    #[test]
+    #[ignore]
+    fn scan_speed() {
+        let q: Vec<f32> = (0..64).map(|i| i as f32 * 1e-3 + 0.01).collect();
+        let v: Vec<f32> = (0..64).map(|i| i as f32 * 1e-3 - 0.5).collect();
+        let mut s = vec![0.0f64; 64 * 65];
+        let (mut o, mut den) = (vec![0.0f32; 64], vec![0.0f32; 1]);
+        let reps = 100000;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            forward(
+                Method::Scan,
+                &q,
+                &q,
+                &v,
+                (1, 64, 64),
+                None,
+                1e-6,
+                &mut s,
+                &mut o,
+                &mut den,
+            );
+        }
+        println!(
+            "scan step: {:.3} us per head",
+            t.elapsed().as_secs_f64() / reps as f64 * 1e6
+        );
     }
 
     #[test]

@@ -86,10 +86,34 @@ fn argmax<T: Real>(x: &[T]) -> usize {
 const ROWS: usize = 64;
 
 /// Per-map constants of [`Spec::row`].
-pub(crate) struct RowConsts<T> {
+pub struct RowConsts<T> {
     offset: T,
     half_scale2: T,
     norm: T,
+}
+
+/// A query map and a key map prepared for use inside a causal pass: their row constants and
+/// `scale·Ωᵀ`, computed once per call rather than per head.
+pub struct Mapper<'a, T> {
+    pub(crate) specs: [&'a Spec<'a, T>; 2],
+    pub(crate) consts: [RowConsts<T>; 2],
+    /// `scale·Ωᵀ` (`d × mp`), `None` without a projection.
+    pub(crate) wt: Option<Vec<T>>,
+    pub(crate) d: usize,
+    /// Features per row of the projection (`d` without one).
+    pub(crate) mp: usize,
+}
+
+impl<'a, T: Real> Mapper<'a, T> {
+    pub(crate) fn new(q: &'a Spec<'a, T>, k: &'a Spec<'a, T>) -> Self {
+        Mapper {
+            specs: [q, k],
+            consts: [q.consts(), k.consts()],
+            wt: q.projection_t(),
+            d: q.d,
+            mp: q.m(),
+        }
+    }
 }
 
 /// A reduction of `x` in 16 independent lanes, then across them: the compiler vectorises it
@@ -147,9 +171,12 @@ impl<T: Real> Spec<'_, T> {
             (None, Some((w, _))) if self.map.is_favor() => {
                 w.chunks_exact(self.d)
                     .map(|r| {
-                        r.iter()
-                            .map(|x| x.to_f64().unwrap_or(0.0).powi(2))
-                            .sum::<f64>()
+                        // 8 running sums: one would be a chain of d dependent adds
+                        let mut acc = [0.0f64; 8];
+                        for (i, x) in r.iter().enumerate() {
+                            acc[i % 8] += x.to_f64().unwrap_or(0.0).powi(2);
+                        }
+                        acc.iter().sum::<f64>()
                     })
                     .fold(0.0, f64::max)
                     / 2.0
@@ -177,7 +204,12 @@ impl<T: Real> Spec<'_, T> {
     /// The constants of [`Self::row`]: the key offset, `D^(−1/2)/2` and `1/√features`.
     pub(crate) fn consts(&self) -> RowConsts<T> {
         RowConsts {
-            offset: self.offset(),
+            // queries never use it (their shift is their own max)
+            offset: if self.is_query {
+                T::zero()
+            } else {
+                self.offset()
+            },
             half_scale2: T::from(0.5 / (self.d as f64).sqrt()).unwrap_or_else(T::zero),
             norm: T::from(1.0 / (self.out_dim() as f64).sqrt()).unwrap_or_else(T::one),
         }
@@ -195,11 +227,6 @@ impl<T: Real> Spec<'_, T> {
             }
         }
         Some(wt)
-    }
-
-    /// Features per row of the projection (`d` without one).
-    pub(crate) fn proj_dim(&self) -> usize {
-        self.m()
     }
 
     fn scale(&self) -> T {

@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::features::Spec;
+use super::features::{Mapper, Spec};
 use super::gemm::{gemm, Mat};
 use super::Real;
 use crate::{Error, Result};
@@ -217,19 +217,6 @@ impl<T: Real> Head<'_, T> {
     ) -> bool {
         let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
         let c = c.min(n);
-        if let Some(finite) = T::chunked_fast(
-            self.q,
-            self.k,
-            self.v,
-            (n, m, dv, c),
-            None,
-            eps,
-            s64,
-            o,
-            den,
-        ) {
-            return finite;
-        }
         let mut a = vec![T::zero(); c * c];
         let mut y = vec![T::zero(); c * dv];
         let mut delta = vec![T::zero(); m * w];
@@ -600,6 +587,7 @@ pub fn causal_forward_mapped<T: Real>(
     if n == 0 {
         return Ok(());
     }
+    let mapper = maps.map(|(sq, sk)| Mapper::new(sq, sk));
     let run = |(b, ((o, den), state)): HeadTask<T>| -> Result<()> {
         let (q, k, v) = x.head(b);
         let mut fresh = Vec::new();
@@ -607,16 +595,24 @@ pub fn causal_forward_mapped<T: Real>(
             fresh = vec![0.0; m * w];
             &mut fresh
         });
+        if let Some(finite) = T::forward_fast(
+            method,
+            q,
+            k,
+            v,
+            (n, m, dv),
+            mapper.as_ref(),
+            eps,
+            s64,
+            o,
+            den,
+        ) {
+            return finite_or_err(finite);
+        }
         let (fq, fk);
         let (q, k) = match maps {
             None => (q, k),
             Some((sq, sk)) => {
-                if let Method::Chunked(c) = method {
-                    let dims = (n, m, dv, c.min(n));
-                    if let Some(finite) = T::chunked_fast(q, k, v, dims, maps, eps, s64, o, den) {
-                        return finite_or_err(finite);
-                    }
-                }
                 let map = |s: &Spec<T>, x: &[T]| {
                     let mut f = vec![T::zero(); n * m];
                     s.forward(x, &mut f).map(|_| f)

@@ -3,7 +3,8 @@
 
 use num_traits::Float;
 
-use super::forms::Maps;
+use super::features::Mapper;
+use super::forms::Method;
 
 /// The float types the attention kernels run in.
 pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
@@ -26,16 +27,17 @@ pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
         c: (*mut Self, isize, isize),
     );
 
-    /// One head of the chunked causal forward by [`super::fast`], where it applies (f32,
-    /// `M` and `D_v` multiples of 16): `Some(all values finite)`, else `None`. With `maps`,
-    /// `q` and `k` are raw and mapped chunk by chunk.
+    /// One head of the chunked or scan causal forward by [`super::fast`], where it applies
+    /// (f32, `M` and `D_v` multiples of 16): `Some(all values finite)`, else `None`. With
+    /// `maps`, `q` and `k` are raw and mapped inside the pass.
     #[allow(clippy::too_many_arguments)]
-    fn chunked_fast(
+    fn forward_fast(
+        _method: Method,
         _q: &[Self],
         _k: &[Self],
         _v: &[Self],
-        _dims: (usize, usize, usize, usize),
-        _maps: Option<Maps<Self>>,
+        _dims: (usize, usize, usize),
+        _maps: Option<&Mapper<Self>>,
         _eps: f64,
         _s64: &mut [f64],
         _o: &mut [Self],
@@ -103,18 +105,19 @@ impl Real for f32 {
         );
     }
 
-    fn chunked_fast(
+    fn forward_fast(
+        method: Method,
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        dims: (usize, usize, usize, usize),
-        maps: Option<Maps<f32>>,
+        dims: (usize, usize, usize),
+        maps: Option<&Mapper<f32>>,
         eps: f64,
         s64: &mut [f64],
         o: &mut [f32],
         den: &mut [f32],
     ) -> Option<bool> {
-        super::fast::chunked_forward(q, k, v, dims, maps, eps, s64, o, den)
+        super::fast::forward(method, q, k, v, dims, maps, eps, s64, o, den)
     }
 }
 

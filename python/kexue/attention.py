@@ -48,6 +48,7 @@ __all__ = [
 FEATURE_MAPS = ("favor+", "favor+hyperbolic", "exp", "elu+1", "relu", "identity")
 _FAVOR = ("favor+", "favor+hyperbolic")
 _METHODS = ("chunked", "scan", "quadratic")
+_FLOATS = (np.float32, np.float64)
 
 FeatureMap = Union[str, Callable[[Any], Any]]
 
@@ -584,6 +585,22 @@ class CausalState:
     def update(self, q: Any, k: Any, v: Any) -> Any:
         """Consumes ``T`` tokens, ``(B, H, T, D)`` (or one token ``(B, H, D)``), and returns their
         outputs in the same layout. Not differentiable (decoding); the state changes in place."""
+        if (
+            type(q) is np.ndarray
+            and type(k) is np.ndarray
+            and type(v) is np.ndarray
+            and q.ndim == 3
+            and q.dtype in _FLOATS
+            and q.flags.c_contiguous
+            and k.flags.c_contiguous
+            and v.flags.c_contiguous
+            and not callable(self.feature_map)
+        ):
+            # Decoding one token from float arrays: the Rust call checks shapes and dtypes
+            # (the general checks below cost more than the step itself).
+            o = self._step(q[:, :, None], k[:, :, None], v[:, :, None])
+            self.position += 1
+            return o[:, :, 0]
         single = getattr(q, "ndim", np.ndim(q)) == 3
         if single:
             q, k, v = (x[:, :, None] for x in (q, k, v))
@@ -594,26 +611,30 @@ class CausalState:
         if callable(self.feature_map) or torch_road:
             o = self._update_mapped_first(q, k, v, torch_road)
         else:
-            # One Rust call maps q and k and advances the state (decoding calls this per token).
-            w = self._projection(q)
-            m = q.shape[-1] if w is None else w.shape[0]
-            m = 2 * m if self.feature_map == "favor+hyperbolic" else m
-            self._check_continues((q.shape[0], q.shape[1], m, v.shape[-1] + 1))
-            arrays = [x.contiguous().numpy() if is_tensor(x) else x for x in (q, k, v, w)]
-            method = "scan" if q.shape[2] <= 16 else "chunked"
-            o, _ = _native.attention_causal_mapped_forward(
-                *arrays[:3],
-                self.feature_map,
-                arrays[3],
-                self.key_offset,
-                self.eps,
-                method,
-                self.chunk_size,
-                self.kv,
-            )
-            o = _to_kind(o, q)
+            arrays = [x.contiguous().numpy() if is_tensor(x) else x for x in (q, k, v)]
+            o = _to_kind(self._step(*arrays), q)
         self.position += q.shape[2]
         return o[:, :, 0] if single else o
+
+    def _step(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """One Rust call maps q and k and advances the state (decoding calls this per token)."""
+        w = self._projection(q)
+        m = q.shape[-1] if w is None else w.shape[0]
+        m = 2 * m if self.feature_map == "favor+hyperbolic" else m
+        self._check_continues((q.shape[0], q.shape[1], m, v.shape[-1] + 1))
+        o, _ = _native.attention_causal_mapped_forward(
+            q,
+            k,
+            v,
+            self.feature_map,
+            w,
+            self.key_offset,
+            self.eps,
+            "scan" if q.shape[2] <= 16 else "chunked",
+            self.chunk_size,
+            self.kv,
+        )
+        return o
 
     def _check_shape(self, want: tuple) -> None:
         if self.kv is not None and tuple(self.kv.shape) != want:
@@ -624,6 +645,8 @@ class CausalState:
 
     def _check_continues(self, want: tuple) -> None:
         """Makes ``kv`` a float64 numpy state of shape ``want`` (zeros when new)."""
+        if type(self.kv) is np.ndarray and self.kv.shape == want:
+            return
         self._check_shape(want)
         if self.kv is None:
             self.kv = np.zeros(want)
@@ -651,7 +674,7 @@ class CausalState:
         """The projection validated and converted to ``x``'s kind and dtype, once per kind."""
         if self.projection is None:
             return None
-        key = (is_tensor(x), str(x.dtype), str(getattr(x, "device", "")), x.shape[-1])
+        key = (x.dtype, getattr(x, "device", None), x.shape[-1])
         if key not in self._projections:
             w = _check_projection(self.projection, x.shape[-1], self.feature_map)
             self._projections[key] = _like(w, x)

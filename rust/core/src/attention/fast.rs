@@ -190,26 +190,49 @@ unsafe fn transpose_avx512(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt:
     }
 }
 
+/// [`transpose`] by the fastest form the CPU has.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn transpose_any(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt: usize) {
+    match_target! {
+        // SAFETY: this version runs only where AVX-512F was detected.
+        "x86_64+avx512f" => unsafe { transpose_avx512(x, m, rows, t, ldt) },
+        _ => transpose(x, m, rows, t, ldt),
+    }
+}
+
+/// The transpose of a row-major `rows × cols` matrix, both multiples of 16.
+pub(crate) fn transposed(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; rows * cols];
+    transpose_any(x, cols, rows, &mut t, rows);
+    t
+}
+
 fn ceil16(x: usize) -> usize {
     x.div_ceil(L) * L
 }
 
-/// φ of `rows` raw rows `x` (query side `0`, key side `1`) into `out`; `u` is scratch.
+/// The projections `u` of `rows` raw rows `x` (`x` itself without a projection).
 #[inline(always)]
-fn apply(mp: &Mapper<f32>, side: usize, x: &[f32], rows: usize, u: &mut [f32], out: &mut [f32]) {
+fn project<'a>(mp: &Mapper<f32>, x: &'a [f32], rows: usize, u: &'a mut [f32]) -> &'a [f32] {
     let (d, p) = (mp.d, mp.mp);
-    let u: &[f32] = match &mp.wt {
+    match &mp.wt {
         Some(wt) => {
             gemm16(rows, p, d, x, d, wt, p, u, p, false);
             &u[..rows * p]
         }
         None => &x[..rows * d],
-    };
+    }
+}
+
+/// φ of `rows` raw rows `x` (query side `0`, key side `1`) into `out`; `u` is scratch.
+#[inline(always)]
+fn apply(mp: &Mapper<f32>, side: usize, x: &[f32], rows: usize, u: &mut [f32], out: &mut [f32]) {
     let (spec, c) = (mp.specs[side], &mp.consts[side]);
+    let u = project(mp, x, rows, u);
     for ((o, u), x) in out
         .chunks_exact_mut(spec.out_dim())
-        .zip(u.chunks_exact(p))
-        .zip(x.chunks_exact(d))
+        .zip(u.chunks_exact(mp.mp))
+        .zip(x.chunks_exact(mp.d))
         .take(rows)
     {
         spec.row(u, x, o, c);
@@ -270,10 +293,12 @@ fn scan_block<const B: usize>(
         std::array::from_fn(|b| std::array::from_fn(|j| f64::from(v[b * L + j])));
     let mut acc = [[0.0f64; L]; B];
     // No bounds check (so no exit) inside the loop: `acc` then stays in registers.
-    assert!(j0 + B * L <= w);
-    for ((row, &qp), &kp) in s.chunks_exact_mut(w).zip(q).zip(k) {
+    assert!(j0 + B * L <= w && q.len() <= k.len() && q.len() * w <= s.len());
+    let base = s.as_mut_ptr();
+    for (p, (&qp, &kp)) in q.iter().zip(k).enumerate() {
         let (qp, kp) = (f64::from(qp), f64::from(kp));
-        let row = &mut row[j0..j0 + B * L];
+        // SAFETY: p·w + j0 + 16·B ≤ (p + 1)·w ≤ s.len() by the assert.
+        let row = unsafe { std::slice::from_raw_parts_mut(base.add(p * w + j0), B * L) };
         for ((acc, vb), row) in acc.iter_mut().zip(&vb).zip(row.chunks_exact_mut(L)) {
             for ((a, &vj), s) in acc.iter_mut().zip(vb).zip(row) {
                 *s = kp.mul_add(vj, *s);
@@ -306,8 +331,9 @@ fn scan(
     den: &mut [f32],
 ) -> bool {
     let w = dv + 1;
-    let (mut u, mut phq, mut phk) = match mapper {
-        Some(mp) => (vec![0.0; mp.mp], vec![0.0; m], vec![0.0; m]),
+    // the token's raw q and k as two rows (one product for both), their projections and maps
+    let (mut x2, mut u2, mut phi) = match mapper {
+        Some(mp) => (vec![0.0; 2 * mp.d], vec![0.0; 2 * mp.mp], vec![0.0; 2 * m]),
         None => (Vec::new(), Vec::new(), Vec::new()),
     };
     let mut y = vec![0.0f64; dv];
@@ -316,9 +342,18 @@ fn scan(
             None => (&q[t * m..(t + 1) * m], &k[t * m..(t + 1) * m]),
             Some(mp) => {
                 let d = mp.d;
-                apply(mp, 0, &q[t * d..(t + 1) * d], 1, &mut u, &mut phq);
-                apply(mp, 1, &k[t * d..(t + 1) * d], 1, &mut u, &mut phk);
-                (&phq[..], &phk[..])
+                x2[..d].copy_from_slice(&q[t * d..(t + 1) * d]);
+                x2[d..].copy_from_slice(&k[t * d..(t + 1) * d]);
+                let u = project(mp, &x2, 2, &mut u2);
+                let (pq, pk) = phi.split_at_mut(m);
+                for (side, (u, (x, out))) in u
+                    .chunks_exact(mp.mp)
+                    .zip(x2.chunks_exact(d).zip([pq, pk]))
+                    .enumerate()
+                {
+                    mp.specs[side].row(u, x, out, &mp.consts[side]);
+                }
+                phi.split_at(m)
             }
         };
         let vt = &v[t * dv..(t + 1) * dv];
@@ -402,11 +437,7 @@ fn head(
         if !vs.iter().fold(true, |ok, x| ok & x.is_finite()) {
             return false;
         }
-        match_target! {
-            // SAFETY: this version of `head` runs only where AVX-512F was detected.
-            "x86_64+avx512f" => unsafe { transpose_avx512(ks, m, l, &mut kt, cp) },
-            _ => transpose(ks, m, l, &mut kt, cp),
-        }
+        transpose_any(ks, m, l, &mut kt, cp);
         for i0 in (0..l).step_by(R) {
             let hi = (i0 + R).min(l);
             let (rr, cols) = (hi - i0, ceil16(hi));

@@ -171,12 +171,8 @@ impl<T: Real> Spec<'_, T> {
             (None, Some((w, _))) if self.map.is_favor() => {
                 w.chunks_exact(self.d)
                     .map(|r| {
-                        // 8 running sums: one would be a chain of d dependent adds
-                        let mut acc = [0.0f64; 8];
-                        for (i, x) in r.iter().enumerate() {
-                            acc[i % 8] += x.to_f64().unwrap_or(0.0).powi(2);
-                        }
-                        acc.iter().sum::<f64>()
+                        let s = lanes(r, T::zero(), |a, x| a + x * x, |a, b| a + b);
+                        s.to_f64().unwrap_or(f64::NAN)
                     })
                     .fold(0.0, f64::max)
                     / 2.0
@@ -220,12 +216,8 @@ impl<T: Real> Spec<'_, T> {
     pub(crate) fn projection_t(&self) -> Option<Vec<T>> {
         let (w, m) = self.projection?;
         let scale = self.scale();
-        let mut wt = vec![T::zero(); self.d * m];
-        for (i, row) in w.chunks_exact(self.d).enumerate() {
-            for (j, &x) in row.iter().enumerate() {
-                wt[j * m + i] = x * scale;
-            }
-        }
+        let mut wt = T::transposed(w, m, self.d);
+        wt.iter_mut().for_each(|x| *x = *x * scale);
         Some(wt)
     }
 

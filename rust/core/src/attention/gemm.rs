@@ -27,6 +27,11 @@ pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
         c: (*mut Self, isize, isize),
     );
 
+    /// The transpose of a row-major `rows × cols` matrix.
+    fn transposed(x: &[Self], rows: usize, cols: usize) -> Vec<Self> {
+        transposed(x, rows, cols)
+    }
+
     /// One head of the chunked or scan causal forward by [`super::fast`], where it applies
     /// (f32, `M` and `D_v` multiples of 16): `Some(all values finite)`, else `None`. With
     /// `maps`, `q` and `k` are raw and mapped inside the pass.
@@ -45,6 +50,17 @@ pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
     ) -> Option<bool> {
         None
     }
+}
+
+/// The transpose of a row-major `rows × cols` matrix, element by element.
+pub(crate) fn transposed<T: Real>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut t = vec![T::zero(); rows * cols];
+    for (i, row) in x.chunks_exact(cols).take(rows).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            t[j * rows + i] = v;
+        }
+    }
+    t
 }
 
 /// `exp` for f32 that vectorises (Cephes' `expf`: `2^n·p(r)` with `|r| ≤ ln2/2`, within 2 ulp):
@@ -103,6 +119,14 @@ impl Real for f32 {
         matrixmultiply::sgemm(
             m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
         );
+    }
+
+    fn transposed(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        if rows % 16 == 0 && cols % 16 == 0 {
+            super::fast::transposed(x, rows, cols)
+        } else {
+            transposed(x, rows, cols)
+        }
     }
 
     fn forward_fast(

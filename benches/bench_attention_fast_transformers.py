@@ -9,7 +9,9 @@ scratch directory (no ninja needed), then times both in this process:
 
 fast-transformers' kernel computes the unnormalised product only; its Python layer then
 normalises with ``einsum(Q, K.cumsum)`` (timed here as "fast-transformers + normaliser").
-kexue computes numerator and denominator in one pass. B = 1, H = 8, D = M = Dv = 64, float32.
+kexue computes numerator and denominator in one pass; it is also timed with the FAVOR+ feature
+map (m = 64) applied inside that pass against fast-transformers' kernel on given features.
+B = 1, H = 8, D = M = Dv = 64, float32.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils import cpp_extension
 
 from kexue import get_num_threads
-from kexue.attention import linear_attention
+from kexue.attention import linear_attention, orthogonal_random_matrix
 from kexue.benchmarks import compare
 
 NAME = "ft_causal_product_cpu"
@@ -81,6 +84,14 @@ def bench_size(ft: object, n: int, repeat: int, gen: torch.Generator) -> None:
                 "fast-transformers kernel (unnormalised)": lambda: ft_forward(False),
                 "fast-transformers + normaliser": lambda: ft_forward(True),
             },
+            repeat=repeat,
+        )
+        w = orthogonal_random_matrix(64, 64, seed=0, dtype=np.float32)
+        compare(
+            "causal forward incl. FAVOR+ features m=64 (ours), features given (fast-transformers)",
+            shape,
+            lambda: linear_attention(q, k, v, causal=True, projection=w),
+            {"fast-transformers kernel (unnormalised)": lambda: ft_forward(False)},
             repeat=repeat,
         )
     g = torch.randn_like(v)

@@ -18,6 +18,10 @@ Queries use their own per-token max, which cancels in the ratio.
 
 Precision: the Rust kernels keep the state in float64 (the chunked form adds each chunk's
 float32 ``Kᵀ V`` into it); the pure-torch road accumulates in the input dtype.
+
+Speed: a named feature map on a causal pass that needs no gradient (numpy, or tensors under
+``torch.no_grad``) runs inside the Rust pass, chunk by chunk, so the feature arrays are never
+written out; :meth:`CausalState.update` maps and steps a token in one Rust call.
 """
 
 from __future__ import annotations

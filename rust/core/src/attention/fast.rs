@@ -1,17 +1,21 @@
-//! The f32 chunked causal forward when `M` and `D_v` are multiples of 16 (every usual head
-//! size): the same schedule as `forms`' chunked form, with products written for this shape.
+//! The f32 causal forward (chunked and token scan) when `M` and `D_v` are multiples of 16
+//! (every usual head size): the same schedules as `forms`, with products written for this
+//! shape, and optionally the feature map applied chunk by chunk (or token by token) inside
+//! the pass, so that no feature array is ever written out.
 //!
 //! Hand-written rather than `matrixmultiply` because at `64 × 64 × 64` its packing of both
 //! operands costs about as much as the product itself, and half of each `C × C` block is above
 //! the diagonal: here every product reads its operands in place (rows of `B` are contiguous
 //! 16-lane blocks, elements of `A` are broadcast), keeps a `4 × 64` tile of `C` in registers,
 //! and the masked block products stop at the diagonal. `multiversion` compiles the loops for
-//! AVX-512 and AVX2 (+FMA) and picks one at run time; the code itself is portable.
+//! AVX-512 and AVX2 (+FMA) and picks one at run time; the code itself is portable except for
+//! one AVX-512 transpose (the portable one compiles to scalar moves). The state stays in f64:
+//! each chunk's f32 `Kᵀ V` (or each token's `k vᵀ`) is added into it.
 
 use multiversion::multiversion;
 use multiversion::target::match_target;
 
-use super::features::Mapper;
+use super::features::{tree, Mapper};
 use super::forms::Method;
 
 /// Rows of a register tile.
@@ -130,7 +134,7 @@ fn gemm16(
 /// `Σ x` in 16 lanes, then across them.
 #[inline(always)]
 fn lanes_sum(acc: [f32; L]) -> f32 {
-    acc.iter().fold(0.0, |s, &x| s + x)
+    tree(acc, |a, b| a + b)
 }
 
 /// `t[p·ldt + j] = x[j·m + p]` for `j < rows`, zero for `rows ≤ j < ceil16(rows)`.
@@ -205,6 +209,24 @@ pub(crate) fn transposed(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0.0; rows * cols];
     transpose_any(x, cols, rows, &mut t, rows);
     t
+}
+
+/// Asks for `x`'s cache lines ahead of use (a hint; nothing on other architectures).
+#[inline(always)]
+fn prefetch(x: Option<&[f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(x) = x {
+        for line in x.chunks(16) {
+            // SAFETY: a prefetch hint reads nothing and cannot fault.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    line.as_ptr().cast(),
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
 }
 
 fn ceil16(x: usize) -> usize {
@@ -438,7 +460,19 @@ fn head(
             return false;
         }
         transpose_any(ks, m, l, &mut kt, cp);
+        // The next chunk's inputs, a slice per row block: the pass reads every input once,
+        // so without this it waits on memory at the start of every chunk.
+        let (dq, dk) = mapper.map_or((m, m), |mp| (mp.d, mp.d));
+        let next = (c0 + l).min(n)..(c0 + l + c).min(n);
+        let ahead = [
+            (&q[next.start * dq..next.end * dq], dq),
+            (&k[next.start * dk..next.end * dk], dk),
+            (&v[next.start * dv..next.end * dv], dv),
+        ];
         for i0 in (0..l).step_by(R) {
+            for &(x, width) in &ahead {
+                prefetch(x.get(i0 * width..((i0 + R) * width).min(x.len())));
+            }
             let hi = (i0 + R).min(l);
             let (rr, cols) = (hi - i0, ceil16(hi));
             let qb = &qs[i0 * m..];
@@ -656,100 +690,5 @@ mod tests {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tmpbench {
-    use super::*;
-    #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx2+fma"))]
-    fn run(a: &[f32], b: &[f32], c: &mut [f32], reps: usize) {
-        for _ in 0..reps {
-            gemm16(64, 64, 64, a, 64, b, 64, c, 64, false);
-        }
-    }
-    #[test]
-    #[ignore]
-    fn head_speed() {
-        let n = 8192;
-        let q: Vec<f32> = (0..n * 64)
-            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 + 0.01)
-            .collect();
-        let k = q.clone();
-        let v: Vec<f32> = (0..n * 64)
-            .map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5)
-            .collect();
-        let mut o = vec![0.0f32; n * 64];
-        let mut den = vec![0.0f32; n];
-        for c in [64] {
-            let mut best = f64::MAX;
-            for _ in 0..7 {
-                let mut s = vec![0.0f64; 64 * 65];
-                let t = std::time::Instant::now();
-                forward(
-                    Method::Chunked(c),
-                    &q,
-                    &k,
-                    &v,
-                    (n, 64, 64),
-                    None,
-                    1e-6,
-                    &mut s,
-                    &mut o,
-                    &mut den,
-                );
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            println!(
-                "head N={n} C={c}: {:.3} ms (x8 heads / 2 cores = {:.2} ms)",
-                best * 1e3,
-                best * 4e3
-            );
-        }
-    }
-
-    #[test]
-    #[ignore]
-    fn scan_speed() {
-        let q: Vec<f32> = (0..64).map(|i| i as f32 * 1e-3 + 0.01).collect();
-        let v: Vec<f32> = (0..64).map(|i| i as f32 * 1e-3 - 0.5).collect();
-        let mut s = vec![0.0f64; 64 * 65];
-        let (mut o, mut den) = (vec![0.0f32; 64], vec![0.0f32; 1]);
-        let reps = 100000;
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            forward(
-                Method::Scan,
-                &q,
-                &q,
-                &v,
-                (1, 64, 64),
-                None,
-                1e-6,
-                &mut s,
-                &mut o,
-                &mut den,
-            );
-        }
-        println!(
-            "scan step: {:.3} us per head",
-            t.elapsed().as_secs_f64() / reps as f64 * 1e6
-        );
-    }
-
-    #[test]
-    #[ignore]
-    fn tile_speed() {
-        let a = vec![0.5f32; 64 * 64];
-        let b = vec![0.25f32; 64 * 64];
-        let mut c = vec![0.0f32; 64 * 64];
-        let reps = 20000;
-        let t = std::time::Instant::now();
-        run(&a, &b, &mut c, reps);
-        let s = t.elapsed().as_secs_f64();
-        println!(
-            "gemm 64^3: {:.1} GFLOP/s",
-            2.0 * 64f64.powi(3) * reps as f64 / s / 1e9
-        );
     }
 }

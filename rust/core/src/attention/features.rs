@@ -126,7 +126,20 @@ fn lanes<T: Real>(x: &[T], init: T, step: impl Fn(T, T) -> T, merge: impl Fn(T, 
         acc.iter_mut().zip(b).for_each(|(a, &x)| *a = step(*a, x));
     }
     let tail = blocks.remainder().iter().fold(init, |a, &x| step(a, x));
-    acc.iter().fold(tail, |a, &b| merge(a, b))
+    merge(tail, tree(acc, &merge))
+}
+
+/// `merge` over 16 lanes as a tree of halves (4 vector steps rather than 15 dependent ones).
+#[inline(always)]
+pub(crate) fn tree<T: Copy>(mut acc: [T; 16], merge: impl Fn(T, T) -> T) -> T {
+    let mut half = 8;
+    while half > 0 {
+        for i in 0..half {
+            acc[i] = merge(acc[i], acc[i + half]);
+        }
+        half /= 2;
+    }
+    acc[0]
 }
 
 impl<T: Real> Spec<'_, T> {

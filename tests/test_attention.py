@@ -166,9 +166,10 @@ def test_causality_is_bitwise(method, name):
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-5)])
 @pytest.mark.parametrize("name", ["favor+", "elu+1"])
-def test_chunked_prefill_then_steps_equals_full_pass(dtype, tol, name):
-    q, k, v = qkv((2, 3, 50, 8), 5, dtype)
-    w = projection_for(name, 8, m=12)
+@pytest.mark.parametrize("d,m,dv", [(8, 12, 5), (16, 32, 16)])  # the second: vector path
+def test_chunked_prefill_then_steps_equals_full_pass(dtype, tol, name, d, m, dv):
+    q, k, v = qkv((2, 3, 50, d), dv, dtype, scale=0.5)
+    w = projection_for(name, d, m=m)
     full = linear_attention(q, k, v, causal=True, feature_map=name, projection=w)
     for t0 in (1, 17, 40):
         state = CausalState(feature_map=name, projection=w, chunk_size=8)

@@ -353,20 +353,33 @@ fn scan(
     den: &mut [f32],
 ) -> bool {
     let w = dv + 1;
-    // the token's raw q and k as two rows (one product for both), their projections and maps
-    let (mut x2, mut u2, mut phi) = match mapper {
-        Some(mp) => (vec![0.0; 2 * mp.d], vec![0.0; 2 * mp.mp], vec![0.0; 2 * m]),
-        None => (Vec::new(), Vec::new(), Vec::new()),
+    // Scratch on the stack when it fits (decoding calls this per head and token): the token's
+    // raw q and k as two rows (one product for both), their projections and their features.
+    let need = mapper.map_or(0, |mp| 2 * (mp.d + mp.mp + m));
+    let (mut stack, mut stack64) = ([0.0f32; 1024], [0.0f64; 256]);
+    let (mut heap, mut heap64): (Vec<f32>, Vec<f64>);
+    let buf: &mut [f32] = if need <= stack.len() {
+        &mut stack[..need]
+    } else {
+        heap = vec![0.0; need];
+        &mut heap
     };
-    let mut y = vec![0.0f64; dv];
+    let y: &mut [f64] = if dv <= stack64.len() {
+        &mut stack64[..dv]
+    } else {
+        heap64 = vec![0.0; dv];
+        &mut heap64
+    };
+    let (d, mpd) = mapper.map_or((0, 0), |mp| (mp.d, mp.mp));
+    let (x2, rest) = buf.split_at_mut(2 * d);
+    let (u2, phi) = rest.split_at_mut(2 * mpd);
     for t in 0..n {
         let (qt, kt) = match mapper {
             None => (&q[t * m..(t + 1) * m], &k[t * m..(t + 1) * m]),
             Some(mp) => {
-                let d = mp.d;
                 x2[..d].copy_from_slice(&q[t * d..(t + 1) * d]);
                 x2[d..].copy_from_slice(&k[t * d..(t + 1) * d]);
-                let u = project(mp, &x2, 2, &mut u2);
+                let u = project(mp, x2, 2, u2);
                 let (pq, pk) = phi.split_at_mut(m);
                 for (side, (u, (x, out))) in u
                     .chunks_exact(mp.mp)
@@ -401,7 +414,7 @@ fn scan(
         let d = (acc[0] + acc[1]) + (acc[2] + acc[3]) + eps;
         den[t] = d as f32;
         let inv = 1.0 / d;
-        for (o, &y) in o[t * dv..(t + 1) * dv].iter_mut().zip(&y) {
+        for (o, &y) in o[t * dv..(t + 1) * dv].iter_mut().zip(y.iter()) {
             *o = (y * inv) as f32;
         }
     }

@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::storage::Array;
 use super::vocab::{tokens, Vocab, BOS, EOS, UNK};
 use crate::{Error, Result};
 
@@ -46,12 +47,34 @@ pub(crate) struct Slot {
 }
 
 /// N-grams of one order ≥ 2. `keys` holds each n-gram's ids *newest word first* (w, then its
-/// context from nearest to farthest), sorted; `slots` is the hash table used by queries.
+/// context from nearest to farthest) in [`sorted`] order, with their log10 probabilities in
+/// `probs`; `slots` is the hash table used by queries.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Table {
     pub n: usize,
-    pub keys: Vec<u32>,
-    pub slots: Vec<Slot>,
+    pub keys: Array<u32>,
+    pub probs: Array<f32>,
+    pub slots: Array<Slot>,
+}
+
+/// Keys (stride `n`, newest word first) and weights in a table's order: by context, then by
+/// word, so the words that follow one context are contiguous (CGMH's next-word lists read
+/// them in place, from a memory-mapped file too).
+pub(crate) fn sorted(
+    n: usize,
+    keys: Vec<u32>,
+    weights: Vec<ProbBackoff>,
+) -> (Vec<u32>, Vec<ProbBackoff>) {
+    let key = |i: u32| &keys[i as usize * n..(i as usize + 1) * n];
+    let mut perm: Vec<u32> = (0..weights.len() as u32).collect();
+    perm.sort_unstable_by(|&a, &b| (&key(a)[1..], key(a)[0]).cmp(&(&key(b)[1..], key(b)[0])));
+    let mut k = Vec::with_capacity(keys.len());
+    let mut w = Vec::with_capacity(weights.len());
+    for &i in &perm {
+        k.extend_from_slice(key(i));
+        w.push(weights[i as usize]);
+    }
+    (k, w)
 }
 
 fn fmix64(mut x: u64) -> u64 {
@@ -88,7 +111,8 @@ pub(crate) fn key_hash(key: &[u32]) -> u64 {
 impl Table {
     /// Builds the hash table of `keys` (stride `n`, newest word first) with their weights.
     /// Fails only if two distinct n-grams share a 64-bit hash (odds ~ entries² / 2⁶⁵).
-    pub fn new(n: usize, keys: Vec<u32>, weights: &[ProbBackoff]) -> Result<Table> {
+    pub fn new(n: usize, keys: Vec<u32>, weights: Vec<ProbBackoff>) -> Result<Table> {
+        let (keys, weights) = sorted(n, keys, weights);
         let len = weights.len();
         // 1.5 slots per entry (KenLM's default probing multiplier), at least one empty slot.
         let size = len + len / 2 + 1;
@@ -100,7 +124,7 @@ impl Table {
             };
             size
         ];
-        for (key, w) in keys.chunks_exact(n).zip(weights) {
+        for (key, w) in keys.chunks_exact(n).zip(&weights) {
             let h = key_hash(key);
             let mut i = bucket(h, size);
             while slots[i].key != 0 {
@@ -118,16 +142,22 @@ impl Table {
                 backoff: w.backoff,
             };
         }
-        Ok(Table { n, keys, slots })
+        Ok(Table {
+            n,
+            keys: keys.into(),
+            probs: weights.iter().map(|w| w.prob).collect::<Vec<_>>().into(),
+            slots: slots.into(),
+        })
     }
 
     fn find_mut(&mut self, hash: u64) -> Option<&mut Slot> {
         let h = hash.max(1);
-        let size = self.slots.len();
+        let slots = self.slots.make_mut();
+        let size = slots.len();
         let mut i = bucket(h, size);
-        while self.slots[i].key != 0 {
-            if self.slots[i].key == h {
-                return Some(&mut self.slots[i]);
+        while slots[i].key != 0 {
+            if slots[i].key == h {
+                return Some(&mut slots[i]);
             }
             i = if i + 1 == size { 0 } else { i + 1 };
         }
@@ -163,6 +193,27 @@ impl Table {
 
     pub fn len(&self) -> usize {
         self.keys.len() / self.n
+    }
+
+    /// Indices of the n-grams whose context (newest word first) is `context`: a binary
+    /// search over the sorted keys (hand-written: the keys are a flat array of stride `n`,
+    /// which the slice searches cannot index).
+    fn successors(&self, context: &[u32]) -> std::ops::Range<usize> {
+        let n = self.n;
+        let context_of = |i: usize| &self.keys[i * n + 1..(i + 1) * n];
+        let first_not = |before: &dyn Fn(&[u32]) -> bool| {
+            let (mut lo, mut hi) = (0, self.len());
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if before(context_of(mid)) {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        first_not(&|c| c < context)..first_not(&|c| c <= context)
     }
 }
 
@@ -248,7 +299,7 @@ pub struct TokenScore {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {
     pub(crate) vocab: Vocab,
-    pub(crate) unigrams: Vec<ProbBackoff>,
+    pub(crate) unigrams: Array<ProbBackoff>,
     pub(crate) tables: Vec<Table>,
 }
 
@@ -256,7 +307,7 @@ impl Model {
     /// Assembles a model: `unigrams[id]` for every vocabulary id, then one table per order ≥ 2;
     /// marks the zero back-offs of n-grams that extend to no longer n-gram.
     pub(crate) fn new(vocab: Vocab, unigrams: Vec<ProbBackoff>, tables: Vec<Table>) -> Self {
-        let mut m = Self::from_marked_parts(vocab, unigrams, tables);
+        let mut m = Self::from_marked_parts(vocab, unigrams.into(), tables);
         let no_ext = f32::from_bits(NO_EXTENSION);
         let zero_to_no_ext = |b: &mut f32| {
             if *b == 0.0 {
@@ -264,10 +315,12 @@ impl Model {
             }
         };
         m.unigrams
+            .make_mut()
             .iter_mut()
             .for_each(|u| zero_to_no_ext(&mut u.backoff));
         for t in &mut m.tables {
             t.slots
+                .make_mut()
                 .iter_mut()
                 .for_each(|s| zero_to_no_ext(&mut s.backoff));
         }
@@ -282,7 +335,7 @@ impl Model {
             for key in t.keys.chunks_exact(t.n) {
                 let context = &key[1..];
                 if k == 0 {
-                    if let Some(u) = m.unigrams.get_mut(context[0] as usize) {
+                    if let Some(u) = m.unigrams.make_mut().get_mut(context[0] as usize) {
                         clear(&mut u.backoff);
                     }
                 } else if let Some(s) = lower[k - 1].find_mut(key_hash(context)) {
@@ -296,7 +349,7 @@ impl Model {
     /// Assembles a model whose extension marks are already set (binary files).
     pub(crate) fn from_marked_parts(
         vocab: Vocab,
-        unigrams: Vec<ProbBackoff>,
+        unigrams: Array<ProbBackoff>,
         tables: Vec<Table>,
     ) -> Self {
         debug_assert_eq!(vocab.len(), unigrams.len());
@@ -629,14 +682,34 @@ impl Model {
         match key.len() {
             0 => None,
             1 => self.unigrams.get(key[0] as usize).copied(),
-            n => {
-                let t = self.tables.get(n - 2)?;
-                t.find(key_hash(key)).map(|s| ProbBackoff {
-                    prob: s.prob,
-                    backoff: s.backoff,
-                })
-            }
+            n => self.get_hashed(n, key_hash(key)),
         }
+    }
+
+    /// The weights of the `n`-gram (n ≥ 2) whose [`key_hash`] is `hash`, if the model has it.
+    pub(crate) fn get_hashed(&self, n: usize, hash: u64) -> Option<ProbBackoff> {
+        let slot = self.tables.get(n.checked_sub(2)?)?.find(hash)?;
+        Some(ProbBackoff {
+            prob: slot.prob,
+            backoff: slot.backoff,
+        })
+    }
+
+    /// The words that follow `context` (newest word first, 1 to `order - 1` words) in an
+    /// explicit n-gram, with their log10 probabilities, in id order.
+    pub fn successors(&self, context: &[u32]) -> impl ExactSizeIterator<Item = (u32, f32)> + '_ {
+        let table = context
+            .len()
+            .checked_sub(1)
+            .and_then(|i| self.tables.get(i));
+        let (table, range) = match table {
+            Some(t) if t.n == context.len() + 1 => (Some(t), t.successors(context)),
+            _ => (None, 0..0),
+        };
+        range.map(move |i| {
+            let t = table.expect("a non-empty range comes from a table");
+            (t.keys[i * t.n], t.probs[i])
+        })
     }
 
     /// Weights of the unigrams, indexed by word id.

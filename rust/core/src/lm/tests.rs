@@ -60,9 +60,11 @@ fn binary_round_trip_is_exact() {
     let (f, b) = model(4, true);
     let p = tmp("m.kxlm");
     save(&p, &f, b.as_ref()).unwrap();
-    let (f2, b2) = load(&p).unwrap();
-    assert_eq!(f2, f);
-    assert_eq!(b2, b);
+    for mapped in [false, true] {
+        let (f2, b2) = load(&p, mapped).unwrap();
+        assert_eq!(f2, f);
+        assert_eq!(b2, b);
+    }
 }
 
 #[test]

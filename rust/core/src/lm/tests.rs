@@ -157,3 +157,20 @@ fn states_agree_with_context_slices() {
         ctx.push(w);
     }
 }
+
+#[test]
+fn successors_are_the_explicit_ngrams_of_a_context() {
+    let (m, _) = model(4, false);
+    for n in 2..=4 {
+        for (key, pb) in m.entries(n) {
+            let found: Vec<(u32, f32)> = m.successors(&key[1..]).collect();
+            assert!(found.contains(&(key[0], pb.prob)), "{key:?}");
+            let expected = m.entries(n).filter(|(k, _)| k[1..] == key[1..]).count();
+            assert_eq!(found.len(), expected);
+            assert!(found.windows(2).all(|w| w[0].0 < w[1].0));
+        }
+    }
+    assert_eq!(m.successors(&[]).len(), 0);
+    assert_eq!(m.successors(&[BOS, BOS, BOS, BOS]).len(), 0);
+    assert_eq!(m.successors(&[u32::MAX]).len(), 0);
+}

@@ -13,13 +13,14 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use memmap2::MmapOptions;
+use memmap2::{Mmap, MmapOptions};
 
 use super::model::{Model, Table, MAX_ORDER};
-use super::storage::{as_bytes, as_bytes_mut, Array, Bytes, Pod};
+use super::storage::{as_bytes, as_bytes_mut, huge_zeroed, Array, Pod};
 use super::vocab::Vocab;
 use super::write_atomically;
 use crate::{Error, Result};
@@ -135,36 +136,46 @@ pub fn save(path: &Path, forward: &Model, backward: Option<&Model>) -> Result<()
 
 /// Reads a file written by [`save`]: the forward model and the backward one if stored.
 /// With `mapped` the file is memory-mapped and the tables are views of the map, so processes
-/// loading the same file share its pages; otherwise it is read into one buffer.
+/// loading the same file share its pages; otherwise it is read into private memory (in huge
+/// pages where the system allows: faster queries, no sharing).
 pub fn load(path: &Path, mapped: bool) -> Result<(Model, Option<Model>)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let bytes = if mapped && cfg!(target_endian = "little") {
+    if mapped && cfg!(target_endian = "little") {
         // SAFETY: the map is read-only and kexue never rewrites a file in place (saves go
         // through a temporary file and a rename); another program truncating or rewriting a
         // mapped file is undefined behaviour for every mmap reader (KenLM's included).
         let map = unsafe { MmapOptions::new().populate().map(&file) };
-        Bytes::Mapped(map.map_err(|e| Error::io(path, e))?)
-    } else {
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let len =
-            usize::try_from(len).map_err(|_| Error::format(path, 0, "is too large to read"))?;
-        let mut words = vec![0u64; len.div_ceil(8)];
-        (&file)
-            .read_exact(&mut as_bytes_mut(&mut words)[..len])
-            .map_err(|e| Error::io(path, e))?;
-        Bytes::Heap(words, len)
-    };
-    decode(&Arc::new(bytes), path)
+        let map = map.map_err(|e| Error::io(path, e))?;
+        let len = map.len();
+        return decode(&Arc::new(map), 0..len, path);
+    }
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let len = usize::try_from(len).map_err(|_| Error::format(path, 0, "is too large to read"))?;
+    let (mut map, start) = huge_zeroed(len).map_err(|e| Error::io(path, e))?;
+    (&file)
+        .read_exact(&mut map[start..start + len])
+        .map_err(|e| Error::io(path, e))?;
+    let map = map.make_read_only().map_err(|e| Error::io(path, e))?;
+    decode(&Arc::new(map), start..start + len, path)
 }
 
-/// Parses a binary image (copied into an aligned buffer); `source` names it in errors.
+/// Parses a binary image (copied into huge-page memory); `source` names it in errors.
 pub fn from_bytes(bytes: &[u8], source: &Path) -> Result<(Model, Option<Model>)> {
-    decode(&Arc::new(Bytes::copy_of(bytes)), source)
+    let (mut map, start) = huge_zeroed(bytes.len()).map_err(|e| Error::io(source, e))?;
+    let image = start..start + bytes.len();
+    map[image.clone()].copy_from_slice(bytes);
+    let map = map.make_read_only().map_err(|e| Error::io(source, e))?;
+    decode(&Arc::new(map), image, source)
 }
 
 /// Bounds-checked reader of a file image; every failure names the source.
 struct In<'a> {
-    bytes: &'a Arc<Bytes>,
+    map: &'a Arc<Mmap>,
+    /// Where the image starts in the map (a multiple of 8, so alignment within the image is
+    /// alignment in memory).
+    base: usize,
+    /// The image.
+    data: &'a [u8],
     pos: usize,
     source: &'a Path,
 }
@@ -176,7 +187,7 @@ impl<'a> In<'a> {
 
     /// The next `n` bytes.
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let data: &'a [u8] = self.bytes.as_slice();
+        let data = self.data;
         let Some(out) = self
             .pos
             .checked_add(n)
@@ -201,7 +212,7 @@ impl<'a> In<'a> {
     /// terabytes) when each element takes `each` bytes.
     fn size(&mut self, what: &str, each: u64) -> Result<usize> {
         let v = self.u64(what)?;
-        let left = (self.bytes.as_slice().len() - self.pos) as u64;
+        let left = (self.data.len() - self.pos) as u64;
         if v.saturating_mul(each) > left {
             return Err(self.err(format!(
                 "corrupt: {what} = {v} does not fit in the {left} bytes left"
@@ -222,7 +233,7 @@ impl<'a> In<'a> {
         let size = n.saturating_mul(std::mem::size_of::<T>());
         let data = self.take(size, what)?;
         let array = if cfg!(target_endian = "little") {
-            Array::view(self.bytes, offset, n).ok_or_else(|| {
+            Array::view(self.map, self.base + offset, n).ok_or_else(|| {
                 self.err(format!("corrupt: {what} at offset {offset} is misaligned"))
             })?
         } else {
@@ -288,9 +299,12 @@ impl<'a> In<'a> {
     }
 }
 
-fn decode(bytes: &Arc<Bytes>, source: &Path) -> Result<(Model, Option<Model>)> {
+/// Parses the image at `image` of `map`.
+fn decode(map: &Arc<Mmap>, image: Range<usize>, source: &Path) -> Result<(Model, Option<Model>)> {
     let mut r = In {
-        bytes,
+        map,
+        base: image.start,
+        data: &map[image],
         pos: 0,
         source,
     };
@@ -311,7 +325,7 @@ fn decode(bytes: &Arc<Bytes>, source: &Path) -> Result<(Model, Option<Model>)> {
             "format version {version} is not supported (this kexue reads version {VERSION})"
         )));
     }
-    let data = &bytes.as_slice()[HEADER..];
+    let data = &r.data[HEADER..];
     if data.len() as u64 != payload {
         return Err(r.err(format!(
             "truncated or corrupt: the header announces {payload} bytes of data, there are {}",
@@ -326,7 +340,7 @@ fn decode(bytes: &Arc<Bytes>, source: &Path) -> Result<(Model, Option<Model>)> {
     }
     let forward = r.model()?;
     let backward = if models == 2 { Some(r.model()?) } else { None };
-    let left = bytes.as_slice().len() - r.pos;
+    let left = r.data.len() - r.pos;
     if left != 0 {
         return Err(r.err(format!("corrupt: {left} unexpected trailing bytes")));
     }

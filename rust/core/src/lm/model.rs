@@ -10,11 +10,8 @@ use crate::{Error, Result};
 /// Highest supported order.
 pub const MAX_ORDER: usize = 7;
 
-/// Candidate words scored together so that their look-ups overlap.
+/// Candidate words (or sentences) scored together so that their look-ups overlap.
 pub const LANES: usize = 8;
-
-/// How many words ahead sentence scoring prefetches.
-pub const LOOKAHEAD: usize = 4;
 
 /// log10 → natural log.
 pub const LN_10: f64 = std::f64::consts::LN_10;
@@ -343,6 +340,11 @@ impl Model {
                 }
             }
         }
+        // What every query probes, now final.
+        m.unigrams.move_to_huge_pages();
+        m.tables
+            .iter_mut()
+            .for_each(|t| t.slots.move_to_huge_pages());
         m
     }
 
@@ -579,9 +581,12 @@ impl Model {
 
     /// Sentence scores (as [`Model::score_ids`], or [`Model::score_ids_f32`] when `f32_sum`).
     ///
-    /// Every look-up a sentence can need is known from its words alone (the state only cuts
-    /// it short), so the slots of the word `LOOKAHEAD` positions ahead are prefetched while
-    /// the current one is scored: the cache misses of several words overlap.
+    /// Scoring is a chain of dependent cache misses: which look-ups a word needs depends on
+    /// the state the previous word left. So [`LANES`] sentences advance in lockstep: for
+    /// each, the exact slots its next word will probe are prefetched (the state is known),
+    /// then all are scored, and the misses of independent sentences overlap. (Prefetching
+    /// every order several words ahead wastes most prefetches: the median word matches
+    /// only its unigram.)
     pub fn score_many(
         &self,
         sentences: &[&[u32]],
@@ -590,47 +595,74 @@ impl Model {
         f32_sum: bool,
         out: &mut [f64],
     ) {
+        struct Lane {
+            sentence: usize,
+            pos: usize,
+            state: State,
+            sum64: f64,
+            sum32: f32,
+            hashes: [u64; MAX_ORDER - 1],
+        }
         let start = if bos { self.begin_state() } else { State::NULL };
-        for (ids, out) in sentences.iter().zip(out.iter_mut()) {
-            let len = ids.len() + usize::from(eos);
-            // Word at position i (</s> after the words), or the context before the words.
-            let at = |i: isize| -> Option<u32> {
-                match usize::try_from(i) {
-                    Ok(i) if i < ids.len() => Some(ids[i]),
-                    Ok(i) if i < len => Some(EOS),
-                    Ok(_) => None,
-                    Err(_) => (i == -1 && bos).then_some(BOS),
+        let word_at = |lane: &Lane| -> Option<u32> {
+            let ids = sentences[lane.sentence];
+            match ids.get(lane.pos) {
+                Some(&w) => Some(w),
+                None => (eos && lane.pos == ids.len()).then_some(EOS),
+            }
+        };
+        let mut queue = 0..sentences.len().min(out.len());
+        let mut lanes: Vec<Lane> = Vec::with_capacity(LANES);
+        loop {
+            // Fill free lanes; sentences with nothing to score are done at once.
+            while lanes.len() < LANES {
+                let Some(sentence) = queue.next() else { break };
+                let lane = Lane {
+                    sentence,
+                    pos: 0,
+                    state: start,
+                    sum64: 0.0,
+                    sum32: 0.0,
+                    hashes: [0; MAX_ORDER - 1],
+                };
+                if word_at(&lane).is_some() {
+                    lanes.push(lane);
+                } else {
+                    out[sentence] = 0.0;
                 }
-            };
-            // Hashes of the word at i with 1, 2, … words of context, kept for scoring it.
-            let mut ring = [[0u64; MAX_ORDER - 1]; LOOKAHEAD + 1];
-            let prefetch = |ring: &mut [[u64; MAX_ORDER - 1]; LOOKAHEAD + 1], i: usize| {
-                let i = i as isize;
-                let Some(w) = at(i) else { return };
-                let hashes = &mut ring[i as usize % (LOOKAHEAD + 1)];
+            }
+            if lanes.is_empty() {
+                return;
+            }
+            for lane in &mut lanes {
+                let w = word_at(lane).unwrap_or(EOS);
                 let mut h = hash_word(self.known(w));
-                for (k, t) in (1..).zip(&self.tables) {
-                    let Some(c) = at(i - k) else { break };
-                    h = hash_extend(h, self.known(c));
-                    hashes[k as usize - 1] = h;
+                for (k, (t, &c)) in self.tables.iter().zip(lane.state.words()).enumerate() {
+                    h = hash_extend(h, c);
+                    lane.hashes[k] = h;
                     t.prefetch(h);
                 }
-            };
-            (0..LOOKAHEAD).for_each(|i| prefetch(&mut ring, i));
-            let mut state = start;
-            let (mut sum64, mut sum32) = (0f64, 0f32);
-            for i in 0..len {
-                prefetch(&mut ring, i + LOOKAHEAD);
-                let w = at(i as isize).unwrap_or(EOS);
-                // The state holds the sentence's own context words, so the prefetch hashes
-                // are the ones scoring needs.
-                let hashes = &ring[i % (LOOKAHEAD + 1)];
-                let (score, next) = self.score_impl(&state, w, Some(hashes));
-                state = next;
-                sum64 += f64::from(score.log10);
-                sum32 += score.log10;
             }
-            *out = if f32_sum { f64::from(sum32) } else { sum64 };
+            let mut i = 0;
+            while i < lanes.len() {
+                let lane = &mut lanes[i];
+                let w = word_at(lane).unwrap_or(EOS);
+                let (score, next) = self.score_impl(&lane.state, w, Some(&lane.hashes));
+                lane.state = next;
+                lane.sum64 += f64::from(score.log10);
+                lane.sum32 += score.log10;
+                lane.pos += 1;
+                if word_at(lane).is_none() {
+                    out[lane.sentence] = if f32_sum {
+                        f64::from(lane.sum32)
+                    } else {
+                        lane.sum64
+                    };
+                    lanes.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
         }
     }
 

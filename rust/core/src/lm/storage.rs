@@ -1,14 +1,15 @@
-//! Where a model's tables live: owned vectors (built or parsed models) or views into the
-//! bytes of a binary file, either read into one aligned buffer or memory-mapped. A mapped
-//! file's pages sit in the page cache once, so every process that maps the same file
-//! (Dask / Ray workers) shares one copy of the tables instead of holding its own.
+//! Where a model's tables live: owned vectors while a model is assembled, then views of a
+//! memory map: anonymous memory in huge pages (built or parsed models, binary files read
+//! into memory) or the binary file itself, memory-mapped. A mapped file's pages sit in the
+//! page cache once, so every process that maps the same file (Dask / Ray workers) shares one
+//! copy of the tables instead of holding its own.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapMut, MmapOptions};
 
 use super::model::{ProbBackoff, Slot};
 
@@ -68,35 +69,32 @@ pub(crate) fn as_bytes_mut<T: Pod>(v: &mut [T]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), std::mem::size_of_val(v)) }
 }
 
-/// The whole image of a binary model file, 8-byte aligned.
-pub(crate) enum Bytes {
-    /// Read into memory: `u64` words so that the start is 8-byte aligned; `len` bytes used.
-    Heap(Vec<u64>, usize),
-    /// Memory-mapped (page aligned).
-    Mapped(Mmap),
-}
+/// Transparent huge pages are 2 MiB on x86-64 and most aarch64 kernels.
+const HUGE_PAGE: usize = 2 << 20;
 
-impl Bytes {
-    /// An aligned copy of `data`.
-    pub fn copy_of(data: &[u8]) -> Self {
-        let mut words = vec![0u64; data.len().div_ceil(8)];
-        as_bytes_mut(&mut words)[..data.len()].copy_from_slice(data);
-        Bytes::Heap(words, data.len())
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
-        match self {
-            Bytes::Heap(words, len) => &as_bytes(words)[..*len],
-            Bytes::Mapped(map) => map,
-        }
-    }
+/// Zeroed, writable anonymous memory of at least `len` bytes, with transparent huge pages
+/// requested, and the offset of its first 2 MiB-aligned byte when it is large enough to
+/// hold one. Queries probe hash tables at random: with 4 KiB pages nearly every probe of a
+/// large table also misses the TLB, so tables live in huge pages where the kernel allows
+/// (KenLM allocates its tables the same way).
+pub(crate) fn huge_zeroed(len: usize) -> std::io::Result<(MmapMut, usize)> {
+    let pad = if len >= HUGE_PAGE { HUGE_PAGE } else { 0 };
+    let map = MmapOptions::new().len((len + pad).max(1)).map_anon()?;
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage); // a hint: ignored where THP is off
+    let offset = if pad > 0 {
+        map.as_ptr().align_offset(HUGE_PAGE)
+    } else {
+        0
+    };
+    Ok((map, offset))
 }
 
 /// A read-only array of `T`: owned, or `len` elements at byte `offset` of a file image.
 pub(crate) enum Array<T: Pod> {
     Owned(Vec<T>),
     View {
-        bytes: Arc<Bytes>,
+        bytes: Arc<Mmap>,
         offset: usize,
         len: usize,
         _elements: PhantomData<T>,
@@ -106,10 +104,10 @@ pub(crate) enum Array<T: Pod> {
 impl<T: Pod> Array<T> {
     /// A view of `len` elements at `offset` of `bytes`, or `None` when that range is out of
     /// bounds or misaligned for `T`.
-    pub fn view(bytes: &Arc<Bytes>, offset: usize, len: usize) -> Option<Self> {
+    pub fn view(bytes: &Arc<Mmap>, offset: usize, len: usize) -> Option<Self> {
         let size = len.checked_mul(std::mem::size_of::<T>())?;
         let end = offset.checked_add(size)?;
-        let data = bytes.as_slice().get(offset..end)?;
+        let data = bytes.get(offset..end)?;
         if data.as_ptr().align_offset(std::mem::align_of::<T>()) != 0 {
             return None;
         }
@@ -119,6 +117,23 @@ impl<T: Pod> Array<T> {
             len,
             _elements: PhantomData,
         })
+    }
+
+    /// Moves the elements into huge-page memory (see [`huge_zeroed`]); leaves them where they
+    /// are if the system refuses the memory.
+    pub fn move_to_huge_pages(&mut self) {
+        let size = std::mem::size_of_val(&**self);
+        let Ok((mut map, offset)) = huge_zeroed(size) else {
+            return;
+        };
+        map[offset..offset + size].copy_from_slice(as_bytes(self));
+        if let Some(view) = map
+            .make_read_only()
+            .ok()
+            .and_then(|map| Array::view(&Arc::new(map), offset, self.len()))
+        {
+            *self = view;
+        }
     }
 
     /// The elements, for writing: a view is first copied out (copy on write).
@@ -143,7 +158,7 @@ impl<T: Pod> Deref for Array<T> {
             Array::View {
                 bytes, offset, len, ..
             } => {
-                let data = &bytes.as_slice()[*offset..];
+                let data = &bytes[*offset..];
                 // SAFETY: `view` checked that `len` elements fit from `offset` and that the
                 // start is aligned for `T`; every bit pattern is a valid `T: Pod`; the image is
                 // never written while viewed (files are replaced by rename, never rewritten in

@@ -174,3 +174,34 @@ fn successors_are_the_explicit_ngrams_of_a_context() {
     assert_eq!(m.successors(&[BOS, BOS, BOS, BOS]).len(), 0);
     assert_eq!(m.successors(&[u32::MAX]).len(), 0);
 }
+
+#[test]
+fn batched_scoring_equals_one_by_one() {
+    let (m, _) = model(4, false);
+    let words = [
+        "the", "cat", "sat", "on", "mat", "dog", "zebra", "a", "log", "saw",
+    ];
+    // Lengths 0..=12, more sentences than the lanes hold, unknown words included.
+    let sentences: Vec<Vec<u32>> = (0..50)
+        .map(|i| {
+            (0..i % 13)
+                .map(|j| m.vocab().id(words[(i * 7 + j * 3) % 10]))
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[u32]> = sentences.iter().map(Vec::as_slice).collect();
+    for (bos, eos) in [(true, true), (true, false), (false, true), (false, false)] {
+        for f32_sum in [false, true] {
+            let mut out = vec![f64::NAN; refs.len()];
+            m.score_many(&refs, bos, eos, f32_sum, &mut out);
+            for (s, got) in refs.iter().zip(&out) {
+                let want = if f32_sum {
+                    f64::from(m.score_ids_f32(s, bos, eos))
+                } else {
+                    m.score_ids(s, bos, eos)
+                };
+                assert_eq!(*got, want, "{s:?} bos={bos} eos={eos}");
+            }
+        }
+    }
+}

@@ -13,7 +13,7 @@
 //! is bit-identical for any thread count (and differs between lane widths only by rounding).
 //! The columns go through an L1-sized f64 tile (converted once, zero-padded so every loop
 //! has a fixed trip count); rows are paired in groups of four with the row vectors and the
-//! accumulators in registers, and the kernels prefetch the tile after next so that reading
+//! accumulators in registers, and the kernels prefetch about 8 KiB of `J` ahead so that reading
 //! `J` overlaps the arithmetic.
 
 use num_traits::Float;
@@ -81,6 +81,8 @@ trait Lanes: Copy {
     unsafe fn load(p: *const f64) -> Self;
     /// `self · b + c`, fused where the implementation says so.
     unsafe fn mul_add(self, b: Self, c: Self) -> Self;
+    /// `self + b`
+    unsafe fn add(self, b: Self) -> Self;
     /// Writes the lanes to `out[..W]`.
     unsafe fn lanes(self, out: &mut [f64; 8]);
 }
@@ -101,6 +103,9 @@ impl Lanes for Portable {
     }
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         Portable(std::array::from_fn(|t| self.0[t] * b.0[t] + c.0[t]))
+    }
+    unsafe fn add(self, b: Self) -> Self {
+        Portable(std::array::from_fn(|t| self.0[t] + b.0[t]))
     }
     unsafe fn lanes(self, out: &mut [f64; 8]) {
         out[..4].copy_from_slice(&self.0);
@@ -130,6 +135,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn mul_add(self, b: Self, c: Self) -> Self {
             Avx2(_mm256_fmadd_pd(self.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            Avx2(_mm256_add_pd(self.0, b.0))
         }
         #[inline(always)]
         unsafe fn lanes(self, out: &mut [f64; 8]) {
@@ -191,6 +200,10 @@ mod x86 {
                 Avx512(_mm512_fmadd_pd(self.0, b.0, c.0))
             }
             #[inline(always)]
+            unsafe fn add(self, b: Self) -> Self {
+                Avx512(_mm512_add_pd(self.0, b.0))
+            }
+            #[inline(always)]
             unsafe fn lanes(self, out: &mut [f64; 8]) {
                 _mm512_storeu_pd(out.as_mut_ptr(), self.0);
             }
@@ -242,8 +255,12 @@ unsafe fn diag<V: Lanes, const N: usize>(
             *aij = acc[pair_index(r + i, r + j)];
         }
     }
-    for c in (0..TILE).step_by(V::W) {
-        // SAFETY: every row holds TILE values and c + W <= TILE.
+    // One or two rows give too few pairs to hide the multiply-add latency: then every other
+    // lane-vector of the tile goes to a second set, added to the first at the tile's end.
+    let split = N <= 2;
+    let mut b = [[V::zero(); N]; N];
+    for c in (0..TILE).step_by(if split { 2 * V::W } else { V::W }) {
+        // SAFETY: every row holds TILE values and c + 2W <= TILE when split (TILE % 2W == 0).
         let x: [V; N] = std::array::from_fn(|q| unsafe { V::load(rows[q].add(c)) });
         ahead.next();
         ahead.next();
@@ -255,10 +272,20 @@ unsafe fn diag<V: Lanes, const N: usize>(
                 }
             }
         }
+        if split {
+            let y: [V; N] = std::array::from_fn(|q| unsafe { V::load(rows[q].add(c + V::W)) });
+            for i in 0..N {
+                for j in 0..N {
+                    if j <= i {
+                        b[i][j] = y[i].mul_add(y[j], b[i][j]);
+                    }
+                }
+            }
+        }
     }
-    for (i, ai) in a.iter().enumerate() {
-        for (j, aij) in ai.iter().enumerate().take(i + 1) {
-            acc[pair_index(r + i, r + j)] = *aij;
+    for i in 0..N {
+        for j in 0..=i {
+            acc[pair_index(r + i, r + j)] = if split { a[i][j].add(b[i][j]) } else { a[i][j] };
         }
     }
 }

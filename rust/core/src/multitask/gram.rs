@@ -9,8 +9,8 @@
 //! (rayon spreads the blocks over the threads). Within a block, every pair `(i, j)` owns
 //! `W` f64 lanes (8 with AVX-512, 4 with AVX2 or without SIMD); lane `t` adds the products
 //! of the block's columns `≡ t (mod W)` in column order (fused multiply-adds with SIMD;
-//! when K ≤ 2, each tile's even and odd lane-vectors sum apart and are then added, see
-//! `diag`). The lanes fold in a fixed tree, and the block partials are added in block
+//! for pairs inside a group of one or two rows, as when K ≤ 2, each tile's even and odd
+//! lane-vectors sum apart and are then added, see `diag`). The lanes fold in a fixed tree, and the block partials are added in block
 //! order, so `G` is bit-identical for any thread count (and differs between lane widths
 //! only by rounding). The columns go through an L1-sized f64 tile (converted once,
 //! zero-padded so every loop has a fixed trip count); rows are paired in groups of four

@@ -238,7 +238,9 @@ fn pair_index(i: usize, j: usize) -> usize {
     i * (i + 1) / 2 + j
 }
 
-/// Adds the lower-triangle products of tile rows `r..r + N` among themselves to `acc`.
+/// Adds the lower-triangle products of tile rows `r..r + N` among themselves to `acc`, and
+/// prefetches those rows of an upcoming tile (`ahead`: where they start in `J`, `elem` bytes
+/// a value), spread over the loop so that the loads overlap the arithmetic.
 ///
 /// # Safety
 /// The CPU has `V`'s features; `r + N <= buf.len()`.
@@ -247,9 +249,11 @@ unsafe fn diag<V: Lanes, const N: usize>(
     buf: &[[f64; TILE]],
     r: usize,
     acc: &mut [V],
-    ahead: &mut Ahead,
+    ahead: &[*const u8],
+    elem: usize,
 ) {
     let rows: [*const f64; N] = std::array::from_fn(|q| buf[r + q].as_ptr());
+    let ahead: [*const u8; N] = std::array::from_fn(|q| ahead[q]);
     let mut a = [[V::zero(); N]; N]; // the upper half stays unused
     for (i, ai) in a.iter_mut().enumerate() {
         for (j, aij) in ai.iter_mut().enumerate().take(i + 1) {
@@ -263,8 +267,13 @@ unsafe fn diag<V: Lanes, const N: usize>(
     for c in (0..TILE).step_by(if split { 2 * V::W } else { V::W }) {
         // SAFETY: every row holds TILE values and c + 2W <= TILE when split (TILE % 2W == 0).
         let x: [V; N] = std::array::from_fn(|q| unsafe { V::load(rows[q].add(c)) });
-        ahead.next();
-        ahead.next();
+        // Each row's share of the upcoming tile (every row is in exactly one diagonal group).
+        for row in ahead {
+            prefetch(row.wrapping_add(c * elem));
+            if split {
+                prefetch(row.wrapping_add((c + V::W) * elem));
+            }
+        }
         // Constant bounds (not `take(i + 1)`), so the loops unroll and `a` stays in registers.
         for i in 0..N {
             for j in 0..N {
@@ -296,13 +305,7 @@ unsafe fn diag<V: Lanes, const N: usize>(
 /// # Safety
 /// The CPU has `V`'s features; `i + N <= buf.len()`.
 #[inline(always)]
-unsafe fn off<V: Lanes, const N: usize>(
-    buf: &[[f64; TILE]],
-    i: usize,
-    j: usize,
-    acc: &mut [V],
-    ahead: &mut Ahead,
-) {
+unsafe fn off<V: Lanes, const N: usize>(buf: &[[f64; TILE]], i: usize, j: usize, acc: &mut [V]) {
     let rows_a: [*const f64; N] = std::array::from_fn(|q| buf[i + q].as_ptr());
     let rows_b: [*const f64; 4] = std::array::from_fn(|q| buf[j + q].as_ptr());
     let mut a = [[V::zero(); 4]; N];
@@ -315,8 +318,6 @@ unsafe fn off<V: Lanes, const N: usize>(
         // SAFETY: every row holds TILE values and c + W <= TILE.
         let xa: [V; N] = std::array::from_fn(|q| unsafe { V::load(rows_a[q].add(c)) });
         let xb: [V; 4] = std::array::from_fn(|q| unsafe { V::load(rows_b[q].add(c)) });
-        ahead.next();
-        ahead.next();
         for (x, ax) in a.iter_mut().enumerate() {
             for (y, axy) in ax.iter_mut().enumerate() {
                 *axy = xa[x].mul_add(xb[y], *axy);
@@ -334,12 +335,17 @@ unsafe fn off<V: Lanes, const N: usize>(
 /// pair's lanes. Rows go in groups of four: each group with itself ([`diag`]), and against
 /// every earlier group ([`off`], `V::GROUP` rows at a time), with the row vectors and the
 /// accumulators in registers. Each pair is visited once per tile, so the grouping does not
-/// change the order in which its lanes sum.
+/// change the order in which its lanes sum. `ahead`, `elem`: see [`diag`].
 ///
 /// # Safety
 /// The CPU has `V`'s features.
 #[inline(always)]
-unsafe fn tile_dots<V: Lanes>(buf: &[[f64; TILE]], acc: &mut [V], ahead: &mut Ahead) {
+unsafe fn tile_dots<V: Lanes>(
+    buf: &[[f64; TILE]],
+    acc: &mut [V],
+    ahead: &[*const u8],
+    elem: usize,
+) {
     let k = buf.len();
     for ib in (0..k).step_by(4) {
         let end = (ib + 4).min(k);
@@ -348,19 +354,19 @@ unsafe fn tile_dots<V: Lanes>(buf: &[[f64; TILE]], acc: &mut [V], ahead: &mut Ah
             while i < end {
                 let n = (end - i).min(V::GROUP);
                 match n {
-                    1 => off::<V, 1>(buf, i, jb, acc, ahead),
-                    2 => off::<V, 2>(buf, i, jb, acc, ahead),
-                    3 => off::<V, 3>(buf, i, jb, acc, ahead),
-                    _ => off::<V, 4>(buf, i, jb, acc, ahead),
+                    1 => off::<V, 1>(buf, i, jb, acc),
+                    2 => off::<V, 2>(buf, i, jb, acc),
+                    3 => off::<V, 3>(buf, i, jb, acc),
+                    _ => off::<V, 4>(buf, i, jb, acc),
                 }
                 i += n;
             }
         }
         match end - ib {
-            1 => diag::<V, 1>(buf, ib, acc, ahead),
-            2 => diag::<V, 2>(buf, ib, acc, ahead),
-            3 => diag::<V, 3>(buf, ib, acc, ahead),
-            _ => diag::<V, 4>(buf, ib, acc, ahead),
+            1 => diag::<V, 1>(buf, ib, acc, &ahead[ib..end], elem),
+            2 => diag::<V, 2>(buf, ib, acc, &ahead[ib..end], elem),
+            3 => diag::<V, 3>(buf, ib, acc, &ahead[ib..end], elem),
+            _ => diag::<V, 4>(buf, ib, acc, &ahead[ib..end], elem),
         }
     }
 }
@@ -377,41 +383,14 @@ fn load_tile<T: Float>(j: &[T], p: usize, t: usize, len: usize, buf: &mut [[f64;
     }
 }
 
-/// The cache lines of an upcoming tile, prefetched one at a time from the kernels' inner
-/// loops so that the loads overlap the arithmetic instead of stalling the next tile's copy.
-struct Ahead {
-    rows: Vec<*const u8>,
-    bytes: usize,
-    row: usize,
-    offset: usize,
-}
-
-impl Ahead {
-    /// Aims at columns `[t, t + TILE)` of every row (the addresses may lie past `j`).
-    fn aim<T>(&mut self, j: &[T], p: usize, t: usize) {
-        for (i, r) in self.rows.iter_mut().enumerate() {
-            *r = j.as_ptr().wrapping_add(i * p + t).cast();
-        }
-        self.bytes = TILE * std::mem::size_of::<T>();
-        (self.row, self.offset) = (0, 0);
-    }
-
-    /// Prefetches the next line, if any is left.
-    #[inline(always)]
-    fn next(&mut self) {
-        if let Some(&r) = self.rows.get(self.row) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch has no effect on the program's state, even for an
-            // invalid address.
-            unsafe {
-                use std::arch::x86_64::*;
-                _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(self.offset).cast());
-            }
-            self.offset += 64;
-            if self.offset >= self.bytes {
-                (self.row, self.offset) = (self.row + 1, 0);
-            }
-        }
+/// Asks the CPU to start loading the cache line at `p` (any address: nothing is read).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch does not change the program's state, even for an invalid address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
     }
 }
 
@@ -432,18 +411,17 @@ unsafe fn block_lanes<T: Float, V: Lanes>(
     // Prefetch about 8 KiB of J ahead: enough to cover the load latency for small K, and
     // no further than the next tile for large K (measured on the 2-core bench box).
     let distance = (AHEAD_BYTES / (k * TILE * std::mem::size_of::<T>())).max(1) * TILE;
-    let mut ahead = Ahead {
-        rows: vec![std::ptr::null(); k],
-        bytes: 0,
-        row: 0,
-        offset: 0,
-    };
+    let elem = std::mem::size_of::<T>();
+    let mut ahead = vec![std::ptr::null::<u8>(); k];
     let mut t = start;
     while t < end {
         let len = TILE.min(end - t);
         load_tile(j, p, t, len, &mut buf);
-        ahead.aim(j, p, t + distance);
-        tile_dots(&buf, &mut acc, &mut ahead);
+        // Prefetches past the block (or past `j`) are harmless.
+        for (i, row) in ahead.iter_mut().enumerate() {
+            *row = j.as_ptr().wrapping_add(i * p + t + distance).cast();
+        }
+        tile_dots(&buf, &mut acc, &ahead, elem);
         t += len;
     }
     let mut l = [0.0; 8];

@@ -80,6 +80,11 @@ trait Lanes: Copy {
     /// # Safety
     /// Also: `p` is valid for `W` reads.
     unsafe fn load(p: *const f64) -> Self;
+    /// `W` f32 values widened (exactly) to f64.
+    ///
+    /// # Safety
+    /// Also: `p` is valid for `W` reads.
+    unsafe fn load_f32(p: *const f32) -> Self;
     /// `self · b + c`, fused where the implementation says so.
     unsafe fn mul_add(self, b: Self, c: Self) -> Self;
     /// `self + b`
@@ -101,6 +106,10 @@ impl Lanes for Portable {
     unsafe fn load(p: *const f64) -> Self {
         // SAFETY: the caller guarantees 4 readable values.
         Portable(unsafe { p.cast::<[f64; 4]>().read_unaligned() })
+    }
+    unsafe fn load_f32(p: *const f32) -> Self {
+        // SAFETY: the caller guarantees 4 readable values.
+        Portable(unsafe { p.cast::<[f32; 4]>().read_unaligned() }.map(f64::from))
     }
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         Portable(std::array::from_fn(|t| self.0[t] * b.0[t] + c.0[t]))
@@ -134,6 +143,10 @@ mod x86 {
             Avx2(_mm256_loadu_pd(p))
         }
         #[inline(always)]
+        unsafe fn load_f32(p: *const f32) -> Self {
+            Avx2(_mm256_cvtps_pd(_mm_loadu_ps(p)))
+        }
+        #[inline(always)]
         unsafe fn mul_add(self, b: Self, c: Self) -> Self {
             Avx2(_mm256_fmadd_pd(self.0, b.0, c.0))
         }
@@ -148,7 +161,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_avx2<T: Float>(
+    pub(super) unsafe fn block_avx2<T: Float + 'static>(
         j: &[T],
         k: usize,
         p: usize,
@@ -171,7 +184,7 @@ mod x86 {
         }
 
         #[target_feature(enable = "avx512f")]
-        pub(in super::super) unsafe fn block<T: Float>(
+        pub(in super::super) unsafe fn block<T: Float + 'static>(
             j: &[T],
             k: usize,
             p: usize,
@@ -197,6 +210,10 @@ mod x86 {
                 Avx512(_mm512_loadu_pd(p))
             }
             #[inline(always)]
+            unsafe fn load_f32(p: *const f32) -> Self {
+                Avx512(_mm512_cvtps_pd(_mm256_loadu_ps(p)))
+            }
+            #[inline(always)]
             unsafe fn mul_add(self, b: Self, c: Self) -> Self {
                 Avx512(_mm512_fmadd_pd(self.0, b.0, c.0))
             }
@@ -220,7 +237,7 @@ mod x86 {
         }
 
         /// Never chosen ([`available`] is false); the portable lanes keep it sound anyway.
-        pub(in super::super) unsafe fn block<T: Float>(
+        pub(in super::super) unsafe fn block<T: Float + 'static>(
             j: &[T],
             k: usize,
             p: usize,
@@ -238,22 +255,42 @@ fn pair_index(i: usize, j: usize) -> usize {
     i * (i + 1) / 2 + j
 }
 
-/// Adds the lower-triangle products of tile rows `r..r + N` among themselves to `acc`, and
-/// prefetches those rows of an upcoming tile (`ahead`: where they start in `J`, `elem` bytes
-/// a value), spread over the loop so that the loads overlap the arithmetic.
+/// `W` values of `J` from `p` as f64 lanes: f32 and f64 straight into registers (the
+/// branch is resolved at compile time), any other type value by value.
 ///
 /// # Safety
-/// The CPU has `V`'s features; `r + N <= buf.len()`.
+/// The CPU has `V`'s features; `p` is valid for `W` reads.
 #[inline(always)]
-unsafe fn diag<V: Lanes, const N: usize>(
-    buf: &[[f64; TILE]],
+unsafe fn load<T: Float + 'static, V: Lanes>(p: *const T) -> V {
+    use std::any::TypeId;
+    if TypeId::of::<T>() == TypeId::of::<f32>() {
+        V::load_f32(p.cast())
+    } else if TypeId::of::<T>() == TypeId::of::<f64>() {
+        V::load(p.cast())
+    } else {
+        let mut v = [0.0; 8];
+        for (t, x) in v.iter_mut().enumerate().take(V::W) {
+            *x = (*p.add(t)).to_f64().unwrap_or(f64::NAN);
+        }
+        V::load(v.as_ptr())
+    }
+}
+
+/// Adds the lower-triangle products of tile rows `r..r + N` among themselves to `acc`, and
+/// prefetches the same rows `ahead` values further on, spread over the loop so that the
+/// loads overlap the arithmetic (every row is in exactly one diagonal group).
+///
+/// # Safety
+/// The CPU has `V`'s features; `r + N <= tile.len()`, and every `tile[i]` is valid for
+/// `TILE` reads.
+#[inline(always)]
+unsafe fn diag<T: Float + 'static, V: Lanes, const N: usize>(
+    tile: &[*const T],
     r: usize,
     acc: &mut [V],
-    ahead: &[*const u8],
-    elem: usize,
+    ahead: usize,
 ) {
-    let rows: [*const f64; N] = std::array::from_fn(|q| buf[r + q].as_ptr());
-    let ahead: [*const u8; N] = std::array::from_fn(|q| ahead[q]);
+    let rows: [*const T; N] = std::array::from_fn(|q| tile[r + q]);
     let mut a = [[V::zero(); N]; N]; // the upper half stays unused
     for (i, ai) in a.iter_mut().enumerate() {
         for (j, aij) in ai.iter_mut().enumerate().take(i + 1) {
@@ -266,12 +303,11 @@ unsafe fn diag<V: Lanes, const N: usize>(
     let mut b = [[V::zero(); N]; N];
     for c in (0..TILE).step_by(if split { 2 * V::W } else { V::W }) {
         // SAFETY: every row holds TILE values and c + 2W <= TILE when split (TILE % 2W == 0).
-        let x: [V; N] = std::array::from_fn(|q| unsafe { V::load(rows[q].add(c)) });
-        // Each row's share of the upcoming tile (every row is in exactly one diagonal group).
-        for row in ahead {
-            prefetch(row.wrapping_add(c * elem));
+        let x: [V; N] = std::array::from_fn(|q| unsafe { load(rows[q].add(c)) });
+        for row in rows {
+            prefetch(row.wrapping_add(c + ahead).cast());
             if split {
-                prefetch(row.wrapping_add((c + V::W) * elem));
+                prefetch(row.wrapping_add(c + V::W + ahead).cast());
             }
         }
         // Constant bounds (not `take(i + 1)`), so the loops unroll and `a` stays in registers.
@@ -283,7 +319,7 @@ unsafe fn diag<V: Lanes, const N: usize>(
             }
         }
         if split {
-            let y: [V; N] = std::array::from_fn(|q| unsafe { V::load(rows[q].add(c + V::W)) });
+            let y: [V; N] = std::array::from_fn(|q| unsafe { load(rows[q].add(c + V::W)) });
             for i in 0..N {
                 for j in 0..N {
                     if j <= i {
@@ -303,11 +339,16 @@ unsafe fn diag<V: Lanes, const N: usize>(
 /// Adds the products of tile rows `i..i + N` with rows `j..j + 4` (`j + 4 <= i`) to `acc`.
 ///
 /// # Safety
-/// The CPU has `V`'s features; `i + N <= buf.len()`.
+/// As for [`diag`], with `i + N <= tile.len()`.
 #[inline(always)]
-unsafe fn off<V: Lanes, const N: usize>(buf: &[[f64; TILE]], i: usize, j: usize, acc: &mut [V]) {
-    let rows_a: [*const f64; N] = std::array::from_fn(|q| buf[i + q].as_ptr());
-    let rows_b: [*const f64; 4] = std::array::from_fn(|q| buf[j + q].as_ptr());
+unsafe fn off<T: Float + 'static, V: Lanes, const N: usize>(
+    tile: &[*const T],
+    i: usize,
+    j: usize,
+    acc: &mut [V],
+) {
+    let rows_a: [*const T; N] = std::array::from_fn(|q| tile[i + q]);
+    let rows_b: [*const T; 4] = std::array::from_fn(|q| tile[j + q]);
     let mut a = [[V::zero(); 4]; N];
     for (x, ax) in a.iter_mut().enumerate() {
         for (y, axy) in ax.iter_mut().enumerate() {
@@ -316,8 +357,8 @@ unsafe fn off<V: Lanes, const N: usize>(buf: &[[f64; TILE]], i: usize, j: usize,
     }
     for c in (0..TILE).step_by(V::W) {
         // SAFETY: every row holds TILE values and c + W <= TILE.
-        let xa: [V; N] = std::array::from_fn(|q| unsafe { V::load(rows_a[q].add(c)) });
-        let xb: [V; 4] = std::array::from_fn(|q| unsafe { V::load(rows_b[q].add(c)) });
+        let xa: [V; N] = std::array::from_fn(|q| unsafe { load(rows_a[q].add(c)) });
+        let xb: [V; 4] = std::array::from_fn(|q| unsafe { load(rows_b[q].add(c)) });
         for (x, ax) in a.iter_mut().enumerate() {
             for (y, axy) in ax.iter_mut().enumerate() {
                 *axy = xa[x].mul_add(xb[y], *axy);
@@ -331,22 +372,17 @@ unsafe fn off<V: Lanes, const N: usize>(buf: &[[f64; TILE]], i: usize, j: usize,
     }
 }
 
-/// Adds every lower-triangle product of the tile (K rows of `TILE` f64, zero-padded) to its
-/// pair's lanes. Rows go in groups of four: each group with itself ([`diag`]), and against
-/// every earlier group ([`off`], `V::GROUP` rows at a time), with the row vectors and the
-/// accumulators in registers. Each pair is visited once per tile, so the grouping does not
-/// change the order in which its lanes sum. `ahead`, `elem`: see [`diag`].
+/// Adds every lower-triangle product of the tile (`tile[i]`: where row `i`'s `TILE` columns
+/// start) to its pair's lanes. Rows go in groups of four: each group with itself ([`diag`]),
+/// and against every earlier group ([`off`], `V::GROUP` rows at a time), with the row
+/// vectors and the accumulators in registers. Each pair is visited once per tile, so the
+/// grouping does not change the order in which its lanes sum. `ahead`: see [`diag`].
 ///
 /// # Safety
-/// The CPU has `V`'s features.
+/// The CPU has `V`'s features; every `tile[i]` is valid for `TILE` reads.
 #[inline(always)]
-unsafe fn tile_dots<V: Lanes>(
-    buf: &[[f64; TILE]],
-    acc: &mut [V],
-    ahead: &[*const u8],
-    elem: usize,
-) {
-    let k = buf.len();
+unsafe fn tile_dots<T: Float + 'static, V: Lanes>(tile: &[*const T], acc: &mut [V], ahead: usize) {
+    let k = tile.len();
     for ib in (0..k).step_by(4) {
         let end = (ib + 4).min(k);
         for jb in (0..ib).step_by(4) {
@@ -354,32 +390,20 @@ unsafe fn tile_dots<V: Lanes>(
             while i < end {
                 let n = (end - i).min(V::GROUP);
                 match n {
-                    1 => off::<V, 1>(buf, i, jb, acc),
-                    2 => off::<V, 2>(buf, i, jb, acc),
-                    3 => off::<V, 3>(buf, i, jb, acc),
-                    _ => off::<V, 4>(buf, i, jb, acc),
+                    1 => off::<T, V, 1>(tile, i, jb, acc),
+                    2 => off::<T, V, 2>(tile, i, jb, acc),
+                    3 => off::<T, V, 3>(tile, i, jb, acc),
+                    _ => off::<T, V, 4>(tile, i, jb, acc),
                 }
                 i += n;
             }
         }
         match end - ib {
-            1 => diag::<V, 1>(buf, ib, acc, &ahead[ib..end], elem),
-            2 => diag::<V, 2>(buf, ib, acc, &ahead[ib..end], elem),
-            3 => diag::<V, 3>(buf, ib, acc, &ahead[ib..end], elem),
-            _ => diag::<V, 4>(buf, ib, acc, &ahead[ib..end], elem),
+            1 => diag::<T, V, 1>(tile, ib, acc, ahead),
+            2 => diag::<T, V, 2>(tile, ib, acc, ahead),
+            3 => diag::<T, V, 3>(tile, ib, acc, ahead),
+            _ => diag::<T, V, 4>(tile, ib, acc, ahead),
         }
-    }
-}
-
-/// Copies columns `[t, t + len)` of every row into `buf` as f64, zero-padding the tail.
-#[inline(always)]
-fn load_tile<T: Float>(j: &[T], p: usize, t: usize, len: usize, buf: &mut [[f64; TILE]]) {
-    for (i, dst) in buf.iter_mut().enumerate() {
-        let row = &j[i * p + t..i * p + t + len];
-        for (d, &x) in dst.iter_mut().zip(row) {
-            *d = x.to_f64().unwrap_or(f64::NAN);
-        }
-        dst[len..].fill(0.0);
     }
 }
 
@@ -399,7 +423,7 @@ fn prefetch(p: *const u8) {
 /// # Safety
 /// The CPU has `V`'s features.
 #[inline(always)]
-unsafe fn block_lanes<T: Float, V: Lanes>(
+unsafe fn block_lanes<T: Float + 'static, V: Lanes>(
     j: &[T],
     k: usize,
     p: usize,
@@ -407,22 +431,32 @@ unsafe fn block_lanes<T: Float, V: Lanes>(
     end: usize,
 ) -> Vec<f64> {
     let mut acc = vec![V::zero(); pair_count(k)];
-    let mut buf = vec![[0.0f64; TILE]; k];
     // Prefetch about 8 KiB of J ahead: enough to cover the load latency for small K, and
     // no further than the next tile for large K (measured on the 2-core bench box).
-    let distance = (AHEAD_BYTES / (k * TILE * std::mem::size_of::<T>())).max(1) * TILE;
-    let elem = std::mem::size_of::<T>();
-    let mut ahead = vec![std::ptr::null::<u8>(); k];
+    // Prefetches past the block (or past `j`) are harmless.
+    let ahead = (AHEAD_BYTES / (k * TILE * std::mem::size_of::<T>())).max(1) * TILE;
+    let mut tile = vec![std::ptr::null::<T>(); k];
     let mut t = start;
-    while t < end {
-        let len = TILE.min(end - t);
-        load_tile(j, p, t, len, &mut buf);
-        // Prefetches past the block (or past `j`) are harmless.
-        for (i, row) in ahead.iter_mut().enumerate() {
-            *row = j.as_ptr().wrapping_add(i * p + t + distance).cast();
+    while t + TILE <= end {
+        for (i, row) in tile.iter_mut().enumerate() {
+            *row = j[i * p + t..i * p + t + TILE].as_ptr();
         }
-        tile_dots(&buf, &mut acc, &ahead, elem);
-        t += len;
+        tile_dots(&tile, &mut acc, ahead);
+        t += TILE;
+    }
+    if t < end {
+        // The last, partial tile goes through a zero-padded copy, so every kernel loop keeps
+        // its fixed trip count (the zeros add nothing).
+        let mut padded = vec![T::zero(); k * TILE];
+        for (i, (row, dst)) in tile
+            .iter_mut()
+            .zip(padded.chunks_exact_mut(TILE))
+            .enumerate()
+        {
+            dst[..end - t].copy_from_slice(&j[i * p + t..i * p + end]);
+            *row = dst.as_ptr();
+        }
+        tile_dots(&tile, &mut acc, 0);
     }
     let mut l = [0.0; 8];
     acc.iter()
@@ -461,7 +495,14 @@ impl Kernel {
 
     /// Lower-triangle partial Gram of columns `[start, end)`. A kernel other than
     /// [`Kernel::detect`]'s must be one the CPU supports.
-    fn block<T: Float>(self, j: &[T], k: usize, p: usize, start: usize, end: usize) -> Vec<f64> {
+    fn block<T: Float + 'static>(
+        self,
+        j: &[T],
+        k: usize,
+        p: usize,
+        start: usize,
+        end: usize,
+    ) -> Vec<f64> {
         match self {
             // SAFETY: the portable lanes need no CPU feature.
             Kernel::Portable => unsafe { block_lanes::<T, Portable>(j, k, p, start, end) },
@@ -479,11 +520,15 @@ impl Kernel {
 ///
 /// Errors when K is 0 or too large, when `j.len()` is not a multiple of K, or when a row
 /// holds NaN/inf (or overflows f64 when squared): its diagonal entry is then not finite.
-pub fn gram<T: Float + Send + Sync>(j: &[T], k: usize) -> Result<Vec<f64>> {
+pub fn gram<T: Float + Send + Sync + 'static>(j: &[T], k: usize) -> Result<Vec<f64>> {
     gram_with(j, k, Kernel::detect())
 }
 
-fn gram_with<T: Float + Send + Sync>(j: &[T], k: usize, kernel: Kernel) -> Result<Vec<f64>> {
+fn gram_with<T: Float + Send + Sync + 'static>(
+    j: &[T],
+    k: usize,
+    kernel: Kernel,
+) -> Result<Vec<f64>> {
     let p = columns(j.len(), k)?;
     let pairs = pair_count(k);
     let mut block = MIN_CHUNK * 2;

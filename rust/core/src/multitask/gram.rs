@@ -176,10 +176,7 @@ mod x86 {
         super::block_lanes::<T, Avx2>(j, k, p, start, end)
     }
 
-    /// AVX-512 intrinsics are stable from Rust 1.89; older compilers (the MSRV is 1.75) build
-    /// without this kernel and run the AVX2 one.
-    #[rustversion::since(1.89)]
-    #[clippy::msrv = "1.89"]
+    /// AVX-512F kernel (its intrinsics are stable from Rust 1.89, the MSRV).
     pub(super) mod avx512 {
         use num_traits::Float;
         use std::arch::x86_64::*;
@@ -230,26 +227,6 @@ mod x86 {
             unsafe fn lanes(self, out: &mut [f64; 8]) {
                 _mm512_storeu_pd(out.as_mut_ptr(), self.0);
             }
-        }
-    }
-
-    #[rustversion::before(1.89)]
-    pub(super) mod avx512 {
-        use num_traits::Float;
-
-        pub(in super::super) fn available() -> bool {
-            false
-        }
-
-        /// Never chosen ([`available`] is false); the portable lanes keep it sound anyway.
-        pub(in super::super) unsafe fn block<T: Float + 'static>(
-            j: &[T],
-            k: usize,
-            p: usize,
-            start: usize,
-            end: usize,
-        ) -> Vec<f64> {
-            super::super::block_lanes::<T, super::super::Portable>(j, k, p, start, end)
         }
     }
 }

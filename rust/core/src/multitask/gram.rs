@@ -51,7 +51,7 @@ pub fn columns(len: usize, k: usize) -> Result<usize> {
             format!("must have at most {MAX_TASKS} tasks (rows), got {k}"),
         ));
     }
-    if len % k != 0 {
+    if !len.is_multiple_of(k) {
         return Err(Error::value(
             "J",
             format!("must hold K·P values, got {len} for K = {k}"),

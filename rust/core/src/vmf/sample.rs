@@ -243,7 +243,7 @@ pub fn sample<T: Float + Send + Sync>(
     out: &mut [T],
 ) -> Result<()> {
     check_d(d)?;
-    if mu.len() % d != 0 || out.len() % d != 0 || mu.is_empty() {
+    if !mu.len().is_multiple_of(d) || !out.len().is_multiple_of(d) || mu.is_empty() {
         return Err(Error::value(
             "mu",
             format!("must have rows of d = {d} values"),

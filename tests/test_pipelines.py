@@ -80,6 +80,47 @@ def test_loaded_lm_pickles_by_path_and_hash(lm: NgramLM, lm_file: str, tmp_path)
         pickle.loads(blob)
 
 
+@pytest.mark.parametrize("mmap", [True, False])
+def test_mapped_and_read_loads_agree(lm: NgramLM, lm_file: str, mmap: bool) -> None:
+    loaded = NgramLM.load(lm_file, mmap=mmap)
+    s = _lines(200)
+    np.testing.assert_array_equal(loaded.logprob(s), lm.logprob(s))
+    np.testing.assert_array_equal(loaded.reverse.logprob(s), lm.reverse.logprob(s))
+    ctx = s[0].split()[:2]
+    np.testing.assert_array_equal(loaded.next_logprobs(ctx), lm.next_logprobs(ctx))
+    assert pickle.loads(pickle.dumps(loaded))._source == loaded._source  # keeps `mmap`
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="Linux only")
+def test_processes_share_one_mapped_copy(lm_file: str) -> None:
+    """What a Dask/Ray worker does on unpickling: load the file and build the CGMH scorer. With
+    mmap the tables stay file-backed pages of the page cache, which every process mapping the
+    file shares; only a small fraction of the file becomes anonymous (unshareable) memory.
+    Read into memory, the whole file does."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from kexue.lm import NgramLM
+        from kexue.scorers import NgramScorer
+        def anonymous():
+            with open("/proc/self/smaps_rollup") as f:
+                return next(int(l.split()[1]) for l in f if l.startswith("Anonymous:")) * 1024
+        before = anonymous()
+        lm = NgramLM.load({lm_file!r}, mmap=sys.argv[1] == "1")
+        scorer = NgramScorer(lm)
+        lm.logprob(["touch the tables"] * 10)
+        print(anonymous() - before)
+        """
+    )
+    size = os.path.getsize(lm_file)
+    grown = {
+        mmap: int(subprocess.check_output([sys.executable, "-c", code, str(int(mmap))]))
+        for mmap in (True, False)
+    }
+    assert grown[False] > 0.8 * size, grown
+    assert grown[True] < 0.5 * size, grown
+
+
 def test_vmf_and_cgmh_results_pickle(lm: NgramLM) -> None:
     v = VonMisesFisher(np.array([0.0, 0.6, 0.8]), 4.0, seed=3)
     w = pickle.loads(pickle.dumps(v))

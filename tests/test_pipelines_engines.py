@@ -100,6 +100,12 @@ def test_dask_worker_killed_mid_job(lm, frame, expected) -> None:
         os.kill(pid, signal.SIGKILL)  # the nanny restarts it; the scheduler reruns its tasks
         got = pd.concat(client.gather(futures))
         assert sum(f.done() for f in futures) == len(futures)
+        # The scheduler marks a task "suspicious" when the worker running it dies: proof that
+        # the kill landed mid-task and that task was rerun elsewhere.
+        rerun = client.run_on_scheduler(
+            lambda dask_scheduler: sum(ts.suspicious for ts in dask_scheduler.tasks.values())
+        )
+        assert rerun >= 1, "the killed worker was running no task"
     pd.testing.assert_frame_equal(got, generate_batch(frame, lm=lm, **opts))
 
 

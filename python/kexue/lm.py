@@ -87,7 +87,7 @@ class NgramLM:
         self.tokenizer = tokenizer
         self._vocab: tuple[str, ...] | None = None
         self._reverse: NgramLM | None = None
-        self._source: tuple[str, str] | None = None  # (path, sha256) when read by load()
+        self._source: tuple[str, str, bool] | None = None  # (path, sha256, mmap) from load()
 
     # --- construction ---------------------------------------------------------------------
 
@@ -196,14 +196,22 @@ class NgramLM:
         *,
         lowercase: bool = False,
         tokenizer: Tokenizer | None = None,
+        mmap: bool = True,
     ) -> NgramLM:
         """Reads a file written by :meth:`save` (``lowercase``/``tokenizer`` are not stored:
-        pass them again)."""
+        pass them again).
+
+        With ``mmap`` (the default) the file is memory-mapped and its tables are used in
+        place: every process that loads the same file (Dask / Ray workers on one machine)
+        shares one copy in the page cache. Files are only ever replaced by
+        :meth:`save`'s rename, never rewritten in place; rewriting a loaded file in place
+        with another program is undefined, as for KenLM's mmap loading. ``mmap=False`` reads
+        the file into private memory instead."""
         path = os.path.abspath(os.fspath(path))
         digest = _sha256(path)
-        model, reverse = _native.lm_load(path)
+        model, reverse = _native.lm_load(path, mmap)
         lm = cls(model, reverse, lowercase=lowercase, tokenizer=tokenizer)
-        lm._source = (path, digest)  # pickled by reference: see __getstate__
+        lm._source = (path, digest, mmap)  # pickled by reference: see __getstate__
         return lm
 
     def save_arpa(self, path: str | os.PathLike[str]) -> None:
@@ -230,24 +238,24 @@ class NgramLM:
         raises ``ValueError`` if its content changed); any other model as its binary image."""
         state: dict[str, Any] = {"lowercase": self.lowercase, "tokenizer": self.tokenizer}
         if self._source is not None:
-            state["path"], state["sha256"] = self._source
+            state["path"], state["sha256"], state["mmap"] = self._source
         else:
             state["model"] = bytes(_native.lm_to_bytes(self._model, self._reverse_native))
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "path" in state:
-            path, digest = state["path"], state["sha256"]
+            path, digest, mmap = state["path"], state["sha256"], state["mmap"]
             if _sha256(path) != digest:
                 raise ValueError(f"{path}: the LM file changed since this model was pickled")
-            model, reverse = _native.lm_load(path)
+            model, reverse = _native.lm_load(path, mmap)
         else:
             model, reverse = _native.lm_from_bytes(state["model"])
         NgramLM.__init__(
             self, model, reverse, lowercase=state["lowercase"], tokenizer=state["tokenizer"]
         )
         if "path" in state:
-            self._source = (path, digest)
+            self._source = (path, digest, mmap)
 
     # --- properties -----------------------------------------------------------------------
 

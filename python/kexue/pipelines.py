@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from . import get_num_threads
+from ._dispatch import check_int
 
 __all__ = ["generate_batch", "perplexity_batch", "row_seeds"]
 
@@ -59,8 +60,7 @@ _LOADED: dict[str, Any] = {}  # path → NgramLM, for LMs passed by path
 def row_seeds(seed: int, index: Sequence[int] | np.ndarray) -> np.ndarray:
     """One 64-bit seed per row from ``(seed, row index)``: independent streams for nearby
     indices, identical whatever the partitioning."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    seed = check_int(seed, "seed", low=0)
     idx = np.asarray(index)
     if idx.size and (idx.dtype.kind not in "iu" or idx.min() < 0):
         raise ValueError("the row index must hold ints >= 0 (give index_col or seed_col)")

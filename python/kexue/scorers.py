@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
+from ._dispatch import check_int
 
 __all__ = ["HFCausalLM", "NgramScorer", "default_lm"]
 
@@ -176,8 +177,7 @@ class HFCausalLM:
 
         from .cgmh import detokenize as _detok
 
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.batch_size = check_int(batch_size, "batch_size", low=1)
         for m in ("vocab_size", "word", "word_id", "forward_logprobs", "backward_logprobs"):
             if not hasattr(candidates, m):
                 raise TypeError(f"candidates must be a scorer with {m} (see kexue.scorers)")
@@ -190,7 +190,6 @@ class HFCausalLM:
         self.tokenizer = tokenizer
         self.candidates = candidates
         self.vocab_size = int(candidates.vocab_size)
-        self.batch_size = batch_size
         self._detok = detokenize or _detok
         bos = (
             tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._dispatch import Kernel, _force_torch, check_float, is_tensor
+from ._dispatch import Kernel, _force_torch, check_float, check_int, is_tensor
 
 __all__ = [
     "VonMisesFisher",
@@ -44,27 +44,15 @@ __all__ = [
 
 
 def _check_d(d: Any) -> int:
-    if isinstance(d, bool) or not isinstance(d, numbers.Integral):
-        raise TypeError(f"d must be an int, got {type(d).__name__}")
-    if d < 2:
-        raise ValueError(f"d must be >= 2, got {d}")
-    return int(d)
+    return check_int(d, "d", low=2)
 
 
 def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-    return int(seed)
+    return check_int(seed, "seed", low=0, high=2**64 - 1)
 
 
 def _check_n(n: Any) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"n must be an int or None, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    return int(n)
+    return check_int(n, "n", low=1)
 
 
 def _check_kappa(kappa: Any) -> Any:

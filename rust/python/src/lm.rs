@@ -243,10 +243,11 @@ fn lm_save(
     detached(py, || lm::save(&path, f, b))
 }
 
-/// Loads a binary model file: (forward, backward or None).
+/// Loads a binary model file: (forward, backward or None); memory-mapped when `mmap`.
 #[pyfunction]
-fn lm_load(py: Python<'_>, path: PathBuf) -> PyResult<(PyModel, Option<PyModel>)> {
-    let (f, b) = detached(py, || lm::load(&path))?;
+#[pyo3(signature = (path, mmap = true))]
+fn lm_load(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<(PyModel, Option<PyModel>)> {
+    let (f, b) = detached(py, || lm::load(&path, mmap))?;
     Ok((f.into(), b.map(PyModel::from)))
 }
 

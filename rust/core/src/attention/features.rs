@@ -155,7 +155,7 @@ impl<T: Real> Spec<'_, T> {
         if self.d == 0 {
             return Err(Error::value("x", "must have a non-empty last dimension"));
         }
-        if x_len % self.d != 0 {
+        if !x_len.is_multiple_of(self.d) {
             return Err(Error::value(
                 "x",
                 format!("must have {x_len} elements divisible by D={}", self.d),

@@ -51,7 +51,7 @@ pub fn orthogonal_random(m: usize, d: usize, seed: u64, scaling: Scaling) -> Res
     if d == 0 {
         return Err(Error::value("d", "must be a positive dimension, got 0"));
     }
-    if m.checked_mul(d).map_or(true, |n| n > MAX_ELEMENTS) || d.saturating_mul(d) > MAX_ELEMENTS {
+    if m.checked_mul(d).is_none_or(|n| n > MAX_ELEMENTS) || d.saturating_mul(d) > MAX_ELEMENTS {
         return Err(Error::value(
             "m",
             format!("m·d must be at most {MAX_ELEMENTS}, got m={m}, d={d}"),

@@ -1,24 +1,20 @@
 //! The native n-gram scorer: a forward [`Model`] (and optionally its backward twin) behind
 //! the [`Scorer`] trait, so with an n-gram LM the whole CGMH loop runs in Rust.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Scorer;
 use crate::lm::{Model, State, BOS, EOS, LN_10, UNK};
 use crate::{Error, Result};
 
-/// One direction's model with its successor lists, so a whole next-word distribution costs
-/// O(order · V) vector adds plus the explicit n-grams of the context instead of V hash
+/// One direction's model and its unigram distribution; a whole next-word distribution costs
+/// O(order · V) vector adds plus the explicit n-grams of the context, read in place from the
+/// model's context-sorted keys (shared, when the model is memory-mapped) instead of V hash
 /// look-ups.
 struct Side {
     model: Arc<Model>,
     /// ln p(w) for every id.
     unigram: Vec<f32>,
-    /// Context (newest word first) → (ln back-off, range of `succ`).
-    contexts: HashMap<Vec<u32>, (f32, usize, usize)>,
-    /// (word, ln p(word | context)), grouped by context.
-    succ: Vec<(u32, f32)>,
 }
 
 fn ln(v: f32) -> f32 {
@@ -30,28 +26,7 @@ impl Side {
         let unigram = (0..model.vocab().len() as u32)
             .map(|w| model.get(&[w]).map_or(f32::NEG_INFINITY, |pb| ln(pb.prob)))
             .collect();
-        let mut grouped: HashMap<Vec<u32>, Vec<(u32, f32)>> = HashMap::new();
-        for n in 2..=model.order() {
-            for (key, pb) in model.entries(n) {
-                grouped
-                    .entry(key[1..].to_vec())
-                    .or_default()
-                    .push((key[0], ln(pb.prob)));
-            }
-        }
-        let mut contexts = HashMap::with_capacity(grouped.len());
-        let mut succ = Vec::with_capacity(grouped.values().map(Vec::len).sum());
-        for (ctx, words) in grouped {
-            let backoff = model.get(&ctx).map_or(0.0, |pb| ln(pb.backoff));
-            contexts.insert(ctx, (backoff, succ.len(), succ.len() + words.len()));
-            succ.extend(words);
-        }
-        Side {
-            model,
-            unigram,
-            contexts,
-            succ,
-        }
+        Side { model, unigram }
     }
 
     /// `out[w]` = ln p(w | `<s>` + context) over the whole vocabulary (specials −∞), by the
@@ -69,22 +44,16 @@ impl Side {
             .chain(std::iter::once(BOS));
         for w in words.take(self.model.order() - 1) {
             key.push(w);
-            match self.contexts.get(&key) {
-                Some(&(backoff, lo, hi)) => {
-                    out.iter_mut().for_each(|o| *o += backoff);
-                    for &(w, p) in &self.succ[lo..hi] {
-                        out[w as usize] = p;
-                    }
-                }
-                None => {
-                    // No n-gram continues this context: only its back-off applies (0 when
-                    // the context itself is absent), and no longer context can exist.
-                    if let Some(pb) = self.model.get(&key) {
-                        let b = ln(pb.backoff);
-                        out.iter_mut().for_each(|o| *o += b);
-                    }
-                    break;
-                }
+            // The context's back-off (0 when the context itself is absent).
+            let backoff = self.model.get(&key).map_or(0.0, |pb| ln(pb.backoff));
+            out.iter_mut().for_each(|o| *o += backoff);
+            let successors = self.model.successors(&key);
+            if successors.len() == 0 {
+                // No n-gram continues this context, so no longer context can exist.
+                break;
+            }
+            for (w, p) in successors {
+                out[w as usize] = ln(p);
             }
         }
         for s in [UNK, BOS, EOS] {

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
-use super::model::{Model, ProbBackoff, Table, MAX_ORDER};
+use super::model::{sorted, Model, ProbBackoff, Table, MAX_ORDER};
 use super::vocab::{Vocab, BOS, EOS, UNK};
 use super::write_atomically;
 use crate::{Error, Result};
@@ -238,7 +238,7 @@ pub fn read_arpa(path: &Path) -> Result<Model> {
                     .collect();
                 return Err(lines.err(format!("{n}-gram {:?} appears twice", words.join(" "))));
             }
-            tables.push(Table::new(n, keys, &weights)?);
+            tables.push(Table::new(n, keys, weights)?);
         }
     }
     let end = lines.next_nonblank("\\end\\")?;
@@ -250,20 +250,6 @@ pub fn read_arpa(path: &Path) -> Result<Model> {
         )));
     }
     Ok(Model::new(vocab, unigrams, tables))
-}
-
-/// Keys and weights sorted by key (keys have stride `n`).
-fn sorted(n: usize, keys: Vec<u32>, weights: Vec<ProbBackoff>) -> (Vec<u32>, Vec<ProbBackoff>) {
-    let mut perm: Vec<u32> = (0..weights.len() as u32).collect();
-    let key = |i: u32| &keys[i as usize * n..(i as usize + 1) * n];
-    perm.sort_unstable_by(|&a, &b| key(a).cmp(key(b)));
-    let mut k = Vec::with_capacity(keys.len());
-    let mut w = Vec::with_capacity(weights.len());
-    for &i in &perm {
-        k.extend_from_slice(key(i));
-        w.push(weights[i as usize]);
-    }
-    (k, w)
 }
 
 fn truncate(s: &str) -> String {

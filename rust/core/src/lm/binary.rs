@@ -5,66 +5,29 @@
 //! then the payload (checksummed): per model `order u64`, `vocab_len u64`, `vocab_bytes u64`,
 //! one `(entries u64, slots u64)` per order ≥ 2, the vocabulary (words joined by NUL), the
 //! unigram `(prob f32, backoff f32)` pairs, then per order the keys (`u32`, newest word
-//! first) and the hash slots (`key u64, prob f32, backoff f32`). The hash tables are stored
-//! as built, so a load reads each array straight into its final place (no parsing, no
-//! hashing, no second copy of the file in memory) while the checksum runs over the bytes.
+//! first, sorted by context then word), their log10 probabilities (`f32`, same order) and the
+//! hash slots (`key u64, prob f32, backoff f32`). The hash tables are stored
+//! as built, so a loaded model uses each array where it lies in the file image (read into one
+//! aligned buffer, or memory-mapped and shared between processes): no parsing, no hashing,
+//! no second copy.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
-use super::model::{Model, ProbBackoff, Slot, Table, MAX_ORDER};
+use memmap2::{Mmap, MmapOptions};
+
+use super::model::{Model, Table, MAX_ORDER};
+use super::storage::{as_bytes, as_bytes_mut, huge_zeroed, Array, Pod};
 use super::vocab::Vocab;
 use super::write_atomically;
 use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"KEXUELM\0";
-pub const VERSION: u32 = 2; // 2: KenLM-style hash_extend
+pub const VERSION: u32 = 3; // 2: KenLM-style hash_extend; 3: keys by context, probs array
 const HEADER: usize = 32;
-
-/// Plain-old-data array elements: every bit pattern is a valid value, no padding, and
-/// `to_le` converts to/from the file's byte order (a no-op on little-endian machines).
-trait Pod: Copy + Default {
-    fn to_le(self) -> Self;
-}
-
-impl Pod for u32 {
-    fn to_le(self) -> Self {
-        self.to_le()
-    }
-}
-
-impl Pod for ProbBackoff {
-    fn to_le(self) -> Self {
-        ProbBackoff {
-            prob: f32::from_bits(self.prob.to_bits().to_le()),
-            backoff: f32::from_bits(self.backoff.to_bits().to_le()),
-        }
-    }
-}
-
-impl Pod for Slot {
-    fn to_le(self) -> Self {
-        Slot {
-            key: self.key.to_le(),
-            prob: f32::from_bits(self.prob.to_bits().to_le()),
-            backoff: f32::from_bits(self.backoff.to_bits().to_le()),
-        }
-    }
-}
-
-/// The bytes of a POD slice.
-fn as_bytes<T: Pod>(v: &[T]) -> &[u8] {
-    // SAFETY: `T: Pod` types (u32, and the `repr(C)` ProbBackoff and Slot made of 4- and
-    // 8-byte fields with no padding) have no uninitialised bytes.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
-}
-
-fn as_bytes_mut<T: Pod>(v: &mut [T]) -> &mut [u8] {
-    // SAFETY: as `as_bytes`; and every bit pattern is a valid `T`, so any bytes written
-    // through the view leave valid values.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), std::mem::size_of_val(v)) }
-}
 
 struct Out<W: Write> {
     w: W,
@@ -114,6 +77,7 @@ impl<W: Write> Out<W> {
         self.array(&m.unigrams)?;
         for t in &m.tables {
             self.array(&t.keys)?;
+            self.array(&t.probs)?;
             self.array(&t.slots)?;
         }
         Ok(())
@@ -171,64 +135,84 @@ pub fn save(path: &Path, forward: &Model, backward: Option<&Model>) -> Result<()
 }
 
 /// Reads a file written by [`save`]: the forward model and the backward one if stored.
-pub fn load(path: &Path) -> Result<(Model, Option<Model>)> {
+/// With `mapped` the file is memory-mapped and the tables are views of the map, so processes
+/// loading the same file share its pages; otherwise it is read into private memory (in huge
+/// pages where the system allows: faster queries, no sharing).
+pub fn load(path: &Path, mapped: bool) -> Result<(Model, Option<Model>)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    if mapped && cfg!(target_endian = "little") {
+        // SAFETY: the map is read-only and kexue never rewrites a file in place (saves go
+        // through a temporary file and a rename); another program truncating or rewriting a
+        // mapped file is undefined behaviour for every mmap reader (KenLM's included).
+        let map = unsafe { MmapOptions::new().populate().map(&file) };
+        let map = map.map_err(|e| Error::io(path, e))?;
+        let len = map.len();
+        return decode(&Arc::new(map), 0..len, path);
+    }
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    decode(BufReader::with_capacity(1 << 20, file), len, path)
+    let len = usize::try_from(len).map_err(|_| Error::format(path, 0, "is too large to read"))?;
+    let (mut map, start) = huge_zeroed(len).map_err(|e| Error::io(path, e))?;
+    (&file)
+        .read_exact(&mut map[start..start + len])
+        .map_err(|e| Error::io(path, e))?;
+    let map = map.make_read_only().map_err(|e| Error::io(path, e))?;
+    decode(&Arc::new(map), start..start + len, path)
 }
 
-/// Parses a binary image; `source` names it in errors.
+/// Parses a binary image (copied into huge-page memory); `source` names it in errors.
 pub fn from_bytes(bytes: &[u8], source: &Path) -> Result<(Model, Option<Model>)> {
-    decode(bytes, bytes.len() as u64, source)
+    let (mut map, start) = huge_zeroed(bytes.len()).map_err(|e| Error::io(source, e))?;
+    let image = start..start + bytes.len();
+    map[image.clone()].copy_from_slice(bytes);
+    let map = map.make_read_only().map_err(|e| Error::io(source, e))?;
+    decode(&Arc::new(map), image, source)
 }
 
-/// Bounds-checked reader of the payload; every failure names the source and byte offset.
-struct In<'a, R: Read> {
-    r: R,
-    crc: crc32fast::Hasher,
-    pos: u64,
-    end: u64,
+/// Bounds-checked reader of a file image; every failure names the source.
+struct In<'a> {
+    map: &'a Arc<Mmap>,
+    /// Where the image starts in the map (a multiple of 8, so alignment within the image is
+    /// alignment in memory).
+    base: usize,
+    /// The image.
+    data: &'a [u8],
+    pos: usize,
     source: &'a Path,
 }
 
-impl<R: Read> In<'_, R> {
+impl<'a> In<'a> {
     fn err(&self, message: String) -> Error {
         Error::format(self.source, 0, message)
     }
 
-    fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
-        let n = buf.len() as u64;
-        if self.end - self.pos < n {
+    /// The next `n` bytes.
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let data = self.data;
+        let Some(out) = self
+            .pos
+            .checked_add(n)
+            .and_then(|end| data.get(self.pos..end))
+        else {
             return Err(self.err(format!(
                 "truncated or corrupt: {what} needs {n} bytes at offset {}, the data has {}",
-                self.pos, self.end
+                self.pos,
+                data.len()
             )));
-        }
-        self.r.read_exact(buf).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                self.err(format!("truncated: the data ends inside {what}"))
-            } else {
-                Error::io(self.source, e)
-            }
-        })?;
-        if self.pos >= HEADER as u64 {
-            self.crc.update(buf);
-        }
+        };
         self.pos += n;
-        Ok(())
+        Ok(out)
     }
 
     fn u64(&mut self, what: &str) -> Result<u64> {
-        let mut b = [0u8; 8];
-        self.fill(&mut b, what)?;
-        Ok(u64::from_le_bytes(b))
+        let b = self.take(8, what)?;
+        Ok(u64::from_le_bytes(b.try_into().unwrap_or_default()))
     }
 
     /// A count that must fit in what is left of the data (so a corrupt size cannot ask for
     /// terabytes) when each element takes `each` bytes.
     fn size(&mut self, what: &str, each: u64) -> Result<usize> {
         let v = self.u64(what)?;
-        let left = self.end - self.pos;
+        let left = (self.data.len() - self.pos) as u64;
         if v.saturating_mul(each) > left {
             return Err(self.err(format!(
                 "corrupt: {what} = {v} does not fit in the {left} bytes left"
@@ -238,18 +222,28 @@ impl<R: Read> In<'_, R> {
     }
 
     fn align(&mut self, what: &str) -> Result<()> {
-        let pad = ((8 - self.pos % 8) % 8) as usize;
-        self.fill(&mut [0u8; 8][..pad], what)
+        let pad = (8 - self.pos % 8) % 8;
+        self.take(pad, what).map(drop)
     }
 
-    fn array<T: Pod>(&mut self, n: usize, what: &str) -> Result<Vec<T>> {
-        let mut v = vec![T::default(); n];
-        self.fill(as_bytes_mut(&mut v), what)?;
-        if cfg!(target_endian = "big") {
+    /// `n` elements in place (a view of the image), converted to an owned copy only on
+    /// big-endian machines.
+    fn array<T: Pod>(&mut self, n: usize, what: &str) -> Result<Array<T>> {
+        let offset = self.pos;
+        let size = n.saturating_mul(std::mem::size_of::<T>());
+        let data = self.take(size, what)?;
+        let array = if cfg!(target_endian = "little") {
+            Array::view(self.map, self.base + offset, n).ok_or_else(|| {
+                self.err(format!("corrupt: {what} at offset {offset} is misaligned"))
+            })?
+        } else {
+            let mut v = vec![T::default(); n];
+            as_bytes_mut(&mut v).copy_from_slice(data);
             v.iter_mut().for_each(|x| *x = x.to_le());
-        }
+            Array::Owned(v)
+        };
         self.align(what)?;
-        Ok(v)
+        Ok(array)
     }
 
     fn model(&mut self) -> Result<Model> {
@@ -262,17 +256,15 @@ impl<R: Read> In<'_, R> {
         let vocab_bytes = self.size("vocabulary bytes", 1)?;
         let mut sizes = Vec::with_capacity(order - 1);
         for n in 2..=order {
-            let entries = self.size(&format!("{n}-gram count"), 4 * n as u64)?;
+            let entries = self.size(&format!("{n}-gram count"), 4 * (n as u64 + 1))?;
             let slots = self.size(&format!("{n}-gram slots"), 16)?;
             if slots <= entries {
                 return Err(self.err(format!("corrupt: {n}-gram table has no empty slot")));
             }
             sizes.push((entries, slots));
         }
-        let mut text = vec![0u8; vocab_bytes];
-        self.fill(&mut text, "vocabulary")?;
-        self.align("vocabulary")?;
-        let text = std::str::from_utf8(&text)
+        let text = self.take(vocab_bytes, "vocabulary")?;
+        let text = std::str::from_utf8(text)
             .map_err(|_| self.err("corrupt: the vocabulary is not UTF-8".into()))?;
         let mut vocab = Vocab::new();
         for (i, w) in text.split('\0').enumerate() {
@@ -280,6 +272,7 @@ impl<R: Read> In<'_, R> {
                 return Err(self.err(format!("corrupt: vocabulary word {i} ({w:?}) repeats")));
             }
         }
+        self.align("vocabulary")?;
         if vocab.len() != vocab_len {
             return Err(self.err(format!(
                 "corrupt: vocabulary has {} words, the header says {vocab_len}",
@@ -289,64 +282,67 @@ impl<R: Read> In<'_, R> {
         let unigrams = self.array(vocab_len, "unigrams")?;
         let mut tables = Vec::with_capacity(order - 1);
         for (n, &(entries, slots)) in (2..).zip(&sizes) {
-            let keys: Vec<u32> = self.array(entries * n, "n-gram keys")?;
+            let keys: Array<u32> = self.array(entries * n, "n-gram keys")?;
             if let Some(bad) = keys.iter().find(|&&id| id as usize >= vocab_len) {
                 return Err(self.err(format!("corrupt: word id {bad} is out of the vocabulary")));
             }
+            let probs = self.array(entries, "n-gram probabilities")?;
             let slots = self.array(slots, "hash slots")?;
-            tables.push(Table { n, keys, slots });
+            tables.push(Table {
+                n,
+                keys,
+                probs,
+                slots,
+            });
         }
         Ok(Model::from_marked_parts(vocab, unigrams, tables))
     }
 }
 
-fn decode(r: impl Read, len: u64, source: &Path) -> Result<(Model, Option<Model>)> {
+/// Parses the image at `image` of `map`.
+fn decode(map: &Arc<Mmap>, image: Range<usize>, source: &Path) -> Result<(Model, Option<Model>)> {
     let mut r = In {
-        r,
-        crc: crc32fast::Hasher::new(),
+        map,
+        base: image.start,
+        data: &map[image],
         pos: 0,
-        end: len,
         source,
     };
-    let mut h = [0u8; HEADER];
-    r.fill(&mut h[..8], "magic")?;
-    if &h[..8] != MAGIC {
+    let magic = r.take(8, "magic")?;
+    if magic != MAGIC {
         return Err(r.err(format!(
             "not a kexue n-gram model: magic {:?}, expected {:?}",
-            String::from_utf8_lossy(&h[..8]),
+            String::from_utf8_lossy(magic),
             String::from_utf8_lossy(MAGIC)
         )));
     }
-    r.fill(&mut h[8..], "header")?;
-    let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-    let version = word(8);
+    let h = r.take(HEADER - 8, "header")?;
+    let word = |i: usize| u32::from_le_bytes([h[i - 8], h[i - 7], h[i - 6], h[i - 5]]);
+    let (version, models, crc) = (word(8), word(12), word(24));
+    let payload = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
     if version != VERSION {
         return Err(r.err(format!(
             "format version {version} is not supported (this kexue reads version {VERSION})"
         )));
     }
-    let models = word(12);
-    let payload = u64::from_le_bytes(h[16..24].try_into().unwrap_or([0; 8]));
-    let crc = word(24);
-    if len - HEADER as u64 != payload {
+    let data = &r.data[HEADER..];
+    if data.len() as u64 != payload {
         return Err(r.err(format!(
             "truncated or corrupt: the header announces {payload} bytes of data, there are {}",
-            len - HEADER as u64
+            data.len()
         )));
     }
     if !(1..=2).contains(&models) {
         return Err(r.err(format!("corrupt: {models} models (expected 1 or 2)")));
     }
+    if crc32fast::hash(data) != crc {
+        return Err(r.err("corrupt: checksum mismatch".into()));
+    }
     let forward = r.model()?;
     let backward = if models == 2 { Some(r.model()?) } else { None };
-    if r.pos != len {
-        return Err(r.err(format!(
-            "corrupt: {} unexpected trailing bytes",
-            len - r.pos
-        )));
-    }
-    if r.crc.clone().finalize() != crc {
-        return Err(r.err("corrupt: checksum mismatch".into()));
+    let left = r.data.len() - r.pos;
+    if left != 0 {
+        return Err(r.err(format!("corrupt: {left} unexpected trailing bytes")));
     }
     Ok((forward, backward))
 }

@@ -456,7 +456,7 @@ pub(crate) fn interpolate(
     let tables = counted[1..]
         .iter()
         .zip(weights)
-        .map(|(c, w)| Table::new(c.n, c.keys.clone(), &w))
+        .map(|(c, w)| Table::new(c.n, c.keys.clone(), w))
         .collect::<Result<Vec<_>>>()?;
     Ok(Model::new(vocab, unigrams, tables))
 }

@@ -3,17 +3,15 @@
 
 use rayon::prelude::*;
 
+use super::storage::Array;
 use super::vocab::{tokens, Vocab, BOS, EOS, UNK};
 use crate::{Error, Result};
 
 /// Highest supported order.
 pub const MAX_ORDER: usize = 7;
 
-/// Candidate words scored together so that their look-ups overlap.
+/// Candidate words (or sentences) scored together so that their look-ups overlap.
 pub const LANES: usize = 8;
-
-/// How many words ahead sentence scoring prefetches.
-pub const LOOKAHEAD: usize = 4;
 
 /// log10 → natural log.
 pub const LN_10: f64 = std::f64::consts::LN_10;
@@ -46,12 +44,34 @@ pub(crate) struct Slot {
 }
 
 /// N-grams of one order ≥ 2. `keys` holds each n-gram's ids *newest word first* (w, then its
-/// context from nearest to farthest), sorted; `slots` is the hash table used by queries.
+/// context from nearest to farthest) in [`sorted`] order, with their log10 probabilities in
+/// `probs`; `slots` is the hash table used by queries.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Table {
     pub n: usize,
-    pub keys: Vec<u32>,
-    pub slots: Vec<Slot>,
+    pub keys: Array<u32>,
+    pub probs: Array<f32>,
+    pub slots: Array<Slot>,
+}
+
+/// Keys (stride `n`, newest word first) and weights in a table's order: by context, then by
+/// word, so the words that follow one context are contiguous (CGMH's next-word lists read
+/// them in place, from a memory-mapped file too).
+pub(crate) fn sorted(
+    n: usize,
+    keys: Vec<u32>,
+    weights: Vec<ProbBackoff>,
+) -> (Vec<u32>, Vec<ProbBackoff>) {
+    let key = |i: u32| &keys[i as usize * n..(i as usize + 1) * n];
+    let mut perm: Vec<u32> = (0..weights.len() as u32).collect();
+    perm.sort_unstable_by(|&a, &b| (&key(a)[1..], key(a)[0]).cmp(&(&key(b)[1..], key(b)[0])));
+    let mut k = Vec::with_capacity(keys.len());
+    let mut w = Vec::with_capacity(weights.len());
+    for &i in &perm {
+        k.extend_from_slice(key(i));
+        w.push(weights[i as usize]);
+    }
+    (k, w)
 }
 
 fn fmix64(mut x: u64) -> u64 {
@@ -88,7 +108,8 @@ pub(crate) fn key_hash(key: &[u32]) -> u64 {
 impl Table {
     /// Builds the hash table of `keys` (stride `n`, newest word first) with their weights.
     /// Fails only if two distinct n-grams share a 64-bit hash (odds ~ entries² / 2⁶⁵).
-    pub fn new(n: usize, keys: Vec<u32>, weights: &[ProbBackoff]) -> Result<Table> {
+    pub fn new(n: usize, keys: Vec<u32>, weights: Vec<ProbBackoff>) -> Result<Table> {
+        let (keys, weights) = sorted(n, keys, weights);
         let len = weights.len();
         // 1.5 slots per entry (KenLM's default probing multiplier), at least one empty slot.
         let size = len + len / 2 + 1;
@@ -100,7 +121,7 @@ impl Table {
             };
             size
         ];
-        for (key, w) in keys.chunks_exact(n).zip(weights) {
+        for (key, w) in keys.chunks_exact(n).zip(&weights) {
             let h = key_hash(key);
             let mut i = bucket(h, size);
             while slots[i].key != 0 {
@@ -118,30 +139,38 @@ impl Table {
                 backoff: w.backoff,
             };
         }
-        Ok(Table { n, keys, slots })
+        Ok(Table {
+            n,
+            keys: keys.into(),
+            probs: weights.iter().map(|w| w.prob).collect::<Vec<_>>().into(),
+            slots: slots.into(),
+        })
     }
 
     fn find_mut(&mut self, hash: u64) -> Option<&mut Slot> {
         let h = hash.max(1);
-        let size = self.slots.len();
+        let slots = self.slots.make_mut();
+        let size = slots.len();
         let mut i = bucket(h, size);
-        while self.slots[i].key != 0 {
-            if self.slots[i].key == h {
-                return Some(&mut self.slots[i]);
+        while slots[i].key != 0 {
+            if slots[i].key == h {
+                return Some(&mut slots[i]);
             }
             i = if i + 1 == size { 0 } else { i + 1 };
         }
         None
     }
 
-    /// Hints the CPU to load the slot where a search for `hash` starts.
+    /// Hints the CPU to load the slots where a search for `hash` starts (two cache lines: a
+    /// search that misses walks ~5 slots at this load factor).
     #[inline]
     fn prefetch(&self, hash: u64) {
-        prefetch(
-            self.slots
-                .as_ptr()
-                .wrapping_add(bucket(hash.max(1), self.slots.len())),
-        );
+        let first = self
+            .slots
+            .as_ptr()
+            .wrapping_add(bucket(hash.max(1), self.slots.len()));
+        prefetch(first);
+        prefetch(first.wrapping_add(4));
     }
 
     #[inline]
@@ -163,6 +192,27 @@ impl Table {
 
     pub fn len(&self) -> usize {
         self.keys.len() / self.n
+    }
+
+    /// Indices of the n-grams whose context (newest word first) is `context`: a binary
+    /// search over the sorted keys (hand-written: the keys are a flat array of stride `n`,
+    /// which the slice searches cannot index).
+    fn successors(&self, context: &[u32]) -> std::ops::Range<usize> {
+        let n = self.n;
+        let context_of = |i: usize| &self.keys[i * n + 1..(i + 1) * n];
+        let first_not = |before: &dyn Fn(&[u32]) -> bool| {
+            let (mut lo, mut hi) = (0, self.len());
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if before(context_of(mid)) {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        first_not(&|c| c < context)..first_not(&|c| c <= context)
     }
 }
 
@@ -248,7 +298,7 @@ pub struct TokenScore {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {
     pub(crate) vocab: Vocab,
-    pub(crate) unigrams: Vec<ProbBackoff>,
+    pub(crate) unigrams: Array<ProbBackoff>,
     pub(crate) tables: Vec<Table>,
 }
 
@@ -256,7 +306,7 @@ impl Model {
     /// Assembles a model: `unigrams[id]` for every vocabulary id, then one table per order ≥ 2;
     /// marks the zero back-offs of n-grams that extend to no longer n-gram.
     pub(crate) fn new(vocab: Vocab, unigrams: Vec<ProbBackoff>, tables: Vec<Table>) -> Self {
-        let mut m = Self::from_marked_parts(vocab, unigrams, tables);
+        let mut m = Self::from_marked_parts(vocab, unigrams.into(), tables);
         let no_ext = f32::from_bits(NO_EXTENSION);
         let zero_to_no_ext = |b: &mut f32| {
             if *b == 0.0 {
@@ -264,10 +314,12 @@ impl Model {
             }
         };
         m.unigrams
+            .make_mut()
             .iter_mut()
             .for_each(|u| zero_to_no_ext(&mut u.backoff));
         for t in &mut m.tables {
             t.slots
+                .make_mut()
                 .iter_mut()
                 .for_each(|s| zero_to_no_ext(&mut s.backoff));
         }
@@ -282,7 +334,7 @@ impl Model {
             for key in t.keys.chunks_exact(t.n) {
                 let context = &key[1..];
                 if k == 0 {
-                    if let Some(u) = m.unigrams.get_mut(context[0] as usize) {
+                    if let Some(u) = m.unigrams.make_mut().get_mut(context[0] as usize) {
                         clear(&mut u.backoff);
                     }
                 } else if let Some(s) = lower[k - 1].find_mut(key_hash(context)) {
@@ -290,13 +342,18 @@ impl Model {
                 }
             }
         }
+        // What every query probes, now final.
+        m.unigrams.move_to_huge_pages();
+        m.tables
+            .iter_mut()
+            .for_each(|t| t.slots.move_to_huge_pages());
         m
     }
 
     /// Assembles a model whose extension marks are already set (binary files).
     pub(crate) fn from_marked_parts(
         vocab: Vocab,
-        unigrams: Vec<ProbBackoff>,
+        unigrams: Array<ProbBackoff>,
         tables: Vec<Table>,
     ) -> Self {
         debug_assert_eq!(vocab.len(), unigrams.len());
@@ -526,9 +583,13 @@ impl Model {
 
     /// Sentence scores (as [`Model::score_ids`], or [`Model::score_ids_f32`] when `f32_sum`).
     ///
-    /// Every look-up a sentence can need is known from its words alone (the state only cuts
-    /// it short), so the slots of the word `LOOKAHEAD` positions ahead are prefetched while
-    /// the current one is scored: the cache misses of several words overlap.
+    /// Scoring is a chain of dependent cache misses: which look-ups a word needs depends on
+    /// the state the previous word left. So 2 × [`LANES`] sentences advance in lockstep, in
+    /// two groups: for one group the exact slots of each sentence's next word are prefetched
+    /// (its state is known) while the other group, prefetched a step before, is scored; the
+    /// misses of independent sentences overlap and land before they are needed. (Prefetching
+    /// every order several words ahead wastes most prefetches: the median word matches only
+    /// its unigram.)
     pub fn score_many(
         &self,
         sentences: &[&[u32]],
@@ -537,47 +598,77 @@ impl Model {
         f32_sum: bool,
         out: &mut [f64],
     ) {
+        struct Lane {
+            sentence: usize,
+            pos: usize,
+            state: State,
+            sum64: f64,
+            sum32: f32,
+            hashes: [u64; MAX_ORDER - 1],
+        }
         let start = if bos { self.begin_state() } else { State::NULL };
-        for (ids, out) in sentences.iter().zip(out.iter_mut()) {
-            let len = ids.len() + usize::from(eos);
-            // Word at position i (</s> after the words), or the context before the words.
-            let at = |i: isize| -> Option<u32> {
-                match usize::try_from(i) {
-                    Ok(i) if i < ids.len() => Some(ids[i]),
-                    Ok(i) if i < len => Some(EOS),
-                    Ok(_) => None,
-                    Err(_) => (i == -1 && bos).then_some(BOS),
+        let word_at = |lane: &Lane| -> Option<u32> {
+            let ids = sentences[lane.sentence];
+            match ids.get(lane.pos) {
+                Some(&w) => Some(w),
+                None => (eos && lane.pos == ids.len()).then_some(EOS),
+            }
+        };
+        let mut queue = 0..sentences.len().min(out.len());
+        // Two groups take turns: one group's slots load while the other is scored.
+        let mut loading: Vec<Lane> = Vec::with_capacity(LANES);
+        let mut ready: Vec<Lane> = Vec::with_capacity(LANES);
+        loop {
+            // Fill free lanes; sentences with nothing to score are done at once.
+            while loading.len() < LANES {
+                let Some(sentence) = queue.next() else { break };
+                let lane = Lane {
+                    sentence,
+                    pos: 0,
+                    state: start,
+                    sum64: 0.0,
+                    sum32: 0.0,
+                    hashes: [0; MAX_ORDER - 1],
+                };
+                if word_at(&lane).is_some() {
+                    loading.push(lane);
+                } else {
+                    out[sentence] = 0.0;
                 }
-            };
-            // Hashes of the word at i with 1, 2, … words of context, kept for scoring it.
-            let mut ring = [[0u64; MAX_ORDER - 1]; LOOKAHEAD + 1];
-            let prefetch = |ring: &mut [[u64; MAX_ORDER - 1]; LOOKAHEAD + 1], i: usize| {
-                let i = i as isize;
-                let Some(w) = at(i) else { return };
-                let hashes = &mut ring[i as usize % (LOOKAHEAD + 1)];
+            }
+            if loading.is_empty() && ready.is_empty() {
+                return;
+            }
+            for lane in &mut loading {
+                let w = word_at(lane).unwrap_or(EOS);
                 let mut h = hash_word(self.known(w));
-                for (k, t) in (1..).zip(&self.tables) {
-                    let Some(c) = at(i - k) else { break };
-                    h = hash_extend(h, self.known(c));
-                    hashes[k as usize - 1] = h;
+                for (k, (t, &c)) in self.tables.iter().zip(lane.state.words()).enumerate() {
+                    h = hash_extend(h, c);
+                    lane.hashes[k] = h;
                     t.prefetch(h);
                 }
-            };
-            (0..LOOKAHEAD).for_each(|i| prefetch(&mut ring, i));
-            let mut state = start;
-            let (mut sum64, mut sum32) = (0f64, 0f32);
-            for i in 0..len {
-                prefetch(&mut ring, i + LOOKAHEAD);
-                let w = at(i as isize).unwrap_or(EOS);
-                // The state holds the sentence's own context words, so the prefetch hashes
-                // are the ones scoring needs.
-                let hashes = &ring[i % (LOOKAHEAD + 1)];
-                let (score, next) = self.score_impl(&state, w, Some(hashes));
-                state = next;
-                sum64 += f64::from(score.log10);
-                sum32 += score.log10;
             }
-            *out = if f32_sum { f64::from(sum32) } else { sum64 };
+            let mut i = 0;
+            while i < ready.len() {
+                let lane = &mut ready[i];
+                let w = word_at(lane).unwrap_or(EOS);
+                let (score, next) = self.score_impl(&lane.state, w, Some(&lane.hashes));
+                lane.state = next;
+                lane.sum64 += f64::from(score.log10);
+                lane.sum32 += score.log10;
+                lane.pos += 1;
+                if word_at(lane).is_none() {
+                    out[lane.sentence] = if f32_sum {
+                        f64::from(lane.sum32)
+                    } else {
+                        lane.sum64
+                    };
+                    ready.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            std::mem::swap(&mut loading, &mut ready);
         }
     }
 
@@ -629,14 +720,34 @@ impl Model {
         match key.len() {
             0 => None,
             1 => self.unigrams.get(key[0] as usize).copied(),
-            n => {
-                let t = self.tables.get(n - 2)?;
-                t.find(key_hash(key)).map(|s| ProbBackoff {
-                    prob: s.prob,
-                    backoff: s.backoff,
-                })
-            }
+            n => self.get_hashed(n, key_hash(key)),
         }
+    }
+
+    /// The weights of the `n`-gram (n ≥ 2) whose [`key_hash`] is `hash`, if the model has it.
+    pub(crate) fn get_hashed(&self, n: usize, hash: u64) -> Option<ProbBackoff> {
+        let slot = self.tables.get(n.checked_sub(2)?)?.find(hash)?;
+        Some(ProbBackoff {
+            prob: slot.prob,
+            backoff: slot.backoff,
+        })
+    }
+
+    /// The words that follow `context` (newest word first, 1 to `order - 1` words) in an
+    /// explicit n-gram, with their log10 probabilities, in id order.
+    pub fn successors(&self, context: &[u32]) -> impl ExactSizeIterator<Item = (u32, f32)> + '_ {
+        let table = context
+            .len()
+            .checked_sub(1)
+            .and_then(|i| self.tables.get(i));
+        let (table, range) = match table {
+            Some(t) if t.n == context.len() + 1 => (Some(t), t.successors(context)),
+            _ => (None, 0..0),
+        };
+        range.map(move |i| {
+            let t = table.expect("a non-empty range comes from a table");
+            (t.keys[i * t.n], t.probs[i])
+        })
     }
 
     /// Weights of the unigrams, indexed by word id.

@@ -60,9 +60,11 @@ fn binary_round_trip_is_exact() {
     let (f, b) = model(4, true);
     let p = tmp("m.kxlm");
     save(&p, &f, b.as_ref()).unwrap();
-    let (f2, b2) = load(&p).unwrap();
-    assert_eq!(f2, f);
-    assert_eq!(b2, b);
+    for mapped in [false, true] {
+        let (f2, b2) = load(&p, mapped).unwrap();
+        assert_eq!(f2, f);
+        assert_eq!(b2, b);
+    }
 }
 
 #[test]
@@ -153,5 +155,53 @@ fn states_agree_with_context_slices() {
         assert_eq!(m.logprob_word(&state, w).0, q);
         state = next;
         ctx.push(w);
+    }
+}
+
+#[test]
+fn successors_are_the_explicit_ngrams_of_a_context() {
+    let (m, _) = model(4, false);
+    for n in 2..=4 {
+        for (key, pb) in m.entries(n) {
+            let found: Vec<(u32, f32)> = m.successors(&key[1..]).collect();
+            assert!(found.contains(&(key[0], pb.prob)), "{key:?}");
+            let expected = m.entries(n).filter(|(k, _)| k[1..] == key[1..]).count();
+            assert_eq!(found.len(), expected);
+            assert!(found.windows(2).all(|w| w[0].0 < w[1].0));
+        }
+    }
+    assert_eq!(m.successors(&[]).len(), 0);
+    assert_eq!(m.successors(&[BOS, BOS, BOS, BOS]).len(), 0);
+    assert_eq!(m.successors(&[u32::MAX]).len(), 0);
+}
+
+#[test]
+fn batched_scoring_equals_one_by_one() {
+    let (m, _) = model(4, false);
+    let words = [
+        "the", "cat", "sat", "on", "mat", "dog", "zebra", "a", "log", "saw",
+    ];
+    // Lengths 0..=12, more sentences than the lanes hold, unknown words included.
+    let sentences: Vec<Vec<u32>> = (0..50)
+        .map(|i| {
+            (0..i % 13)
+                .map(|j| m.vocab().id(words[(i * 7 + j * 3) % 10]))
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[u32]> = sentences.iter().map(Vec::as_slice).collect();
+    for (bos, eos) in [(true, true), (true, false), (false, true), (false, false)] {
+        for f32_sum in [false, true] {
+            let mut out = vec![f64::NAN; refs.len()];
+            m.score_many(&refs, bos, eos, f32_sum, &mut out);
+            for (s, got) in refs.iter().zip(&out) {
+                let want = if f32_sum {
+                    f64::from(m.score_ids_f32(s, bos, eos))
+                } else {
+                    m.score_ids(s, bos, eos)
+                };
+                assert_eq!(*got, want, "{s:?} bos={bos} eos={eos}");
+            }
+        }
     }
 }

@@ -131,7 +131,7 @@ impl<T: Float + Send + Sync> Scores<'_, T> {
 
     fn valid(&self, b: usize) -> Vec<bool> {
         (0..self.len)
-            .map(|i| self.mask.map_or(true, |m| m[b * self.len + i] != 0))
+            .map(|i| self.mask.is_none_or(|m| m[b * self.len + i] != 0))
             .collect()
     }
 
@@ -397,7 +397,7 @@ pub fn kl_forward<T: Float + Send + Sync>(a: Kl<'_, T>, out: &mut [T]) -> Result
                     let (s, t) = (a.s[c], a.t[c]);
                     check_logit("s", s, r, c - r * a.cols)?;
                     check_logit("t", t, r, c - r * a.cols)?;
-                    if let Some((ps, pt)) = kl_entry(s, t, a.mask.map_or(true, |m| m[c] != 0)) {
+                    if let Some((ps, pt)) = kl_entry(s, t, a.mask.is_none_or(|m| m[c] != 0)) {
                         sum += to_f64((ps - pt) * (s - t));
                     }
                 }
@@ -430,7 +430,7 @@ pub fn kl_backward<T: Float + Send + Sync>(
             for c in 0..a.cols {
                 let at = r * a.cols + c;
                 let (s, t) = (a.s[at], a.t[at]);
-                let keep = a.mask.map_or(true, |m| m[at] != 0);
+                let keep = a.mask.is_none_or(|m| m[at] != 0);
                 let (gs, gt) = match kl_entry(s, t, keep) {
                     None => (T::zero(), T::zero()),
                     Some((ps, pt)) => {
@@ -477,7 +477,7 @@ mod tests {
                 };
                 for i in 0..l {
                     for j in 0..l {
-                        let valid = |p: usize| a.mask.map_or(true, |m| m[b * l + p] != 0);
+                        let valid = |p: usize| a.mask.is_none_or(|m| m[b * l + p] != 0);
                         let at = ((b * a.heads + h) * l + i) * l + j;
                         out[at] = if valid(i) && valid(j) && !(a.tril && i > j) {
                             let s: f64 = rot(a.q, i)

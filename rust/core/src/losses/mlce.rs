@@ -181,7 +181,7 @@ impl<T: Real> Dense<'_, T> {
         let (mut neg, mut pos) = (Lse0::<T>::new(), Lse0::<T>::new());
         for c in 0..s.len() {
             check_entry(s[c], t[c], r, c)?;
-            match classify(s[c], t[c], m.map_or(true, |m| m[c] != 0), self.eps) {
+            match classify(s[c], t[c], m.is_none_or(|m| m[c] != 0), self.eps) {
                 Entry::Skip => {}
                 Entry::Neg(v) => neg.add(v),
                 Entry::Pos(v) => pos.add(v),
@@ -207,7 +207,7 @@ impl<T: Real> Dense<'_, T> {
         let g = to_f64(g);
         let (ln, lp) = (st[0] + st[1], st[2] + st[3]);
         for c in 0..s.len() {
-            let d = match classify(s[c], t[c], m.map_or(true, |m| m[c] != 0), self.eps) {
+            let d = match classify(s[c], t[c], m.is_none_or(|m| m[c] != 0), self.eps) {
                 Entry::Skip => 0.0,
                 Entry::Neg(v) => exp_in::<T>(v - ln),
                 Entry::Pos(v) => -exp_in::<T>(v - lp),

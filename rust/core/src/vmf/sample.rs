@@ -200,17 +200,27 @@ fn compose<T: Float>(mu: &[T], inv_norm: f64, omw: f64, opw: f64, out: &mut [T],
             dot += g * m(i);
             g2 += g * g;
         }
-        let mut v2 = g2 - dot * dot;
-        if v2 < g2 / 64.0 {
-            // ‖v‖² = ‖g‖² − (gᵀμ̂)² lost more than 6 bits (relative error > 1.4e-14; g
-            // nearly along μ, small d, 0.4% of rows at d = 3): sum it directly.
-            v2 = out
-                .iter()
-                .enumerate()
-                .map(|(i, g)| (g.to_f64().unwrap_or(0.0) - dot * m(i)).powi(2))
-                .sum();
-        }
-        if v2 > 0.0 {
+        let v2 = g2 - dot * dot;
+        if v2 <= g2 / 64.0 {
+            // g nearly along μ (small d: 0.4% of rows at d = 3, more at d = 2): composing
+            // from g would amplify rounding by ‖g‖/‖v‖, so build v itself, projected twice
+            // (Gram–Schmidt: twice is enough to be orthogonal to μ̂ at f64 rounding).
+            let mut v: Vec<f64> = out.iter().map(|g| g.to_f64().unwrap_or(0.0)).collect();
+            for _ in 0..2 {
+                let along: f64 = v.iter().enumerate().map(|(i, x)| x * m(i)).sum();
+                v.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, x)| *x -= along * m(i));
+            }
+            let v2: f64 = v.iter().map(|x| x * x).sum();
+            if v2 > 0.0 {
+                let scale = (s2 / v2).sqrt();
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = T::from(w * m(i) + scale * v[i]).unwrap_or_else(T::zero);
+                }
+                return;
+            }
+        } else {
             let scale = (s2 / v2).sqrt();
             let along = w - scale * dot;
             for (i, o) in out.iter_mut().enumerate() {
@@ -233,7 +243,7 @@ pub fn sample<T: Float + Send + Sync>(
     out: &mut [T],
 ) -> Result<()> {
     check_d(d)?;
-    if mu.len() % d != 0 || out.len() % d != 0 || mu.is_empty() {
+    if !mu.len().is_multiple_of(d) || !out.len().is_multiple_of(d) || mu.is_empty() {
         return Err(Error::value(
             "mu",
             format!("must have rows of d = {d} values"),

@@ -162,9 +162,6 @@ fn transpose(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt: usize) {
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
-// AVX-512 intrinsics and target features are stable since Rust 1.89 (as are the AVX-512
-// targets `multiversion` compiles `head` for).
-#[clippy::msrv = "1.89"]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn transpose_avx512(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt: usize) {

@@ -122,7 +122,7 @@ impl Real for f32 {
     }
 
     fn transposed(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-        if rows % 16 == 0 && cols % 16 == 0 {
+        if rows.is_multiple_of(16) && cols.is_multiple_of(16) {
             super::fast::transposed(x, rows, cols)
         } else {
             transposed(x, rows, cols)

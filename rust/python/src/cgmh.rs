@@ -140,9 +140,9 @@ impl Scorer for PyScorer {
     }
 }
 
-/// A forward n-gram model and its optional backward twin (shared, not copied) with the
-/// successor lists the sampler needs; a scorer exposing one as `_cgmh_native` runs the whole
-/// loop in Rust.
+/// A forward n-gram model and its optional backward twin (shared, not copied: the sampler
+/// reads next-word lists from their tables); a scorer exposing one as `_cgmh_native` runs the
+/// whole loop in Rust.
 #[pyclass(module = "kexue._native", name = "CgmhNgram", frozen)]
 struct PyNgram {
     inner: Arc<Ngram>,

@@ -77,8 +77,8 @@ fn special(w: u32) -> bool {
 }
 
 impl Ngram {
-    /// Precomputes successor lists (one pass over the n-grams); `backward` must be trained on
-    /// reversed sentences and share the forward model's vocabulary.
+    /// Wraps the models (shared, not copied) with their unigram distributions; `backward`
+    /// must be trained on reversed sentences and share the forward model's vocabulary.
     pub fn new(forward: Arc<Model>, backward: Option<Arc<Model>>) -> Result<Self> {
         if let Some(b) = &backward {
             if b.vocab() != forward.vocab() {

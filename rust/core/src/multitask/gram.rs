@@ -176,58 +176,48 @@ mod x86 {
         super::block_lanes::<T, Avx2>(j, k, p, start, end)
     }
 
-    /// AVX-512F kernel (its intrinsics are stable from Rust 1.89, the MSRV).
-    pub(super) mod avx512 {
-        use num_traits::Float;
-        use std::arch::x86_64::*;
+    /// AVX-512F: 32 registers of 8 lanes.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(__m512d);
 
-        pub(in super::super) fn available() -> bool {
-            std::arch::is_x86_feature_detected!("avx512f")
+    impl super::Lanes for Avx512 {
+        const W: usize = 8;
+        const GROUP: usize = 4;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx512(_mm512_setzero_pd())
         }
-
-        #[target_feature(enable = "avx512f")]
-        pub(in super::super) unsafe fn block<T: Float + 'static>(
-            j: &[T],
-            k: usize,
-            p: usize,
-            start: usize,
-            end: usize,
-        ) -> Vec<f64> {
-            super::super::block_lanes::<T, Avx512>(j, k, p, start, end)
+        #[inline(always)]
+        unsafe fn load(p: *const f64) -> Self {
+            Avx512(_mm512_loadu_pd(p))
         }
-
-        /// AVX-512F: 32 registers of 8 lanes.
-        #[derive(Clone, Copy)]
-        struct Avx512(__m512d);
-
-        impl super::super::Lanes for Avx512 {
-            const W: usize = 8;
-            const GROUP: usize = 4;
-            #[inline(always)]
-            unsafe fn zero() -> Self {
-                Avx512(_mm512_setzero_pd())
-            }
-            #[inline(always)]
-            unsafe fn load(p: *const f64) -> Self {
-                Avx512(_mm512_loadu_pd(p))
-            }
-            #[inline(always)]
-            unsafe fn load_f32(p: *const f32) -> Self {
-                Avx512(_mm512_cvtps_pd(_mm256_loadu_ps(p)))
-            }
-            #[inline(always)]
-            unsafe fn mul_add(self, b: Self, c: Self) -> Self {
-                Avx512(_mm512_fmadd_pd(self.0, b.0, c.0))
-            }
-            #[inline(always)]
-            unsafe fn add(self, b: Self) -> Self {
-                Avx512(_mm512_add_pd(self.0, b.0))
-            }
-            #[inline(always)]
-            unsafe fn lanes(self, out: &mut [f64; 8]) {
-                _mm512_storeu_pd(out.as_mut_ptr(), self.0);
-            }
+        #[inline(always)]
+        unsafe fn load_f32(p: *const f32) -> Self {
+            Avx512(_mm512_cvtps_pd(_mm256_loadu_ps(p)))
         }
+        #[inline(always)]
+        unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+            Avx512(_mm512_fmadd_pd(self.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            Avx512(_mm512_add_pd(self.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn lanes(self, out: &mut [f64; 8]) {
+            _mm512_storeu_pd(out.as_mut_ptr(), self.0);
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn block_avx512<T: Float + 'static>(
+        j: &[T],
+        k: usize,
+        p: usize,
+        start: usize,
+        end: usize,
+    ) -> Vec<f64> {
+        super::block_lanes::<T, Avx512>(j, k, p, start, end)
     }
 }
 
@@ -463,7 +453,7 @@ impl Kernel {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if x86::avx512::available() {
+            if std::arch::is_x86_feature_detected!("avx512f") {
                 return Kernel::Avx512;
             }
             if std::arch::is_x86_feature_detected!("avx2")
@@ -493,7 +483,7 @@ impl Kernel {
             Kernel::Avx2 => unsafe { x86::block_avx2(j, k, p, start, end) },
             // SAFETY: detected (or checked by the caller).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { x86::avx512::block(j, k, p, start, end) },
+            Kernel::Avx512 => unsafe { x86::block_avx512(j, k, p, start, end) },
         }
     }
 }
@@ -689,7 +679,7 @@ mod tests {
             {
                 all.push(Kernel::Avx2);
             }
-            if x86::avx512::available() {
+            if std::arch::is_x86_feature_detected!("avx512f") {
                 all.push(Kernel::Avx512);
             }
         }

@@ -238,7 +238,7 @@ pub fn read_arpa(path: &Path) -> Result<Model> {
                     .collect();
                 return Err(lines.err(format!("{n}-gram {:?} appears twice", words.join(" "))));
             }
-            tables.push(Table::new(n, keys, weights)?);
+            tables.push(Table::from_sorted(n, keys, weights)?);
         }
     }
     let end = lines.next_nonblank("\\end\\")?;

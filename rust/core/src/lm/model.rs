@@ -110,6 +110,11 @@ impl Table {
     /// Fails only if two distinct n-grams share a 64-bit hash (odds ~ entries² / 2⁶⁵).
     pub fn new(n: usize, keys: Vec<u32>, weights: Vec<ProbBackoff>) -> Result<Table> {
         let (keys, weights) = sorted(n, keys, weights);
+        Self::from_sorted(n, keys, weights)
+    }
+
+    /// As [`Table::new`] for keys and weights already in [`sorted`] order.
+    pub fn from_sorted(n: usize, keys: Vec<u32>, weights: Vec<ProbBackoff>) -> Result<Table> {
         let len = weights.len();
         // 1.5 slots per entry (KenLM's default probing multiplier), at least one empty slot.
         let size = len + len / 2 + 1;
@@ -194,10 +199,10 @@ impl Table {
         self.keys.len() / self.n
     }
 
-    /// Indices of the n-grams whose context (newest word first) is `context`: a binary
-    /// search over the sorted keys (hand-written: the keys are a flat array of stride `n`,
-    /// which the slice searches cannot index).
-    fn successors(&self, context: &[u32]) -> std::ops::Range<usize> {
+    /// The keys (stride `n`) and probabilities of the n-grams whose context (newest word
+    /// first) is `context`: a binary search over the sorted keys (hand-written: the keys are a
+    /// flat array of stride `n`, which the slice searches cannot index).
+    fn successors(&self, context: &[u32]) -> (&[u32], &[f32]) {
         let n = self.n;
         let context_of = |i: usize| &self.keys[i * n + 1..(i + 1) * n];
         let first_not = |before: &dyn Fn(&[u32]) -> bool| {
@@ -212,7 +217,8 @@ impl Table {
             }
             lo
         };
-        first_not(&|c| c < context)..first_not(&|c| c <= context)
+        let (lo, hi) = (first_not(&|c| c < context), first_not(&|c| c <= context));
+        (&self.keys[lo * n..hi * n], &self.probs[lo..hi])
     }
 }
 
@@ -604,6 +610,9 @@ impl Model {
             state: State,
             sum64: f64,
             sum32: f32,
+            /// The word being scored (set with its hashes) and its hashes with 1, 2, …
+            /// context words.
+            word: u32,
             hashes: [u64; MAX_ORDER - 1],
         }
         let start = if bos { self.begin_state() } else { State::NULL };
@@ -628,6 +637,7 @@ impl Model {
                     state: start,
                     sum64: 0.0,
                     sum32: 0.0,
+                    word: EOS,
                     hashes: [0; MAX_ORDER - 1],
                 };
                 if word_at(&lane).is_some() {
@@ -640,8 +650,8 @@ impl Model {
                 return;
             }
             for lane in &mut loading {
-                let w = word_at(lane).unwrap_or(EOS);
-                let mut h = hash_word(self.known(w));
+                lane.word = word_at(lane).unwrap_or(EOS);
+                let mut h = hash_word(self.known(lane.word));
                 for (k, (t, &c)) in self.tables.iter().zip(lane.state.words()).enumerate() {
                     h = hash_extend(h, c);
                     lane.hashes[k] = h;
@@ -651,8 +661,7 @@ impl Model {
             let mut i = 0;
             while i < ready.len() {
                 let lane = &mut ready[i];
-                let w = word_at(lane).unwrap_or(EOS);
-                let (score, next) = self.score_impl(&lane.state, w, Some(&lane.hashes));
+                let (score, next) = self.score_impl(&lane.state, lane.word, Some(&lane.hashes));
                 lane.state = next;
                 lane.sum64 += f64::from(score.log10);
                 lane.sum32 += score.log10;
@@ -720,34 +729,27 @@ impl Model {
         match key.len() {
             0 => None,
             1 => self.unigrams.get(key[0] as usize).copied(),
-            n => self.get_hashed(n, key_hash(key)),
+            n => {
+                let slot = self.tables.get(n - 2)?.find(key_hash(key))?;
+                Some(ProbBackoff {
+                    prob: slot.prob,
+                    backoff: slot.backoff,
+                })
+            }
         }
-    }
-
-    /// The weights of the `n`-gram (n ≥ 2) whose [`key_hash`] is `hash`, if the model has it.
-    pub(crate) fn get_hashed(&self, n: usize, hash: u64) -> Option<ProbBackoff> {
-        let slot = self.tables.get(n.checked_sub(2)?)?.find(hash)?;
-        Some(ProbBackoff {
-            prob: slot.prob,
-            backoff: slot.backoff,
-        })
     }
 
     /// The words that follow `context` (newest word first, 1 to `order - 1` words) in an
     /// explicit n-gram, with their log10 probabilities, in id order.
     pub fn successors(&self, context: &[u32]) -> impl ExactSizeIterator<Item = (u32, f32)> + '_ {
+        // Table `i` holds the (i + 2)-grams: the successors of contexts of i + 1 words.
         let table = context
             .len()
             .checked_sub(1)
             .and_then(|i| self.tables.get(i));
-        let (table, range) = match table {
-            Some(t) if t.n == context.len() + 1 => (Some(t), t.successors(context)),
-            _ => (None, 0..0),
-        };
-        range.map(move |i| {
-            let t = table.expect("a non-empty range comes from a table");
-            (t.keys[i * t.n], t.probs[i])
-        })
+        let (keys, probs) = table.map_or((&[][..], &[][..]), |t| t.successors(context));
+        let words = keys.iter().step_by(context.len() + 1).copied();
+        words.zip(probs.iter().copied())
     }
 
     /// Weights of the unigrams, indexed by word id.

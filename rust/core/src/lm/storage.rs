@@ -31,12 +31,6 @@ impl Pod for f32 {
     }
 }
 
-impl Pod for u64 {
-    fn to_le(self) -> Self {
-        self.to_le()
-    }
-}
-
 impl Pod for ProbBackoff {
     fn to_le(self) -> Self {
         ProbBackoff {
@@ -58,7 +52,7 @@ impl Pod for Slot {
 
 /// The bytes of a POD slice.
 pub(crate) fn as_bytes<T: Pod>(v: &[T]) -> &[u8] {
-    // SAFETY: `T: Pod` types (u32, f32, u64, and the `repr(C)` ProbBackoff and Slot made of 4- and
+    // SAFETY: `T: Pod` types (u32, f32, and the `repr(C)` ProbBackoff and Slot made of 4- and
     // 8-byte fields with no padding) have no uninitialised bytes.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
 }

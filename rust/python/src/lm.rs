@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kexue_core::lm::{self, BuildOptions, Corpus, Model};
 use numpy::PyArray1;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyString};
 
 use crate::arrays::detached;
 use crate::errors::to_py;
@@ -143,12 +143,18 @@ impl PyModel {
     fn score_batch<'py>(
         &self,
         py: Python<'py>,
-        sentences: Vec<String>,
+        sentences: Vec<Bound<'py, PyString>>,
         bos: bool,
         eos: bool,
         f32_sum: bool,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let model = &self.inner;
+        // Borrowed, not copied: CPython keeps each str's UTF-8 form (the text itself for
+        // ASCII), and the list keeps the strings alive while the GIL is released.
+        let sentences = sentences
+            .iter()
+            .map(|s| s.to_str())
+            .collect::<PyResult<Vec<&str>>>()?;
         let mut out = vec![0.0; sentences.len()];
         detached(py, || {
             model.score_batch(&sentences, bos, eos, f32_sum, &mut out)

@@ -6,7 +6,8 @@
 //! one `(entries u64, slots u64)` per order ≥ 2, the vocabulary (words joined by NUL), the
 //! unigram `(prob f32, backoff f32)` pairs, then per order the keys (`u32`, newest word
 //! first, sorted by context then word), their log10 probabilities (`f32`, same order) and the
-//! hash slots (`key u64, prob f32, backoff f32`). The hash tables are stored
+//! hash slots (`key u64, prob f32, backoff f32`) with their one-byte tags (`slots + 16`
+//! bytes). The hash tables are stored
 //! as built, so a loaded model uses each array where it lies in the file image (read into one
 //! aligned buffer, or memory-mapped and shared between processes): no parsing, no hashing,
 //! no second copy.
@@ -19,14 +20,15 @@ use std::sync::Arc;
 
 use memmap2::{Mmap, MmapOptions};
 
-use super::model::{Model, Table, MAX_ORDER};
+use super::model::{Model, Table, MAX_ORDER, TAG_GROUP};
 use super::storage::{as_bytes, as_bytes_mut, huge_zeroed, Array, Pod};
 use super::vocab::Vocab;
 use super::write_atomically;
 use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"KEXUELM\0";
-pub const VERSION: u32 = 3; // 2: KenLM-style hash_extend; 3: keys by context, probs array
+// 2: KenLM-style hash_extend; 3: keys by context, probs array; 4: slot tags.
+pub const VERSION: u32 = 4;
 const HEADER: usize = 32;
 
 struct Out<W: Write> {
@@ -79,6 +81,7 @@ impl<W: Write> Out<W> {
             self.array(&t.keys)?;
             self.array(&t.probs)?;
             self.array(&t.slots)?;
+            self.array(&t.tags)?;
         }
         Ok(())
     }
@@ -258,8 +261,10 @@ impl<'a> In<'a> {
         for n in 2..=order {
             let entries = self.size(&format!("{n}-gram count"), 4 * (n as u64 + 1))?;
             let slots = self.size(&format!("{n}-gram slots"), 16)?;
-            if slots <= entries {
-                return Err(self.err(format!("corrupt: {n}-gram table has no empty slot")));
+            if slots <= entries || slots < TAG_GROUP {
+                return Err(self.err(format!(
+                    "corrupt: {n}-gram table has {slots} slots for {entries} entries"
+                )));
             }
             sizes.push((entries, slots));
         }
@@ -288,11 +293,18 @@ impl<'a> In<'a> {
             }
             let probs = self.array(entries, "n-gram probabilities")?;
             let slots = self.array(slots, "hash slots")?;
+            let tags: Array<u8> = self.array(slots.len() + TAG_GROUP, "slot tags")?;
+            // Searches stop at an empty tag and read the first group again past the end.
+            let (table, wrapped) = tags.split_at(slots.len());
+            if !table.contains(&0) || wrapped != &table[..TAG_GROUP] {
+                return Err(self.err(format!("corrupt: {n}-gram slot tags")));
+            }
             tables.push(Table {
                 n,
                 keys,
                 probs,
                 slots,
+                tags,
             });
         }
         Ok(Model::from_marked_parts(vocab, unigrams, tables))

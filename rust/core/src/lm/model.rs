@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::storage::Array;
-use super::vocab::{tokens, Vocab, BOS, EOS, UNK};
+use super::vocab::{eq_mask16, tokens, Vocab, BOS, EOS, UNK};
 use crate::{Error, Result};
 
 /// Highest supported order.
@@ -45,13 +45,44 @@ pub(crate) struct Slot {
 
 /// N-grams of one order ≥ 2. `keys` holds each n-gram's ids *newest word first* (w, then its
 /// context from nearest to farthest) in [`sorted`] order, with their log10 probabilities in
-/// `probs`; `slots` is the hash table used by queries.
+/// `probs`; `slots` is the hash table used by queries and `tags` its one-byte fingerprints.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Table {
     pub n: usize,
     pub keys: Array<u32>,
     pub probs: Array<f32>,
     pub slots: Array<Slot>,
+    /// `tags[i]` = [`tag`] of slot `i`'s hash, 0 for an empty slot, then the first
+    /// [`TAG_GROUP`] tags again so a group read at any slot wraps around. Searches scan 16
+    /// tags at once and read a slot only on a tag match: a table's tags are 1/16 of its
+    /// slots, so they stay in cache, and a search that fails (about one per scored word)
+    /// touches no slot at all.
+    pub tags: Array<u8>,
+}
+
+/// Tags compared at once; also the least number of slots of a table (so the wrap-around copy
+/// of the first group never wraps twice).
+pub(crate) const TAG_GROUP: usize = 16;
+
+/// One-byte fingerprint of a slot hash: its low bits (slots are chosen by the high ones),
+/// never 0, the empty marker.
+#[inline]
+pub(crate) fn tag(h: u64) -> u8 {
+    (h as u8).max(1)
+}
+
+/// The tag array of `slots` (see [`Table::tags`]).
+pub(crate) fn tags_of(slots: &[Slot]) -> Vec<u8> {
+    let tag_of = |s: &Slot| if s.key == 0 { 0 } else { tag(s.key) };
+    let mut tags: Vec<u8> = slots.iter().map(tag_of).collect();
+    tags.extend_from_within(..TAG_GROUP.min(slots.len()));
+    tags
+}
+
+/// Bit masks of the tags equal to `tag` and of the empty (0) tags among 16.
+#[inline]
+fn match_tags(group: &[u8; TAG_GROUP], tag: u8) -> (u32, u32) {
+    (eq_mask16(group, tag), eq_mask16(group, 0))
 }
 
 /// Keys (stride `n`, newest word first) and weights in a table's order: by context, then by
@@ -117,7 +148,7 @@ impl Table {
     pub fn from_sorted(n: usize, keys: Vec<u32>, weights: Vec<ProbBackoff>) -> Result<Table> {
         let len = weights.len();
         // 1.5 slots per entry (KenLM's default probing multiplier), at least one empty slot.
-        let size = len + len / 2 + 1;
+        let size = (len + len / 2 + 1).max(TAG_GROUP);
         let mut slots = vec![
             Slot {
                 key: 0,
@@ -148,6 +179,7 @@ impl Table {
             n,
             keys: keys.into(),
             probs: weights.iter().map(|w| w.prob).collect::<Vec<_>>().into(),
+            tags: tags_of(&slots).into(),
             slots: slots.into(),
         })
     }
@@ -166,16 +198,12 @@ impl Table {
         None
     }
 
-    /// Hints the CPU to load the slots where a search for `hash` starts (two cache lines: a
-    /// search that misses walks ~5 slots at this load factor).
+    /// Hints the CPU to load the tags and the first slots a search for `hash` reads.
     #[inline]
     fn prefetch(&self, hash: u64) {
-        let first = self
-            .slots
-            .as_ptr()
-            .wrapping_add(bucket(hash.max(1), self.slots.len()));
-        prefetch(first);
-        prefetch(first.wrapping_add(4));
+        let i = bucket(hash.max(1), self.slots.len());
+        prefetch(self.tags.as_ptr().wrapping_add(i));
+        prefetch(self.slots.as_ptr().wrapping_add(i));
     }
 
     #[inline]
@@ -184,14 +212,27 @@ impl Table {
         let size = self.slots.len();
         let mut i = bucket(h, size);
         loop {
-            let s = &self.slots[i];
-            if s.key == h {
-                return Some(s);
+            let Some(group) = self.tags.get(i..i + TAG_GROUP) else {
+                return None; // unreachable: `tags` holds `size + TAG_GROUP` bytes
+            };
+            let (mut hits, empty) = match_tags(group.try_into().ok()?, tag(h));
+            // Only tags before the first empty slot belong to this search.
+            hits &= empty.wrapping_sub(1) & !empty;
+            while hits != 0 {
+                let j = i + hits.trailing_zeros() as usize;
+                let s = &self.slots[if j >= size { j - size } else { j }];
+                if s.key == h {
+                    return Some(s);
+                }
+                hits &= hits - 1;
             }
-            if s.key == 0 {
+            if empty != 0 {
                 return None;
             }
-            i = if i + 1 == size { 0 } else { i + 1 };
+            i += TAG_GROUP;
+            if i >= size {
+                i -= size;
+            }
         }
     }
 
@@ -350,9 +391,10 @@ impl Model {
         }
         // What every query probes, now final.
         m.unigrams.move_to_huge_pages();
-        m.tables
-            .iter_mut()
-            .for_each(|t| t.slots.move_to_huge_pages());
+        m.tables.iter_mut().for_each(|t| {
+            t.slots.move_to_huge_pages();
+            t.tags.move_to_huge_pages();
+        });
         m
     }
 
@@ -430,17 +472,21 @@ impl Model {
 
     /// As [`Model::score_word`], with the matched n-gram length and the OOV flag.
     pub fn score_full(&self, state: &State, word: u32) -> (TokenScore, State) {
-        self.score_impl(state, word, None)
+        let mut h = hash_word(self.known(word));
+        self.score_impl(state, word, |k| {
+            h = hash_extend(h, state.words[k]);
+            self.tables[k].find(h)
+        })
     }
 
-    /// Scoring itself; `hashes[k - 1]`, when given, is the hash of `word` with the first `k`
-    /// words of `state` (precomputed by the caller), else hashes are computed here.
+    /// Scoring itself; `find(k)` returns the slot of `word` with the first `k + 1` words of
+    /// `state` (called for k = 0, 1, … until it returns `None`).
     #[inline(always)]
-    fn score_impl(
-        &self,
+    fn score_impl<'a>(
+        &'a self,
         state: &State,
         word: u32,
-        hashes: Option<&[u64; MAX_ORDER - 1]>,
+        mut find: impl FnMut(usize) -> Option<&'a Slot>,
     ) -> (TokenScore, State) {
         let oov = word == UNK || word as usize >= self.unigrams.len();
         let word = if oov { UNK } else { word };
@@ -452,14 +498,9 @@ impl Model {
         let mut matched = 1;
         // The next state keeps the longest matched n-gram that some longer n-gram extends.
         let mut keep = usize::from(has_extension(uni.backoff));
-        let mut h = hash_word(word);
         let max_len = self.order().min(state.len() + 1);
         while matched < max_len {
-            h = match hashes {
-                Some(pre) => pre[matched - 1],
-                None => hash_extend(h, state.words[matched - 1]),
-            };
-            let Some(slot) = self.tables[matched - 1].find(h) else {
+            let Some(slot) = find(matched - 1) else {
                 break;
             };
             prob = slot.prob;
@@ -591,11 +632,13 @@ impl Model {
     ///
     /// Scoring is a chain of dependent cache misses: which look-ups a word needs depends on
     /// the state the previous word left. So 2 × [`LANES`] sentences advance in lockstep, in
-    /// two groups: for one group the exact slots of each sentence's next word are prefetched
-    /// (its state is known) while the other group, prefetched a step before, is scored; the
-    /// misses of independent sentences overlap and land before they are needed. (Prefetching
-    /// every order several words ahead wastes most prefetches: the median word matches only
-    /// its unigram.)
+    /// two groups: for one group the tags and first slots that each sentence's next word may
+    /// probe are prefetched (its state is known) while the other group, prefetched a step
+    /// before, is scored; the misses of independent sentences overlap and land before they
+    /// are needed. (Prefetching every order several words ahead wastes most prefetches: the
+    /// median word matches only its unigram. A third stage that reads the tags first and
+    /// prefetches only the slots they point to measured slower: more work per word, and
+    /// more mispredicted branches, than the misses it saves.)
     pub fn score_many(
         &self,
         sentences: &[&[u32]],
@@ -661,7 +704,9 @@ impl Model {
             let mut i = 0;
             while i < ready.len() {
                 let lane = &mut ready[i];
-                let (score, next) = self.score_impl(&lane.state, lane.word, Some(&lane.hashes));
+                let (score, next) = self.score_impl(&lane.state, lane.word, |k| {
+                    self.tables[k].find(lane.hashes[k])
+                });
                 lane.state = next;
                 lane.sum64 += f64::from(score.log10);
                 lane.sum32 += score.log10;
@@ -785,7 +830,9 @@ impl Model {
             + self
                 .tables
                 .iter()
-                .map(|t| t.keys.len() * 4 + t.slots.len() * std::mem::size_of::<Slot>())
+                .map(|t| {
+                    t.keys.len() * 4 + t.slots.len() * std::mem::size_of::<Slot>() + t.tags.len()
+                })
                 .sum::<usize>()
     }
 }

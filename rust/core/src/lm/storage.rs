@@ -19,6 +19,12 @@ pub(crate) trait Pod: Copy + Default {
     fn to_le(self) -> Self;
 }
 
+impl Pod for u8 {
+    fn to_le(self) -> Self {
+        self
+    }
+}
+
 impl Pod for u32 {
     fn to_le(self) -> Self {
         self.to_le()
@@ -52,7 +58,7 @@ impl Pod for Slot {
 
 /// The bytes of a POD slice.
 pub(crate) fn as_bytes<T: Pod>(v: &[T]) -> &[u8] {
-    // SAFETY: `T: Pod` types (u32, f32, and the `repr(C)` ProbBackoff and Slot made of 4- and
+    // SAFETY: `T: Pod` types (u8, u32, f32, and the `repr(C)` ProbBackoff and Slot made of 4- and
     // 8-byte fields with no padding) have no uninitialised bytes.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
 }

@@ -86,6 +86,15 @@ fn corrupt_binaries_are_errors() {
     bad[last] ^= 1;
     assert!(msg(&bad).contains("checksum"));
     assert!(msg(&bad).starts_with("m.bin: "));
+    // Tags without an empty one would make searches endless: refused even with a valid
+    // checksum. The last table's tags end the payload (then padding to 8 bytes).
+    let mut bad = bytes.clone();
+    let tags = f.tables.last().unwrap().tags.len();
+    let end = bad.len() - (8 - tags % 8) % 8;
+    bad[end - tags..end].fill(1);
+    let crc = crc32fast::hash(&bad[32..]);
+    bad[24..28].copy_from_slice(&crc.to_le_bytes());
+    assert!(msg(&bad).contains("slot tags"));
 }
 
 #[test]

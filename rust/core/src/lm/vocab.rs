@@ -27,9 +27,9 @@ pub struct Vocab {
     compare_strings: bool,
 }
 
-/// 64-bit hash of a word: 8 bytes at a time through MurmurHash3's finaliser. The last bytes
-/// are read as overlapping words (wyhash's trick) rather than copied into a buffer: that copy
-/// was a `memcpy` call and a store-forwarding stall per word, a fifth of scoring time.
+/// 64-bit hash of a word: 8 bytes at a time through MurmurHash3's finaliser. Words of up to
+/// 8 bytes (most words) are one zero-padded 8-byte value, so a bijection hashes them: two
+/// such words of one length never collide.
 fn word_hash(word: &str) -> u64 {
     let b = word.as_bytes();
     let n = b.len();
@@ -39,19 +39,63 @@ fn word_hash(word: &str) -> u64 {
             b[i..i + 4].try_into().unwrap_or_default(),
         ))
     };
-    let mut h = 0x243f_6a88_85a3_08d3 ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let tail = match n {
-        8.. => {
+    // The zero-padded value is assembled from overlapping loads rather than copied into a
+    // buffer: that copy was a `memcpy` call and a store-forwarding stall per word.
+    match n {
+        9.. => {
+            let mut h = seed(n);
             for i in (0..n - 8).step_by(8) {
                 h = fmix64(h ^ u64_at(i)).wrapping_add(0x2545_f491_4f6c_dd1d);
             }
-            u64_at(n - 8)
+            fmix64(h ^ u64_at(n - 8)).max(1)
         }
-        4..=7 => u32_at(0) << 32 | u32_at(n - 4),
-        1..=3 => u64::from(b[0]) << 16 | u64::from(b[n / 2]) << 8 | u64::from(b[n - 1]),
-        0 => 0,
-    };
-    fmix64(h ^ tail).max(1)
+        8 => short_word_hash(8, u64_at(0)),
+        4..=7 => short_word_hash(n, u32_at(0) | u32_at(n - 4) << (8 * (n - 4))),
+        1..=3 => {
+            let x = u64::from(b[0]) | u64::from(b[n / 2]) << (8 * (n / 2));
+            short_word_hash(n, x | u64::from(b[n - 1]) << (8 * (n - 1)))
+        }
+        0 => short_word_hash(0, 0),
+    }
+}
+
+/// [`word_hash`] of a word of `n ≤ 8` bytes whose zero-padded little-endian value is `x`.
+#[inline]
+fn short_word_hash(n: usize, x: u64) -> u64 {
+    fmix64(seed(n) ^ x).max(1)
+}
+
+#[inline]
+fn seed(n: usize) -> u64 {
+    0x243f_6a88_85a3_08d3 ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// [`word_hash`] of `line[start..end]`, a short word read with one 8-byte load (masked)
+/// where the line has 8 bytes from `start`.
+#[inline]
+fn word_hash_at(line: &str, start: usize, end: usize) -> u64 {
+    let n = end - start;
+    match line.as_bytes().get(start..start + 8) {
+        Some(b) if (1..=8).contains(&n) => {
+            let x = u64::from_le_bytes(b.try_into().unwrap_or_default());
+            short_word_hash(n, x & (u64::MAX >> (8 * (8 - n))))
+        }
+        _ => word_hash(&line[start..end]),
+    }
+}
+
+/// Bit `i` set where `group[i] == byte`.
+#[inline]
+pub(crate) fn eq_mask16(group: &[u8; 16], byte: u8) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of x86-64; the load reads exactly the 16 bytes of `group`.
+    unsafe {
+        use std::arch::x86_64::*;
+        let g = _mm_loadu_si128(group.as_ptr().cast());
+        _mm_movemask_epi8(_mm_cmpeq_epi8(g, _mm_set1_epi8(byte as i8))) as u32
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    (0..16).fold(0, |m, i| m | u32::from(group[i] == byte) << i)
 }
 
 fn fmix64(mut x: u64) -> u64 {
@@ -148,11 +192,12 @@ impl Vocab {
         let mut lens = Vec::with_capacity(sentences.len());
         let mask = self.slots.len() - 1;
         for s in sentences {
+            let line = s.as_ref();
             let before = words.len();
-            for t in tokens(s.as_ref()) {
-                let h = word_hash(t);
+            for (start, end) in tokens(line).spans() {
+                let h = word_hash_at(line, start, end);
                 super::model::prefetch(self.slots.as_ptr().wrapping_add(h as usize & mask));
-                words.push((t, h));
+                words.push((&line[start..end], h));
             }
             lens.push(words.len() - before);
         }
@@ -206,16 +251,53 @@ pub fn tokens(line: &str) -> Tokens<'_> {
         .bytes()
         .fold(true, |ok, b| ok & (0x20..0x80).contains(&b));
     Tokens {
-        rest: line,
-        spaces_only,
+        line,
+        pos: 0,
+        spaced: spaces_only.then_some(SpacedWords {
+            boundaries: 0,
+            space_before: true,
+            start: None,
+        }),
     }
 }
 
 /// Iterator of [`tokens`]; bytes below 0x80 are classified without decoding characters, and
-/// printable-ASCII lines (most text) are split on spaces alone.
+/// printable-ASCII lines (most text) are split on spaces alone, 64 bytes at a time.
 pub struct Tokens<'a> {
-    rest: &'a str,
-    spaces_only: bool,
+    line: &'a str,
+    /// Where the scan goes on.
+    pos: usize,
+    spaced: Option<SpacedWords>,
+}
+
+/// Scan state of a line split on spaces alone, found 64 bytes at a time: a bit mask of the
+/// spaces marks where words start and end, so a word costs a few instructions instead of a
+/// compare and a mispredicted branch per byte (hand-written: `str::split` and `memchr` find
+/// one separator per call).
+struct SpacedWords {
+    /// Bytes of the current block (from `Tokens::pos - 64`) where a word starts or ends.
+    boundaries: u64,
+    /// Whether the byte before the next block is a space (or the line's start).
+    space_before: bool,
+    /// Start of the word being read.
+    start: Option<usize>,
+}
+
+/// Bit `i` set where `block[i]` is a space; bytes past the block's end count as spaces.
+#[inline]
+fn space_mask(block: &[u8]) -> u64 {
+    let mut padded = [b' '; 64];
+    let full: &[u8; 64] = match block.try_into() {
+        Ok(full) => full,
+        Err(_) => {
+            padded[..block.len()].copy_from_slice(block);
+            &padded
+        }
+    };
+    (0..4).fold(0, |m, i| {
+        let group = full[16 * i..16 * (i + 1)].try_into().unwrap_or(&[0; 16]);
+        m | u64::from(eq_mask16(group, b' ')) << (16 * i)
+    })
 }
 
 /// ASCII separators: what `char::is_whitespace` accepts below 0x80, and NUL.
@@ -233,42 +315,54 @@ const fn ascii_separators() -> [bool; 128] {
 static SEPARATOR: [bool; 128] = ascii_separators();
 
 impl<'a> Tokens<'a> {
+    /// Byte ranges of the tokens instead of the tokens.
+    pub(crate) fn spans(self) -> impl Iterator<Item = (usize, usize)> + 'a {
+        let mut this = self;
+        std::iter::from_fn(move || this.next_span())
+    }
+
     /// Whether a separator starts at byte `i` (a char boundary), and the char's length.
     #[inline]
     fn at(&self, i: usize) -> (bool, usize) {
-        let b = self.rest.as_bytes()[i];
+        let b = self.line.as_bytes()[i];
         if b < 0x80 {
             (SEPARATOR[b as usize], 1)
         } else {
-            match self.rest[i..].chars().next() {
+            match self.line[i..].chars().next() {
                 Some(c) => (c.is_whitespace(), c.len_utf8()),
                 None => (false, 1),
             }
         }
     }
-}
-
-impl<'a> Iterator for Tokens<'a> {
-    type Item = &'a str;
 
     #[inline]
-    fn next(&mut self) -> Option<&'a str> {
-        if self.spaces_only {
-            let bytes = self.rest.as_bytes();
-            let start = bytes.iter().position(|&b| b != b' ')?;
-            let end = bytes[start..]
-                .iter()
-                .position(|&b| b == b' ')
-                .map_or(bytes.len(), |k| start + k);
-            let word = &self.rest[start..end];
-            self.rest = &self.rest[end..];
-            return Some(word);
+    fn next_span(&mut self) -> Option<(usize, usize)> {
+        let n = self.line.len();
+        if let Some(w) = &mut self.spaced {
+            loop {
+                if w.boundaries != 0 {
+                    let at = self.pos - 64 + w.boundaries.trailing_zeros() as usize;
+                    w.boundaries &= w.boundaries - 1;
+                    match w.start.take() {
+                        Some(start) => return Some((start, at.min(n))),
+                        None => w.start = Some(at),
+                    }
+                } else if self.pos >= n {
+                    return w.start.take().map(|start| (start, n));
+                } else {
+                    let block = &self.line.as_bytes()[self.pos..n.min(self.pos + 64)];
+                    let spaces = space_mask(block);
+                    // Bits where a byte differs from the one before in being a space.
+                    w.boundaries = spaces ^ (spaces << 1 | u64::from(w.space_before));
+                    w.space_before = spaces >> 63 == 1;
+                    self.pos += 64;
+                }
+            }
         }
-        let n = self.rest.len();
-        let mut start = 0;
+        let mut start = self.pos;
         loop {
             if start == n {
-                self.rest = "";
+                self.pos = n;
                 return None;
             }
             match self.at(start) {
@@ -283,9 +377,18 @@ impl<'a> Iterator for Tokens<'a> {
                 (true, _) => break,
             }
         }
-        let word = &self.rest[start..end];
-        self.rest = &self.rest[end..];
-        Some(word)
+        self.pos = end;
+        Some((start, end))
+    }
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = &'a str;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a str> {
+        let (start, end) = self.next_span()?;
+        Some(&self.line[start..end])
     }
 }
 
@@ -429,6 +532,47 @@ mod tests {
         let mut c = Corpus::new(false);
         c.add_sentence("a <unk>");
         assert_eq!(c.sentences().next().unwrap(), &[3, UNK]);
+    }
+
+    #[test]
+    fn spaced_lines_split_as_str_split_and_hash_in_place() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(7);
+        // Lengths around the 64-byte blocks; runs of spaces anywhere, words of 1..=20 bytes.
+        for len in (0..200).chain([64, 127, 128, 129, 256]) {
+            for _ in 0..20 {
+                let line: String = (0..len)
+                    .map(|_| {
+                        if rng.random_bool(0.3) {
+                            ' '
+                        } else {
+                            char::from(rng.random_range(0x21u8..0x7f))
+                        }
+                    })
+                    .collect();
+                let want: Vec<&str> = line.split(' ').filter(|t| !t.is_empty()).collect();
+                assert_eq!(tokens(&line).collect::<Vec<_>>(), want, "{line:?}");
+                for (start, end) in tokens(&line).spans() {
+                    assert_eq!(
+                        word_hash_at(&line, start, end),
+                        word_hash(&line[start..end])
+                    );
+                }
+            }
+        }
+        let long = "a".repeat(64) + " " + &"b".repeat(64);
+        assert_eq!(tokens(&long).count(), 2);
+    }
+
+    #[test]
+    fn short_words_of_one_length_never_collide() {
+        let mut seen = std::collections::HashSet::new();
+        for a in 0u8..128 {
+            for b in 0u8..128 {
+                let word = [b'x', a, b, b'y'];
+                assert!(seen.insert(word_hash(std::str::from_utf8(&word).unwrap())));
+            }
+        }
     }
 
     #[test]

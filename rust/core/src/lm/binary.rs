@@ -243,7 +243,7 @@ impl<'a> In<'a> {
             let mut v = vec![T::default(); n];
             as_bytes_mut(&mut v).copy_from_slice(data);
             v.iter_mut().for_each(|x| *x = x.to_le());
-            Array::Owned(v)
+            v.into()
         };
         self.align(what)?;
         Ok(array)

@@ -206,7 +206,7 @@ impl Table {
         prefetch(self.slots.as_ptr().wrapping_add(i));
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn find(&self, hash: u64) -> Option<&Slot> {
         let h = hash.max(1);
         let size = self.slots.len();

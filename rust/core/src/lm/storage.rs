@@ -5,8 +5,8 @@
 //! copy of the tables instead of holding its own.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::ops::Deref;
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
@@ -90,16 +90,24 @@ pub(crate) fn huge_zeroed(len: usize) -> std::io::Result<(MmapMut, usize)> {
     Ok((map, offset))
 }
 
-/// A read-only array of `T`: owned, or `len` elements at byte `offset` of a file image.
-pub(crate) enum Array<T: Pod> {
-    Owned(Vec<T>),
-    View {
-        bytes: Arc<Mmap>,
-        offset: usize,
-        len: usize,
-        _elements: PhantomData<T>,
-    },
+/// A read-only array of `T`: owned, or `len` elements of a memory map (a file image).
+pub(crate) struct Array<T: Pod> {
+    /// Where the elements are, cached beside their owner: every hash probe reads an array,
+    /// and this way that costs no branch on the owner and no pointer chase through it.
+    ptr: NonNull<T>,
+    len: usize,
+    owner: Owner<T>,
 }
+
+enum Owner<T> {
+    Vec(Vec<T>),
+    Map(Arc<Mmap>),
+}
+
+// SAFETY: an `Array` is a `Vec<T>` or a shared read-only map plus a pointer into it; `T: Pod`
+// is plain data, so sharing or sending it across threads is as safe as for `Vec<T>`.
+unsafe impl<T: Pod + Send> Send for Array<T> {}
+unsafe impl<T: Pod + Sync> Sync for Array<T> {}
 
 impl<T: Pod> Array<T> {
     /// A view of `len` elements at `offset` of `bytes`, or `None` when that range is out of
@@ -111,11 +119,10 @@ impl<T: Pod> Array<T> {
         if data.as_ptr().align_offset(std::mem::align_of::<T>()) != 0 {
             return None;
         }
-        Some(Array::View {
-            bytes: Arc::clone(bytes),
-            offset,
+        Some(Array {
+            ptr: NonNull::new(data.as_ptr().cast_mut().cast())?,
             len,
-            _elements: PhantomData,
+            owner: Owner::Map(Arc::clone(bytes)),
         })
     }
 
@@ -137,13 +144,14 @@ impl<T: Pod> Array<T> {
     }
 
     /// The elements, for writing: a view is first copied out (copy on write).
-    pub fn make_mut(&mut self) -> &mut Vec<T> {
-        if let Array::View { .. } = self {
-            *self = Array::Owned(self.to_vec());
+    pub fn make_mut(&mut self) -> &mut [T] {
+        if let Owner::Map(_) = self.owner {
+            *self = self.to_vec().into();
         }
-        match self {
-            Array::Owned(v) => v,
-            Array::View { .. } => unreachable!("a view was just replaced by an owned copy"),
+        match &mut self.owner {
+            // The vector is never resized here, so `ptr` stays valid.
+            Owner::Vec(v) => v,
+            Owner::Map(_) => unreachable!("a view was just replaced by an owned copy"),
         }
     }
 }
@@ -153,40 +161,33 @@ impl<T: Pod> Deref for Array<T> {
 
     #[inline]
     fn deref(&self) -> &[T] {
-        match self {
-            Array::Owned(v) => v,
-            Array::View {
-                bytes, offset, len, ..
-            } => {
-                let data = &bytes[*offset..];
-                // SAFETY: `view` checked that `len` elements fit from `offset` and that the
-                // start is aligned for `T`; every bit pattern is a valid `T: Pod`; the image is
-                // never written while viewed (files are replaced by rename, never rewritten in
-                // place, and a mapped file changed by another program is undefined, as for
-                // any mmap-based reader such as KenLM's).
-                unsafe { std::slice::from_raw_parts(data.as_ptr().cast(), *len) }
-            }
-        }
+        // SAFETY: `ptr` points to `len` initialised elements owned by `owner` (a vector that
+        // is never resized, or a map that `view` checked holds them, aligned); every bit
+        // pattern is a valid `T: Pod`; a map is never written while viewed (files are
+        // replaced by rename, never rewritten in place, and a mapped file changed by another
+        // program is undefined, as for any mmap-based reader such as KenLM's).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl<T: Pod> From<Vec<T>> for Array<T> {
-    fn from(v: Vec<T>) -> Self {
-        Array::Owned(v)
+    fn from(mut v: Vec<T>) -> Self {
+        Array {
+            ptr: NonNull::new(v.as_mut_ptr()).unwrap_or(NonNull::dangling()),
+            len: v.len(),
+            owner: Owner::Vec(v),
+        }
     }
 }
 
 impl<T: Pod> Clone for Array<T> {
     fn clone(&self) -> Self {
-        match self {
-            Array::Owned(v) => Array::Owned(v.clone()),
-            Array::View {
-                bytes, offset, len, ..
-            } => Array::View {
-                bytes: Arc::clone(bytes),
-                offset: *offset,
-                len: *len,
-                _elements: PhantomData,
+        match &self.owner {
+            Owner::Vec(v) => v.clone().into(),
+            Owner::Map(map) => Array {
+                ptr: self.ptr,
+                len: self.len,
+                owner: Owner::Map(Arc::clone(map)),
             },
         }
     }
@@ -200,9 +201,9 @@ impl<T: Pod + PartialEq> PartialEq for Array<T> {
 
 impl<T: Pod> fmt::Debug for Array<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self {
-            Array::Owned(_) => "owned",
-            Array::View { .. } => "view",
+        let kind = match self.owner {
+            Owner::Vec(_) => "owned",
+            Owner::Map(_) => "view",
         };
         write!(f, "Array({} elements, {kind})", self.len())
     }

@@ -473,25 +473,36 @@ impl Model {
     /// As [`Model::score_word`], with the matched n-gram length and the OOV flag.
     pub fn score_full(&self, state: &State, word: u32) -> (TokenScore, State) {
         let mut h = hash_word(self.known(word));
-        self.score_impl(state, word, |k| {
-            h = hash_extend(h, state.words[k]);
-            self.tables[k].find(h)
-        })
+        let mut next = State::NULL;
+        let score = self.score_impl(
+            state,
+            word,
+            |k| {
+                h = hash_extend(h, state.words[k]);
+                self.tables[k].find(h)
+            },
+            &mut next,
+        );
+        (score, next)
     }
 
     /// Scoring itself; `find(k)` returns the slot of `word` with the first `k + 1` words of
-    /// `state` (called for k = 0, 1, … until it returns `None`).
+    /// `state` (called for k = 0, 1, … until it returns `None`). The state after `word` is
+    /// written field by field into `next`, where the caller keeps it: assembling it on the
+    /// stack and copying it out cost a store-forwarding stall (wide loads of narrow stores)
+    /// per word.
     #[inline(always)]
     fn score_impl<'a>(
         &'a self,
         state: &State,
         word: u32,
         mut find: impl FnMut(usize) -> Option<&'a Slot>,
-    ) -> (TokenScore, State) {
+        next: &mut State,
+    ) -> TokenScore {
         let oov = word == UNK || word as usize >= self.unigrams.len();
         let word = if oov { UNK } else { word };
         let uni = self.unigrams[word as usize];
-        let mut next = State::NULL;
+        *next = State::NULL;
         next.words[0] = word;
         next.backoff[0] = uni.backoff;
         let mut prob = uni.prob;
@@ -517,12 +528,11 @@ impl Model {
             prob += b;
         }
         next.len = keep.min(self.order() - 1) as u8;
-        let score = TokenScore {
+        TokenScore {
             log10: prob,
             ngram_len: matched,
             oov,
-        };
-        (score, next)
+        }
     }
 
     /// As [`Model::score_word`] in natural log (the unit of the ML APIs).
@@ -704,10 +714,15 @@ impl Model {
             let mut i = 0;
             while i < ready.len() {
                 let lane = &mut ready[i];
-                let (score, next) = self.score_impl(&lane.state, lane.word, |k| {
-                    self.tables[k].find(lane.hashes[k])
-                });
-                lane.state = next;
+                // Read long after it was written: a copy without a forwarding stall.
+                let state = lane.state;
+                let hashes = &lane.hashes;
+                let score = self.score_impl(
+                    &state,
+                    lane.word,
+                    |k| self.tables[k].find(hashes[k]),
+                    &mut lane.state,
+                );
                 lane.sum64 += f64::from(score.log10);
                 lane.sum32 += score.log10;
                 lane.pos += 1;

@@ -246,10 +246,7 @@ impl Vocab {
 /// `kenlm.Model.score` do (lmplz splits on ASCII space, tab and CR only; the two agree on
 /// text without other whitespace characters).
 pub fn tokens(line: &str) -> Tokens<'_> {
-    // One branch-free (vectorised) pass decides whether the only separator can be ' '.
-    let spaces_only = line
-        .bytes()
-        .fold(true, |ok, b| ok & (0x20..0x80).contains(&b));
+    let spaces_only = !has_other_whitespace(line.as_bytes());
     Tokens {
         line,
         pos: 0,
@@ -261,8 +258,36 @@ pub fn tokens(line: &str) -> Tokens<'_> {
     }
 }
 
+/// Whether `line` may hold a separator other than ' ': a control character (below 0x20) or
+/// one of Unicode's non-ASCII spaces (U+0085, U+00A0, U+1680, U+2000–U+200A, U+2028,
+/// U+2029, U+202F, U+205F, U+3000, encoded after a lead byte C2, E1, E2 or E3). A
+/// branch-free (vectorised) pass finds the candidate bytes; only lines that have some
+/// (dashes and quotes start with E2) are looked at closely.
+fn has_other_whitespace(line: &[u8]) -> bool {
+    let suspect = |b: u8| b < 0x20 || b == 0xC2 || (0xE1..=0xE3).contains(&b);
+    if !line.iter().fold(false, |any, &b| any | suspect(b)) {
+        return false;
+    }
+    (0..line.len()).any(|i| {
+        let next = |k: usize| line.get(i + k).copied().unwrap_or(0);
+        match line[i] {
+            0..0x20 => true,
+            0xC2 => matches!(next(1), 0x85 | 0xA0),
+            0xE1 => next(1) == 0x9A && next(2) == 0x80,
+            0xE2 => match next(1) {
+                0x80 => matches!(next(2), 0x80..=0x8A | 0xA8 | 0xA9 | 0xAF),
+                0x81 => next(2) == 0x9F,
+                _ => false,
+            },
+            0xE3 => next(1) == 0x80 && next(2) == 0x80,
+            _ => false,
+        }
+    })
+}
+
 /// Iterator of [`tokens`]; bytes below 0x80 are classified without decoding characters, and
-/// printable-ASCII lines (most text) are split on spaces alone, 64 bytes at a time.
+/// lines whose only whitespace is ' ' (most text) are split on spaces alone, 64 bytes at a
+/// time.
 pub struct Tokens<'a> {
     line: &'a str,
     /// Where the scan goes on.
@@ -541,16 +566,16 @@ mod tests {
         // Lengths around the 64-byte blocks; runs of spaces anywhere, words of 1..=20 bytes.
         for len in (0..200).chain([64, 127, 128, 129, 256]) {
             for _ in 0..20 {
+                // Printable ASCII, some non-ASCII letters and dashes, rarely other spaces.
                 let line: String = (0..len)
-                    .map(|_| {
-                        if rng.random_bool(0.3) {
-                            ' '
-                        } else {
-                            char::from(rng.random_range(0x21u8..0x7f))
-                        }
+                    .map(|_| match rng.random_range(0..100) {
+                        0..30 => ' ',
+                        30..35 => ['é', '—', '中', '“'][rng.random_range(0..4)],
+                        35 => ['\t', '\u{a0}', '\u{2009}'][rng.random_range(0..3)],
+                        _ => char::from(rng.random_range(0x21u8..0x7f)),
                     })
                     .collect();
-                let want: Vec<&str> = line.split(' ').filter(|t| !t.is_empty()).collect();
+                let want: Vec<&str> = line.split_whitespace().collect();
                 assert_eq!(tokens(&line).collect::<Vec<_>>(), want, "{line:?}");
                 for (start, end) in tokens(&line).spans() {
                     assert_eq!(
@@ -559,6 +584,17 @@ mod tests {
                     );
                 }
             }
+        }
+        // Every separator other than ' ' is seen (all of char::is_whitespace, and NUL).
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            let line = format!("a{c}b");
+            let other = c != ' ' && (c.is_whitespace() || c < ' ');
+            assert!(has_other_whitespace(line.as_bytes()) || !other, "{c:?}");
+            let want: Vec<&str> = line
+                .split(|c: char| c.is_whitespace() || c == '\0')
+                .filter(|t| !t.is_empty())
+                .collect();
+            assert_eq!(tokens(&line).collect::<Vec<_>>(), want);
         }
         let long = "a".repeat(64) + " " + &"b".repeat(64);
         assert_eq!(tokens(&long).count(), 2);

@@ -17,11 +17,14 @@ global max of google-research / performer-pytorch leaks future keys into past ou
 Queries use their own per-token max, which cancels in the ratio.
 
 Precision: the Rust kernels keep the state in float64 (the chunked form adds each chunk's
-float32 ``Kᵀ V`` into it); the pure-torch road accumulates in the input dtype.
+float32 ``Kᵀ V`` into it); float32 decoding steps a float32 copy of it and adds the last 64
+tokens' float32 ``Kᵀ V`` into the float64 state (see :class:`CausalState`); the pure-torch
+road accumulates in the input dtype.
 
 Speed: a named feature map on a causal pass that needs no gradient (numpy, or tensors under
 ``torch.no_grad``) runs inside the Rust pass, chunk by chunk, so the feature arrays are never
-written out; :meth:`CausalState.update` maps and steps a token in one Rust call.
+written out; :meth:`CausalState.update` maps and steps a token in one Rust call, with the set-up
+(``scale·Ωᵀ``, feature constants) prepared once per state.
 """
 
 from __future__ import annotations

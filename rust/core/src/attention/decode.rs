@@ -377,17 +377,17 @@ fn fold_head(p: Parts, fill: usize, (m, dv): (usize, usize), st: &mut [f64]) {
     let w = dv + 1;
     let mut kt = vec![0.0; m * FOLD];
     transpose_any(p.kb, m, fill, &mut kt, FOLD);
-    // the working copy is about to be re-rounded: it holds the f32 product meanwhile
+    // The working copy is about to be re-rounded: meanwhile it holds the f32 sums.
     gemm16(m, dv, fill, &kt, FOLD, p.vb, dv, p.s, dv, false);
-    for ((row, delta), kt) in st
-        .chunks_exact_mut(w)
-        .zip(p.s.chunks_exact(dv))
-        .zip(kt.chunks_exact(FOLD))
-    {
+    p.z.fill(0.0);
+    for key in p.kb.chunks_exact(m).take(fill) {
+        p.z.iter_mut().zip(key).for_each(|(z, &k)| *z += k);
+    }
+    for ((row, delta), &z) in st.chunks_exact_mut(w).zip(p.s.chunks_exact(dv)).zip(&*p.z) {
         row.iter_mut()
             .zip(delta)
             .for_each(|(s, &d)| *s += f64::from(d));
-        row[dv] += f64::from(kt[..fill].iter().sum::<f32>());
+        row[dv] += f64::from(z);
     }
     round(st, w, p.s, p.z);
 }

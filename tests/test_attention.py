@@ -601,6 +601,32 @@ def test_float32_decoding_reads_copies_and_saves_its_state(tmp_path, name):
         again.update(q[:1, :, 0], k[:1, :, 0], v[:1, :, 0])
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    b=st.integers(1, 2),
+    h=st.integers(1, 3),
+    n=st.integers(1, 160),
+    d=st.sampled_from([8, 16]),
+    m=st.sampled_from([16, 32]),
+    dv=st.sampled_from([16, 48]),
+    name=st.sampled_from(["favor+", "favor+hyperbolic", "exp", "relu"]),
+    reads=st.sets(st.integers(0, 159), max_size=4),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_property_float32_decoding_equals_the_float64_pass(b, h, n, d, m, dv, name, reads, seed):
+    q, k, v = qkv((b, h, n, d), dv, np.float32, seed=seed)
+    w = orthogonal_random_matrix(m // 2 if name == "favor+hyperbolic" else m, d, seed=seed)
+    x64 = (x.astype(np.float64) for x in (q, k, v))
+    want = linear_attention(*x64, causal=True, feature_map=name, projection=w)
+    state = CausalState(feature_map=name, projection=w)
+    got = []
+    for t in range(n):
+        got.append(state.update(q[:, :, t], k[:, :, t], v[:, :, t]))
+        if t in reads:  # reading kv folds the buffered tokens early
+            assert state.kv.shape == (b, h, m, dv + 1)
+    assert np.abs(np.stack(got, 2) - want).max() <= 1e-5 * max(np.abs(want).max(), 1e-30)
+
+
 def test_float32_decoding_does_not_depend_on_thread_count():
     q, k, v = qkv((4, 16, 3, 64), 64, np.float32, seed=6)  # 64 heads: spread over threads
     w = orthogonal_random_matrix(64, 64, seed=1)

@@ -397,6 +397,17 @@ mod tests {
     use super::*;
     use crate::attention::features::FeatureMap;
 
+    /// The query and key maps `map` with projection `w` (`m × d`).
+    fn specs<T>(map: FeatureMap, d: usize, w: &[T]) -> [Spec<'_, T>; 2] {
+        [true, false].map(|is_query| Spec {
+            map,
+            d,
+            projection: Some((w, w.len() / d)),
+            is_query,
+            offset: None,
+        })
+    }
+
     fn random(len: usize, seed: u64) -> Vec<f32> {
         use rand::Rng as _;
         let mut rng = crate::rng::stream(seed, 0);
@@ -413,14 +424,7 @@ mod tests {
         v: &[f32],
     ) -> Vec<f64> {
         let w64: Vec<f64> = w.iter().map(|&x| f64::from(x)).collect();
-        let spec = |is_query| Spec {
-            map,
-            d,
-            projection: Some((&w64[..], w.len() / d)),
-            is_query,
-            offset: None,
-        };
-        let (sq, sk) = (spec(true), spec(false));
+        let [sq, sk] = specs(map, d, &w64);
         let m = sq.out_dim();
         let up = |x: &[f32]| x.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
         let (mut fq, mut fk) = (vec![0.0; n * bh * m], vec![0.0; n * bh * m]);
@@ -467,14 +471,7 @@ mod tests {
                 random(n * bh * dv, 3),
             );
             let want = reference(map, &w, (n, bh, d, dv), &q, &k, &v);
-            let spec = |is_query| Spec {
-                map,
-                d,
-                projection: Some((&w[..], mp)),
-                is_query,
-                offset: None,
-            };
-            let (sq, sk) = (spec(true), spec(false));
+            let [sq, sk] = specs(map, d, &w);
             let mut dec = Decoder::new(&sq, &sk, bh, dv, 1e-6).unwrap();
             let mut state = vec![0.0; dec.state_len()];
             let mut o = vec![0.0f32; bh * dv];
@@ -499,24 +496,12 @@ mod tests {
     #[test]
     fn bad_shapes_are_errors() {
         let w = random(20 * 4, 1);
-        let spec = |is_query| Spec {
-            map: FeatureMap::Positive,
-            d: 4,
-            projection: Some((&w[..], 20)),
-            is_query,
-            offset: None,
-        };
-        assert!(Decoder::new(&spec(true), &spec(false), 2, 16, 1e-6).is_err()); // m = 20
-        let w = random(16 * 4, 1);
-        let spec = |is_query| Spec {
-            map: FeatureMap::Positive,
-            d: 4,
-            projection: Some((&w[..], 16)),
-            is_query,
-            offset: None,
-        };
-        assert!(Decoder::new(&spec(true), &spec(false), 2, 8, 1e-6).is_err()); // dv = 8
-        let mut dec = Decoder::new(&spec(true), &spec(false), 2, 16, 1e-6).unwrap();
+        let [sq, sk] = specs(FeatureMap::Positive, 4, &w);
+        assert!(Decoder::new(&sq, &sk, 2, 16, 1e-6).is_err()); // m = 20
+        let [sq, sk] = specs(FeatureMap::Positive, 4, &w[..16 * 4]);
+        assert!(Decoder::new(&sq, &sk, 2, 8, 1e-6).is_err()); // dv = 8
+        assert!(Decoder::new(&sq, &sk, 2, 16, f64::NAN).is_err());
+        let mut dec = Decoder::new(&sq, &sk, 2, 16, 1e-6).unwrap();
         let mut state = vec![0.0; dec.state_len()];
         let x = [0.0f32; 8];
         let mut o = [0.0f32; 32];

@@ -616,8 +616,19 @@ class CausalState:
         outputs in the same layout. Not differentiable (decoding); the state changes in place."""
         if self._decoder is not None:
             # Decoding: the decoder takes one float32 token of this state's shape (and says
-            # None to anything else, which the general road below checks and handles).
-            o = self._decoder.step(q, k, v)
+            # None to anything else, which the general road below checks and handles); CPU
+            # tensors as zero-copy arrays.
+            if is_tensor(q):
+                if q.device.type != "cpu" or _force_torch.get() or not is_tensor(k):
+                    o = None
+                else:
+                    import torch
+
+                    arrays = [(x.detach() if x.requires_grad else x).numpy() for x in (q, k, v)]
+                    o = self._decoder.step(*arrays)
+                    o = None if o is None else torch.from_numpy(o)
+            else:
+                o = self._decoder.step(q, k, v)
             if o is not None:
                 self.position += 1
                 return o
@@ -654,6 +665,11 @@ class CausalState:
 
     def _step(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         """One Rust call maps q and k and advances the state (decoding calls this per token)."""
+        if self._decoder is not None and q.shape[2] == 1:
+            # a strided token: the decoder continues (reading kv would fold it early)
+            o = self._decoder.step(*(np.ascontiguousarray(x[:, :, 0]) for x in (q, k, v)))
+            if o is not None:
+                return o[:, :, None]
         w = self._projection(q)
         m = q.shape[-1] if w is None else w.shape[0]
         m = 2 * m if self.feature_map == "favor+hyperbolic" else m

@@ -12,8 +12,9 @@
 //! many bytes as f64.
 //!
 //! Everything that does not change between tokens (`scale·Ωᵀ`, the feature constants) is
-//! prepared once, in [`Decoder::new`]; a step maps the token's `q`, `k`, then does the state
-//! update and the readout `φ(q)ᵀ S` in one pass over the working copy.
+//! prepared once, in [`Decoder::new`]. A step maps the `q`, `k` of [`GROUP`] heads at a time
+//! (their rows share each pass over `Ωᵀ`), then per head does the state update and the
+//! readout `φ(q)ᵀ S` in one pass over the working copy.
 
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -170,7 +171,7 @@ impl Decoder {
                 ));
             }
         }
-        let mut state = match state {
+        let state = match state {
             Some(s) if s.len() == self.state_len() => Some(s),
             Some(s) => {
                 let want = self.state_len();
@@ -185,7 +186,7 @@ impl Decoder {
             None => None,
         };
         if !self.fresh {
-            self.load(state.as_deref_mut().expect("checked above"));
+            self.load(state.as_deref().expect("checked above"));
         }
         let large = self.is_large();
         let (mp, fill, eps) = (&self.mapper, self.fill, self.eps);
@@ -229,7 +230,7 @@ impl Decoder {
     }
 
     /// Reads the working copy from `state`.
-    fn load(&mut self, state: &mut [f64]) {
+    fn load(&mut self, state: &[f64]) {
         let (lens, w) = (part_lens(self.mapper.m, self.dv), self.dv + 1);
         let rows = self.mapper.m * w;
         for (block, st) in self.heads.chunks_mut(self.lines).zip(state.chunks(rows)) {

@@ -551,10 +551,11 @@ class CausalState:
     (fixed for the whole sequence). :meth:`update` costs O(M·Dv) per token per head,
     whatever the position. Save/restore with :meth:`copy`, :meth:`save` and :meth:`load`.
 
-    Decoding float32 tokens one at a time (M and Dv multiples of 16) steps a float32 working
-    copy of the state, half the bytes of float64, and adds the buffered tokens' float32
-    ``Kᵀ V`` into the float64 ``kv`` every 64 tokens, re-rounding the copy from it: the copy
-    is never more than 64 float32 additions from the exact state, however long the sequence.
+    Decoding float32 tokens one at a time (a named feature map, M and Dv multiples of 16,
+    numpy arrays or CPU tensors) steps a float32 working copy of the state, half the bytes of
+    float64, and adds the buffered tokens' float32 ``Kᵀ V`` into the float64 ``kv`` every 64
+    tokens, re-rounding the copy from it: the copy is never more than 64 float32 additions
+    from the rounded float64 state, however long the sequence.
     Reading ``kv`` brings it up to date (and the next step reads it back, so it may be
     changed in place); float64 tokens step the float64 state itself.
 

@@ -530,6 +530,134 @@ def test_float32_state_stays_accurate_on_long_sequences():
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
+def _decode(state, q, k, v):
+    """Steps ``state`` through ``q, k, v`` one token at a time; the outputs ``(B, H, N, Dv)``."""
+    return np.stack(
+        [state.update(q[:, :, t], k[:, :, t], v[:, :, t]) for t in range(q.shape[2])], 2
+    )
+
+
+def test_float32_decoding_stays_accurate_on_long_sequences():
+    # 8192 float32 tokens one by one (M, Dv multiples of 16: the float32 decoder) against the
+    # float64 pass; values with a mean, so S grows like N and plain float32 sums drift.
+    n, d, m, dv = 8192, 16, 32, 16
+    q, k, v = qkv((1, 2, n, d), dv, np.float32, seed=3)
+    v += 3
+    w = orthogonal_random_matrix(m, d, seed=0)
+    want = linear_attention(*(x.astype(np.float64) for x in (q, k, v)), causal=True, projection=w)
+    state = CausalState(projection=w)
+    got = _decode(state, q, k, v)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err <= 2e-6  # about the float32 chunked pass's own error (float32 features)
+    # the float64 state itself matches the float64 sums of the features
+    fk = favor_features(k.astype(np.float64), w, is_query=False)
+    vp = np.concatenate([v, np.ones((1, 2, n, 1), np.float32)], -1).astype(np.float64)
+    kv = np.einsum("bhnm,bhnj->bhmj", fk, vp)
+    assert state.kv.dtype == np.float64
+    np.testing.assert_allclose(state.kv, kv, rtol=1e-6)
+    # plain float32 accumulation of the same features is several times less accurate
+    fq = favor_features(q, w.astype(np.float32), is_query=True)
+    fk = fk.astype(np.float32)
+    s = np.zeros((1, 2, m, dv + 1), np.float32)
+    naive = np.empty_like(got)
+    for t in range(n):
+        s += fk[:, :, t, :, None] * vp[:, :, t, None, :].astype(np.float32)
+        y = np.einsum("bhm,bhmj->bhj", fq[:, :, t], s)
+        naive[:, :, t] = y[..., :dv] / (y[..., dv:] + np.float32(1e-6))
+    assert err * 3 < np.abs(naive - want).max() / np.abs(want).max()
+
+
+@pytest.mark.parametrize("name", ["favor+", "favor+hyperbolic", "exp", "elu+1"])
+def test_float32_decoding_reads_copies_and_saves_its_state(tmp_path, name):
+    n, d, dv = 150, 16, 32
+    q, k, v = qkv((2, 3, n, d), dv, np.float32, seed=4)
+    w = projection_for(name, d, m=16 if name == "favor+hyperbolic" else 32)
+    x64 = (x.astype(np.float64) for x in (q, k, v))
+    full = linear_attention(*x64, causal=True, feature_map=name, projection=w)
+    state = CausalState(feature_map=name, projection=w)
+    head = _decode(state, q[:, :, :70], k[:, :, :70], v[:, :, :70])  # a fold at 64
+    saved = state.copy()
+    path = tmp_path / "state.npz"
+    state.save(path)
+    loaded = CausalState.load(path)
+    tails = [_decode(s, q[:, :, 70:], k[:, :, 70:], v[:, :, 70:]) for s in (state, saved, loaded)]
+    np.testing.assert_array_equal(tails[0], tails[1])
+    np.testing.assert_array_equal(tails[0], tails[2])
+    got = np.concatenate([head, tails[0]], 2)
+    assert got.dtype == np.float32
+    assert np.abs(got - full).max() <= 1e-5 * np.abs(full).max()
+    # reading kv mid-sequence changes nothing; writing it in place is what the next step sees
+    again = CausalState(feature_map=name, projection=w)
+    parts = []
+    for t in range(n):
+        parts.append(again.update(q[:, :, t], k[:, :, t], v[:, :, t]))
+        if t % 37 == 0:
+            assert again.kv.shape[-1] == dv + 1
+    assert np.abs(np.stack(parts, 2) - full).max() <= 1e-5 * np.abs(full).max()
+    again.kv[...] = 0.0
+    fresh = CausalState(feature_map=name, projection=w)
+    np.testing.assert_array_equal(_decode(again, q, k, v), _decode(fresh, q, k, v))
+    with pytest.raises(ValueError, match="do not continue"):
+        again.update(q[:1, :, 0], k[:1, :, 0], v[:1, :, 0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    b=st.integers(1, 2),
+    h=st.integers(1, 3),
+    n=st.integers(1, 160),
+    d=st.sampled_from([8, 16]),
+    m=st.sampled_from([16, 32]),
+    dv=st.sampled_from([16, 48]),
+    name=st.sampled_from(["favor+", "favor+hyperbolic", "exp", "relu"]),
+    reads=st.sets(st.integers(0, 159), max_size=4),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_property_float32_decoding_equals_the_float64_pass(b, h, n, d, m, dv, name, reads, seed):
+    q, k, v = qkv((b, h, n, d), dv, np.float32, seed=seed)
+    w = orthogonal_random_matrix(m // 2 if name == "favor+hyperbolic" else m, d, seed=seed)
+    x64 = (x.astype(np.float64) for x in (q, k, v))
+    want = linear_attention(*x64, causal=True, feature_map=name, projection=w)
+    state = CausalState(feature_map=name, projection=w)
+    got = []
+    for t in range(n):
+        got.append(state.update(q[:, :, t], k[:, :, t], v[:, :, t]))
+        if t in reads:  # reading kv folds the buffered tokens early
+            assert state.kv.shape == (b, h, m, dv + 1)
+    assert np.abs(np.stack(got, 2) - want).max() <= 1e-5 * max(np.abs(want).max(), 1e-30)
+
+
+@pytest.mark.torch
+def test_float32_decoding_of_cpu_tensors_matches_numpy():
+    import torch
+
+    q, k, v = qkv((1, 2, 70, 16), 16, np.float32, seed=7)
+    w = orthogonal_random_matrix(32, 16, seed=1)
+    want = _decode(CausalState(projection=w), q, k, v)
+    state = CausalState(projection=w)
+    tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+    # contiguous tokens (the zero-copy road), then strided views of the sequence
+    tokens = [
+        [x[:, :, t].contiguous() if t < 40 else x[:, :, t] for x in (tq, tk, tv)] for t in range(70)
+    ]
+    got = [state.update(*token) for token in tokens]
+    assert all(isinstance(o, torch.Tensor) and not o.requires_grad for o in got)
+    np.testing.assert_array_equal(torch.stack(got, 2).numpy(), want)
+
+
+def test_float32_decoding_does_not_depend_on_thread_count():
+    q, k, v = qkv((4, 16, 3, 64), 64, np.float32, seed=6)  # 64 heads: spread over threads
+    w = orthogonal_random_matrix(64, 64, seed=1)
+    outs = []
+    try:
+        for threads in (1, 3):
+            kexue.set_num_threads(threads)
+            outs.append(_decode(CausalState(projection=w), q, k, v))
+    finally:
+        kexue.set_num_threads(0)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 def test_strided_inputs_give_identical_results():
     q, k, v = qkv((2, 5, 3, 4), 6)  # stored (B, N, H, D): a transposed view is strided
     w = orthogonal_random_matrix(8, 4, seed=1)

@@ -204,6 +204,21 @@ def attention_noncausal_backward(
     npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]
 ]: ...
 
+class AttentionDecoder:
+    def __init__(
+        self,
+        feature_map: str,
+        projection: npt.NDArray[np.float32] | None,
+        key_offset: float | None,
+        eps: float,
+        d: int,
+        state: npt.NDArray[np.float64],
+    ) -> None: ...
+    def step(
+        self, q: npt.NDArray[np.float32], k: npt.NDArray[np.float32], v: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32] | None: ...
+    def flush(self) -> None: ...
+
 # --- vmf --------------------------------------------------------------------------------
 
 def vmf_evaluate(

@@ -17,11 +17,14 @@ global max of google-research / performer-pytorch leaks future keys into past ou
 Queries use their own per-token max, which cancels in the ratio.
 
 Precision: the Rust kernels keep the state in float64 (the chunked form adds each chunk's
-float32 ``Kᵀ V`` into it); the pure-torch road accumulates in the input dtype.
+float32 ``Kᵀ V`` into it); float32 decoding steps a float32 copy of it and adds the last 64
+tokens' float32 ``Kᵀ V`` into the float64 state (see :class:`CausalState`); the pure-torch
+road accumulates in the input dtype.
 
 Speed: a named feature map on a causal pass that needs no gradient (numpy, or tensors under
 ``torch.no_grad``) runs inside the Rust pass, chunk by chunk, so the feature arrays are never
-written out; :meth:`CausalState.update` maps and steps a token in one Rust call.
+written out; :meth:`CausalState.update` maps and steps a token in one Rust call, with the set-up
+(``scale·Ωᵀ``, feature constants) prepared once per state.
 """
 
 from __future__ import annotations
@@ -548,6 +551,14 @@ class CausalState:
     (fixed for the whole sequence). :meth:`update` costs O(M·Dv) per token per head,
     whatever the position. Save/restore with :meth:`copy`, :meth:`save` and :meth:`load`.
 
+    Decoding float32 tokens one at a time (a named feature map, M and Dv multiples of 16,
+    numpy arrays or CPU tensors) steps a float32 working copy of the state, half the bytes of
+    float64, and adds the buffered tokens' float32 ``Kᵀ V`` into the float64 ``kv`` every 64
+    tokens, re-rounding the copy from it: the copy is never more than 64 float32 additions
+    from the rounded float64 state, however long the sequence.
+    Reading ``kv`` brings it up to date (and the next step reads it back, so it may be
+    changed in place); float64 tokens step the float64 state itself.
+
     Example:
         >>> import numpy as np
         >>> from kexue.attention import CausalState, linear_attention
@@ -582,13 +593,46 @@ class CausalState:
         self.eps = check_scalar(eps, "eps", low=0.0)
         self.key_offset = None if key_offset is None else check_scalar(key_offset, "key_offset")
         self.chunk_size = int(chunk_size)
-        self.kv: Any = None
+        self.kv = None
         self.position = 0
         self._projections: dict = {}
+        # (state shape, d) the float32 decoder was refused for (feature/value counts)
+        self._misfit: tuple | None = None
+
+    @property
+    def kv(self) -> Any:
+        """The state ``[S | z]``, ``(B, H, M, Dv + 1)``: float64 numpy (a tensor of the inputs'
+        dtype on the torch road), None before the first token."""
+        if self._decoder is not None:
+            self._decoder.flush()
+        return self._kv
+
+    @kv.setter
+    def kv(self, value: Any) -> None:
+        self._kv = value
+        self._decoder: Any = None
 
     def update(self, q: Any, k: Any, v: Any) -> Any:
         """Consumes ``T`` tokens, ``(B, H, T, D)`` (or one token ``(B, H, D)``), and returns their
         outputs in the same layout. Not differentiable (decoding); the state changes in place."""
+        if self._decoder is not None:
+            # Decoding: the decoder takes one float32 token of this state's shape (and says
+            # None to anything else, which the general road below checks and handles); CPU
+            # tensors as zero-copy arrays.
+            if is_tensor(q):
+                if q.device.type != "cpu" or _force_torch.get() or not is_tensor(k):
+                    o = None
+                else:
+                    import torch
+
+                    arrays = [(x.detach() if x.requires_grad else x).numpy() for x in (q, k, v)]
+                    o = self._decoder.step(*arrays)
+                    o = None if o is None else torch.from_numpy(o)
+            else:
+                o = self._decoder.step(q, k, v)
+            if o is not None:
+                self.position += 1
+                return o
         if (
             type(q) is np.ndarray
             and type(k) is np.ndarray
@@ -622,10 +666,20 @@ class CausalState:
 
     def _step(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         """One Rust call maps q and k and advances the state (decoding calls this per token)."""
+        if self._decoder is not None and q.shape[2] == 1:
+            # a strided token: the decoder continues (reading kv would fold it early)
+            o = self._decoder.step(*(np.ascontiguousarray(x[:, :, 0]) for x in (q, k, v)))
+            if o is not None:
+                return o[:, :, None]
         w = self._projection(q)
         m = q.shape[-1] if w is None else w.shape[0]
         m = 2 * m if self.feature_map == "favor+hyperbolic" else m
         self._check_continues((q.shape[0], q.shape[1], m, v.shape[-1] + 1))
+        if q.shape[2] == 1 and q.dtype == np.float32:
+            decoder = self._float32_decoder(w, q.shape[-1])
+            o = None if decoder is None else decoder.step(q[:, :, 0], k[:, :, 0], v[:, :, 0])
+            if o is not None:
+                return o[:, :, None]
         o, _ = _native.attention_causal_mapped_forward(
             q,
             k,
@@ -636,9 +690,21 @@ class CausalState:
             self.eps,
             "scan" if q.shape[2] <= 16 else "chunked",
             self.chunk_size,
-            self.kv,
+            self._kv,
         )
         return o
+
+    def _float32_decoder(self, w: Any, d: int) -> Any:
+        """The float32 decoder of this state (made on first use), or None where it does not
+        apply."""
+        if self._decoder is None and self._misfit != (self._kv.shape, d):
+            try:
+                self._decoder = _native.AttentionDecoder(
+                    self.feature_map, w, self.key_offset, self.eps, d, self._kv
+                )
+            except ValueError:
+                self._misfit = (self._kv.shape, d)
+        return self._decoder
 
     def _check_shape(self, want: tuple) -> None:
         if self.kv is not None and tuple(self.kv.shape) != want:
@@ -702,13 +768,8 @@ class CausalState:
         """An independent copy (the projection is shared: it is never modified)."""
         new = CausalState.__new__(CausalState)
         new.__dict__.update(self.__dict__)
-        new.kv = (
-            None
-            if self.kv is None
-            else self.kv.copy()
-            if isinstance(self.kv, np.ndarray)
-            else self.kv.clone()
-        )
+        kv = self.kv
+        new.kv = None if kv is None else kv.copy() if isinstance(kv, np.ndarray) else kv.clone()
         return new
 
     def save(self, path: str | os.PathLike) -> None:

@@ -1,5 +1,6 @@
 //! Bindings of `kexue_core::attention`.
 
+use kexue_core::attention::decode::Decoder;
 use kexue_core::attention::features::{FeatureMap, Spec};
 use kexue_core::attention::forms::{self, Dims, Grads, GradsOut, Inputs, Method, Outputs};
 use kexue_core::attention::projection::{self, Scaling};
@@ -12,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::arrays::{self, detached, slice, with_float_array, FloatArray};
+use crate::errors::to_py;
 
 /// An array with the dtype of `like` (named `like_name`) and `ndim` dimensions.
 fn typed<'py, T: Element>(
@@ -430,7 +432,122 @@ fn attention_noncausal_backward<'py>(
     })
 }
 
+/// The float32 decoder of `kexue.attention.CausalState` (see `kexue_core::attention::decode`),
+/// attached to the state's float64 `(B, H, M, Dv + 1)` array, which it reads when it starts
+/// and after [`AttentionDecoder::flush`], and adds into every `FOLD` tokens.
+#[pyclass(module = "kexue._native", name = "AttentionDecoder")]
+struct AttentionDecoder {
+    core: Decoder,
+    state: Py<PyArrayDyn<f64>>,
+    /// `(batch, heads, d, dv)` of a token.
+    shape: [usize; 4],
+}
+
+/// The elements of `x` when it is a C-contiguous float32 array of shape `shape`.
+fn token<'py>(x: &Bound<'py, PyAny>, shape: &[usize]) -> Option<PyReadonlyArrayDyn<'py, f32>> {
+    let a = x.downcast::<PyArrayDyn<f32>>().ok()?;
+    if a.shape() != shape || !a.is_c_contiguous() {
+        return None;
+    }
+    a.try_readonly().ok()
+}
+
+#[pymethods]
+impl AttentionDecoder {
+    /// A decoder for float32 `(B, H, d)` tokens by `feature_map` (with a float32 `projection`
+    /// `(m, d)` or None, and the key offset), continuing `state`; ValueError where it does not
+    /// apply (feature or value counts not multiples of 16).
+    #[new]
+    #[pyo3(signature = (feature_map, projection, key_offset, eps, d, state))]
+    fn new(
+        feature_map: &str,
+        projection: Option<&Bound<'_, PyAny>>,
+        key_offset: Option<f64>,
+        eps: f64,
+        d: usize,
+        state: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let w = projection
+            .map(|p| arrays::typed::<f32>(p, "projection", "a float32 numpy array"))
+            .transpose()?;
+        let (sq, sk) = (
+            spec(feature_map, d, w.as_ref(), true, key_offset)?,
+            spec(feature_map, d, w.as_ref(), false, key_offset)?,
+        );
+        let st = state
+            .downcast::<PyArrayDyn<f64>>()
+            .map_err(|_| PyTypeError::new_err("state must be a float64 numpy array"))?;
+        let shape = st.shape().to_vec();
+        let m = sq.out_dim();
+        if shape.len() != 4 || shape[2] != m || shape[3] < 2 || !st.is_c_contiguous() {
+            return Err(PyValueError::new_err(format!(
+                "state must be a C-contiguous (batch, heads, {m}, dv + 1) array, got shape \
+                 {shape:?}"
+            )));
+        }
+        let core = Decoder::new(&sq, &sk, shape[0] * shape[1], shape[3] - 1, eps).map_err(to_py)?;
+        Ok(AttentionDecoder {
+            core,
+            state: st.clone().unbind(),
+            shape: [shape[0], shape[1], d, shape[3] - 1],
+        })
+    }
+
+    /// The outputs `(B, H, Dv)` of one more token, or None (nothing done) when `q`, `k`, `v`
+    /// are not C-contiguous float32 `(B, H, d)`, `(B, H, d)`, `(B, H, Dv)` arrays of this state.
+    fn step<'py>(
+        &mut self,
+        py: Python<'py>,
+        q: &Bound<'py, PyAny>,
+        k: &Bound<'py, PyAny>,
+        v: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyArrayDyn<f32>>>> {
+        let [b, h, d, dv] = self.shape;
+        let (Some(q), Some(k), Some(v)) = (
+            token(q, &[b, h, d]),
+            token(k, &[b, h, d]),
+            token(v, &[b, h, dv]),
+        ) else {
+            return Ok(None);
+        };
+        let (qs, ks, vs) = (slice(&q, "q")?, slice(&k, "k")?, slice(&v, "v")?);
+        // SAFETY: a successful step writes every element of `o`; on error it is dropped unread.
+        let o = unsafe { PyArrayDyn::<f32>::new(py, &[b, h, dv][..], false) };
+        {
+            let mut ow = o.readwrite();
+            let os = ow.as_slice_mut()?;
+            let mut state = match self.core.needs_state() {
+                true => Some(self.state.bind(py).try_readwrite()?),
+                false => None,
+            };
+            let st = match state.as_mut() {
+                Some(s) => Some(s.as_slice_mut()?),
+                None => None,
+            };
+            let core = &mut self.core;
+            if core.is_large() {
+                detached(py, || core.step(qs, ks, vs, st, os))?;
+            } else {
+                // decoding a few heads: no hand-off to the pool's threads
+                py.allow_threads(|| core.step(qs, ks, vs, st, os))
+                    .map_err(to_py)?;
+            }
+        }
+        Ok(Some(o))
+    }
+
+    /// Adds the buffered tokens into the state array, which the decoder reads again before
+    /// its next step (so the caller may change it in between).
+    fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
+        let mut state = self.state.bind(py).try_readwrite()?;
+        let st = state.as_slice_mut()?;
+        let core = &mut self.core;
+        py.allow_threads(|| core.flush(st)).map_err(to_py)
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<AttentionDecoder>()?;
     m.add_function(wrap_pyfunction!(attention_orthogonal_random, m)?)?;
     m.add_function(wrap_pyfunction!(attention_features_forward, m)?)?;
     m.add_function(wrap_pyfunction!(attention_features_backward, m)?)?;

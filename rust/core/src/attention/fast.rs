@@ -14,6 +14,7 @@
 
 use multiversion::multiversion;
 use multiversion::target::match_target;
+use num_traits::Float;
 
 use super::features::{tree, Mapper};
 use super::forms::Method;
@@ -75,7 +76,7 @@ fn tile<const RR: usize, const B: usize>(
 /// `p = 0..k` whatever the tiling, so a row's result never depends on the other rows.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn gemm16(
+pub(crate) fn gemm16(
     rows: usize,
     cols: usize,
     k: usize,
@@ -193,7 +194,7 @@ unsafe fn transpose_avx512(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt:
 
 /// [`transpose`] by the fastest form the CPU has.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
-fn transpose_any(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt: usize) {
+pub(crate) fn transpose_any(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt: usize) {
     match_target! {
         // SAFETY: this version runs only where AVX-512F was detected.
         "x86_64+avx512f" => unsafe { transpose_avx512(x, m, rows, t, ldt) },
@@ -232,7 +233,12 @@ fn ceil16(x: usize) -> usize {
 
 /// The projections `u` of `rows` raw rows `x` (`x` itself without a projection).
 #[inline(always)]
-fn project<'a>(mp: &Mapper<f32>, x: &'a [f32], rows: usize, u: &'a mut [f32]) -> &'a [f32] {
+pub(crate) fn project<'a>(
+    mp: &Mapper<f32>,
+    x: &'a [f32],
+    rows: usize,
+    u: &'a mut [f32],
+) -> &'a [f32] {
     let (d, p) = (mp.d, mp.mp);
     match &mp.wt {
         Some(wt) => {
@@ -246,15 +252,14 @@ fn project<'a>(mp: &Mapper<f32>, x: &'a [f32], rows: usize, u: &'a mut [f32]) ->
 /// φ of `rows` raw rows `x` (query side `0`, key side `1`) into `out`; `u` is scratch.
 #[inline(always)]
 fn apply(mp: &Mapper<f32>, side: usize, x: &[f32], rows: usize, u: &mut [f32], out: &mut [f32]) {
-    let (spec, c) = (mp.specs[side], &mp.consts[side]);
     let u = project(mp, x, rows, u);
     for ((o, u), x) in out
-        .chunks_exact_mut(spec.out_dim())
+        .chunks_exact_mut(mp.m)
         .zip(u.chunks_exact(mp.mp))
         .zip(x.chunks_exact(mp.d))
         .take(rows)
     {
-        spec.row(u, x, o, c);
+        mp.row(side, u, x, o);
     }
 }
 
@@ -296,26 +301,26 @@ pub(crate) fn forward(
 }
 
 /// `S[p, j0..j0 + 16·B] += k_p v` and `y = Σ_p q_p S[p, j0..j0 + 16·B]` for one token (`S`
-/// has rows of `w`); `y`'s `B` blocks are independent FMA chains, so they overlap.
+/// has rows of `w`, in f32 or f64); `y`'s `B` blocks are independent FMA chains, so they
+/// overlap.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn scan_block<const B: usize>(
+fn scan_block<S: Float + From<f32>, const B: usize>(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    s: &mut [f64],
+    s: &mut [S],
     w: usize,
     j0: usize,
-    y: &mut [f64],
+    y: &mut [S],
 ) {
-    let vb: [[f64; L]; B] =
-        std::array::from_fn(|b| std::array::from_fn(|j| f64::from(v[b * L + j])));
-    let mut acc = [[0.0f64; L]; B];
+    let vb: [[S; L]; B] =
+        std::array::from_fn(|b| std::array::from_fn(|j| <S as From<f32>>::from(v[b * L + j])));
+    let mut acc = [[S::zero(); L]; B];
     // No bounds check (so no exit) inside the loop: `acc` then stays in registers.
     assert!(j0 + B * L <= w && q.len() <= k.len() && q.len() * w <= s.len());
     let base = s.as_mut_ptr();
     for (p, (&qp, &kp)) in q.iter().zip(k).enumerate() {
-        let (qp, kp) = (f64::from(qp), f64::from(kp));
+        let (qp, kp) = (<S as From<f32>>::from(qp), <S as From<f32>>::from(kp));
         // SAFETY: p·w + j0 + 16·B ≤ (p + 1)·w ≤ s.len() by the assert.
         let row = unsafe { std::slice::from_raw_parts_mut(base.add(p * w + j0), B * L) };
         for ((acc, vb), row) in acc.iter_mut().zip(&vb).zip(row.chunks_exact_mut(L)) {
@@ -330,8 +335,48 @@ fn scan_block<const B: usize>(
     }
 }
 
-/// The token recurrence (what decoding runs) on the f64 state, by blocks of up to 64 value
-/// columns whose `y` stays in registers.
+/// One token's `S[.., ..dv] += k vᵀ` and `y = qᵀ S[.., ..dv]` (`S` with rows of `w ≥ dv`), by
+/// blocks of up to 64 value columns whose `y` stays in registers.
+#[inline(always)]
+pub(crate) fn scan_token<S: Float + From<f32>>(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: &mut [S],
+    w: usize,
+    y: &mut [S],
+) {
+    let dv = v.len();
+    let mut j0 = 0;
+    while j0 < dv {
+        let nb = NB.min((dv - j0) / L);
+        let (v, y) = (&v[j0..], &mut y[j0..]);
+        match nb {
+            4 => scan_block::<S, 4>(q, k, v, s, w, j0, y),
+            3 => scan_block::<S, 3>(q, k, v, s, w, j0, y),
+            2 => scan_block::<S, 2>(q, k, v, s, w, j0, y),
+            _ => scan_block::<S, 1>(q, k, v, s, w, j0, y),
+        }
+        j0 += nb * L;
+    }
+}
+
+/// φ of one token's raw query and key rows (one product for both) into `phi` (its `m` query
+/// features, then its `m` key features); `buf` is scratch of `2·(d + mp)`.
+#[inline(always)]
+pub(crate) fn map_token(mp: &Mapper<f32>, q: &[f32], k: &[f32], buf: &mut [f32], phi: &mut [f32]) {
+    let d = mp.d;
+    let (x2, u2) = buf.split_at_mut(2 * d);
+    x2[..d].copy_from_slice(q);
+    x2[d..].copy_from_slice(k);
+    let u = project(mp, x2, 2, u2);
+    let rows = u.chunks_exact(mp.mp).zip(x2.chunks_exact(d));
+    for (side, ((u, x), out)) in rows.zip(phi.chunks_exact_mut(mp.m)).enumerate() {
+        mp.row(side, u, x, out);
+    }
+}
+
+/// The token recurrence (what decoding runs) on the f64 state.
 #[multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
     "x86_64+avx2+fma",
@@ -350,8 +395,8 @@ fn scan(
     den: &mut [f32],
 ) -> bool {
     let w = dv + 1;
-    // Scratch on the stack when it fits (decoding calls this per head and token): the token's
-    // raw q and k as two rows (one product for both), their projections and their features.
+    // Scratch on the stack when it fits: the token's raw q and k and their projections
+    // (`map_token`'s), their features, and `y`.
     let need = mapper.map_or(0, |mp| 2 * (mp.d + mp.mp + m));
     let (mut stack, mut stack64) = ([0.0f32; 1024], [0.0f64; 256]);
     let (mut heap, mut heap64): (Vec<f32>, Vec<f64>);
@@ -367,40 +412,17 @@ fn scan(
         heap64 = vec![0.0; dv];
         &mut heap64
     };
-    let (d, mpd) = mapper.map_or((0, 0), |mp| (mp.d, mp.mp));
-    let (x2, rest) = buf.split_at_mut(2 * d);
-    let (u2, phi) = rest.split_at_mut(2 * mpd);
+    let (buf, phi) = buf.split_at_mut(need - mapper.map_or(0, |_| 2 * m));
     for t in 0..n {
         let (qt, kt) = match mapper {
             None => (&q[t * m..(t + 1) * m], &k[t * m..(t + 1) * m]),
             Some(mp) => {
-                x2[..d].copy_from_slice(&q[t * d..(t + 1) * d]);
-                x2[d..].copy_from_slice(&k[t * d..(t + 1) * d]);
-                let u = project(mp, x2, 2, u2);
-                let (pq, pk) = phi.split_at_mut(m);
-                for (side, (u, (x, out))) in u
-                    .chunks_exact(mp.mp)
-                    .zip(x2.chunks_exact(d).zip([pq, pk]))
-                    .enumerate()
-                {
-                    mp.specs[side].row(u, x, out, &mp.consts[side]);
-                }
+                let d = mp.d;
+                map_token(mp, &q[t * d..(t + 1) * d], &k[t * d..(t + 1) * d], buf, phi);
                 phi.split_at(m)
             }
         };
-        let vt = &v[t * dv..(t + 1) * dv];
-        let mut j0 = 0;
-        while j0 < dv {
-            let nb = NB.min((dv - j0) / L);
-            let (v, y) = (&vt[j0..], &mut y[j0..]);
-            match nb {
-                4 => scan_block::<4>(qt, kt, v, s64, w, j0, y),
-                3 => scan_block::<3>(qt, kt, v, s64, w, j0, y),
-                2 => scan_block::<2>(qt, kt, v, s64, w, j0, y),
-                _ => scan_block::<1>(qt, kt, v, s64, w, j0, y),
-            }
-            j0 += nb * L;
-        }
+        scan_token(qt, kt, &v[t * dv..(t + 1) * dv], s64, w, y);
         // the normaliser column z, in 4 partial sums
         let mut acc = [0.0f64; 4];
         for (p, (&qp, &kp)) in qt.iter().zip(kt).enumerate() {

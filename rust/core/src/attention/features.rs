@@ -92,27 +92,37 @@ pub struct RowConsts<T> {
     norm: T,
 }
 
-/// A query map and a key map prepared for use inside a causal pass: their row constants and
-/// `scale·Ωᵀ`, computed once per call rather than per head.
-pub struct Mapper<'a, T> {
-    pub(crate) specs: [&'a Spec<'a, T>; 2],
-    pub(crate) consts: [RowConsts<T>; 2],
+/// A query map and a key map prepared for use inside a causal pass (or kept by a decoder):
+/// their row constants and `scale·Ωᵀ`, computed once rather than per head or token.
+pub struct Mapper<T> {
+    maps: [FeatureMap; 2],
+    consts: [RowConsts<T>; 2],
     /// `scale·Ωᵀ` (`d × mp`), `None` without a projection.
     pub(crate) wt: Option<Vec<T>>,
     pub(crate) d: usize,
     /// Features per row of the projection (`d` without one).
     pub(crate) mp: usize,
+    /// Features per mapped row.
+    pub(crate) m: usize,
 }
 
-impl<'a, T: Real> Mapper<'a, T> {
-    pub(crate) fn new(q: &'a Spec<'a, T>, k: &'a Spec<'a, T>) -> Self {
+impl<T: Real> Mapper<T> {
+    pub fn new(q: &Spec<T>, k: &Spec<T>) -> Self {
         Mapper {
-            specs: [q, k],
+            maps: [q.map, k.map],
             consts: [q.consts(), k.consts()],
             wt: q.projection_t(),
             d: q.d,
             mp: q.m(),
+            m: q.out_dim(),
         }
+    }
+
+    /// φ of one row of side `side` (`0` queries, `1` keys) from its projection `u` and the
+    /// row `x` itself.
+    #[inline(always)]
+    pub(crate) fn row(&self, side: usize, u: &[T], x: &[T], o: &mut [T]) {
+        row(self.maps[side], side == 0, u, x, o, &self.consts[side]);
     }
 }
 
@@ -278,46 +288,8 @@ impl<T: Real> Spec<'_, T> {
 
     /// φ of one row from its projection `u` (and the row `x` itself, for the FAVOR+ key norm).
     #[inline(always)]
-    pub(crate) fn row(&self, u: &[T], x: &[T], o: &mut [T], c: &RowConsts<T>) {
-        match self.map {
-            FeatureMap::Positive | FeatureMap::Hyperbolic => {
-                let hyp = self.map == FeatureMap::Hyperbolic;
-                // Queries drop the per-row |x'|²/2 along with the max: both cancel in the ratio.
-                let shift = match (self.is_query, hyp) {
-                    (true, true) => lanes(u, T::neg_infinity(), |a, x| a.max(x.abs()), T::max),
-                    (true, false) => lanes(u, T::neg_infinity(), |a, x| a.max(x), T::max),
-                    (false, _) => {
-                        lanes(x, T::zero(), |a, x| a + x * x, |a, b| a + b) * c.half_scale2
-                            + c.offset
-                    }
-                };
-                let m = u.len();
-                T::exp_into(u, T::one(), shift, c.norm, &mut o[..m]);
-                if hyp {
-                    T::exp_into(u, -T::one(), shift, c.norm, &mut o[m..]);
-                }
-            }
-            FeatureMap::Exp => {
-                let shift = if self.is_query {
-                    lanes(u, T::neg_infinity(), |a, x| a.max(x), T::max)
-                } else {
-                    c.offset
-                };
-                T::exp_into(u, T::one(), shift, T::one(), o);
-            }
-            FeatureMap::EluPlusOne => o.iter_mut().zip(u).for_each(|(oi, &ui)| {
-                *oi = if ui > T::zero() {
-                    ui + T::one()
-                } else {
-                    ui.exp()
-                }
-            }),
-            FeatureMap::Relu => o
-                .iter_mut()
-                .zip(u)
-                .for_each(|(oi, &ui)| *oi = ui.max(T::zero())),
-            FeatureMap::Identity => o.copy_from_slice(u),
-        }
+    fn row(&self, u: &[T], x: &[T], o: &mut [T], c: &RowConsts<T>) {
+        row(self.map, self.is_query, u, x, o, c);
     }
 
     /// The vector-Jacobian product: `dx` from `x`, `φ(x)` and `grad = ∂L/∂φ`.
@@ -427,6 +399,50 @@ impl<T: Real> Spec<'_, T> {
                 }
             });
         Ok(())
+    }
+}
+
+/// φ of one row by `map` from its projection `u` (and the row `x` itself, for the FAVOR+ key
+/// norm).
+#[inline(always)]
+fn row<T: Real>(map: FeatureMap, is_query: bool, u: &[T], x: &[T], o: &mut [T], c: &RowConsts<T>) {
+    match map {
+        FeatureMap::Positive | FeatureMap::Hyperbolic => {
+            let hyp = map == FeatureMap::Hyperbolic;
+            // Queries drop the per-row |x'|²/2 along with the max: both cancel in the ratio.
+            let shift = match (is_query, hyp) {
+                (true, true) => lanes(u, T::neg_infinity(), |a, x| a.max(x.abs()), T::max),
+                (true, false) => lanes(u, T::neg_infinity(), |a, x| a.max(x), T::max),
+                (false, _) => {
+                    lanes(x, T::zero(), |a, x| a + x * x, |a, b| a + b) * c.half_scale2 + c.offset
+                }
+            };
+            let m = u.len();
+            T::exp_into(u, T::one(), shift, c.norm, &mut o[..m]);
+            if hyp {
+                T::exp_into(u, -T::one(), shift, c.norm, &mut o[m..]);
+            }
+        }
+        FeatureMap::Exp => {
+            let shift = if is_query {
+                lanes(u, T::neg_infinity(), |a, x| a.max(x), T::max)
+            } else {
+                c.offset
+            };
+            T::exp_into(u, T::one(), shift, T::one(), o);
+        }
+        FeatureMap::EluPlusOne => o.iter_mut().zip(u).for_each(|(oi, &ui)| {
+            *oi = if ui > T::zero() {
+                ui + T::one()
+            } else {
+                ui.exp()
+            }
+        }),
+        FeatureMap::Relu => o
+            .iter_mut()
+            .zip(u)
+            .for_each(|(oi, &ui)| *oi = ui.max(T::zero())),
+        FeatureMap::Identity => o.copy_from_slice(u),
     }
 }
 

@@ -8,6 +8,7 @@
 //! Layout: feature-mapped queries/keys `(BH, N, M)`, values `(BH, N, D_v)`, C-contiguous;
 //! every `(b, h)` slab is independent and is what rayon parallelises over.
 
+pub mod decode;
 mod fast;
 pub mod features;
 pub mod forms;

@@ -33,7 +33,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +57,7 @@ _FAVOR = ("favor+", "favor+hyperbolic")
 _METHODS = ("chunked", "scan", "quadratic")
 _FLOATS = (np.float32, np.float64)
 
-FeatureMap = Union[str, Callable[[Any], Any]]
+FeatureMap = str | Callable[[Any], Any]
 
 
 def orthogonal_random_matrix(

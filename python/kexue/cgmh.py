@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +38,7 @@ __all__ = [
     "tokenize",
 ]
 
-Tokenizer = Union[str, Callable[[str], Sequence[str]], None]
+Tokenizer = str | Callable[[str], Sequence[str]] | None
 _ACTIONS = ("replace", "insert", "delete")
 
 

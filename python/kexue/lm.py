@@ -41,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +53,7 @@ __all__ = ["NgramLM"]
 LN10 = float(np.log(10.0))
 MAX_ORDER: int = _native.LM_MAX_ORDER
 
-Sentence = Union[str, Sequence[str]]
+Sentence = str | Sequence[str]
 Tokenizer = Callable[[str], Iterable[str]]
 
 _BATCH_LINES = 20_000

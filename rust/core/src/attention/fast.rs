@@ -17,7 +17,7 @@ use multiversion::target::match_target;
 use num_traits::Float;
 
 use super::features::{tree, Mapper};
-use super::forms::Method;
+use super::forms::{Grads, Method};
 
 /// Rows of a register tile.
 const R: usize = 4;
@@ -132,6 +132,22 @@ pub(crate) fn gemm16(
     }
 }
 
+/// `out = xt[.., ..l] · y` (`xt`: `rows` rows of `ldx`; `y`: `l` rows of `width`): a chunk's
+/// `Σ_t x_t y_tᵀ` from its transposed `x`. Compiled apart, as [`masked_rows`] is.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma",
+    "aarch64+neon"
+))]
+fn chunk_outer(
+    rows: usize,
+    (xt, ldx): (&[f32], usize),
+    (y, l, width): (&[f32], usize, usize),
+    out: &mut [f32],
+) {
+    gemm16(rows, width, l, xt, ldx, y, width, out, width, false);
+}
+
 /// `Σ x` in 16 lanes, then across them.
 #[inline(always)]
 fn lanes_sum(acc: [f32; L]) -> f32 {
@@ -227,6 +243,16 @@ fn prefetch(x: Option<&[f32]>) {
     let _ = x;
 }
 
+/// [`prefetch`]es rows `i0..i0 + R` of each `(rows, width)`: the next chunk's, a row block at a
+/// time, since a pass reads every input once and would otherwise wait on memory at the
+/// start of every chunk.
+#[inline(always)]
+fn prefetch_rows(xs: &[(&[f32], usize)], i0: usize) {
+    for &(x, width) in xs {
+        prefetch(x.get(i0 * width..((i0 + R) * width).min(x.len())));
+    }
+}
+
 fn ceil16(x: usize) -> usize {
     x.div_ceil(L) * L
 }
@@ -261,6 +287,76 @@ fn apply(mp: &Mapper<f32>, side: usize, x: &[f32], rows: usize, u: &mut [f32], o
     {
         mp.row(side, u, x, o);
     }
+}
+
+/// Rows `rows` of a chunk's masked product: the scores `a[i, j] = x_i · bt[.., j]` (`x`: rows
+/// of `ldx` with `kx` used; `bt`: `kx` rows of `ldb`) below the diagonal (`j ≤ i`), or with
+/// `upper` above it (`i ≤ j < l`, the chunk's length), zero to the ends of their 16-blocks
+/// (the rest is neither written nor read), then `out = x S + a Z` (`S`: `kx` rows of `lds`;
+/// `Z`: the chunk's rows of `ldz`; `out`: these rows, `width` wide).
+///
+/// Compiled apart (not inlined into the passes' long loop bodies, where the tiles'
+/// accumulators were spilled to the stack), once per target.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma",
+    "aarch64+neon"
+))]
+#[allow(clippy::too_many_arguments)]
+fn masked_rows(
+    rows: std::ops::Range<usize>,
+    (l, upper): (usize, bool),
+    (x, ldx, kx): (&[f32], usize, usize),
+    (bt, ldb): (&[f32], usize),
+    (s, lds): (&[f32], usize),
+    (z, ldz): (&[f32], usize),
+    width: usize,
+    a: &mut [f32],
+    out: &mut [f32],
+) {
+    let (i0, hi) = (rows.start, rows.end);
+    // the score columns computed, and those the product with `Z` reads
+    let (lo, end, inner) = if upper {
+        (i0 / L * L, ceil16(l), l)
+    } else {
+        (0, ceil16(hi), hi)
+    };
+    let (xb, ab) = (&x[i0 * ldx..], &mut a[i0 * ldb..]);
+    gemm16(
+        hi - i0,
+        end - lo,
+        kx,
+        xb,
+        ldx,
+        &bt[lo..],
+        ldb,
+        &mut ab[lo..],
+        ldb,
+        false,
+    );
+    // Assignment, not a product: non-finite masked scores cannot leak.
+    for (i, row) in rows.zip(ab.chunks_mut(ldb)) {
+        if upper {
+            row[lo..i].fill(0.0);
+            row[l..end].fill(0.0);
+        } else {
+            row[i + 1..end].fill(0.0);
+        }
+    }
+    gemm16(hi - i0, width, kx, xb, ldx, s, lds, out, width, false);
+    let (ab, z) = (&ab[lo..], &z[lo * ldz..]);
+    gemm16(
+        hi - i0,
+        width,
+        inner - lo,
+        ab,
+        ldb,
+        z,
+        ldz,
+        out,
+        width,
+        true,
+    );
 }
 
 /// One head of [`super::forms`]' chunked or scan causal forward in f32; `None` when `m`,
@@ -492,8 +588,6 @@ fn head(
             return false;
         }
         transpose_any(ks, m, l, &mut kt, cp);
-        // The next chunk's inputs, a slice per row block: the pass reads every input once,
-        // so without this it waits on memory at the start of every chunk.
         let (dq, dk) = mapper.map_or((m, m), |mp| (mp.d, mp.d));
         let next = (c0 + l).min(n)..(c0 + l + c).min(n);
         let ahead = [
@@ -502,21 +596,22 @@ fn head(
             (&v[next.start * dv..next.end * dv], dv),
         ];
         for i0 in (0..l).step_by(R) {
-            for &(x, width) in &ahead {
-                prefetch(x.get(i0 * width..((i0 + R) * width).min(x.len())));
-            }
+            prefetch_rows(&ahead, i0);
             let hi = (i0 + R).min(l);
-            let (rr, cols) = (hi - i0, ceil16(hi));
-            let qb = &qs[i0 * m..];
-            let ab = &mut a[i0 * cp..];
-            gemm16(rr, cols, m, qb, m, &kt, cp, ab, cp, false);
-            // Assignment, not a product: non-finite future scores cannot leak backwards.
-            for (i, row) in (i0..hi).zip(ab.chunks_mut(cp)) {
-                row[i + 1..cols].fill(0.0);
-            }
+            let cols = ceil16(hi);
             let ob = &mut o[(c0 + i0) * dv..(c0 + hi) * dv];
-            gemm16(rr, dv, m, qb, m, &st, dv, ob, dv, false);
-            gemm16(rr, dv, hi, ab, cp, vs, dv, ob, dv, true);
+            let (x, s) = ((qs, m, m), (&st[..], dv));
+            masked_rows(
+                i0..hi,
+                (l, false),
+                x,
+                (&kt, cp),
+                s,
+                (vs, dv),
+                dv,
+                &mut a,
+                ob,
+            );
             for (i, (orow, d)) in (i0..hi).zip(ob.chunks_exact_mut(dv).zip(&mut den[c0 + i0..])) {
                 let mut acc = [0.0f32; L];
                 for blk in a[i * cp..i * cp + cols].chunks_exact(L) {
@@ -559,6 +654,157 @@ fn head(
         }
     }
     true
+}
+
+/// One head of [`super::forms`]' chunked causal backward in f32 (same schedule: a forward
+/// sweep for `∂q` with the state `S`, a reverse one for `∂k`, `∂v` with `R = Σ_later q g'ᵀ`),
+/// with [`gemm16`]'s in-place products: the masked blocks stop at the diagonal (below it for
+/// `∂q`, from it for `∂k`, `∂v`). `None` where [`forward`] is, and for the other methods.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    method: Method,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (n, m, dv): (usize, usize, usize),
+    g: &Grads<f32>,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dvo: &mut [f32],
+) -> Option<()> {
+    if m % L != 0 || dv % L != 0 || n == 0 {
+        return None;
+    }
+    match method {
+        Method::Chunked(c) => {
+            back_head(q, k, v, (n, m, dv, c.min(n)), g, dq, dk, dvo);
+            Some(())
+        }
+        Method::Scan | Method::Quadratic => None,
+    }
+}
+
+/// Rows `c0..c0 + l` of `g' = [∂o / den, ∂den − (∂o·o) / den]` into rows of `wp` (the columns
+/// past `dv` stay as they are: zero). Inlined into the multiversioned caller, so `mul_add`
+/// is an FMA instruction rather than a libm call.
+#[inline(always)]
+fn grad_rows(g: &Grads<f32>, c0: usize, l: usize, dv: usize, wp: usize, out: &mut [f32]) {
+    for (t, gp) in (c0..c0 + l).zip(out.chunks_exact_mut(wp)) {
+        let inv = 1.0 / g.den[t];
+        let (o, go) = (&g.o[t * dv..(t + 1) * dv], &g.go[t * dv..(t + 1) * dv]);
+        let mut acc = [0.0f32; L];
+        for (ob, gb) in o.chunks_exact(L).zip(go.chunks_exact(L)) {
+            for ((s, &o), &g) in acc.iter_mut().zip(ob).zip(gb) {
+                *s = g.mul_add(o, *s);
+            }
+        }
+        gp[..dv].iter_mut().zip(go).for_each(|(p, &x)| *p = x * inv);
+        gp[dv] = g.gden[t] - lanes_sum(acc) * inv;
+    }
+}
+
+/// `s64 += delta`, and its f32 copy `st` refreshed in the same pass.
+#[inline(always)]
+fn add_state(s64: &mut [f64], st: &mut [f32], delta: &[f32]) {
+    for ((s, st), &d) in s64.iter_mut().zip(st.iter_mut()).zip(delta) {
+        *s += f64::from(d);
+        *st = *s as f32;
+    }
+}
+
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma",
+    "aarch64+neon"
+))]
+#[allow(clippy::too_many_arguments)]
+fn back_head(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (n, m, dv, c): (usize, usize, usize, usize),
+    g: &Grads<f32>,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dvo: &mut [f32],
+) {
+    let (w, wp, cp) = (dv + 1, ceil16(dv + 1), ceil16(c));
+    // Rows of g' and v' = [v, 1] padded to `wp` columns (so they transpose by 16-blocks),
+    // their transposes (`wp × cp`), the chunk's queries transposed, and the masked scores.
+    let mut gp = vec![0.0f32; c * wp];
+    let mut vp = vec![0.0f32; c * wp];
+    let mut gt = vec![0.0f32; wp * cp];
+    let mut vt = vec![0.0f32; wp * cp];
+    let mut qt = vec![0.0f32; m * cp];
+    let mut a = vec![0.0f32; c * cp];
+    // The state transposed (`w × m`: `Sᵀ`, then `Rᵀ`) in f64 and f32, `R` itself (`m × wp`).
+    let mut s64 = vec![0.0f64; w * m];
+    let mut st = vec![0.0f32; w * m];
+    let mut r = vec![0.0f32; m * wp];
+    let mut delta = vec![0.0f32; w * m];
+    let load_v = |c0: usize, l: usize, vp: &mut [f32], vt: &mut [f32]| {
+        for (row, vs) in vp
+            .chunks_exact_mut(wp)
+            .zip(v[c0 * dv..(c0 + l) * dv].chunks_exact(dv))
+        {
+            row[..dv].copy_from_slice(vs);
+            row[dv] = 1.0;
+        }
+        transpose_any(vp, wp, l, vt, cp);
+    };
+    // rows `t` of the inputs the sweeps read (`q` first, which the forward sweep does not)
+    let rows_of = |t: std::ops::Range<usize>| {
+        [
+            (&q[t.start * m..t.end * m], m),
+            (&k[t.start * m..t.end * m], m),
+            (&v[t.start * dv..t.end * dv], dv),
+            (&g.o[t.start * dv..t.end * dv], dv),
+            (&g.go[t.start * dv..t.end * dv], dv),
+        ]
+    };
+    // Forward sweep: ∂q_t = Σ_{s≤t in chunk} (g'_t·v'_s) k_s + S_prev g'_t.
+    for c0 in (0..n).step_by(c) {
+        let l = c.min(n - c0);
+        let ks = &k[c0 * m..(c0 + l) * m];
+        grad_rows(g, c0, l, dv, wp, &mut gp);
+        load_v(c0, l, &mut vp, &mut vt);
+        let next = (c0 + l).min(n)..(c0 + l + c).min(n);
+        let ahead = rows_of(next);
+        for i0 in (0..l).step_by(R) {
+            prefetch_rows(&ahead[1..], i0);
+            let hi = (i0 + R).min(l);
+            let db = &mut dq[(c0 + i0) * m..(c0 + hi) * m];
+            let (x, s) = ((&gp[..], wp, w), (&st[..], m));
+            masked_rows(i0..hi, (l, false), x, (&vt, cp), s, (ks, m), m, &mut a, db);
+        }
+        chunk_outer(w, (&vt, cp), (ks, l, m), &mut delta);
+        add_state(&mut s64, &mut st, &delta);
+    }
+    // Reverse sweep: ∂k_s = Σ_{t≥s} (g'_t·v'_s) q_t + R v'_s, ∂v_s = Σ_{t≥s} (q_t·k_s) g_t + Rᵀ k_s.
+    s64.fill(0.0);
+    st.fill(0.0);
+    for c0 in (0..n).step_by(c).rev() {
+        let l = c.min(n - c0);
+        let (qs, ks) = (&q[c0 * m..(c0 + l) * m], &k[c0 * m..(c0 + l) * m]);
+        grad_rows(g, c0, l, dv, wp, &mut gp);
+        transpose_any(&gp, wp, l, &mut gt, cp);
+        load_v(c0, l, &mut vp, &mut vt);
+        transpose_any(qs, m, l, &mut qt, cp);
+        let ahead = rows_of(c0.saturating_sub(c)..c0);
+        for s0 in (0..l).step_by(R) {
+            prefetch_rows(&ahead, s0);
+            let hi = (s0 + R).min(l);
+            let db = &mut dk[(c0 + s0) * m..(c0 + hi) * m];
+            let (x, s) = ((&vp[..], wp, w), (&st[..], m));
+            masked_rows(s0..hi, (l, true), x, (&gt, cp), s, (qs, m), m, &mut a, db);
+            let db = &mut dvo[(c0 + s0) * dv..(c0 + hi) * dv];
+            let (x, s, z) = ((ks, m, m), (&r[..], wp), (&gp[..], wp));
+            masked_rows(s0..hi, (l, true), x, (&qt, cp), s, z, dv, &mut a, db);
+        }
+        chunk_outer(w, (&gt, cp), (qs, l, m), &mut delta);
+        add_state(&mut s64, &mut st, &delta);
+        transpose_any(&st, m, w, &mut r, wp);
+    }
 }
 
 #[cfg(test)]
@@ -671,6 +917,117 @@ mod tests {
             ),
             None
         );
+    }
+
+    /// The gradients straight from their sums, in f64: `∂q_t = Σ_{s≤t} (g'_t·v'_s) k_s`,
+    /// `∂k_s = Σ_{t≥s} (g'_t·v'_s) q_t`, `∂v_s = Σ_{t≥s} (q_t·k_s) g_t`.
+    #[allow(clippy::type_complexity)]
+    fn naive_backward(
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        g: &Grads<f32>,
+        (n, m, dv): (usize, usize, usize),
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let x = |a: &[f32], i: usize, w: usize| -> Vec<f64> {
+            a[i * w..(i + 1) * w]
+                .iter()
+                .map(|&x| f64::from(x))
+                .collect()
+        };
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
+        let gp: Vec<Vec<f64>> = (0..n)
+            .map(|t| {
+                let (o, go, den) = (x(g.o, t, dv), x(g.go, t, dv), f64::from(g.den[t]));
+                let mut r: Vec<f64> = go.iter().map(|g| g / den).collect();
+                r.push(f64::from(g.gden[t]) - dot(&go, &o) / den);
+                r
+            })
+            .collect();
+        let vp: Vec<Vec<f64>> = (0..n)
+            .map(|s| {
+                let mut r = x(v, s, dv);
+                r.push(1.0);
+                r
+            })
+            .collect();
+        let (mut dq, mut dk, mut dvo) = (vec![0.0; n * m], vec![0.0; n * m], vec![0.0; n * dv]);
+        for t in 0..n {
+            for s in 0..=t {
+                let (qt, ks) = (x(q, t, m), x(k, s, m));
+                let a = dot(&gp[t], &vp[s]);
+                let b = dot(&qt, &ks);
+                for p in 0..m {
+                    dq[t * m + p] += a * ks[p];
+                    dk[s * m + p] += a * qt[p];
+                }
+                for j in 0..dv {
+                    dvo[s * dv + j] += b * gp[t][j];
+                }
+            }
+        }
+        (dq, dk, dvo)
+    }
+
+    #[test]
+    fn backward_matches_the_sums_at_chunk_boundaries() {
+        for (n, m, dv) in [(70, 32, 16), (33, 16, 48), (64, 64, 64), (1, 16, 16)] {
+            let (q, k, v) = (
+                random(n * m, 11, true),
+                random(n * m, 12, true),
+                random(n * dv, 13, false),
+            );
+            let o = reference(&q, &k, &v, n, m, dv);
+            let o: Vec<f32> = o.iter().map(|&x| x as f32).collect();
+            let den = random(n, 14, true);
+            let (go, gden) = (random(n * dv, 15, false), random(n, 16, false));
+            let g = Grads {
+                o: &o,
+                den: &den,
+                go: &go,
+                gden: &gden,
+            };
+            let want = naive_backward((&q, &k, &v), &g, (n, m, dv));
+            let scale = |w: &[f64]| w.iter().fold(1.0f64, |s, x| s.max(x.abs()));
+            // chunks that divide n, leave a short last chunk, are not multiples of 16, equal n
+            for c in [1, 4, 5, 16, 21, 32, 64, n, 100] {
+                let (mut dq, mut dk, mut dvo) =
+                    (vec![0.0; n * m], vec![0.0; n * m], vec![0.0; n * dv]);
+                let method = Method::Chunked(c);
+                let r = backward(
+                    method,
+                    &q,
+                    &k,
+                    &v,
+                    (n, m, dv),
+                    &g,
+                    &mut dq,
+                    &mut dk,
+                    &mut dvo,
+                );
+                assert_eq!(r, Some(()));
+                for (got, want) in [(&dq, &want.0), (&dk, &want.1), (&dvo, &want.2)] {
+                    let tol = 2e-6 * scale(want);
+                    for (a, b) in got.iter().zip(want.iter()) {
+                        assert!((f64::from(*a) - b).abs() < tol, "n={n} c={c}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+        // widths that are not multiples of 16, and the other methods, are left to `forms`
+        let x = [0.0f32; 10];
+        let g = Grads {
+            o: &x,
+            den: &[1.0],
+            go: &x,
+            gden: &[0.0],
+        };
+        let (mut a, mut b, mut c) = ([0.0f32; 10], [0.0f32; 10], [0.0f32; 10]);
+        for (method, dims) in [
+            (Method::Chunked(4), (1, 10, 10)),
+            (Method::Scan, (1, 16, 16)),
+        ] {
+            let r = backward(method, &x, &x, &x, dims, &g, &mut a, &mut b, &mut c);
+            assert_eq!(r, None);
+        }
     }
 
     #[test]

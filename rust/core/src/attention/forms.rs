@@ -696,6 +696,9 @@ pub fn causal_backward<T: Real>(
                 go: &g.go[rows.start * dv..rows.end * dv],
                 gden: &g.gden[rows],
             };
+            if T::backward_fast(method, q, k, v, (n, m, dv), &gh, dq, dk, dvo).is_some() {
+                return;
+            }
             match method {
                 Method::Chunked(c) => head.chunked_backward(c, &gh, dq, dk, dvo),
                 Method::Scan | Method::Quadratic => head.scan_backward(&gh, dq, dk, dvo),

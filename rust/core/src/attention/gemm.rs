@@ -4,7 +4,7 @@
 use num_traits::Float;
 
 use super::features::Mapper;
-use super::forms::Method;
+use super::forms::{Grads, Method};
 
 /// The float types the attention kernels run in.
 pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
@@ -48,6 +48,23 @@ pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
         _o: &mut [Self],
         _den: &mut [Self],
     ) -> Option<bool> {
+        None
+    }
+
+    /// One head of the chunked causal backward by [`super::fast`], where it applies (as
+    /// [`Real::forward_fast`]): `Some(())` once `dq`, `dk`, `dv` are written, else `None`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_fast(
+        _method: Method,
+        _q: &[Self],
+        _k: &[Self],
+        _v: &[Self],
+        _dims: (usize, usize, usize),
+        _g: &Grads<Self>,
+        _dq: &mut [Self],
+        _dk: &mut [Self],
+        _dv: &mut [Self],
+    ) -> Option<()> {
         None
     }
 }
@@ -142,6 +159,20 @@ impl Real for f32 {
         den: &mut [f32],
     ) -> Option<bool> {
         super::fast::forward(method, q, k, v, dims, maps, eps, s64, o, den)
+    }
+
+    fn backward_fast(
+        method: Method,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dims: (usize, usize, usize),
+        g: &Grads<f32>,
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+    ) -> Option<()> {
+        super::fast::backward(method, q, k, v, dims, g, dq, dk, dv)
     }
 }
 

@@ -72,3 +72,58 @@ def test_no_panic_on_garbage(name: str, tmp_path, monkeypatch) -> None:
 
 def test_every_binding_is_exercised() -> None:
     assert "squareplus_forward" in FUNCTIONS and "set_num_threads" in FUNCTIONS
+
+
+def _instances() -> dict:
+    """A valid instance of each native class (methods are fuzzed on these)."""
+    corpus = _native.NgramCorpus()
+    corpus.add_sentences(["a b c", "a c b", "b a"])
+    model, backward = corpus.build(2, True, 1, True)
+    d, heads = 16, 2
+    decoder = _native.AttentionDecoder(
+        "favor+",
+        np.ones((d, d), np.float32),
+        None,
+        1e-6,
+        d,
+        np.zeros((1, heads, d, d + 1)),
+    )
+    return {
+        "NgramCorpus": corpus,
+        "NgramModel": model,
+        "AttentionDecoder": decoder,
+        "CgmhNgram": _native.CgmhNgram(model, backward),
+    }
+
+
+CLASSES = sorted(
+    name
+    for name, obj in vars(_native).items()
+    if isinstance(obj, type) and not issubclass(obj, BaseException)
+)
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_no_panic_on_garbage_methods(name: str, tmp_path, monkeypatch) -> None:
+    """Constructors and every public method of a valid instance, fed garbage."""
+    monkeypatch.chdir(tmp_path)
+    cls = getattr(_native, name)
+    rng = random.Random(name)
+    for k in range(7):
+        for _ in range(40):
+            try:
+                cls(*(rng.choice(GARBAGE) for _ in range(k)))
+            except Exception:
+                pass
+    instance = _instances()[name]
+    for method in (m for m in dir(cls) if not m.startswith("_")):
+        fn = getattr(instance, method)
+        if not callable(fn):
+            continue
+        for k in range(5):
+            for _ in range(40):
+                try:
+                    fn(*(rng.choice(GARBAGE) for _ in range(k)))
+                except Exception:
+                    pass
+    _native.set_num_threads(0)

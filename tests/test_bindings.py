@@ -60,14 +60,20 @@ def test_no_panic_on_garbage(name: str, tmp_path, monkeypatch) -> None:
     fn = getattr(_native, name)
     rng = random.Random(name)
     n = arity(fn)
-    calls = [tuple(rng.choice(GARBAGE) for _ in range(k)) for k in (n, n, n, n + 1, max(n - 1, 0))]
-    calls += [tuple(rng.choice(GARBAGE) for _ in range(n)) for _ in range(300)]
-    for args in calls:
+    for k in (n, n, n, n + 1, max(n - 1, 0)):
+        feed_garbage(fn, rng, k, 1)
+    feed_garbage(fn, rng, n, 300)
+    _native.set_num_threads(0)  # garbage may have resized the pool
+
+
+def feed_garbage(fn: object, rng: random.Random, arity: int, calls: int) -> None:
+    """Calls ``fn`` with ``calls`` random tuples of ``arity`` garbage arguments; an Exception
+    is fine, a panic (a BaseException) fails the test."""
+    for _ in range(calls):
         try:
-            fn(*args)
+            fn(*(rng.choice(GARBAGE) for _ in range(arity)))
         except Exception:
             pass
-    _native.set_num_threads(0)  # garbage may have resized the pool
 
 
 def test_every_binding_is_exercised() -> None:
@@ -110,20 +116,11 @@ def test_no_panic_on_garbage_methods(name: str, tmp_path, monkeypatch) -> None:
     cls = getattr(_native, name)
     rng = random.Random(name)
     for k in range(7):
-        for _ in range(40):
-            try:
-                cls(*(rng.choice(GARBAGE) for _ in range(k)))
-            except Exception:
-                pass
+        feed_garbage(cls, rng, k, 40)
     instance = _instances()[name]
     for method in (m for m in dir(cls) if not m.startswith("_")):
         fn = getattr(instance, method)
-        if not callable(fn):
-            continue
-        for k in range(5):
-            for _ in range(40):
-                try:
-                    fn(*(rng.choice(GARBAGE) for _ in range(k)))
-                except Exception:
-                    pass
+        if callable(fn):
+            for k in range(5):
+                feed_garbage(fn, rng, k, 40)
     _native.set_num_threads(0)

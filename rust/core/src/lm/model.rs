@@ -185,17 +185,8 @@ impl Table {
     }
 
     fn find_mut(&mut self, hash: u64) -> Option<&mut Slot> {
-        let h = hash.max(1);
-        let slots = self.slots.make_mut();
-        let size = slots.len();
-        let mut i = bucket(h, size);
-        while slots[i].key != 0 {
-            if slots[i].key == h {
-                return Some(&mut slots[i]);
-            }
-            i = if i + 1 == size { 0 } else { i + 1 };
-        }
-        None
+        let i = self.position(hash)?;
+        self.slots.make_mut().get_mut(i)
     }
 
     /// Hints the CPU to load the tags and the first slots a search for `hash` reads.
@@ -208,6 +199,12 @@ impl Table {
 
     #[inline(always)]
     pub fn find(&self, hash: u64) -> Option<&Slot> {
+        self.slots.get(self.position(hash)?)
+    }
+
+    /// The index of the slot holding `hash`, found through the tags.
+    #[inline(always)]
+    fn position(&self, hash: u64) -> Option<usize> {
         let h = hash.max(1);
         let size = self.slots.len();
         let mut i = bucket(h, size);
@@ -220,9 +217,9 @@ impl Table {
             hits &= empty.wrapping_sub(1) & !empty;
             while hits != 0 {
                 let j = i + hits.trailing_zeros() as usize;
-                let s = &self.slots[if j >= size { j - size } else { j }];
-                if s.key == h {
-                    return Some(s);
+                let j = if j >= size { j - size } else { j };
+                if self.slots[j].key == h {
+                    return Some(j);
                 }
                 hits &= hits - 1;
             }

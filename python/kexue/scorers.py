@@ -227,7 +227,7 @@ def length_prior(scorer: Any, sentences: int = 300, seed: int = 0) -> tuple[int,
     if not hasattr(sampler, "sample"):
         return None
     lengths, logps = sampler.sample(sentences, seed)
-    prior = (max(1, int(np.median(lengths))), float(-logps.sum() / (lengths + 1).sum()))
+    prior = (max(1, round(float(np.mean(lengths)))), float(-logps.sum() / (lengths + 1).sum()))
     try:
         scorer._length_prior = prior
     except AttributeError:  # a scorer with __slots__: estimate again next time

@@ -87,6 +87,9 @@ def test_hf_causal_lm_on_a_tiny_random_gpt2(ngram):
         def encode(self, text):
             return [1 + (ord(c) % 63) for c in text]
 
+        def decode(self, ids):  # for the length prior's sampled sentences
+            return "".join(chr(96 + i % 27) if i % 27 else " " for i in ids)
+
     tok = CharTokenizer()
     lm = HFCausalLM(model, tok, candidates=ngram, batch_size=4)
     texts = ["the cat", "a dog ran", "x"]
@@ -99,8 +102,8 @@ def test_hf_causal_lm_on_a_tiny_random_gpt2(ngram):
     out = cgmh.generate(["cat", "unseenword"], lm, n=2, steps=15, seed=1, top_k=4)
     for s in out:
         assert "cat" in s.tokens and "unseenword" in s.tokens
-        text = cgmh.detokenize(s.tokens)  # s.text is in sentence case
-        assert math.isclose(s.logprob, lm.score_texts([text])[0], rel_tol=1e-4, abs_tol=1e-4)
+        # scored as the text the user gets: sentence case, final punctuation
+        assert math.isclose(s.logprob, lm.score_texts([s.text])[0], rel_tol=1e-4, abs_tol=1e-4)
     with pytest.raises(ValueError, match="batch_size"):
         HFCausalLM(model, tok, candidates=ngram, batch_size=0)
 

@@ -307,8 +307,23 @@ def _run(
         "trace": bool(return_trace),
     }
     raw = _native.cgmh_run(lm, tasks, flags, alts, pri, settings)
+    return _results(raw, len(inputs), n, best, distinct, ids, tokenizer, sentence_case)
+
+
+def _results(
+    raw: list[dict[str, Any]],
+    inputs: int,
+    n: int,
+    best: bool,
+    distinct: bool,
+    ids: _Ids,
+    tokenizer: Tokenizer,
+    sentence_case: bool,
+) -> list[list[Sentence]]:
+    """The :class:`Sentence` rows of ``n`` chains per input from the chains' raw results
+    (``kept``: best states, ``last``, ``last_logprob``, ``log_target``, move counters)."""
     out = []
-    for i in range(len(inputs)):
+    for i in range(inputs):
         row = []
         for toks, logprob, log_target, r in _pick(raw[i * n : (i + 1) * n], best, distinct):
             words = [ids.word(t) for t in toks]

@@ -38,6 +38,18 @@ def _load_lm(args: argparse.Namespace):
     return default_lm()
 
 
+def _load_hf(args: argparse.Namespace, candidates):
+    """The --hf model (offline) over the n-gram proposer; load failures as one-line errors."""
+    from .scorers import HFCausalLM
+
+    try:
+        return HFCausalLM.from_pretrained(args.hf, candidates, device=args.device, dtype=args.dtype)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"kexue generate: --hf: {e}") from e
+    except ImportError as e:
+        raise SystemExit(f"kexue generate: --hf needs torch and transformers ({e})") from e
+
+
 def _generate(args: argparse.Namespace) -> int:
     import json
 
@@ -53,6 +65,13 @@ def _generate(args: argparse.Namespace) -> int:
     if not sets or not sets[0]:
         raise SystemExit("kexue generate: give keywords or --input FILE")
     lm = _load_lm(args)
+    run = generate_many
+    if args.hf:  # neural target, n-gram proposals: one neural sentence score per step
+        from .neural import generate_many as run
+
+        if args.plot:
+            raise SystemExit("kexue generate: --plot is not available with --hf")
+        lm = _load_hf(args, lm)
     options = {
         "n": args.n,
         "steps": args.steps,
@@ -65,14 +84,15 @@ def _generate(args: argparse.Namespace) -> int:
         "forms": args.forms,
         "length": None if args.length == 0 else "auto" if args.length is None else args.length,
         "block": None if args.no_block else "auto",
-        "return_trace": bool(args.plot),
     }
+    if args.plot:
+        options["return_trace"] = True
     batch = max(1, 64 // args.n)
     traced = []
     with tqdm(total=len(sets), unit="input", disable=len(sets) < 2, file=sys.stderr) as bar:
         for lo in range(0, len(sets), batch):
             # batches of ~64 chains, each seeded by its first input's line number
-            results = generate_many(sets[lo : lo + batch], lm, seed=args.seed + lo, **options)
+            results = run(sets[lo : lo + batch], lm, seed=args.seed + lo, **options)
             for keywords, sentences in zip(sets[lo : lo + batch], results):
                 traced.extend(sentences)
                 for s in sentences:
@@ -160,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm", help="n-gram model: kexue binary file or .arpa")
     p.add_argument("--corpus", help="train a Kneser-Ney LM on this text file (one sentence a line)")
     p.add_argument("--order", type=int, default=4, help="n-gram order for --corpus (default 4)")
+    p.add_argument(
+        "--hf", metavar="PATH_OR_ID", help=(
+            "Hugging Face causal LM (local directory, or hub id in the local cache; never "
+            "downloads) as the target; the n-gram LM proposes the words"
+        ),
+    )  # fmt: skip
+    p.add_argument("--device", help="--hf device, e.g. cpu, cuda (default: cuda when present)")
+    p.add_argument("--dtype", help="--hf dtype, e.g. float32, bfloat16 (default: the model's)")
     p.add_argument("--n", type=int, default=3, help="sentences per keyword set (default 3)")
     p.add_argument("--steps", type=int, default=200, help="MH steps per chain (default 200)")
     p.add_argument("--seed", type=int, default=0)

@@ -257,11 +257,15 @@ class HFCausalLM:
 
     ``model``: a ``transformers`` causal LM; ``tokenizer``: its tokenizer; ``device``: where
     to run (default: the model's). Candidate sentences of one edit are scored as one padded
-    batch of at most ``batch_size``.
+    batch of at most ``batch_size``. A sentence is scored as the text the user gets: its
+    words detokenised, in sentence case with final punctuation (``sentence_case``), framed
+    by the tokenizer's start and end of sentence. ``tokens_scored`` counts the tokens whose
+    probability the model has computed.
 
     >>> from kexue.scorers import HFCausalLM
-    >>> lm = HFCausalLM(model, tokenizer, candidates=ngram)  # doctest: +SKIP
-    >>> kexue.cgmh.generate(["cat", "mat"], lm)              # doctest: +SKIP
+    >>> lm = HFCausalLM.from_pretrained("./my-model")   # doctest: +SKIP
+    >>> kexue.cgmh.generate(["cat", "mat"], lm)         # doctest: +SKIP
+    >>> kexue.neural.generate(["cat", "mat"], lm)       # doctest: +SKIP
     """
 
     def __init__(
@@ -273,6 +277,7 @@ class HFCausalLM:
         device: Any = None,
         batch_size: int = 64,
         detokenize: Any = None,
+        sentence_case: bool = True,
     ) -> None:
         import torch
 
@@ -299,6 +304,54 @@ class HFCausalLM:
             raise ValueError("tokenizer must define bos_token_id or eos_token_id")
         self._bos, self._eos = int(bos), int(eos)
         self._extra: dict[int, str] = {}
+        self.sentence_case = bool(sentence_case)
+        config = getattr(model, "config", None)
+        self._context = getattr(config, "max_position_embeddings", None)
+        self.tokens_scored = 0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        candidates: Any = None,
+        *,
+        device: Any = None,
+        dtype: Any = None,
+        **options: Any,
+    ) -> HFCausalLM:
+        """The causal LM and tokenizer in a local directory, or of a hub id already in the
+        local Hugging Face cache: never downloads (``local_files_only``). ``candidates``:
+        the proposing scorer (default: the built-in n-gram LM); ``device``: e.g. ``"cpu"``,
+        ``"cuda"`` (default: CUDA when present); ``dtype``: e.g. ``"float32"``,
+        ``"bfloat16"`` (default: the checkpoint's). Raises OSError naming the model when
+        it cannot be loaded offline."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        name = os.fspath(name_or_path)
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"dtype must name a torch dtype such as 'float32', got {dtype!r}")
+            dtype = getattr(torch, dtype)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device must be a torch device such as 'cpu', got {device!r}") from e
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+            kwargs = {"local_files_only": True}
+            if dtype is not None:
+                kwargs["dtype"] = dtype
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        except (OSError, ValueError) as e:
+            raise OSError(
+                f"cannot load the Hugging Face causal LM {name!r} offline: give a local model "
+                "directory or a hub id already in the local cache (nothing is downloaded)"
+            ) from e
+        return cls(model, tokenizer, candidates if candidates is not None else default_lm(),
+                   device=device, **options)  # fmt: skip
 
     def word_id(self, word: str) -> int | None:
         return self.candidates.word_id(word)
@@ -316,19 +369,61 @@ class HFCausalLM:
         return self.candidates.backward_logprobs(ids, pos)
 
     def _text(self, ids: Sequence[int]) -> str:
-        return self._detok([self._word(i) for i in ids])
+        return self._format([self._word(i) for i in ids])
+
+    def _format(self, words: Sequence[str]) -> str:
+        out = self._detok(list(words))
+        return text.as_sentence(out) if self.sentence_case else out
+
+    def score_words(self, sentences: Sequence[Sequence[str]]) -> np.ndarray:
+        """Natural-log probability of each word list's text (see the class doc), batched."""
+        return self.score_texts([self._format(ws) for ws in sentences])
+
+    def sample(
+        self, sentences: int, seed: int = 0, max_len: int = 100
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Lengths (in words of the candidates' tokenizer) and natural-log probabilities of
+        ``sentences`` texts the model writes from the start of sentence (seeded; at most
+        ``max_len`` model tokens): what the length prior of :mod:`kexue.cgmh` is estimated
+        from."""
+        torch = self._torch
+        texts, seqs = [], []
+        max_len = min(max_len, self._context - 2) if self._context else max_len
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for lo in range(0, sentences, self.batch_size):
+                rows = min(self.batch_size, sentences - lo)
+                start = torch.full((rows, 1), self._bos, dtype=torch.long, device=self.device)
+                with torch.no_grad():
+                    out = self.model.generate(
+                        start, attention_mask=torch.ones_like(start), do_sample=True, top_k=0,
+                        max_new_tokens=max_len, eos_token_id=self._eos, pad_token_id=self._eos,
+                    )  # fmt: skip
+                for row in out[:, 1:].tolist():
+                    row = row[: row.index(self._eos)] if self._eos in row else row
+                    texts.append(self.tokenizer.decode(row).strip())
+                    seqs.append([self._bos, *row, self._eos])
+        lengths = np.array([len(text.tokenize(t, self.text_tokenizer)) for t in texts])
+        return lengths, self._score_ids(seqs)
 
     def _word(self, i: int) -> str:
         return self.candidates.word(i) if i < self.vocab_size else self._extra.get(i, "<unk>")
 
     def score_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Natural-log probability of each text (with start and end of sentence), batched."""
+        return self._score_ids([[self._bos, *self.tokenizer.encode(t), self._eos] for t in texts])
+
+    def _score_ids(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         torch = self._torch
-        out = np.empty(len(texts), dtype=np.float64)
-        for lo in range(0, len(texts), self.batch_size):
-            chunk = texts[lo : lo + self.batch_size]
-            seqs = [[self._bos, *self.tokenizer.encode(t), self._eos] for t in chunk]
+        out = np.empty(len(sequences), dtype=np.float64)
+        for lo in range(0, len(sequences), self.batch_size):
+            seqs = sequences[lo : lo + self.batch_size]
             width = max(len(s) for s in seqs)
+            if self._context and width > self._context:
+                raise ValueError(
+                    f"a sentence of {width} tokens exceeds the model's context of "
+                    f"{self._context}: lower max_len"
+                )
             ids = torch.full((len(seqs), width), self._eos, dtype=torch.long)
             mask = torch.zeros((len(seqs), width), dtype=torch.long)
             for r, s in enumerate(seqs):
@@ -339,7 +434,8 @@ class HFCausalLM:
                 logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
             tok = logp.gather(-1, ids[:, 1:, None])[..., 0] * mask[:, 1:]
-            out[lo : lo + len(chunk)] = tok.sum(-1).double().cpu().numpy()
+            out[lo : lo + len(seqs)] = tok.sum(-1).double().cpu().numpy()
+            self.tokens_scored += int(mask[:, 1:].sum())
         return out
 
     def sentence_logprob(self, ids: Sequence[int]) -> float:

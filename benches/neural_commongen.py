@@ -1,0 +1,105 @@
+"""Neural-target CGMH on CommonGen dev: cheap n-gram proposals + neural acceptance
+(:mod:`kexue.neural`) against the full-K mode (:func:`kexue.cgmh.generate_many` with
+:class:`kexue.scorers.HFCausalLM`: every candidate of an edit scored by the neural LM) and the
+n-gram default, with the GPT-2 trained by ``benches/train_tiny_gpt2.py``.
+
+Metrics as in ``benches/cgmh_commongen.py`` (its ``score``), plus neural token evaluations
+per set and seconds per set. Every row uses the library defaults with ``n=1, seed=0,
+anneal=True``; both neural rows share one scorer (same target, same length prior). The
+full-K mode is slow on CPU, so it runs on the first ``--full-sets`` sets, and the neural
+mode is reported on that subset too.
+
+    python benches/neural_commongen.py --model /tmp/cg-gpt2 [--sets 200] [--full-sets 30]
+Needs ``pip install pycocoevalcap``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from cgmh_commongen import score
+
+from kexue import cgmh, neural
+from kexue.scorers import HFCausalLM, default_lm
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True, help="directory written by train_tiny_gpt2.py")
+    ap.add_argument("--sets", type=int, default=200)
+    ap.add_argument("--full-sets", type=int, default=30)
+    ap.add_argument("--steps", type=int, nargs="+", default=[200], help="neural-mode steps")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", default=str(Path(__file__).parents[2] / "shared/data/commongen"))
+    ap.add_argument("--show", type=int, default=30, help="outputs to print for reading")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dev = [json.loads(line) for line in open(Path(args.data) / "commongen.dev.jsonl")]
+    dev = dev[: args.sets]
+    concepts = [[c.rsplit("_", 1)[0] for c in d["concept_set"].split("#")] for d in dev]
+    refs = [d["scene"] for d in dev]
+    hf = HFCausalLM.from_pretrained(args.model, default_lm(), device="cpu")
+    t = time.perf_counter()
+    neural.generate_many([["warm", "up"]], hf, steps=2)  # length prior: sampled once, cached
+    print(
+        f"torch threads {torch.get_num_threads()}; model {args.model}: "
+        f"{sum(p.numel() for p in hf.model.parameters()) / 1e6:.1f} M parameters; "
+        f"length prior (L, beta) = {hf._length_prior} in {time.perf_counter() - t:.1f} s"
+    )
+
+    rows, texts = {}, {}
+
+    def row(name: str, k: int, call) -> None:
+        before = hf.tokens_scored
+        t = time.perf_counter()
+        stats: dict = {}
+        out = call(concepts[:k], stats)
+        seconds = time.perf_counter() - t
+        texts[name] = [r[0].text for r in out]
+        tokens = hf.tokens_scored - before
+        rows[name] = {
+            **score(concepts[:k], refs[:k], texts[name]), "sets": k, "s/set": seconds / k,
+            "neural tokens/set": tokens / k,
+            "tokens/s": tokens / stats["score_seconds"] if stats.get("score_seconds") else 0,
+        }  # fmt: skip
+        print(name, rows[name], flush=True)
+
+    k_full = min(args.full_sets, len(dev))
+    cgmh.generate_many([["warm", "up"]], None, steps=5)
+    row("n-gram default", len(dev),
+        lambda c, s: cgmh.generate_many(c, None, n=1, seed=0, anneal=True))  # fmt: skip
+    for steps in args.steps:
+        row(f"neural target, {steps} steps", len(dev),
+            lambda c, s, steps=steps: neural.generate_many(c, hf, n=1, seed=0, anneal=True,
+                                                            steps=steps, stats=s))  # fmt: skip
+        row(f"neural target, {steps} steps (first {k_full})", k_full,
+            lambda c, s, steps=steps: neural.generate_many(c, hf, n=1, seed=0, anneal=True,
+                                                            steps=steps, stats=s))  # fmt: skip
+    if k_full:
+        row(f"full-K (first {k_full})", k_full,
+            lambda c, s: cgmh.generate_many(c, hf, n=1, seed=0, anneal=True))  # fmt: skip
+
+    cols = ["sets", "BLEU-4", "CIDEr", "coverage %", "words", "distinct %",
+            "neural tokens/set", "tokens/s", "s/set"]  # fmt: skip
+    print("\n| row | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for name, r in rows.items():
+        print(f"| {name} | " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else
+                                          str(r[c]) for c in cols) + " |")  # fmt: skip
+    neural_row = next(n for n in texts if n.startswith("neural") and "first" not in n)
+    print(f"\nfirst {args.show} outputs: concepts → {neural_row} | n-gram default | human")
+    for i in range(min(args.show, len(dev))):
+        print(f"{i}. {' '.join(concepts[i])} → {texts[neural_row][i]} | "
+              f"{texts['n-gram default'][i]} | {refs[i][0]}")  # fmt: skip
+    if k_full:
+        print(f"\nfull-K outputs (first {min(10, k_full)}):")
+        for i in range(min(10, k_full)):
+            print(f"{i}. {texts[f'full-K (first {k_full})'][i]}")
+
+
+if __name__ == "__main__":
+    main()

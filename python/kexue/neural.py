@@ -1,0 +1,380 @@
+"""CGMH with a neural target and cheap proposals: one neural sentence score per chain and step.
+
+:func:`kexue.cgmh.generate` with :class:`kexue.scorers.HFCausalLM` scores all K candidates of
+an edit with the neural model (K sentences per step). Here candidates are *proposed* by the
+cheap n-gram scorer behind the neural one and *accepted* with the neural sentence probability
+and the exact proposal ratio, so each step scores one sentence per chain, all chains of all
+inputs in one padded batch. The chains sample the same target as :mod:`kexue.cgmh`,
+
+    π(x) ∝ p(x)^γ · λ(|x|) · [x holds a form of every keyword] · [no blocked word]
+
+with p the neural LM's probability of the text the user gets (``scorer.score_words``: for
+:class:`~kexue.scorers.HFCausalLM`, the detokenised words in sentence case with final
+punctuation, framed by start and end of sentence), λ the length prior of :mod:`kexue.cgmh`
+(by default estimated from sentences the neural model itself writes), keyword forms from
+:func:`kexue.text.english_forms` (``forms="auto"``) and order as in :mod:`kexue.cgmh`
+(``"fixed"``: the keywords appear in the given order). Edits stay word-level; words come from
+the n-gram vocabulary, and keyword forms it lacks are reached by the reform move.
+
+Moves (weights ``moves``), each accepted with probability
+min(1, (π(x')/π(x))^(1/T) · q(x | x') / q(x' | x)), T = 1 unless annealing:
+
+- replace word i (uniform) by w ~ q(· | x without x_i);
+- insert w ~ q(· | x_<i, x_≥i) before word i (i uniform in 0..|x|); delete word i (uniform):
+  the reverse of each other, so delete's ratio holds q(x_i | context) of the insert that
+  would put x_i back;
+- reform: a keyword form x_i becomes another form of the keywords it is a form of (uniform);
+- reorder: word i moves to position j (ordered pair uniform): symmetric.
+
+q(w | context) = (1 − ε) · softmax over the top-K words of log p_fwd(w | left) + log p_bwd(w |
+right) (the n-gram's forward and backward models) + ε / |V| (uniform over the allowed
+vocabulary V; ε = ``explore``), so every allowed word can be proposed and both directions of
+a move have a computable probability. A proposal outside the support (a missing keyword, a
+length outside ``min_len..max_len``) is rejected without a neural call.
+
+>>> from kexue.neural import generate
+>>> out = generate(["dog", "ball"], hf_scorer, n=2, anneal=True)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import cgmh
+from ._dispatch import check_int
+from .cgmh import Sentence
+from .text import Tokenizer
+
+__all__ = ["generate", "generate_many"]
+
+
+class _Chain:
+    """One chain's state: word ids, their neural log-probability, and the best states seen."""
+
+    def __init__(self, tokens: list[int], rng: np.random.Generator, keep: int) -> None:
+        self.x = tokens
+        self.logp = -math.inf
+        self.log_target = -math.inf
+        self.rng = rng
+        self.keep = keep
+        self.kept: dict[tuple[int, ...], tuple[float, float]] = {}
+        self.proposed = dict.fromkeys(cgmh.MOVES, 0)
+        self.accepted = dict.fromkeys(cgmh.MOVES, 0)
+
+    def remember(self) -> None:
+        key = tuple(self.x)
+        if key in self.kept or len(self.kept) < self.keep:
+            self.kept[key] = (self.logp, self.log_target)
+        else:
+            worst = min(self.kept, key=lambda k: self.kept[k][1])
+            if self.kept[worst][1] < self.log_target:
+                del self.kept[worst]
+                self.kept[key] = (self.logp, self.log_target)
+
+    def raw(self) -> dict[str, Any]:
+        kept = sorted(self.kept.items(), key=lambda kv: -kv[1][1])
+        return {
+            "kept": [(list(k), lp, lt) for k, (lp, lt) in kept],
+            "last": list(self.x),
+            "last_logprob": self.logp,
+            "log_target": self.log_target,
+            "proposed": [self.proposed[m] for m in cgmh.MOVES],
+            "accepted": [self.accepted[m] for m in cgmh.MOVES],
+        }
+
+
+class _Input:
+    """What the chains of one keyword set share: keyword forms (as id sets), the allowed
+    vocabulary mask, and the support test."""
+
+    def __init__(
+        self,
+        keywords: list[int],
+        forms: list[set[int]],
+        allowed: np.ndarray,
+        free: bool,
+    ) -> None:
+        self.keywords = keywords
+        self.forms = forms
+        self.allowed = allowed
+        self.free = free
+        self.form_ids = set().union(*forms)
+
+    def holds(self, x: list[int]) -> bool:
+        """Every keyword has a form at its own position (in order unless free)."""
+        if not self.free:  # earliest match is optimal for an ordered assignment
+            k = 0
+            for w in x:
+                if k < len(self.forms) and w in self.forms[k]:
+                    k += 1
+            return k == len(self.forms)
+        match: dict[int, int] = {}  # position → keyword (Kuhn's augmenting paths)
+
+        def assign(k: int, seen: set[int]) -> bool:
+            for p, w in enumerate(x):
+                if w in self.forms[k] and p not in seen:
+                    seen.add(p)
+                    if p not in match or assign(match[p], seen):
+                        match[p] = k
+                        return True
+            return False
+
+        return all(assign(k, set()) for k in range(len(self.forms)))
+
+    def reforms(self, w: int) -> list[int]:
+        """The forms of every keyword ``w`` is a form of (sorted; empty if none)."""
+        return sorted(set().union(*(f for f in self.forms if w in f))) if w in self.form_ids else []
+
+
+class _Proposal:
+    """q(· | context) of one slot: top-K of the n-gram's forward + backward scores mixed with
+    an ε-uniform over the allowed words."""
+
+    def __init__(self, lm: Any, y: list[int], pos: int, allowed: np.ndarray, top_k: int,
+                 explore: float) -> None:  # fmt: skip
+        s = np.asarray(lm.forward_logprobs(y, pos), dtype=np.float64)
+        back = lm.backward_logprobs(y, pos)
+        if back is not None:
+            s = s + back
+        ok = allowed & (s > -np.inf)
+        s[~ok] = -np.inf
+        self.n_ok = n_ok = int(np.count_nonzero(ok))
+        k = min(top_k, n_ok)
+        top = np.argpartition(-s, k - 1)[:k] if 0 < k < len(s) else np.flatnonzero(ok)
+        top.sort()  # a fixed order: the same context gives the same q
+        p = np.exp(s[top] - s[top].max()) if k else np.zeros(0)
+        self.top, self.cdf = top, np.cumsum(p / p.sum()) if k else p
+        self.ok, self.explore = ok, explore
+
+    def sample(self, rng: np.random.Generator) -> int | None:
+        if self.n_ok == 0:
+            return None
+        if rng.random() < self.explore:
+            return int(np.flatnonzero(self.ok)[int(rng.integers(self.n_ok))])
+        hit = int(np.searchsorted(self.cdf, rng.random() * self.cdf[-1], side="right"))
+        return int(self.top[min(hit, len(self.top) - 1)])
+
+    def logq(self, w: int) -> float:
+        if w >= len(self.ok) or not self.ok[w]:
+            return -math.inf
+        hit = int(np.searchsorted(self.top, w))
+        top = 0.0
+        if hit < len(self.top) and self.top[hit] == w:
+            top = self.cdf[hit] - (self.cdf[hit - 1] if hit else 0.0)
+        return math.log((1 - self.explore) * top + self.explore / self.n_ok)
+
+
+def generate_many(
+    keyword_lists: Sequence[Sequence[str] | str],
+    lm: Any,
+    *,
+    n: int = 1,
+    steps: int = 200,
+    seed: int = 0,
+    order: str = "free",
+    anneal: object = None,
+    tokenizer: Tokenizer = None,
+    select: str | None = None,
+    top_k: int = 50,
+    gamma: float = 1.0,
+    min_len: int = 1,
+    max_len: int = 40,
+    length: object = "auto",
+    forms: str | Callable[[str], Iterable[str]] = "auto",
+    block: object = "auto",
+    explore: float = 0.01,
+    moves: Mapping[str, float] | None = None,
+    distinct: bool = True,
+    stats: dict[str, float] | None = None,
+) -> list[list[Sentence]]:
+    """``n`` sentences per keyword set, sampled (or, with ``anneal``, searched) from the
+    neural target of the module doc. ``lm``: a scorer with ``score_words`` (a batch of word
+    lists → natural-log probabilities; e.g. :class:`kexue.scorers.HFCausalLM`) whose
+    ``forward_logprobs``/``backward_logprobs`` propose words. Options as in
+    :func:`kexue.cgmh.generate`; ``stats``: a dict that receives ``sentences_scored``,
+    ``tokens_scored`` (when the scorer counts them) and ``score_seconds``."""
+    if order not in ("free", "fixed"):
+        raise ValueError(f"order must be 'free' or 'fixed', got {order!r}")
+    if isinstance(keyword_lists, str) or not isinstance(keyword_lists, Sequence):
+        raise TypeError("keyword_lists must be a list of keyword lists")
+    if not hasattr(lm, "score_words"):
+        raise TypeError(
+            f"lm must be a neural scorer with score_words (kexue.scorers.HFCausalLM), got {lm!r}"
+        )
+    tokenizer = tokenizer if tokenizer is not None else getattr(lm, "text_tokenizer", None)
+    inputs = [cgmh._keywords(k, tokenizer, f"keyword_lists[{i}]")
+              for i, k in enumerate(keyword_lists)]  # fmt: skip
+    n = check_int(n, "n", low=1)
+    steps = check_int(steps, "steps", low=1)
+    top_k = check_int(top_k, "top_k", low=1)
+    seed = check_int(seed, "seed", low=0, high=2**64 - 1)
+    min_len = check_int(min_len, "min_len", low=1)
+    max_len = check_int(max_len, "max_len", low=min_len)
+    if not (math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma}")
+    if not 0 <= explore <= 1:
+        raise ValueError(f"explore must be in [0, 1], got {explore}")
+    if any(len(k) > max_len for k in inputs):
+        raise ValueError("max_len must be at least the number of keywords")
+    anneal_t = cgmh._anneal(anneal)
+    if anneal_t is not None and not (anneal_t[0] > 0 and anneal_t[1] > 0):
+        raise ValueError(f"anneal temperatures must be > 0, got {anneal!r}")
+    select = select or ("best" if anneal_t else "last")
+    if select not in ("best", "last"):
+        raise ValueError(f"select must be 'best' or 'last', got {select!r}")
+    weights = cgmh._moves(moves)
+    total = sum(weights.values())
+    if not total > 0 or any(w < 0 for w in weights.values()):
+        raise ValueError(f"moves must hold weights >= 0 with a positive sum, got {moves!r}")
+    p_move = np.array([weights[m] / total for m in cgmh.MOVES])
+    cum_move = np.cumsum(p_move)
+    forms_fn = cgmh._forms_of(forms)
+    prior = cgmh._length(length, lm)
+    blocked = cgmh._blocked(block, lm)
+    ids = cgmh._Ids(lm)
+    vocab = ids.vocab_size
+
+    jobs: list[_Input] = []
+    for words in inputs:
+        kw = [ids.id(w) for w in words]
+        per = []
+        for w, i in zip(words, kw):
+            alt = forms_fn(w) if forms_fn is not None else ()
+            per.append({i} | {ids.id(v) for v in alt if isinstance(v, str)})
+        allowed = np.ones(vocab, dtype=bool)
+        allowed[[b for b in blocked if b not in set().union(*per)]] = False
+        jobs.append(_Input(kw, per, allowed, order == "free"))
+
+    def log_target(x: list[int], logp: float) -> float:
+        short = max(0, prior[0] - len(x)) if prior else 0
+        return gamma * logp - (prior[1] * short if prior else 0.0)
+
+    order_rng = random.Random(seed)
+    chains: list[tuple[_Input, _Chain]] = []
+    for i, job in enumerate(jobs):
+        for c in range(n):
+            start = list(job.keywords)
+            if order == "free":
+                start = order_rng.sample(start, len(start))
+            chains.append((job, _Chain(start, np.random.default_rng([seed, i, c]), n + 1)))
+    scored = {"sentences_scored": 0, "score_seconds": 0.0}
+    tokens_before = getattr(lm, "tokens_scored", None)
+
+    def score(xs: list[list[int]]) -> np.ndarray:
+        t = time.perf_counter()
+        out = np.asarray(lm.score_words([[ids.word(w) for w in x] for x in xs]), np.float64)
+        scored["score_seconds"] += time.perf_counter() - t
+        scored["sentences_scored"] += len(xs)
+        if out.shape != (len(xs),) or np.isnan(out).any():
+            raise ValueError(f"score_words returned {out!r} for {len(xs)} sentences")
+        return out
+
+    for (job, ch), lp in zip(chains, score([ch.x for _, ch in chains])):
+        ch.logp = float(lp)
+        ch.log_target = log_target(ch.x, ch.logp) if job.holds(ch.x) else -math.inf
+        ch.remember()
+
+    for t in range(steps):
+        temp = 1.0
+        if anneal_t is not None:
+            frac = t / max(1, steps - 1)
+            temp = anneal_t[0] * (anneal_t[1] / anneal_t[0]) ** frac
+        pending = []  # (chain, move, proposal, log q ratio)
+        for job, ch in chains:
+            pick = int(np.searchsorted(cum_move, ch.rng.random() * cum_move[-1], side="right"))
+            move = cgmh.MOVES[min(pick, len(cgmh.MOVES) - 1)]
+            ch.proposed[move] += 1
+            y, log_ratio = _propose(move, ch, job, lm, p_move, top_k, explore)
+            if y is None or not (min_len <= len(y) <= max_len) or not job.holds(y):
+                continue
+            if y == ch.x:  # a redraw of the current state: accepted, nothing to score
+                ch.accepted[move] += 1
+                continue
+            pending.append((ch, move, y, log_ratio))
+        if not pending:
+            continue
+        for (ch, move, y, log_ratio), lp in zip(pending, score([p[2] for p in pending])):
+            new = log_target(y, float(lp))
+            log_a = (new - ch.log_target) / temp + log_ratio if ch.log_target > -math.inf else 0
+            if math.log(ch.rng.random() or 1e-300) < log_a:
+                ch.x, ch.logp, ch.log_target = y, float(lp), new
+                ch.accepted[move] += 1
+                ch.remember()
+    if stats is not None:
+        stats.update(scored)
+        if tokens_before is not None:
+            stats["tokens_scored"] = lm.tokens_scored - tokens_before
+    raw = [ch.raw() for _, ch in chains]
+    return cgmh._results(raw, len(inputs), n, select == "best", distinct, ids, tokenizer, True)
+
+
+def _propose(
+    move: str,
+    ch: _Chain,
+    job: _Input,
+    lm: Any,
+    p_move: np.ndarray,
+    top_k: int,
+    explore: float,
+) -> tuple[list[int] | None, float]:
+    """A proposed state and log q(x | y) − log q(y | x) (None: nothing to propose)."""
+    x, rng = ch.x, ch.rng
+    length = len(x)
+    p_ins, p_del = p_move[cgmh.MOVES.index("insert")], p_move[cgmh.MOVES.index("delete")]
+    if move == "replace" and length:
+        i = int(rng.integers(length))
+        q = _Proposal(lm, x, i, job.allowed, top_k, explore)
+        w = q.sample(rng)
+        if w is None:
+            return None, 0.0
+        return [*x[:i], w, *x[i + 1 :]], q.logq(x[i]) - q.logq(w)
+    if move == "insert" and p_del > 0:
+        i = int(rng.integers(length + 1))
+        y = [*x[:i], 0, *x[i:]]
+        q = _Proposal(lm, y, i, job.allowed, top_k, explore)
+        w = q.sample(rng)
+        if w is None:
+            return None, 0.0
+        y[i] = w
+        # forward: p_ins/(L+1)·q(w); reverse: delete position i of L+1 words, p_del/(L+1)
+        return y, math.log(p_del) - math.log(p_ins) - q.logq(w)
+    if move == "delete" and length and p_ins > 0:
+        i = int(rng.integers(length))
+        q = _Proposal(lm, x, i, job.allowed, top_k, explore)
+        return [*x[:i], *x[i + 1 :]], math.log(p_ins) + q.logq(x[i]) - math.log(p_del)
+    if move == "reform" and length:
+        i = int(rng.integers(length))
+        options = job.reforms(x[i])
+        if not options:
+            return None, 0.0
+        w = options[int(rng.integers(len(options)))]
+        return [*x[:i], w, *x[i + 1 :]], math.log(len(options)) - math.log(len(job.reforms(w)))
+    if move == "reorder" and length > 1:
+        i, j = (int(v) for v in rng.choice(length, 2, replace=False))
+        y = [*x[:i], *x[i + 1 :]]
+        y.insert(j, x[i])
+        return y, 0.0
+    return None, 0.0
+
+
+def generate(
+    keywords: Sequence[str] | str,
+    lm: Any,
+    *,
+    n: int = 1,
+    steps: int = 200,
+    seed: int = 0,
+    order: str = "free",
+    anneal: object = None,
+    **options: Any,
+) -> list[Sentence]:
+    """:func:`generate_many` for one keyword set: ``n`` sentences, each holding a form of
+    every keyword."""
+    return generate_many([keywords], lm, n=n, steps=steps, seed=seed, order=order,
+                         anneal=anneal, **options)[0]  # fmt: skip

@@ -1,0 +1,207 @@
+"""kexue.neural: exact MH with n-gram proposals and a neural target (chi-square against
+enumeration with a toy target that differs from the proposer), keywords always present, and
+`kexue generate --hf` end to end with a tiny GPT-2 built here (offline): device placement,
+bad model paths."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kexue import _native, neural
+from kexue.cli import main
+from kexue.scorers import HFCausalLM, NgramScorer
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "benches"))
+from cgmh_toy import ToyBigram  # noqa: E402
+from test_cgmh import _chi_square, _holds  # noqa: E402
+
+SENTENCES = [
+    "A cat sat on the mat.",
+    "The dog sat on the log.",
+    "A cat ran to the dog.",
+    "The dog ran home.",
+    "A bird sang on the tree.",
+]
+
+
+class ToyNeural(ToyBigram):
+    """Proposals from one random bigram (``ToyBigram``'s forward/backward), target from
+    another (``score_words``): the case the neural mode is for."""
+
+    def __init__(self, words: list[str], seed: int) -> None:
+        super().__init__(words, seed=seed)
+        self.target = ToyBigram(words, seed=seed + 100, backward=False)
+
+    def score_words(self, sentences) -> np.ndarray:
+        ids = [[self.vocab_size if (i := self.word_id(w)) is None else i for w in s]
+               for s in sentences]  # fmt: skip
+        return np.array([self.target.sentence_logprob(x) for x in ids])
+
+
+def _forms(word: str) -> list[str]:
+    return {"a": ["A"]}.get(word, [])
+
+
+@pytest.mark.parametrize(
+    "moves, keywords, order, forms",
+    [
+        ((1, 1, 1, 0, 0), ["b"], "fixed", "exact"),  # replace, insert, delete
+        ((1, 1, 1, 1, 1), ["c", "a"], "free", _forms),  # with keyword forms and reorder
+    ],
+)
+def test_mh_samples_the_neural_target_not_the_proposer(moves, keywords, order, forms):
+    words = ["a", "b", "c", "A"] if callable(forms) else ["a", "b", "c"]
+    lm = ToyNeural(words, seed=7)
+    hi, chains = 3, 1200
+    out = neural.generate_many(
+        [keywords], lm, n=chains, steps=100, seed=1, order=order, top_k=2, max_len=hi,
+        explore=0.5, length=None, block=None, forms=forms, distinct=False,
+        moves=dict(zip(neural.cgmh.MOVES, moves)),
+    )[0]  # fmt: skip
+    counts = Counter(tuple(s.tokens) for s in out)
+    target, proposer = {}, {}
+    for ws, _ in lm.enumerate(len(keywords), hi):
+        if _holds(ws, keywords, forms, order == "free"):
+            target[tuple(ws)] = math.exp(lm.score_words([ws])[0])
+            proposer[tuple(ws)] = math.exp(lm.sentence_logprob([lm.word_id(w) for w in ws]))
+    assert _chi_square(counts, target, chains) > 1e-4
+    assert _chi_square(counts, proposer, chains) < 1e-6  # the test can tell the two apart
+    for s in out[:20]:
+        assert math.isclose(s.logprob, lm.score_words([s.tokens])[0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    keywords=st.lists(st.sampled_from(["cat", "dog", "ran", "zebra"]), min_size=1, max_size=4),
+    order=st.sampled_from(["free", "fixed"]),
+    anneal=st.sampled_from([None, True]),
+    seed=st.integers(0, 2**32),
+)
+def test_every_output_holds_every_keyword(keywords, order, anneal, seed):
+    words = "the a cat cats dog dogs run ran sat on mat".split()
+    lm = ToyNeural(words, seed=3)
+    out = neural.generate(keywords, lm, n=3, steps=30, seed=seed, order=order, anneal=anneal,
+                          max_len=10)  # fmt: skip
+    assert len(out) == 3 and len({tuple(s.tokens) for s in out}) >= 1
+    for s in out:
+        assert _holds(s.tokens, keywords, neural.cgmh._auto_forms, order == "free")
+        assert len(s.tokens) <= 10 and s.text[0].isupper() and s.text.endswith(".")
+
+
+def test_same_seed_same_output_and_annealing_sharpens():
+    lm = ToyNeural("the a cat dog sat on mat".split(), seed=5)
+    a = neural.generate_many([["cat"], ["dog", "mat"]], lm, n=3, steps=40, seed=9)
+    b = neural.generate_many([["cat"], ["dog", "mat"]], lm, n=3, steps=40, seed=9)
+    assert [[s.tokens for s in r] for r in a] == [[s.tokens for s in r] for r in b]
+    hot = neural.generate(["cat"], lm, n=8, steps=80, seed=2, length=None, distinct=False)
+    cold = neural.generate(["cat"], lm, n=8, steps=80, seed=2, length=None, distinct=False,
+                           anneal=True)  # fmt: skip
+    assert np.mean([s.logprob for s in cold]) > np.mean([s.logprob for s in hot])
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"steps": 0}, ValueError, "steps"),
+        ({"order": "sideways"}, ValueError, "order"),
+        ({"gamma": float("nan")}, ValueError, "gamma"),
+        ({"explore": 1.5}, ValueError, "explore"),
+        ({"keywords": ["cat"] * 5, "max_len": 4}, ValueError, "max_len"),
+        ({"moves": {"swap": 1}}, ValueError, "moves"),
+        ({"keywords": []}, ValueError, "at least one"),
+    ],
+)
+def test_bad_input(kwargs, exc, match):
+    lm = ToyNeural("the a cat dog".split(), seed=5)
+    kw = kwargs.pop("keywords", ["cat"])
+    with pytest.raises(exc, match=match):
+        neural.generate(kw, lm, **kwargs)
+    with pytest.raises(TypeError, match="score_words"):
+        neural.generate(["cat"], ToyBigram(["cat"]))
+
+
+# --- a tiny GPT-2 built here (random weights, BPE trained on five sentences) ----------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from train_tiny_gpt2 import build
+
+    path = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    build(SENTENCES * 4, path, vocab=300, layers=2, dim=32, heads=2, seconds=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ngram() -> NgramScorer:
+    corpus = _native.NgramCorpus()
+    corpus.add_sentences([s.rstrip(".") for s in SENTENCES])
+    forward, backward = corpus.build(3, backward=True, discount_fallback=True)
+    return NgramScorer(forward, backward)
+
+
+@pytest.mark.torch
+def test_hf_neural_target_scores_the_returned_text(tiny, ngram):
+    lm = HFCausalLM.from_pretrained(tiny, ngram, device="cpu", dtype="float32")
+    param = next(lm.model.parameters())
+    assert param.device.type == "cpu" and str(param.dtype) == "torch.float32"
+    stats: dict = {}
+    out = neural.generate_many([["cat", "dog"], ["bird"]], lm, n=2, steps=20, seed=0,
+                               stats=stats, anneal=True)  # fmt: skip
+    for row, kw in zip(out, [["cat", "dog"], ["bird"]]):
+        for s in row:
+            assert _holds(s.tokens, kw, neural.cgmh._auto_forms, True)
+            want = lm.score_texts([s.text])[0]
+            assert math.isclose(s.logprob, want, rel_tol=1e-4, abs_tol=1e-4)
+    # one sentence per chain and step at most (plus the start states)
+    assert 0 < stats["sentences_scored"] <= 4 * 21 and stats["tokens_scored"] > 0
+
+
+@pytest.mark.torch
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="no CUDA device")
+def test_hf_on_cuda(tiny, ngram):
+    lm = HFCausalLM.from_pretrained(tiny, ngram, device="cuda", dtype="bfloat16")
+    assert next(lm.model.parameters()).device.type == "cuda"
+    out = neural.generate(["cat"], lm, n=2, steps=10, seed=0)
+    assert all("cat" in {w.lower() for w in s.tokens} for s in out)
+
+
+@pytest.mark.torch
+def test_cli_generate_hf(tiny, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES * 3) + "\n", encoding="utf-8")
+    assert main(["generate", "cat", "dog", "--hf", str(tiny), "--corpus", str(corpus),
+                 "--order", "3", "--n", "2", "--steps", "20", "--device", "cpu", "--json",
+                 "--anneal"]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        toks = {t.lower() for t in r["tokens"]}
+        assert toks & {"cat", "cats"} and toks & {"dog", "dogs"} and r["text"].endswith(".")
+
+
+@pytest.mark.torch
+def test_bad_model_paths_are_clear_errors(tiny, ngram, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    for bad in [tmp_path / "missing", tmp_path, "no-such-org/no-such-model-kexue"]:
+        with pytest.raises(OSError, match="offline"):
+            HFCausalLM.from_pretrained(bad, ngram)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "cat", "--hf", str(tmp_path / "missing")])
+    assert "--hf" in str(e.value) and "missing" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="dtype"):
+        HFCausalLM.from_pretrained(tiny, ngram, dtype="float99")
+    with pytest.raises(ValueError, match="device"):
+        HFCausalLM.from_pretrained(tiny, ngram, device="toaster")

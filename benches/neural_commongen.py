@@ -52,36 +52,45 @@ def main() -> None:
     )
 
     rows, texts = {}, {}
+    forward_seconds = [0.0]
+    score_ids = hf._score_ids
+
+    def timed(seqs):  # neural forward time of either mode, for tokens per second
+        t = time.perf_counter()
+        out = score_ids(seqs)
+        forward_seconds[0] += time.perf_counter() - t
+        return out
+
+    hf._score_ids = timed
 
     def row(name: str, k: int, call) -> None:
-        before = hf.tokens_scored
+        before, forward_seconds[0] = hf.tokens_scored, 0.0
         t = time.perf_counter()
-        stats: dict = {}
-        out = call(concepts[:k], stats)
+        out = call(concepts[:k])
         seconds = time.perf_counter() - t
         texts[name] = [r[0].text for r in out]
         tokens = hf.tokens_scored - before
         rows[name] = {
             **score(concepts[:k], refs[:k], texts[name]), "sets": k, "s/set": seconds / k,
             "neural tokens/set": tokens / k,
-            "tokens/s": tokens / stats["score_seconds"] if stats.get("score_seconds") else 0,
+            "tokens/s": tokens / forward_seconds[0] if forward_seconds[0] else 0.0,
         }  # fmt: skip
         print(name, rows[name], flush=True)
 
     k_full = min(args.full_sets, len(dev))
     cgmh.generate_many([["warm", "up"]], None, steps=5)
     row("n-gram default", len(dev),
-        lambda c, s: cgmh.generate_many(c, None, n=1, seed=0, anneal=True))  # fmt: skip
+        lambda c: cgmh.generate_many(c, None, n=1, seed=0, anneal=True))  # fmt: skip
     for steps in args.steps:
         row(f"neural target, {steps} steps", len(dev),
-            lambda c, s, steps=steps: neural.generate_many(c, hf, n=1, seed=0, anneal=True,
-                                                            steps=steps, stats=s))  # fmt: skip
+            lambda c, steps=steps: neural.generate_many(c, hf, n=1, seed=0, anneal=True,
+                                                         steps=steps))  # fmt: skip
         row(f"neural target, {steps} steps (first {k_full})", k_full,
-            lambda c, s, steps=steps: neural.generate_many(c, hf, n=1, seed=0, anneal=True,
-                                                            steps=steps, stats=s))  # fmt: skip
+            lambda c, steps=steps: neural.generate_many(c, hf, n=1, seed=0, anneal=True,
+                                                         steps=steps))  # fmt: skip
     if k_full:
         row(f"full-K (first {k_full})", k_full,
-            lambda c, s: cgmh.generate_many(c, hf, n=1, seed=0, anneal=True))  # fmt: skip
+            lambda c: cgmh.generate_many(c, hf, n=1, seed=0, anneal=True))  # fmt: skip
 
     cols = ["sets", "BLEU-4", "CIDEr", "coverage %", "words", "distinct %",
             "neural tokens/set", "tokens/s", "s/set"]  # fmt: skip

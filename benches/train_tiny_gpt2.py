@@ -38,7 +38,7 @@ def build(
     context: int = 64,
     seconds: float = 360.0,
     batch: int = 64,
-    lr: float = 2e-3,
+    lr: float = 3e-3,
     seed: int = 0,
     log: bool = False,
 ) -> dict:
@@ -69,16 +69,19 @@ def build(
     if seconds > 0:
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
         gen = torch.Generator().manual_seed(seed)
+        # batches of similar lengths (little padding), drawn in random order
+        by_len = sorted(range(len(seqs)), key=lambda r: len(seqs[r]))
+        batches = [by_len[lo : lo + batch] for lo in range(0, len(by_len), batch)]
         start = time.perf_counter()
         model.train()
         while (elapsed := time.perf_counter() - start) < seconds:
             for group in opt.param_groups:  # warm-up, then cosine decay over the time budget
                 group["lr"] = (
                     lr
-                    * min(1.0, (summary["steps"] + 1) / 100)
+                    * min(1.0, (summary["steps"] + 1) / 30)
                     * (0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / seconds))))
                 )
-            rows = torch.randint(len(seqs), (batch,), generator=gen).tolist()
+            rows = batches[int(torch.randint(len(batches), (1,), generator=gen))]
             ids, mask = _pad([seqs[r] for r in rows], eos)
             labels = ids.masked_fill(mask == 0, -100)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss

@@ -2,7 +2,7 @@
 
 use kexue_core::attention::decode::Decoder;
 use kexue_core::attention::features::{FeatureMap, Spec};
-use kexue_core::attention::forms::{self, Dims, Grads, GradsOut, Inputs, Method, Outputs};
+use kexue_core::attention::forms::{self, Dims, Grads, GradsOut, Inputs, Method, Outputs, State};
 use kexue_core::attention::projection::{self, Scaling};
 use kexue_core::attention::Real;
 use numpy::{
@@ -200,13 +200,39 @@ fn attention_features_backward<'py>(
 /// A feature map by name with its projection and key offset, applied inside the kernel.
 type MapArgs<'a, 'py> = (&'a str, Option<&'a Bound<'py, PyAny>>, Option<f64>);
 
+/// A causal state array and its stabilisers (`(B, H)` float64), when given.
+type StateArgs<'a, 'py> = (&'a Bound<'py, PyAny>, Option<&'a Bound<'py, PyAny>>);
+
+/// A C-contiguous float64 array of shape `want`, writable.
+fn state_array<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    want: &[usize],
+) -> PyResult<numpy::PyReadwriteArrayDyn<'py, f64>> {
+    let a = obj
+        .downcast::<PyArrayDyn<f64>>()
+        .map_err(|_| PyTypeError::new_err(format!("{name} must be a float64 numpy array")))?;
+    if a.shape() != want {
+        return Err(PyValueError::new_err(format!(
+            "{name} must have shape {want:?}, got {:?}",
+            a.shape()
+        )));
+    }
+    if !a.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be a C-contiguous array"
+        )));
+    }
+    Ok(a.try_readwrite()?)
+}
+
 fn forward_impl<'py, T: Real + Element>(
     py: Python<'py>,
     q: PyReadonlyArrayDyn<'py, T>,
     k: &Bound<'py, PyAny>,
     v: &Bound<'py, PyAny>,
     eps: f64,
-    causal: Option<(Method, Option<&Bound<'py, PyAny>>)>,
+    causal: Option<(Method, Option<StateArgs<'_, 'py>>)>,
     map: Option<MapArgs<'_, 'py>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     check_4d("q", q.shape())?;
@@ -246,26 +272,33 @@ fn forward_impl<'py, T: Real + Element>(
         match causal {
             None => detached(py, || forms::non_causal_forward(&x, eps, out))?,
             Some((method, state)) => {
-                let mut state = match state {
-                    Some(s) => {
-                        let s = s.downcast::<PyArrayDyn<f64>>().map_err(|_| {
-                            PyTypeError::new_err("state must be a float64 numpy array")
-                        })?;
+                let (mut kv, mut scale) = match state {
+                    Some((kv, scale)) => {
                         let want = [qs[0], qs[1], features, dims.dv + 1];
-                        if s.shape() != want {
-                            return Err(PyValueError::new_err(format!(
-                                "state must have shape {want:?}, got {:?}",
-                                s.shape()
-                            )));
-                        }
-                        Some(s.try_readwrite()?)
+                        let kv = state_array(kv, "state", &want)?;
+                        let scale = match scale {
+                            Some(c) => Some(state_array(c, "scale", &want[..2])?),
+                            // The stabiliser of a state is needed where it moves.
+                            None if specs.as_ref().is_some_and(|(_, k)| k.running()) => {
+                                return Err(PyValueError::new_err(
+                                    "scale is required with a state for this feature map",
+                                ))
+                            }
+                            None => None,
+                        };
+                        (Some(kv), scale)
                     }
-                    None => None,
+                    None => (None, None),
                 };
-                let st = match state.as_mut() {
-                    Some(s) => Some(s.as_slice_mut().map_err(|_| {
-                        PyValueError::new_err("state must be a C-contiguous array")
-                    })?),
+                let mut unused = vec![0.0; dims.bh];
+                let st = match kv.as_mut() {
+                    Some(kv) => Some(State {
+                        kv: kv.as_slice_mut()?,
+                        scale: match scale.as_mut() {
+                            Some(c) => c.as_slice_mut()?,
+                            None => &mut unused,
+                        },
+                    }),
                     None => None,
                 };
                 detached(py, || {
@@ -294,6 +327,7 @@ fn attention_causal_forward<'py>(
     state: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
+    let state = state.map(|s| (s, None));
     with_float_array!(FloatArray::extract(q, "q")?, q => {
         forward_impl(py, q, k, v, eps, Some((method, state)), None)
     })
@@ -301,9 +335,10 @@ fn attention_causal_forward<'py>(
 
 /// [`attention_causal_forward`] on raw `(B, H, N, D)` q and k, mapped by `feature_map` (with
 /// `projection` `(m, D)` and the key offset) inside the kernel; the state has the map's
-/// feature count.
+/// feature count, and `scale` (`(B, H)` float64, required with a state under the running
+/// maximum) holds its stabilisers.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, feature_map, projection, key_offset, eps, method, chunk_size, state=None))]
+#[pyo3(signature = (q, k, v, feature_map, projection, key_offset, eps, method, chunk_size, state=None, scale=None))]
 #[allow(clippy::too_many_arguments)]
 fn attention_causal_mapped_forward<'py>(
     py: Python<'py>,
@@ -317,9 +352,11 @@ fn attention_causal_mapped_forward<'py>(
     method: &str,
     chunk_size: usize,
     state: Option<&Bound<'py, PyAny>>,
+    scale: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
     let map = Some((feature_map, projection, key_offset));
+    let state = state.map(|s| (s, scale));
     with_float_array!(FloatArray::extract(q, "q")?, q => {
         forward_impl(py, q, k, v, eps, Some((method, state)), map)
     })
@@ -439,6 +476,8 @@ fn attention_noncausal_backward<'py>(
 struct AttentionDecoder {
     core: Decoder,
     state: Py<PyArrayDyn<f64>>,
+    /// The state's stabilisers, `(B, H)`.
+    scale: Py<PyArrayDyn<f64>>,
     /// `(batch, heads, d, dv)` of a token.
     shape: [usize; 4],
 }
@@ -458,7 +497,7 @@ impl AttentionDecoder {
     /// `(m, d)` or None, and the key offset), continuing `state`; ValueError where it does not
     /// apply (feature or value counts not multiples of 16).
     #[new]
-    #[pyo3(signature = (feature_map, projection, key_offset, eps, d, state))]
+    #[pyo3(signature = (feature_map, projection, key_offset, eps, d, state, scale))]
     fn new(
         feature_map: &str,
         projection: Option<&Bound<'_, PyAny>>,
@@ -466,6 +505,7 @@ impl AttentionDecoder {
         eps: f64,
         d: usize,
         state: &Bound<'_, PyAny>,
+        scale: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
         let w = projection
             .map(|p| arrays::typed::<f32>(p, "projection", "a float32 numpy array"))
@@ -485,10 +525,20 @@ impl AttentionDecoder {
                  {shape:?}"
             )));
         }
+        let sc = scale
+            .downcast::<PyArrayDyn<f64>>()
+            .map_err(|_| PyTypeError::new_err("scale must be a float64 numpy array"))?;
+        if sc.shape() != &shape[..2] || !sc.is_c_contiguous() {
+            return Err(PyValueError::new_err(format!(
+                "scale must be a C-contiguous (batch, heads) array, got shape {:?}",
+                sc.shape()
+            )));
+        }
         let core = Decoder::new(&sq, &sk, shape[0] * shape[1], shape[3] - 1, eps).map_err(to_py)?;
         Ok(AttentionDecoder {
             core,
             state: st.clone().unbind(),
+            scale: sc.clone().unbind(),
             shape: [shape[0], shape[1], d, shape[3] - 1],
         })
     }
@@ -517,11 +567,17 @@ impl AttentionDecoder {
             let mut ow = o.readwrite();
             let os = ow.as_slice_mut()?;
             let mut state = match self.core.needs_state() {
-                true => Some(self.state.bind(py).try_readwrite()?),
+                true => Some((
+                    self.state.bind(py).try_readwrite()?,
+                    self.scale.bind(py).try_readwrite()?,
+                )),
                 false => None,
             };
             let st = match state.as_mut() {
-                Some(s) => Some(s.as_slice_mut()?),
+                Some((kv, scale)) => Some(State {
+                    kv: kv.as_slice_mut()?,
+                    scale: scale.as_slice_mut()?,
+                }),
                 None => None,
             };
             let core = &mut self.core;
@@ -540,7 +596,11 @@ impl AttentionDecoder {
     /// its next step (so the caller may change it in between).
     fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
         let mut state = self.state.bind(py).try_readwrite()?;
-        let st = state.as_slice_mut()?;
+        let mut scale = self.scale.bind(py).try_readwrite()?;
+        let st = State {
+            kv: state.as_slice_mut()?,
+            scale: scale.as_slice_mut()?,
+        };
         let core = &mut self.core;
         py.allow_threads(|| core.flush(st)).map_err(to_py)
     }

@@ -25,10 +25,12 @@ relative: the denominator is ``φ(q)ᵀz + eps·max_i |φ(q)_i z_i|``, so ``eps`
 by at most the factor ``1/(1 + eps)`` whatever ``m``, ``D`` or the scale of the inputs (an
 absolute ``eps`` swamped the whole estimate: FAVOR+ key features are around ``e^(−D/2)``
 under a fixed bound). A causal state carries its stabiliser (:attr:`CausalState.scale`).
-Elsewhere (gradients, the pure-torch road, a given ``key_offset``) keys use one constant,
-``key_offset`` or by default ``max_i |ω_i|²/2`` (FAVOR+: it bounds every key feature by 1,
+Elsewhere (gradients, masks, the pure-torch road, a given ``key_offset``) keys use one
+constant: ``key_offset``, or for FAVOR+ ``max_i |ω_i|²/2`` (it bounds every key feature by 1,
 depends on no other key, and is exact with the relative ``eps``; it underflows float32 only for
-keys far larger than attention inputs are); non-causal attention uses the sequence maximum.
+keys far larger than attention inputs are, and outputs are then 0), or for ``exp`` the
+sequence maximum (``exp`` keys have no bound; exact, but not bitwise causal). Non-causal
+attention uses the sequence maximum.
 The global max of google-research / performer-pytorch instead leaks future keys into past
 outputs. Where the denominator is 0 (every feature product 0: padding, ``relu``) the output is
 0.
@@ -122,7 +124,13 @@ def orthogonal_random_matrix(
 
 
 def _torch_features(
-    x: Any, projection: Any, *, feature_map: str, is_query: bool, offset: float | None
+    x: Any,
+    projection: Any,
+    *,
+    feature_map: str,
+    is_query: bool,
+    offset: float | None,
+    row_max: bool = False,
 ) -> Any:
     import torch
 
@@ -134,17 +142,26 @@ def _torch_features(
         u = (x * d**-0.25 if favor else x) @ projection.T
     if favor:
         hyp = feature_map == "favor+hyperbolic"
+        top = (u.abs() if hyp else u).amax(-1, keepdim=True)
         if is_query:
-            shift = (u.abs() if hyp else u).amax(-1, keepdim=True)
+            shift = top
         else:
-            c = _fixed_key_offset(feature_map, projection, offset)
-            shift = (x * x).sum(-1, keepdim=True) / (2 * math.sqrt(d)) + c
+            norm = (x * x).sum(-1, keepdim=True) / (2 * math.sqrt(d))
+            c = (
+                top.detach() - norm.detach()
+                if row_max
+                else _fixed_key_offset(feature_map, projection, offset)
+            )
+            shift = norm + c
         parts = [u, -u] if hyp else [u]
         phi = torch.exp(torch.cat(parts, -1) - shift)
-        return phi / math.sqrt(phi.shape[-1])
+        phi = phi / math.sqrt(phi.shape[-1])
+        return (phi, c[..., 0]) if row_max else phi
     if feature_map == "exp":
-        shift = u.amax(-1, keepdim=True) if is_query else (offset or 0.0)
-        return torch.exp(u - shift)
+        top = u.amax(-1, keepdim=True).detach()
+        shift = top if is_query or row_max else (offset or 0.0)
+        phi = torch.exp(u - shift)
+        return (phi, top[..., 0]) if row_max else phi
     if feature_map == "elu+1":
         return torch.nn.functional.elu(u) + 1
     if feature_map == "relu":
@@ -164,7 +181,14 @@ def _fixed_key_offset(fmap: FeatureMap, projection: Any, key_offset: float | Non
 
 
 def _features_backward(
-    inputs: tuple, outputs: tuple, grads: tuple, *, feature_map: str, is_query: bool, offset: Any
+    inputs: tuple,
+    outputs: tuple,
+    grads: tuple,
+    *,
+    feature_map: str,
+    is_query: bool,
+    offset: Any,
+    row_max: bool = False,
 ) -> tuple:
     x, projection = inputs
     dx = _native.attention_features_backward(
@@ -174,8 +198,8 @@ def _features_backward(
 
 
 _features = Kernel(
-    lambda x, projection, *, feature_map, is_query, offset: _native.attention_features_forward(
-        x, feature_map, projection, is_query, offset
+    lambda x, projection, *, feature_map, is_query, offset, row_max=False: (
+        _native.attention_features_forward(x, feature_map, projection, is_query, offset, row_max)
     ),
     _features_backward,
     torch_forward=_torch_features,
@@ -497,14 +521,40 @@ def linear_attention(
             q, k, v, feature_map, projection, key_offset, eps, method, int(chunk_size)
         )
     phq = _apply_map(feature_map, q, projection, is_query=True, key_offset=key_offset)
-    phk = _where(
-        mask, _apply_map(feature_map, k, projection, is_query=False, key_offset=key_offset)
-    )
+    # The sequence maximum where nothing causal bounds the keys: non-causal attention, and
+    # `exp` keys (unbounded) on the gradient road (exact, but then not bitwise causal).
+    if key_offset is None and (feature_map == "exp" or (feature_map in _FAVOR and not causal)):
+        phk = _sequence_max_keys(k, projection, feature_map, mask)
+    else:
+        phk = _apply_map(feature_map, k, projection, is_query=False, key_offset=key_offset)
+    phk = _where(mask, phk)
     if causal:
         o, _ = _causal(phq, phk, v, eps=eps, method=method, chunk_size=int(chunk_size))
     else:
         o, _ = _noncausal(phq, phk, v, eps=eps)
     return _where(mask, o)
+
+
+def _sequence_max_keys(k: Any, projection: Any, fmap: str, mask: Any) -> Any:
+    """Key features under the largest key logit of each sequence (non-causal attention): the
+    largest feature of a sequence is ``1/√m`` whatever the scale of its keys."""
+    projection = _like(_check_projection(projection, k.shape[-1], fmap), k)
+    phk, top = _features(k, projection, feature_map=fmap, is_query=False, offset=None, row_max=True)
+    if is_tensor(k):
+        import torch
+
+        top = top.detach().to(k.dtype)
+        if mask is not None:
+            top = torch.where(mask[:, None, :], top, float("-inf"))
+        c = top.amax(-1, keepdim=True)
+        c = torch.where(torch.isfinite(c), c, 0.0)
+        return phk * torch.exp(top - c)[..., None]
+    top = top.astype(k.dtype, copy=False)
+    if mask is not None:
+        top = np.where(mask[:, None, :], top, -np.inf)
+    c = top.max(-1, keepdims=True)
+    c = np.where(np.isfinite(c), c, 0.0)
+    return phk * np.exp(top - c)[..., None]
 
 
 def _fused(fmap: FeatureMap, *xs: Any) -> bool:

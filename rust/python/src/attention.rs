@@ -141,9 +141,12 @@ fn last_dim(shape: &[usize]) -> PyResult<usize> {
         .ok_or_else(|| PyValueError::new_err("x must have at least 1 dimension"))
 }
 
-/// Feature map φ of the last axis of `x`: shape `x.shape[:-1] + (features,)`.
+/// Feature map φ of the last axis of `x`: shape `x.shape[:-1] + (features,)`. With
+/// `row_max` (keys of the `exp`-family maps, no offset), each row is stabilised by its own
+/// largest logit and `(features, largest logits)` is returned, the second float64 of shape
+/// `x.shape[:-1]`.
 #[pyfunction]
-#[pyo3(signature = (x, feature_map, projection, is_query, offset=None))]
+#[pyo3(signature = (x, feature_map, projection, is_query, offset=None, row_max=false))]
 fn attention_features_forward<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
@@ -151,19 +154,35 @@ fn attention_features_forward<'py>(
     projection: Option<&Bound<'py, PyAny>>,
     is_query: bool,
     offset: Option<f64>,
+    row_max: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(x, "x")?, x => {
         let w = projection.map(|p| typed(p, "projection", "x", 2)).transpose()?;
         let d = last_dim(x.shape())?;
         let s = spec(feature_map, d, w.as_ref(), is_query, offset)?;
+        if row_max && !s.running() {
+            return Err(PyValueError::new_err(
+                "row_max needs keys of 'favor+', 'favor+hyperbolic' or 'exp' without an offset",
+            ));
+        }
         let xs = slice(&x, "x")?;
         let mut shape = x.shape().to_vec();
         *shape.last_mut().expect("checked above") = s.out_dim();
         let out = zeros(py, &shape);
+        let maxes = zeros::<f64>(py, &x.shape()[..x.ndim() - 1]);
         {
             let mut o = out.readwrite();
             let os = o.as_slice_mut()?;
-            detached(py, || s.forward(xs, os))?;
+            if row_max {
+                let mut mx = maxes.readwrite();
+                let ms = mx.as_slice_mut()?;
+                detached(py, || s.forward_row_max(xs, os, ms))?;
+            } else {
+                detached(py, || s.forward(xs, os))?;
+            }
+        }
+        if row_max {
+            return Ok(PyTuple::new(py, [out.into_any(), maxes.into_any()])?.into_any());
         }
         Ok(out.into_any())
     })

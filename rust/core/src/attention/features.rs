@@ -202,7 +202,7 @@ impl<T: Real> Spec<'_, T> {
     /// Key features each stabilised by its own row's largest logit, which goes to `maxes`
     /// (one per row): row `r`'s features times `exp(maxes[r] − c)` are its features for the
     /// stabiliser `c`. Only for [`Spec::running`] keys.
-    pub(crate) fn forward_row_max(&self, x: &[T], out: &mut [T], maxes: &mut [f64]) -> Result<()> {
+    pub fn forward_row_max(&self, x: &[T], out: &mut [T], maxes: &mut [f64]) -> Result<()> {
         let rows = self.check(x.len())?;
         let (m, f) = (self.m(), self.out_dim());
         if out.len() != rows * f || maxes.len() != rows {

@@ -143,7 +143,10 @@ def attention_features_forward(
     projection: npt.NDArray[np.floating[Any]] | None,
     is_query: bool,
     offset: float | None = None,
-) -> npt.NDArray[np.floating[Any]]: ...
+    row_max: bool = False,
+) -> (
+    npt.NDArray[np.floating[Any]] | tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.float64]]
+): ...
 def attention_features_backward(
     x: npt.NDArray[np.floating[Any]],
     feature_map: str,
@@ -172,6 +175,7 @@ def attention_causal_mapped_forward(
     method: str,
     chunk_size: int,
     state: npt.NDArray[np.float64] | None = None,
+    scale: npt.NDArray[np.float64] | None = None,
 ) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]]: ...
 def attention_causal_backward(
     q: npt.NDArray[np.floating[Any]],
@@ -213,6 +217,7 @@ class AttentionDecoder:
         eps: float,
         d: int,
         state: npt.NDArray[np.float64],
+        scale: npt.NDArray[np.float64],
     ) -> None: ...
     def step(
         self, q: npt.NDArray[np.float32], k: npt.NDArray[np.float32], v: npt.NDArray[np.float32]

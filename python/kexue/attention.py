@@ -487,11 +487,16 @@ def linear_attention(
             gradient). Keep it fixed for a sequence: it is part of the decoding state.
         mask: ``(B, N)`` boolean keep-mask (False = padding). Padded keys leave numerator and
             denominator (masked after φ); padded query positions output 0.
-        eps: added to the denominator (``>= 0``).
+        eps: relative guard of the denominator (``>= 0``): it is
+            ``φ(q)ᵀz + eps·max_i |φ(q)_i z_i|``, so ``eps`` changes an output by at most the
+            factor ``1/(1 + eps)`` whatever the scale (see the module doc).
         method: causal schedule: ``"chunked"`` (default; blocks of ``chunk_size``),
             ``"scan"`` (token recurrence, f64 state) or ``"quadratic"`` (the masked parallel
             form, O(N²), a reference). All agree to rounding; the state is accumulated in f64.
-        key_offset: key stabiliser override (see :func:`favor_features`).
+        key_offset: a constant key stabiliser in place of the running (causal) or sequence
+            (non-causal) maximum of the key logits (see the module doc and
+            :func:`favor_features`); it cancels exactly, so it only moves the floating-point
+            range.
 
     Returns:
         ``(B, H, Nq, Dv)``, same kind and dtype as ``q``. Differentiable for tensors (the CPU

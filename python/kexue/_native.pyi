@@ -187,6 +187,7 @@ def attention_causal_backward(
     grad_den: npt.NDArray[np.floating[Any]],
     method: str,
     chunk_size: int,
+    eps: float = 0.0,
 ) -> tuple[
     npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]
 ]: ...
@@ -204,6 +205,7 @@ def attention_noncausal_backward(
     den: npt.NDArray[np.floating[Any]],
     grad_o: npt.NDArray[np.floating[Any]],
     grad_den: npt.NDArray[np.floating[Any]],
+    eps: float = 0.0,
 ) -> tuple[
     npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]
 ]: ...

@@ -21,10 +21,10 @@ float32 decoder, per chunk in the chunked form, whose chunks end where the maxim
 that outputs up to ``t`` still depend on nothing after ``t``, bitwise). The largest key feature
 seen is then ``1/√m``: nothing overflows, and nothing underflows that matters. The stabiliser
 is exact because the rescaling multiplies numerator and denominator alike and ``eps`` is
-relative: the denominator is ``φ(q)ᵀz + eps·max_i |φ(q)_i z_i|``, so ``eps`` changes an output
-by at most the factor ``1/(1 + eps)`` whatever ``m``, ``D`` or the scale of the inputs (an
-absolute ``eps`` swamped the whole estimate: FAVOR+ key features are around ``e^(−D/2)``
-under a fixed bound). A causal state carries its stabiliser (:attr:`CausalState.scale`).
+relative: the denominator is ``(1 + eps)·φ(q)ᵀz``, so ``eps`` changes every output by the
+factor ``1/(1 + eps)`` whatever ``m``, ``D`` or the scale of the inputs (the absolute ``+ eps``
+it replaces swamped the whole estimate: FAVOR+ key features are around ``e^(−D/2)`` under a
+fixed bound). A causal state carries its stabiliser (:attr:`CausalState.scale`).
 Elsewhere (gradients, masks, the pure-torch road, a given ``key_offset``) keys use one
 constant: ``key_offset``, or for FAVOR+ ``max_i |ω_i|²/2`` (it bounds every key feature by 1,
 depends on no other key, and is exact with the relative ``eps``; it underflows float32 only for
@@ -313,19 +313,16 @@ def _torch_scan(q: Any, k: Any, v: Any, state: Any, *, eps: float, chunk_size: i
     s = q.new_zeros(b, h, m, dv + 1) if state is None else state.to(q.dtype)
     c = max(1, min(chunk_size, n))
     keep = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-    ys, peaks = [], []
+    ys = []
     for c0 in range(0, n, c):
         qc, kc, vc = q[..., c0 : c0 + c, :], k[..., c0 : c0 + c, :], vp[..., c0 : c0 + c, :]
         length = qc.shape[-2]
         a = qc @ kc.transpose(-1, -2)
         a = torch.where(keep[:length, :length], a, a.new_zeros(()))
         ys.append(a @ vc + qc @ s)
-        with torch.no_grad():
-            z = s[..., None, :, dv] + kc.cumsum(-2)
-            peaks.append((qc * z).abs().amax(-1))
         s = s + kc.transpose(-1, -2) @ vc
     y = torch.cat(ys, -2) if ys else q.new_zeros(b, h, 0, dv + 1)
-    den = _relative_den(y[..., dv], torch.cat(peaks, -1), eps)
+    den = y[..., dv] * (1 + eps)
     return _divide(y[..., :dv], den), den, s
 
 
@@ -338,17 +335,9 @@ def _torch_noncausal(q: Any, k: Any, v: Any, *, eps: float) -> tuple:
     import torch
 
     vp = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1)
-    s = k.transpose(-1, -2) @ vp
-    y = q @ s
-    with torch.no_grad():
-        peak = (q * s[..., None, :, -1]).abs().amax(-1)
-    den = _relative_den(y[..., -1], peak, eps)
+    y = q @ (k.transpose(-1, -2) @ vp)
+    den = y[..., -1] * (1 + eps)
     return _divide(y[..., :-1], den), den
-
-
-def _relative_den(qz: Any, peak: Any, eps: float) -> Any:
-    """The denominator ``φ(q)ᵀz + eps·max_i |φ(q)_i z_i|`` (``peak`` is the max, a constant)."""
-    return qz + eps * peak
 
 
 def _divide(y: Any, den: Any) -> Any:
@@ -364,7 +353,7 @@ _causal = Kernel(
         q, k, v, eps, method, chunk_size
     ),
     lambda inputs, outputs, grads, *, eps, method, chunk_size: _native.attention_causal_backward(
-        *inputs, *outputs, *grads, method, chunk_size
+        *inputs, *outputs, *grads, method, chunk_size, eps
     ),
     torch_forward=_torch_causal,
 )
@@ -372,7 +361,7 @@ _causal = Kernel(
 _noncausal = Kernel(
     lambda q, k, v, *, eps: _native.attention_noncausal_forward(q, k, v, eps),
     lambda inputs, outputs, grads, *, eps: _native.attention_noncausal_backward(
-        *inputs, *outputs, *grads
+        *inputs, *outputs, *grads, eps
     ),
     torch_forward=_torch_noncausal,
 )
@@ -479,7 +468,8 @@ def linear_attention(
             (``Nq == Nk`` when causal, both ``>= 1``).
         v: ``(B, H, Nk, Dv)``.
         causal: position ``t`` attends to keys ``<= t`` only; outputs up to ``t`` do not depend
-            on anything after ``t`` (bitwise, for finite inputs).
+            on anything after ``t`` (bitwise, for finite inputs; for ``exp`` keys on the
+            gradient road or with a mask only up to rounding, see the module doc).
         feature_map: one of :data:`FEATURE_MAPS` or a callable applied to q and k
             (already-mapped, non-negative features: pass ``"identity"``).
         projection: ``(m, D)`` random projection, required by FAVOR+ (see
@@ -487,9 +477,9 @@ def linear_attention(
             gradient). Keep it fixed for a sequence: it is part of the decoding state.
         mask: ``(B, N)`` boolean keep-mask (False = padding). Padded keys leave numerator and
             denominator (masked after φ); padded query positions output 0.
-        eps: relative guard of the denominator (``>= 0``): it is
-            ``φ(q)ᵀz + eps·max_i |φ(q)_i z_i|``, so ``eps`` changes an output by at most the
-            factor ``1/(1 + eps)`` whatever the scale (see the module doc).
+        eps: relative, ``>= 0``: the denominator is ``(1 + eps)·φ(q)ᵀz``, so ``eps`` scales
+            every output by ``1/(1 + eps)`` whatever the scale of the features (see the module
+            doc); outputs are 0 where ``φ(q)ᵀz`` is 0.
         method: causal schedule: ``"chunked"`` (default; blocks of ``chunk_size``),
             ``"scan"`` (token recurrence, f64 state) or ``"quadratic"`` (the masked parallel
             form, O(N²), a reference). All agree to rounding; the state is accumulated in f64.

@@ -404,6 +404,7 @@ fn backward_impl<'py, T: Real + Element>(
     grad_o: &Bound<'py, PyAny>,
     grad_den: &Bound<'py, PyAny>,
     method: Option<Method>,
+    eps: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
     check_4d("q", q.shape())?;
     let k = typed::<T>(k, "k", "q", 4)?;
@@ -428,6 +429,7 @@ fn backward_impl<'py, T: Real + Element>(
         den: slice(&den, "den")?,
         go: slice(&go, "grad_o")?,
         gden: slice(&gden, "grad_den")?,
+        eps,
     };
     let (dq, dk, dv) = (
         zeros::<T>(py, q.shape()),
@@ -449,8 +451,9 @@ fn backward_impl<'py, T: Real + Element>(
     PyTuple::new(py, [dq.into_any(), dk.into_any(), dv.into_any()])
 }
 
-/// Gradients `(dq, dk, dv)` of [`attention_causal_forward`] (zero initial state).
+/// Gradients `(dq, dk, dv)` of [`attention_causal_forward`] (zero initial state) with `eps`.
 #[pyfunction]
+#[pyo3(signature = (q, k, v, o, den, grad_o, grad_den, method, chunk_size, eps=0.0))]
 #[allow(clippy::too_many_arguments)]
 fn attention_causal_backward<'py>(
     py: Python<'py>,
@@ -463,15 +466,17 @@ fn attention_causal_backward<'py>(
     grad_den: &Bound<'py, PyAny>,
     method: &str,
     chunk_size: usize,
+    eps: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
     with_float_array!(FloatArray::extract(q, "q")?, q => {
-        backward_impl(py, q, k, v, o, den, grad_o, grad_den, Some(method))
+        backward_impl(py, q, k, v, o, den, grad_o, grad_den, Some(method), eps)
     })
 }
 
-/// Gradients `(dq, dk, dv)` of [`attention_noncausal_forward`].
+/// Gradients `(dq, dk, dv)` of [`attention_noncausal_forward`] with `eps`.
 #[pyfunction]
+#[pyo3(signature = (q, k, v, o, den, grad_o, grad_den, eps=0.0))]
 #[allow(clippy::too_many_arguments)]
 fn attention_noncausal_backward<'py>(
     py: Python<'py>,
@@ -482,9 +487,10 @@ fn attention_noncausal_backward<'py>(
     den: &Bound<'py, PyAny>,
     grad_o: &Bound<'py, PyAny>,
     grad_den: &Bound<'py, PyAny>,
+    eps: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
     with_float_array!(FloatArray::extract(q, "q")?, q => {
-        backward_impl(py, q, k, v, o, den, grad_o, grad_den, None)
+        backward_impl(py, q, k, v, o, den, grad_o, grad_den, None, eps)
     })
 }
 

@@ -408,21 +408,18 @@ fn step_head(
 ) {
     let (m, dv) = (fq.len(), v.len());
     scan_token(fq, fk, v, p.s, dv, o);
-    // z, the denominator and its largest term in 16 lanes
-    let (mut acc, mut peak) = ([0.0f32; L], [0.0f32; L]);
+    // z and the denominator in 16 lanes
+    let mut acc = [0.0f32; L];
     let zs =
         p.z.chunks_exact_mut(L)
             .zip(fq.chunks_exact(L).zip(fk.chunks_exact(L)));
     for (z, (q, k)) in zs {
-        for ((((z, &q), &k), a), pk) in z.iter_mut().zip(q).zip(k).zip(&mut acc).zip(&mut peak) {
+        for (((z, &q), &k), a) in z.iter_mut().zip(q).zip(k).zip(acc.iter_mut()) {
             *z += k;
-            let x = q * *z;
-            *a += x;
-            *pk = pk.max(x.abs());
+            *a = q.mul_add(*z, *a);
         }
     }
-    let qz = f64::from(tree(acc, |a, b| a + b));
-    let den = denominator(qz, f64::from(tree(peak, f32::max)), eps);
+    let den = denominator(f64::from(tree(acc, |a, b| a + b)), eps);
     let inv = inverse(den);
     o.iter_mut().for_each(|y| *y = (f64::from(*y) * inv) as f32);
     p.kb[fill * m..(fill + 1) * m].copy_from_slice(fk);
@@ -509,10 +506,7 @@ mod tests {
                         .map(|p| fq[r * m + p] * st[p * (dv + 1) + j])
                         .sum::<f64>()
                 };
-                let peak = (0..m)
-                    .map(|p| fq[r * m + p] * st[p * (dv + 1) + dv])
-                    .fold(0.0, f64::max);
-                let den = y(dv) + 1e-6 * peak;
+                let den = y(dv) * (1.0 + 1e-6);
                 for j in 0..dv {
                     o[r * dv + j] = y(j) / den;
                 }

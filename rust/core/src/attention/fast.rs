@@ -541,16 +541,14 @@ fn scan(
             }
         };
         scan_token(qt, kt, &v[t * dv..(t + 1) * dv], s64, w, y);
-        // the normaliser column z, in 4 partial sums, and the denominator's largest term
-        let (mut acc, mut peak) = ([0.0f64; 4], 0.0f64);
+        // the normaliser column z, in 4 partial sums
+        let mut acc = [0.0f64; 4];
         for (p, (&qp, &kp)) in qt.iter().zip(kt).enumerate() {
             let z = &mut s64[p * w + dv];
             *z += f64::from(kp);
-            let x = f64::from(qp) * *z;
-            acc[p % 4] += x;
-            peak = peak.max(x.abs());
+            acc[p % 4] = f64::from(qp).mul_add(*z, acc[p % 4]);
         }
-        let d = denominator((acc[0] + acc[1]) + (acc[2] + acc[3]), peak, eps);
+        let d = denominator((acc[0] + acc[1]) + (acc[2] + acc[3]), eps);
         den[t] = d as f32;
         let inv = inverse(d);
         for (o, &y) in o[t * dv..(t + 1) * dv].iter_mut().zip(y.iter()) {
@@ -584,7 +582,6 @@ fn head(
     let mut a = vec![0.0f32; c * cp];
     let mut st = vec![0.0f32; m * dv];
     let mut z = vec![0.0f32; m];
-    let mut zt = vec![0.0f32; m];
     let mut delta = vec![0.0f32; m * dv];
     // the mapped chunk: projections u, features of q and k
     let (mut u, mut phq, mut phk) = match mapper {
@@ -623,7 +620,6 @@ fn head(
         };
         let lp = ceil16(l);
         let vs = &v[c0 * dv..(c0 + l) * dv];
-        zt.copy_from_slice(&z);
         // `&` rather than `all`: no early exit, so the check vectorises.
         if !vs.iter().fold(true, |ok, x| ok & x.is_finite()) {
             return false;
@@ -653,23 +649,19 @@ fn head(
                 ob,
             );
             for (i, (orow, d)) in (i0..hi).zip(ob.chunks_exact_mut(dv).zip(&mut den[c0 + i0..])) {
-                // z_t = z_prev + Σ_{s≤t} k_s, row by row (so row t reads no later key)
-                let (mut acc, mut peak) = ([0.0f32; L], [0.0f32; L]);
-                let rows = qs[i * m..(i + 1) * m]
+                let mut acc = [0.0f32; L];
+                for blk in a[i * cp..i * cp + ceil16(hi)].chunks_exact(L) {
+                    acc.iter_mut().zip(blk).for_each(|(s, &x)| *s += x);
+                }
+                for (qb, zb) in qs[i * m..(i + 1) * m]
                     .chunks_exact(L)
-                    .zip(ks[i * m..(i + 1) * m].chunks_exact(L));
-                for ((qb, kb), zb) in rows.zip(zt.chunks_exact_mut(L)) {
-                    for (((s, p), (&q, &k)), z) in
-                        acc.iter_mut().zip(&mut peak).zip(qb.iter().zip(kb)).zip(zb)
-                    {
-                        *z += k;
-                        let x = q * *z;
-                        *s += x;
-                        *p = p.max(x.abs());
+                    .zip(z.chunks_exact(L))
+                {
+                    for ((s, &q), &z) in acc.iter_mut().zip(qb).zip(zb) {
+                        *s = q.mul_add(z, *s);
                     }
                 }
-                let peak = f64::from(tree(peak, f32::max));
-                let dd = denominator(f64::from(lanes_sum(acc)), peak, eps);
+                let dd = denominator(f64::from(lanes_sum(acc)), eps);
                 *d = dd as f32;
                 let inv = inverse(dd);
                 orow.iter_mut()
@@ -772,7 +764,7 @@ fn grad_rows(g: &Grads<f32>, c0: usize, l: usize, dv: usize, wp: usize, out: &mu
             }
         }
         gp[..dv].iter_mut().zip(go).for_each(|(p, &x)| *p = x * inv);
-        gp[dv] = g.gden[t] - lanes_sum(acc) * inv;
+        gp[dv] = (g.gden[t] - lanes_sum(acc) * inv) * (1.0 + g.eps) as f32;
     }
 }
 
@@ -1069,6 +1061,7 @@ mod tests {
                 den: &den,
                 go: &go,
                 gden: &gden,
+                eps: 0.0,
             };
             let want = naive_backward((&q, &k, &v), &g, (n, m, dv));
             let scale = |w: &[f64]| w.iter().fold(1.0f64, |s, x| s.max(x.abs()));
@@ -1104,6 +1097,7 @@ mod tests {
             den: &[1.0],
             go: &x,
             gden: &[0.0],
+            eps: 0.0,
         };
         let (mut a, mut b, mut c) = ([0.0f32; 10], [0.0f32; 10], [0.0f32; 10]);
         for (method, dims) in [

@@ -3,19 +3,18 @@
 //!
 //! With `v' = [v, 1]` (`w = D_v + 1` columns), every form computes `y_t = Σ_{s≤t} (q_t·k_s) v'_s`
 //! plus `q_tᵀ S₀` from an initial state, and returns `o_t = y_t[..D_v] / den_t` with
-//! `den_t = q_tᵀz_t + eps·max_i |q_{t,i} z_{t,i}|` (`q_tᵀz_t = y_t[D_v]`). The state `S` (`M × w`,
-//! f64) holds `Σ k v'ᵀ`; its last column is `z`.
+//! `den_t = (1 + eps)·q_tᵀz_t` (`q_tᵀz_t = y_t[D_v]`). The state `S` (`M × w`, f64) holds
+//! `Σ k v'ᵀ`; its last column is `z`.
 //!
-//! `eps` is relative to the largest single term of the denominator, so for non-negative
-//! features it changes the output by at most the factor `1/(1 + eps)`, whatever the number of
-//! features, their dimension or the scale of the inputs (an absolute `eps` swamps the whole
-//! estimate once the features are small, as FAVOR+ key features are). The factor is invariant
-//! to any positive scaling of the query or of the key features, so the stabilisers cancel
-//! exactly. Where the denominator is 0 (every feature product 0: padding, `relu`), the output
-//! and its gradient are 0. Backward treats the `eps` term as a constant (a relative effect of
-//! order `eps` on the gradients).
+//! `eps` is relative: it changes every output by the factor `1/(1 + eps)`, whatever the number
+//! of features, their dimension or the scale of the inputs (an absolute `eps` swamps the whole
+//! estimate once the features are small, as FAVOR+ key features are under a fixed bound), and
+//! the ratio is invariant to any positive scaling of the query or of the key features, so the
+//! stabilisers cancel exactly. Where `q_tᵀz_t` is 0 (every feature product 0: padding, `relu`),
+//! the output and its gradient are 0.
 //!
-//! Backward maps `(∂L/∂o, ∂L/∂den)` to `g'_t = [∂L/∂o_t / den_t, ∂L/∂den_t − (∂L/∂o_t · o_t)/den_t]`,
+//! Backward maps `(∂L/∂o, ∂L/∂den)` to
+//! `g'_t = [∂L/∂o_t / den_t, (1 + eps)·(∂L/∂den_t − (∂L/∂o_t · o_t)/den_t)]`,
 //! the gradient of the unnormalised `y_t`, then (fast-transformers' design, no subtraction):
 //! a forward sweep gives `∂q_t = S_t g'_t`; a reverse sweep with `R_t = Σ_{u≥t} q_u g'_uᵀ`
 //! gives `∂k_t = R_t v'_t` and `∂v'_t = R_tᵀ k_t`. Chunked, the intra-chunk part is a masked
@@ -79,12 +78,13 @@ pub struct Outputs<'a, T> {
     pub den: &'a mut [T],
 }
 
-/// The forward outputs and the gradients flowing into them.
+/// The forward outputs and the gradients flowing into them, and the forward's `eps`.
 pub struct Grads<'a, T> {
     pub o: &'a [T],
     pub den: &'a [T],
     pub go: &'a [T],
     pub gden: &'a [T],
+    pub eps: f64,
 }
 
 pub struct GradsOut<'a, T> {
@@ -176,7 +176,7 @@ fn grad_prime<T: Real>(g: &Grads<T>, rows: std::ops::Range<usize>, dv: usize, ou
             gp[j] = go[j] * inv;
             dot = dot + go[j] * o[j];
         }
-        gp[dv] = gden - dot * inv;
+        gp[dv] = (gden - dot * inv) * t(1.0 + g.eps);
     }
 }
 
@@ -188,10 +188,10 @@ fn tril<T: Real>(a: &mut [T], l: usize) {
     }
 }
 
-/// The denominator from `qᵀz` and its largest term `max_i |q_i z_i|` (see the module doc).
+/// The denominator from `qᵀz` (see the module doc).
 #[inline(always)]
-pub(crate) fn denominator(qz: f64, peak: f64, eps: f64) -> f64 {
-    qz + eps * peak
+pub(crate) fn denominator(qz: f64, eps: f64) -> f64 {
+    qz * (1.0 + eps)
 }
 
 /// `1/den`, or 0 where the denominator is 0 (so those outputs and gradients are 0, not NaN).
@@ -204,22 +204,10 @@ pub(crate) fn inverse(den: f64) -> f64 {
     }
 }
 
-/// `o`/`den` from unnormalised rows `y` (`w` wide) of the queries `q` (rows of `m`) against
-/// the key sums `z` (every `w`-th element of `s`, the state's last column).
-fn normalise<T: Real>(y: &[T], q: &[T], s: &[T], eps: f64, o: &mut [T], den: &mut [T]) {
-    let dv = o.len() / den.len().max(1);
-    let m = q.len() / den.len().max(1);
-    for (((y, q), o), den) in y
-        .chunks_exact(dv + 1)
-        .zip(q.chunks_exact(m))
-        .zip(o.chunks_exact_mut(dv))
-        .zip(den)
-    {
-        let peak = q
-            .iter()
-            .zip(s[dv..].iter().step_by(dv + 1))
-            .fold(0.0f64, |p, (&q, &z)| p.max((f(q) * f(z)).abs()));
-        let d = denominator(f(y[dv]), peak, eps);
+/// `o`/`den` from unnormalised rows `y` (`w` wide).
+fn normalise<T: Real>(y: &[T], dv: usize, eps: f64, o: &mut [T], den: &mut [T]) {
+    for ((y, o), den) in y.chunks_exact(dv + 1).zip(o.chunks_exact_mut(dv)).zip(den) {
+        let d = denominator(f(y[dv]), eps);
         *den = t(d);
         let inv = inverse(d);
         o.iter_mut().zip(y).for_each(|(o, &y)| *o = t(f(y) * inv));
@@ -273,7 +261,6 @@ impl<T: Real> Head<'_, T> {
         let mut y = vec![T::zero(); c * dv];
         let mut delta = vec![T::zero(); m * w];
         let mut st: Vec<T> = s64.iter().map(|&x| t(x)).collect();
-        let mut zt = vec![T::zero(); m];
         let mut kb = vec![T::zero(); if self.kmax.is_some() { c * m } else { 0 }];
         let mut c0 = 0;
         while c0 < n {
@@ -296,9 +283,6 @@ impl<T: Real> Head<'_, T> {
                 }
                 ks = &kb[..l * m];
             }
-            zt.iter_mut()
-                .zip(st[dv..].iter().step_by(w))
-                .for_each(|(a, &b)| *a = b);
             let qs = &self.q[c0 * m..(c0 + l) * m];
             let vs = &self.v[c0 * dv..(c0 + l) * dv];
             if !vs.iter().all(|x| x.is_finite()) {
@@ -325,14 +309,14 @@ impl<T: Real> Head<'_, T> {
                 )
                 .enumerate()
             {
-                // z_t = z_prev + Σ_{s≤t} k_s, row by row (so row t reads no later key)
-                let (mut qz, mut peak) = (T::zero(), T::zero());
-                for ((z, &k), &q) in zt.iter_mut().zip(&ks[i * m..(i + 1) * m]).zip(qi) {
-                    *z = *z + k;
-                    qz = qz + q * *z;
-                    peak = peak.max((q * *z).abs());
-                }
-                let d = denominator(f(qz), f(peak), eps);
+                let intra = a[i * l..i * l + i + 1]
+                    .iter()
+                    .fold(T::zero(), |s, &x| s + x);
+                let inter = qi
+                    .iter()
+                    .zip(st[dv..].iter().step_by(w))
+                    .fold(T::zero(), |s, (&q, &z)| s + q * z);
+                let d = denominator(f(intra + inter), eps);
                 *di = t(d);
                 let inv = inverse(d);
                 oi.iter_mut().zip(yi).for_each(|(o, &y)| *o = t(f(y) * inv));
@@ -407,16 +391,14 @@ impl<T: Real> Head<'_, T> {
                 }
                 weight = (kmax[tok] - *scale).exp();
             }
-            let mut peak = 0.0f64;
             for ((row, &qi), &ki) in s64.chunks_exact_mut(w).zip(q).zip(k) {
                 let (qi, ki) = (f(qi), f(ki) * weight);
                 for ((s, &vj), yj) in row.iter_mut().zip(&vf).zip(y.iter_mut()) {
                     *s += ki * vj;
                     *yj += qi * *s;
                 }
-                peak = peak.max((qi * row[dv]).abs());
             }
-            let d = denominator(y[dv], peak, eps);
+            let d = denominator(y[dv], eps);
             *den = t(d);
             let inv = inverse(d);
             o.iter_mut().zip(&y).for_each(|(o, &y)| *o = t(y * inv));
@@ -435,7 +417,6 @@ impl<T: Real> Head<'_, T> {
     ) -> bool {
         let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
         let mut y = vec![0.0f64; w];
-        let mut zt: Vec<f64> = s64[dv..].iter().step_by(w).copied().collect();
         let start = *scale;
         // the weight of key j (and of the initial state) for the current stabiliser
         let weight = |j: Option<usize>, c: f64| match (self.kmax, j) {
@@ -446,19 +427,9 @@ impl<T: Real> Head<'_, T> {
         for i in 0..n {
             let qi = &self.q[i * m..(i + 1) * m];
             if let Some(kmax) = self.kmax {
-                if kmax[i] > *scale {
-                    zt.iter_mut().for_each(|z| *z *= (*scale - kmax[i]).exp());
-                    *scale = kmax[i];
-                }
+                *scale = scale.max(kmax[i]);
             }
             let c = *scale;
-            zt.iter_mut()
-                .zip(&self.k[i * m..(i + 1) * m])
-                .for_each(|(z, &k)| *z += f(k) * weight(Some(i), c));
-            let peak = qi
-                .iter()
-                .zip(&zt)
-                .fold(0.0f64, |p, (&q, &z)| p.max((f(q) * z).abs()));
             y.iter_mut().for_each(|x| *x = 0.0);
             let w0 = weight(None, c);
             for (row, &qv) in s64.chunks_exact(w).zip(qi) {
@@ -475,7 +446,7 @@ impl<T: Real> Head<'_, T> {
                 }
                 y[dv] += a;
             }
-            let d = denominator(y[dv], peak, eps);
+            let d = denominator(y[dv], eps);
             den[i] = t(d);
             let inv = inverse(d);
             for (oc, &yc) in o[i * dv..(i + 1) * dv].iter_mut().zip(&y) {
@@ -881,6 +852,7 @@ pub fn causal_backward<T: Real>(
                 den: &g.den[rows.clone()],
                 go: &g.go[rows.start * dv..rows.end * dv],
                 gden: &g.gden[rows],
+                eps: g.eps,
             };
             if T::backward_fast(method, q, k, v, (n, m, dv), &gh, dq, dk, dvo).is_some() {
                 return;
@@ -919,8 +891,7 @@ pub fn non_causal_forward<T: Real>(x: &Inputs<T>, eps: f64, out: Outputs<T>) -> 
                 gemm(T::one(), qm, Mat::new(&st, m, w, w), T::zero(), &mut y, w);
                 normalise(
                     &y[..l * w],
-                    &q[r0 * m..(r0 + l) * m],
-                    &st,
+                    dv,
                     eps,
                     &mut o[r0 * dv..(r0 + l) * dv],
                     &mut den[r0..r0 + l],
@@ -955,6 +926,7 @@ pub fn non_causal_backward<T: Real>(x: &Inputs<T>, g: &Grads<T>, gout: GradsOut<
                 den: &g.den[rows.clone()],
                 go: &g.go[rows.start * dv..rows.end * dv],
                 gden: &g.gden[rows],
+                eps: g.eps,
             };
             grad_prime(&gh, 0..nq, dv, &mut gp);
             let mut scratch = vec![T::zero(); m * w];
@@ -1108,11 +1080,10 @@ mod tests {
                     o: &mut o,
                     den: &mut den,
                 };
-                // backward treats the (relative) eps term as a constant
                 if causal {
-                    causal_forward(&c.inputs(), 1e-9, Method::Scan, None, out).unwrap();
+                    causal_forward(&c.inputs(), 1e-3, Method::Scan, None, out).unwrap();
                 } else {
-                    non_causal_forward(&c.inputs(), 1e-9, out).unwrap();
+                    non_causal_forward(&c.inputs(), 1e-3, out).unwrap();
                 }
                 let l: f64 = o.iter().zip(&go).map(|(a, b)| a * b).sum();
                 (
@@ -1127,6 +1098,7 @@ mod tests {
                 den: &den,
                 go: &go,
                 gden: &gden,
+                eps: 1e-3,
             };
             for method in [Method::Scan, Method::Chunked(4)] {
                 let mut dq = vec![0.0; c.q.len()];
@@ -1162,6 +1134,114 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_running_maximum_is_exact_causal_and_continues() {
+        use crate::attention::features::FeatureMap;
+        let (bh, n, d, mp, dv) = (2, 50, 5, 7, 3);
+        let w = random(mp * d, 7, false);
+        let (q, mut k, v) = (
+            random(bh * n * d, 8, false),
+            random(bh * n * d, 9, false),
+            random(bh * n * dv, 10, false),
+        );
+        // keys growing along the sequence: the maximum rises again and again, cutting chunks
+        for (i, x) in k.iter_mut().enumerate() {
+            *x *= 1.0 + ((i / d) % n) as f64 / 5.0;
+        }
+        for map in [
+            FeatureMap::Positive,
+            FeatureMap::Hyperbolic,
+            FeatureMap::Exp,
+        ] {
+            let spec = |is_query, offset| Spec {
+                map,
+                d,
+                projection: Some((&w[..], mp)),
+                is_query,
+                offset,
+            };
+            let (sq, sk) = (spec(true, None), spec(false, None));
+            let m = sq.out_dim();
+            let dims = |n| Dims {
+                bh,
+                nq: n,
+                nk: n,
+                m: d,
+                dv,
+            };
+            let run = |method, (q, k, v): (&[f64], &[f64], &[f64]), st: Option<State>| {
+                let n = v.len() / bh / dv;
+                let (mut o, mut den) = (vec![0.0; bh * n * dv], vec![0.0; bh * n]);
+                let x = Inputs {
+                    dims: dims(n),
+                    q,
+                    k,
+                    v,
+                };
+                let out = Outputs {
+                    o: &mut o,
+                    den: &mut den,
+                };
+                causal_forward_mapped(&x, Some((&sq, &sk)), 1e-6, method, st, out).unwrap();
+                o
+            };
+            // the reference: features under one constant offset, given to the plain form
+            let fixed = spec(false, Some(40.0));
+            let (mut fq, mut fk) = (vec![0.0; bh * n * m], vec![0.0; bh * n * m]);
+            sq.forward(&q, &mut fq).unwrap();
+            fixed.forward(&k, &mut fk).unwrap();
+            let c = Case {
+                dims: Dims { m, ..dims(n) },
+                q: fq,
+                k: fk,
+                v: v.clone(),
+            };
+            let (want, _) = c.run(Method::Quadratic, None);
+            let top = want.iter().fold(0.0f64, |t, x| t.max(x.abs()));
+            for method in [
+                Method::Quadratic,
+                Method::Scan,
+                Method::Chunked(1),
+                Method::Chunked(8),
+            ] {
+                let got = run(method, (&q, &k, &v), None);
+                assert!(max_diff(&got, &want) < 1e-10 * top, "{map:?} {method:?}");
+                // a later key, much larger, leaves every earlier output bitwise equal
+                let mut k2 = k.clone();
+                k2.chunks_mut(n * d).for_each(|h| h[40 * d] = 30.0);
+                let edited = run(method, (&q, &k2, &v), None);
+                for (a, b) in got.chunks(n * dv).zip(edited.chunks(n * dv)) {
+                    assert_eq!(a[..40 * dv], b[..40 * dv], "{map:?} {method:?}");
+                }
+            }
+            // a prefix, then the rest from the state and its stabiliser
+            let t0 = 23;
+            let part = |x: &[f64], w: usize, lo: usize, hi: usize| -> Vec<f64> {
+                x.chunks(n * w)
+                    .flat_map(|h| h[lo * w..hi * w].to_vec())
+                    .collect()
+            };
+            let (mut kv, mut scale) = (vec![0.0; bh * m * (dv + 1)], vec![f64::NEG_INFINITY; bh]);
+            let mut got = Vec::new();
+            for (lo, hi, method) in [(0, t0, Method::Chunked(8)), (t0, n, Method::Scan)] {
+                let st = State {
+                    kv: &mut kv,
+                    scale: &mut scale,
+                };
+                let x = (
+                    part(&q, d, lo, hi),
+                    part(&k, d, lo, hi),
+                    part(&v, dv, lo, hi),
+                );
+                got.push(run(method, (&x.0, &x.1, &x.2), Some(st)));
+            }
+            let whole = [part(&want, dv, 0, t0), part(&want, dv, t0, n)];
+            for (g, w) in got.iter().zip(&whole) {
+                assert!(max_diff(g, w) < 1e-10 * top, "{map:?} continued");
             }
         }
     }

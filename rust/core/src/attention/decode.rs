@@ -377,7 +377,7 @@ fn step_group(
         }
         let heads = blocks.chunks_exact_mut(lines).zip(scales.iter_mut());
         for (((u, x), f), (block, scale)) in rows.zip(f.chunks_exact_mut(m)).zip(heads) {
-            let top = mp.key_max(u, x);
+            let (top, own) = mp.key_max(u, x);
             if f64::from(top) > *scale {
                 let a = (*scale - f64::from(top)).exp() as f32;
                 let p = parts(block, &lens);
@@ -388,7 +388,7 @@ fn step_group(
                     .for_each(|x| *x *= a);
                 *scale = f64::from(top);
             }
-            mp.key_row(u, x, *scale as f32, f);
+            mp.key_row(u, own, *scale as f32, f);
         }
     }
     let rows = pq.chunks_exact(m).zip(pk.chunks_exact(m));

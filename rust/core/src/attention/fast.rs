@@ -482,10 +482,10 @@ fn map_token(
         mp.row(1, uk, &x2[d..], pk);
         return None;
     }
-    let top = mp.key_max(uk, &x2[d..]);
+    let (top, own) = mp.key_max(uk, &x2[d..]);
     let grows = f64::from(top) > scale;
     let c = if grows { top } else { scale as f32 };
-    mp.key_row(uk, &x2[d..], c, pk);
+    mp.key_row(uk, own, c, pk);
     grows.then_some(top)
 }
 
@@ -707,18 +707,19 @@ fn running_keys(
     u: &mut [f32],
     out: &mut [f32],
 ) -> (f32, usize) {
-    let d = mp.d;
     let u = project(mp, x, rows, u);
-    let top = |r: usize| mp.key_max(&u[r * mp.mp..(r + 1) * mp.mp], &x[r * d..(r + 1) * d]);
-    let reference = top(0).max(*scale as f32);
-    let l = (1..rows)
-        .find(|&r| top(r) > reference + SLACK as f32)
-        .unwrap_or(rows);
-    let rows = u.chunks_exact(mp.mp).zip(x.chunks_exact(d));
-    for ((u, x), o) in rows.zip(out.chunks_exact_mut(mp.m)).take(l) {
-        mp.key_row(u, x, reference, o);
+    let mut reference = *scale as f32;
+    let rows = u.chunks_exact(mp.mp).zip(x.chunks_exact(mp.d));
+    for (r, ((u, x), o)) in rows.zip(out.chunks_exact_mut(mp.m)).enumerate() {
+        let (top, own) = mp.key_max(u, x);
+        if r == 0 {
+            reference = reference.max(top);
+        } else if top > reference + SLACK as f32 {
+            return (reference, r);
+        }
+        mp.key_row(u, own, reference, o);
     }
-    (reference, l)
+    (reference, u.len() / mp.mp)
 }
 
 /// One head of [`super::forms`]' chunked causal backward in f32 (same schedule: a forward

@@ -133,20 +133,18 @@ impl<T: Real> Mapper<T> {
         self.running
     }
 
-    /// The largest logit of one key row (from its projection `u` and the row `x`).
+    /// The largest logit of one key row (from its projection `u` and the row `x`), and the
+    /// row's own part of the shift of its exponents (FAVOR+: `|x'|²/2`; `exp`: 0).
     #[inline(always)]
-    pub(crate) fn key_max(&self, u: &[T], x: &[T]) -> T {
+    pub(crate) fn key_max(&self, u: &[T], x: &[T]) -> (T, T) {
         key_max(self.maps[1], u, x, &self.consts[1])
     }
 
-    /// φ of one key row with the stabiliser `c` in place of the key offset.
+    /// φ of one key row with the stabiliser `c` in place of the key offset, from its
+    /// projection `u` and its own shift (from [`Mapper::key_max`]).
     #[inline(always)]
-    pub(crate) fn key_row(&self, u: &[T], x: &[T], c: T, o: &mut [T]) {
-        let consts = RowConsts {
-            offset: c,
-            ..self.consts[1]
-        };
-        row(self.maps[1], false, u, x, o, &consts);
+    pub(crate) fn key_row(&self, u: &[T], own: T, c: T, o: &mut [T]) {
+        key_row(self.maps[1], u, own + c, &self.consts[1], o);
     }
 
     /// φ of one row of side `side` (`0` queries, `1` keys) from its projection `u` and the
@@ -215,19 +213,9 @@ impl<T: Real> Spec<'_, T> {
             self.project(x, n, &mut u);
             let rows = o.chunks_exact_mut(f).zip(u.chunks_exact(m));
             for (((o, u), x), mx) in rows.zip(x.chunks_exact(self.d)).zip(mx) {
-                let c = key_max(self.map, u, x, &consts);
+                let (c, own) = key_max(self.map, u, x, &consts);
                 *mx = c.to_f64().unwrap_or(f64::NAN);
-                row(
-                    self.map,
-                    false,
-                    u,
-                    x,
-                    o,
-                    &RowConsts {
-                        offset: c,
-                        ..consts
-                    },
-                );
+                key_row(self.map, u, own + c, &consts, o);
             }
         };
         out.par_chunks_mut(ROWS * f)
@@ -482,19 +470,36 @@ impl<T: Real> Spec<'_, T> {
     }
 }
 
-/// The largest key logit (the exponent before the offset) of one row by `map`.
+/// The largest key logit (the exponent before the offset) of one row by `map` (an
+/// `exp`-family map), and the row's own part of the shift (FAVOR+: `|x'|²/2`; `exp`: 0).
 #[inline(always)]
-fn key_max<T: Real>(map: FeatureMap, u: &[T], x: &[T], c: &RowConsts<T>) -> T {
+fn key_max<T: Real>(map: FeatureMap, u: &[T], x: &[T], c: &RowConsts<T>) -> (T, T) {
+    let top = if map == FeatureMap::Hyperbolic {
+        lanes(u, T::neg_infinity(), |a, x| a.max(x.abs()), T::max)
+    } else {
+        lanes(u, T::neg_infinity(), |a, x| a.max(x), T::max)
+    };
+    let own = match map {
+        FeatureMap::Positive | FeatureMap::Hyperbolic => {
+            lanes(x, T::zero(), |a, x| a + x * x, |a, b| a + b) * c.half_scale2
+        }
+        _ => T::zero(),
+    };
+    (top - own, own)
+}
+
+/// φ of one key row by `map` (an `exp`-family map) whose exponents are `±u − shift`.
+#[inline(always)]
+fn key_row<T: Real>(map: FeatureMap, u: &[T], shift: T, c: &RowConsts<T>, o: &mut [T]) {
     match map {
         FeatureMap::Positive | FeatureMap::Hyperbolic => {
-            let top = if map == FeatureMap::Hyperbolic {
-                lanes(u, T::neg_infinity(), |a, x| a.max(x.abs()), T::max)
-            } else {
-                lanes(u, T::neg_infinity(), |a, x| a.max(x), T::max)
-            };
-            top - lanes(x, T::zero(), |a, x| a + x * x, |a, b| a + b) * c.half_scale2
+            let m = u.len();
+            T::exp_into(u, T::one(), shift, c.norm, &mut o[..m]);
+            if map == FeatureMap::Hyperbolic {
+                T::exp_into(u, -T::one(), shift, c.norm, &mut o[m..]);
+            }
         }
-        _ => lanes(u, T::neg_infinity(), |a, x| a.max(x), T::max),
+        _ => T::exp_into(u, T::one(), shift, T::one(), o),
     }
 }
 

@@ -85,6 +85,8 @@ def main() -> None:
         row(f"neural target, {steps} steps", len(dev),
             lambda c, steps=steps: neural.generate_many(c, hf, n=1, seed=0, anneal=True,
                                                          steps=steps))  # fmt: skip
+        if not k_full:
+            continue
         row(f"neural target, {steps} steps (first {k_full})", k_full,
             lambda c, steps=steps: neural.generate_many(c, hf, n=1, seed=0, anneal=True,
                                                          steps=steps))  # fmt: skip

@@ -228,7 +228,7 @@ class AttentionDecoder:
         eps: float,
         d: int,
         state: npt.NDArray[np.float64],
-        scale: npt.NDArray[np.float64],
+        scale: npt.NDArray[np.float64] | None = None,
     ) -> None: ...
     def step(
         self, q: npt.NDArray[np.float32], k: npt.NDArray[np.float32], v: npt.NDArray[np.float32]

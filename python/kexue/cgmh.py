@@ -335,8 +335,12 @@ def generate(
     LMs pick candidates), ``explore`` (probability of a uniform word proposal), ``actions``
     (replace, insert, delete probabilities), ``tokenizer``.
 
-    >>> [s.text for s in generate("dog park", n=1, steps=80, anneal=True)]  # doctest: +SKIP
-    ['the dog park .']
+    >>> out = generate(["dog", "park"], n=2, steps=80, anneal=True, seed=0)
+    >>> all("dog" in s.text.lower() and "park" in s.text.lower() for s in out)
+    True
+    >>> traced = generate("rain", steps=50, seed=1, return_trace=True)[0]
+    >>> traced.trace_log_target.shape, traced.trace_accepted.shape  # one entry per step
+    ((50,), (50,))
     """
     return generate_many([keywords], lm, n=n, steps=steps, seed=seed, order=order,
                          anneal=anneal, return_trace=return_trace, **options)[0]  # fmt: skip

@@ -13,7 +13,8 @@ Rust with the GIL released.
 >>> bool(lm.logprob("the cat sat") > lm.logprob("sat the cat"))
 True
 >>> s = "the cat sat on the mat"
->>> bool(abs(lm.score(s) - lm.logprob(s) / np.log(10)) < 1e-9)  # score is log10, like kenlm
+>>> # score is log10 summed in float32, like kenlm; logprob is ln summed in float64
+>>> bool(abs(lm.score(s) - lm.logprob(s) / np.log(10)) < 1e-5)
 True
 >>> p = np.exp(lm.next_logprobs("the cat"))  # over lm.vocab
 >>> round(float(p.sum()), 6), lm.vocab[int(p.argmax())]

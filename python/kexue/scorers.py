@@ -158,9 +158,24 @@ class HFCausalLM:
     to run (default: the model's). Candidate sentences of one edit are scored as one padded
     batch of at most ``batch_size``.
 
-    >>> from kexue.scorers import HFCausalLM
-    >>> lm = HFCausalLM(model, tokenizer, candidates=ngram)  # doctest: +SKIP
-    >>> kexue.cgmh.generate(["cat", "mat"], lm)              # doctest: +SKIP
+    With a tiny random GPT-2 and a byte tokenizer standing in for a downloaded model:
+
+    >>> import torch, transformers
+    >>> from kexue.cgmh import generate
+    >>> from kexue.lm import NgramLM
+    >>> from kexue.scorers import HFCausalLM, NgramScorer
+    >>> text = ["the cat sat on the mat", "a dog sat on a log"] * 3
+    >>> ngram = NgramScorer(NgramLM.build(text, 2, progress=False, discount_fallback=True))
+    >>> _ = torch.manual_seed(0)
+    >>> config = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2)
+    >>> class Bytes:  # any Hugging Face tokenizer has these two members
+    ...     bos_token_id = eos_token_id = 0
+    ...     def encode(self, text):
+    ...         return [1 + ord(c) % 63 for c in text]
+    >>> lm = HFCausalLM(transformers.GPT2LMHeadModel(config), Bytes(), candidates=ngram)
+    >>> out = generate(["cat", "log"], lm, n=2, steps=10, seed=0)
+    >>> all("cat" in s.text and "log" in s.text for s in out)
+    True
     """
 
     def __init__(

@@ -1,18 +1,43 @@
 """Side-by-side benchmark harness: warm-up, median of N, shapes printed, ratio ours/peer.
 
 Every benchmark (``kexue bench NAME`` and the scripts in ``benches/``) reports through
-:func:`compare`, one line per case, so figures read the same across the project. Each module
+:func:`compare`, one line per case, so figures read the same across the project; inside
+:func:`recording` each case is also kept as a dict (``kexue bench NAME --json``). Each module
 of this package is one ``kexue bench NAME`` and defines ``run(size=None, repeat=7)``.
+
+>>> from kexue.benchmarks import compare, recording
+>>> with recording() as cases:
+...     _ = compare("sum", "n=1000", lambda: sum(range(1000)), {"loop": lambda: [0] * 1000},
+...                 repeat=3)  # doctest: +ELLIPSIS
+sum [n=1000]  kexue ...
+>>> [(c["case"], c["shape"], sorted(c["ratios"])) for c in cases]
+[('sum', 'n=1000', ['loop'])]
 """
 
 from __future__ import annotations
 
+import contextlib
 import pkgutil
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
-__all__ = ["available", "compare", "median_time"]
+__all__ = ["available", "compare", "median_time", "recording"]
+
+_RECORDS: list[list[dict[str, Any]]] = []
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[dict[str, Any]]]:
+    """Collects every :func:`compare` case run inside the block: ``{"case", "shape",
+    "seconds": {name: median s}, "ratios": {peer: ours/peer}}``, in order."""
+    cases: list[dict[str, Any]] = []
+    _RECORDS.append(cases)
+    try:
+        yield cases
+    finally:
+        _RECORDS.remove(cases)
 
 
 def median_time(
@@ -45,10 +70,12 @@ def compare(
     (below 1 means kexue is faster). Returns the median seconds by name."""
     times = {"kexue": median_time(ours, repeat=repeat)}
     times.update({name: median_time(fn, repeat=repeat) for name, fn in peers.items()})
+    ratios = {name: times["kexue"] / times[name] for name in peers}
     print(f"{case} [{shape}]  kexue {times['kexue'] * 1e3:9.2f} ms")
-    for name in peers:
-        ratio = times["kexue"] / times[name]
+    for name, ratio in ratios.items():
         print(f"    vs {name:<34} {times[name] * 1e3:9.2f} ms   ours/peer = {ratio:5.2f}")
+    for cases in _RECORDS:
+        cases.append({"case": case, "shape": shape, "seconds": dict(times), "ratios": ratios})
     return times
 
 

@@ -44,7 +44,17 @@ _ACTIONS = ("replace", "insert", "delete")
 
 @dataclass
 class Sentence:
-    """One chain's result."""
+    """One chain's result.
+
+    >>> from kexue.cgmh import generate
+    >>> s = generate("rain", steps=30, seed=0)[0]
+    >>> sorted(s.proposed), sum(s.proposed.values())  # one proposal per step
+    (['delete', 'insert', 'replace'], 30)
+    >>> 0.0 <= s.acceptance_rate <= 1.0
+    True
+    >>> bool(abs(s.nll_per_token + s.logprob / (len(s.tokens) + 1)) < 1e-12)
+    True
+    """
 
     text: str
     tokens: list[str]
@@ -76,7 +86,14 @@ class Sentence:
 
 def tokenize(text: str, tokenizer: Tokenizer = None) -> list[str]:
     """Splits ``text``: on whitespace by default, into characters with ``"chars"`` (Chinese),
-    or with any callable (e.g. ``jieba.lcut``)."""
+    or with any callable (e.g. ``jieba.lcut``).
+
+    >>> from kexue.cgmh import tokenize
+    >>> tokenize("the  cat sat")
+    ['the', 'cat', 'sat']
+    >>> tokenize("下雨了", "chars")
+    ['下', '雨', '了']
+    """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if tokenizer is None or tokenizer == "whitespace":
@@ -114,7 +131,14 @@ _NO_SPACE_AFTER = {"(", "[", "{", "$"}
 
 def detokenize(tokens: Sequence[str], tokenizer: Tokenizer = None) -> str:
     """Joins tokens for display: characters without spaces, words with English punctuation
-    spacing."""
+    spacing.
+
+    >>> from kexue.cgmh import detokenize
+    >>> detokenize(["rain", ",", "city", "(", "night", ")", "."])
+    'rain, city (night).'
+    >>> detokenize(["下", "雨"], "chars")
+    '下雨'
+    """
     if tokenizer == "chars" or (callable(tokenizer) and all(len(t) == 1 for t in tokens)):
         return "".join(tokens)
     out = ""
@@ -297,7 +321,15 @@ def generate_many(
     tokenizer: Tokenizer = None,
 ) -> list[list[Sentence]]:
     """:func:`generate` for many keyword sets at once (all chains of all inputs in parallel);
-    returns one list of ``n`` sentences per input."""
+    returns one list of ``n`` sentences per input.
+
+    >>> from kexue.cgmh import generate_many
+    >>> out = generate_many([["cat"], "dog park"], n=2, steps=40, seed=0)
+    >>> [len(row) for row in out]
+    [2, 2]
+    >>> all("park" in s.text.lower() for s in out[1])
+    True
+    """
     if order not in ("free", "fixed"):
         raise ValueError(f"order must be 'free' or 'fixed', got {order!r}")
     if isinstance(keyword_lists, str) or not isinstance(keyword_lists, Sequence):
@@ -369,7 +401,13 @@ def paraphrase(
 ) -> list[Sentence]:
     """Paraphrases by sampling ``p(x) · exp(weight · sim(x, sentence))`` (UPSA-style with
     ``anneal``). ``sim``: cosine of bags of words by default, or of ``similarity(text)``
-    embeddings (any callable text → vector). ``keywords``: words that must stay."""
+    embeddings (any callable text → vector). ``keywords``: words that must stay.
+
+    >>> from kexue.cgmh import paraphrase
+    >>> out = paraphrase("the old city is very quiet", keywords=["city"], n=2, steps=100)
+    >>> all("city" in s.text.lower() for s in out)
+    True
+    """
     words = _sentence(sentence, tokenizer)
     keep = set(_keywords(list(keywords), tokenizer, "keywords")) if keywords else set()
     lm = _scorer(lm)
@@ -403,7 +441,16 @@ def correct(
     **options: Any,
 ) -> list[Sentence]:
     """Error correction: samples ``p(x) · exp(−weight · edit distance(x, sentence))`` (with
-    ``anneal``: searches), so edits that raise fluency enough are kept."""
+    ``anneal``: searches), so edits that raise fluency enough are kept.
+
+    >>> from kexue.cgmh import correct
+    >>> from kexue.lm import NgramLM
+    >>> lm = NgramLM.build(["the cat sat on the mat", "a dog sat on the log"] * 5, order=3,
+    ...                    progress=False, discount_fallback=True)
+    >>> fixed = correct("the cat sat on on the mat", lm, steps=150, seed=0)[0]
+    >>> "on on" in fixed.text, bool(fixed.logprob > lm.logprob("the cat sat on on the mat"))
+    (False, True)
+    """
     words = _sentence(sentence, tokenizer)
     lm = _scorer(lm)
     ids = _Ids(lm)
@@ -432,7 +479,15 @@ def _unit(v: Sequence[float]) -> np.ndarray:
 
 def plot_trace(sentences: Sequence[Sentence], path: str) -> None:
     """Draws log target and running acceptance rate over steps (needs ``return_trace=True``
-    and matplotlib, the ``plot`` extra) into ``path`` (written via a temp file + rename)."""
+    and matplotlib, the ``plot`` extra) into ``path`` (written via a temp file + rename).
+
+    >>> import os, tempfile
+    >>> from kexue.cgmh import generate, plot_trace
+    >>> path = os.path.join(tempfile.mkdtemp(), "trace.png")
+    >>> plot_trace(generate("rain", n=2, steps=30, return_trace=True), path)
+    >>> os.path.getsize(path) > 1000
+    True
+    """
     import os
     import tempfile
 

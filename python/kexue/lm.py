@@ -70,6 +70,18 @@ class NgramLM:
     Build one with :meth:`build` or :meth:`from_counts`, or read one with :meth:`load`
     (binary) or :meth:`load_arpa` (e.g. from ``lmplz``). Sentences are strings (split on
     whitespace, or by the model's ``tokenizer``) or lists of tokens.
+
+    >>> import os, tempfile
+    >>> from kexue.lm import NgramLM
+    >>> lm = NgramLM.build(["a b c", "a c b"] * 4, order=2, progress=False,
+    ...                    discount_fallback=True)
+    >>> path = os.path.join(tempfile.mkdtemp(), "ab.kxlm")
+    >>> lm.save(path)
+    >>> again = NgramLM.load(path)
+    >>> again.order, bool(again.logprob("a b c") == lm.logprob("a b c"))
+    (2, True)
+    >>> again.reverse is not None  # the backward model travels in the same file
+    True
     """
 
     def __init__(

@@ -116,7 +116,17 @@ def default_lm() -> NgramScorer:
     """The built-in English LM: bigram forward and backward models estimated from the word and
     word-pair frequency tables shipped with ``symspellpy`` (MIT; 82,765 words, 243,342 pairs),
     built once and cached in the user's cache directory (``$KEXUE_CACHE``,
-    ``$XDG_CACHE_HOME/kexue`` or ``~/.cache/kexue``)."""
+    ``$XDG_CACHE_HOME/kexue`` or ``~/.cache/kexue``).
+
+    >>> import numpy as np
+    >>> from kexue.scorers import default_lm
+    >>> lm = default_lm()
+    >>> lm.vocab_size > 80_000
+    True
+    >>> p = lm.forward_logprobs([lm.word_id("the")], 1)  # what follows "the"
+    >>> bool(np.isclose(np.exp(p[np.isfinite(p)].astype(np.float64)).sum(), 1.0, atol=0.2))
+    True
+    """
     global _DEFAULT
     if _DEFAULT is not None:
         return _DEFAULT

@@ -150,11 +150,13 @@ def bench_ratios() -> plt.Figure:
     for path in sorted((DOCS / "benchmarks").glob("*.json")):
         report = json.loads(path.read_text())
         for case in report["cases"]:
+            # the shape without its thread counts (the same for every case of a file)
+            shape = ", ".join(p for p in case["shape"].split(", ") if "threads" not in p)
             for peer, ratio in case["ratios"].items():
-                rows.append((report["bench"], case["case"], peer, ratio))
+                rows.append((report["bench"], f"{case['case']} [{shape}]", peer, ratio))
     if not rows:
         raise SystemExit("docs/benchmarks/ holds no kexue bench --json output")
-    fig, ax = plt.subplots(figsize=(8.4, 0.19 * len(rows) + 1.0))
+    fig, ax = plt.subplots(figsize=(10, 0.19 * len(rows) + 1.0))
     benches = sorted({r[0] for r in rows})
     colours = {name: f"C{i}" for i, name in enumerate(benches)}
     y = np.arange(len(rows))[::-1]

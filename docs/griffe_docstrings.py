@@ -6,18 +6,22 @@
   exist is an error); others (private ones, ``numpy.random.SeedSequence``) stay code.
 - Doctest blocks (``>>>`` paragraphs) outside an ``Example:`` section become ``pycon`` code
   fences; Markdown would otherwise read them as nested block quotes.
+- Constants of the compiled ``kexue._native`` are inspected at run time, where an ``int``
+  reports ``int``'s own docstring: those are dropped.
 
 Written by hand because no Griffe extension reads Sphinx roles or bare doctest paragraphs.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
 import griffe
 
 ROLE = re.compile(r":(?:func|meth|class|mod|attr|data|exc|obj):`~?([\w.]+)`")
+BUILTIN_DOCS = {inspect.cleandoc(t.__doc__ or "") for t in (int, float, str, bool, tuple)}
 SECTION = re.compile(r"^\s*(Examples?|Args|Arguments|Returns|Raises|Yields|Note|Notes):\s*$")
 
 
@@ -78,6 +82,8 @@ class KexueDocstrings(griffe.Extension):
         if obj.path in seen or obj.is_alias:
             return
         seen.add(obj.path)
+        if obj.docstring is not None and obj.docstring.value.strip() in BUILTIN_DOCS:
+            obj.docstring = None
         if obj.docstring is not None:
 
             def link(m: re.Match[str]) -> str:

@@ -144,46 +144,50 @@ def cgmh_trace() -> plt.Figure:
     return fig
 
 
-def bench_ratios() -> plt.Figure:
-    """Every ratio ours/peer of ``docs/benchmarks/*.json`` (``kexue bench NAME --json``)."""
+def bench_ratios(path: Path) -> plt.Figure:
+    """Every ratio ours/peer of one ``kexue bench NAME --json`` file, case by case."""
+    import textwrap
+
+    report = json.loads(path.read_text())
     rows = []
-    for path in sorted((DOCS / "benchmarks").glob("*.json")):
-        report = json.loads(path.read_text())
-        for case in report["cases"]:
-            # the shape without its thread counts (the same for every case of a file)
-            shape = ", ".join(p for p in case["shape"].split(", ") if "threads" not in p)
-            for peer, ratio in case["ratios"].items():
-                rows.append((report["bench"], f"{case['case']} [{shape}]", peer, ratio))
+    for case in report["cases"]:
+        # the shape without its thread counts (the same for every case of a file)
+        shape = ", ".join(p for p in case["shape"].split(", ") if "threads" not in p)
+        for peer, ratio in case["ratios"].items():
+            label = textwrap.fill(f"{case['case']} [{shape}] vs {peer}", 75)
+            rows.append((label, ratio))
     if not rows:
-        raise SystemExit("docs/benchmarks/ holds no kexue bench --json output")
-    fig, ax = plt.subplots(figsize=(10, 0.19 * len(rows) + 1.0))
-    benches = sorted({r[0] for r in rows})
-    colours = {name: f"C{i}" for i, name in enumerate(benches)}
+        raise SystemExit(f"{path} holds no case with a peer")
+    lines = sum(label.count("\n") + 1 for label, _ in rows)
+    fig, ax = plt.subplots(figsize=(8.4, 0.16 * lines + 0.14 * len(rows) + 0.9))
     y = np.arange(len(rows))[::-1]
-    ratios = np.array([r[3] for r in rows])
-    ax.barh(y, ratios, color=[colours[r[0]] for r in rows], height=0.7)
-    ax.set_yticks(y, [f"{r[1]}  vs  {r[2]}" for r in rows], fontsize=6.5)
+    ratios = np.array([r for _, r in rows])
+    ax.barh(y, ratios, color=np.where(ratios < 1, "C0", "C3"), height=0.6)
+    ax.set_yticks(y, [label for label, _ in rows], fontsize=7)
     ax.set_xscale("log")
     ax.axvline(1.0, color="k", lw=0.8)
-    ax.set_xlabel("time ratio ours / peer (log scale; below 1: kexue is faster)")
+    ax.set_xlabel("time ratio ours / peer (log scale; below 1, blue: kexue is faster)")
+    ax.set_title(f"kexue bench {report['bench']} ({report['threads']} threads)", fontsize=9)
     for yi, r in zip(y, ratios):
-        ax.text(r, yi, f" {r:.3g}", va="center", fontsize=6)
-    ax.legend(
-        handles=[plt.Rectangle((0, 0), 1, 1, color=colours[n]) for n in benches],
-        labels=benches, fontsize=7, loc="lower right",
-    )  # fmt: skip
-    ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.text(r, yi, f" {r:.3g}", va="center", fontsize=7)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlim(right=max(2.0, ratios.max() * 3))
+    ax.set_axisbelow(True)
     ax.grid(True, axis="x", which="both", alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-FIGURES: dict[str, Callable[[], plt.Figure]] = {
-    "favor_error": favor_error,
-    "vmf_sphere": vmf_sphere,
-    "cgmh_trace": cgmh_trace,
-    "bench_ratios": bench_ratios,
-}
+def figures() -> dict[str, Callable[[], plt.Figure]]:
+    """Name → figure maker, one bench chart per ``docs/benchmarks/*.json``."""
+    made: dict[str, Callable[[], plt.Figure]] = {
+        "favor_error": favor_error,
+        "vmf_sphere": vmf_sphere,
+        "cgmh_trace": cgmh_trace,
+    }
+    for path in sorted((DOCS / "benchmarks").glob("*.json")):
+        made[f"bench_{path.stem}"] = lambda path=path: bench_ratios(path)
+    return made
 
 
 def svg(fig: plt.Figure) -> bytes:
@@ -196,12 +200,12 @@ def svg(fig: plt.Figure) -> bytes:
 def main(out: Path | None) -> None:
     if out is not None:  # run by hand: python docs/figures.py OUTDIR
         out.mkdir(parents=True, exist_ok=True)
-        for name, make in FIGURES.items():
+        for name, make in figures().items():
             (out / f"{name}.svg").write_bytes(svg(make()))
         return
     import mkdocs_gen_files
 
-    for name, make in FIGURES.items():
+    for name, make in figures().items():
         with mkdocs_gen_files.open(f"figures/{name}.svg", "wb") as f:
             f.write(svg(make()))
 

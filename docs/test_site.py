@@ -106,7 +106,8 @@ def test_formulas_and_figures_rendered(pages):
         html = (SITE / name / "index.html").read_text(encoding="utf-8")
         assert "$$" not in html and "arithmatex" not in html, f"{name}: raw TeX left"
     figures = sorted((SITE / "figures").glob("*.svg"))
-    assert {f.stem for f in figures} == {"favor_error", "vmf_sphere", "cgmh_trace", "bench_ratios"}
+    benches = {f"bench_{p.stem}" for p in Path(__file__).parent.glob("benchmarks/*.json")}
+    assert {f.stem for f in figures} == {"favor_error", "vmf_sphere", "cgmh_trace", *benches}
     for f in figures:
         assert f.stat().st_size > 10_000 and b"<svg" in f.read_bytes()[:2000], f
 

@@ -132,7 +132,7 @@ def cgmh_trace() -> plt.Figure:
     top = max(float(np.max(s.trace_log_target)) for s in chains)
     low = min(float(np.min(s.trace_log_target)) for s in chains)
     a.set_ylim(low - 0.5 * (top - low), top + 0.08 * (top - low))
-    a.set_ylabel("log target (γ·log p)")
+    a.set_ylabel("log target (γ·log p + log λ)")
     a.set_title(f"CGMH, keywords {' + '.join(keywords)}, built-in English LM", fontsize=9)
     a.legend(fontsize=7, loc="upper right", ncol=4)
     b.set_ylabel("acceptance rate\n(running)")

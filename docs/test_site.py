@@ -25,7 +25,7 @@ SHOTS = os.environ.get("KEXUE_SHOTS")
 MODULES = [
     "kexue", "kexue.activations", "kexue.attention", "kexue.benchmarks", "kexue.cgmh",
     "kexue.lm", "kexue.losses", "kexue.multitask", "kexue.nn", "kexue.pipelines",
-    "kexue.scorers", "kexue.vmf",
+    "kexue.scorers", "kexue.text", "kexue.vmf",
 ]  # fmt: skip
 
 pytestmark = pytest.mark.skipif(

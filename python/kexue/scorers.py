@@ -126,7 +126,7 @@ def _cache_dir() -> Path:
 
 _DEFAULT: NgramScorer | None = None
 #: Version of the built-in LM's recipe (part of its cache file name).
-_DEFAULT_RECIPE = "commongen-o5-min2-v1"
+_DEFAULT_RECIPE = "commongen-o5-min2-v2"
 
 
 def default_lm() -> NgramScorer:

@@ -5,7 +5,8 @@ A tokenizer is a name or any callable ``str -> list[str]``:
 
 - ``"whitespace"`` (or ``None``): split on whitespace;
 - ``"words"``: words, numbers and punctuation marks as separate tokens, clitics such as
-  ``'s`` kept on their word (``"A dog's ball."`` → ``["A", "dog's", "ball", "."]``);
+  ``'s`` kept on their word and a run of one mark kept whole (``"A dog's ball..."`` →
+  ``["A", "dog's", "ball", "..."]``);
 - ``"chars"``: one token per non-space character (Chinese without segmentation);
 - :class:`RegexTokenizer`: the matches of a regular expression.
 
@@ -47,7 +48,7 @@ class RegexTokenizer:
         self._re = re.compile(pattern)
 
     def __call__(self, text: str) -> list[str]:
-        return self._re.findall(text)
+        return [m.group(0) for m in self._re.finditer(text)]  # whole matches, groups or not
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RegexTokenizer) and other.pattern == self.pattern
@@ -62,7 +63,8 @@ class RegexTokenizer:
         return (RegexTokenizer, (self.pattern,))
 
 
-WORDS = RegexTokenizer(r"[^\W_]+(?:['’][^\W_]+)?|[^\w\s]|_")
+# A run of one punctuation mark ("...", "!!") is one token, so a model cannot pile up dots.
+WORDS = RegexTokenizer(r"[^\W_]+(?:['’][^\W_]+)?|([^\w\s])\1*|_")
 _NAMED = {"words": WORDS}
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import time
 
 from kexue import cgmh, scorers
@@ -65,9 +66,21 @@ def timed(sets: list[list[str]], **kw) -> tuple[list, float]:
     return out, (time.perf_counter() - t0) / len(sets)
 
 
+def median_ratio(zh: list[list[str]], en: list[list[str]], repeat: int, **kw) -> tuple:
+    """Median seconds per sentence of each language over ``repeat`` interleaved runs (the
+    machine is shared, so runs alternate)."""
+    times: dict[str, list[float]] = {"zh": [], "en": []}
+    for _ in range(repeat):
+        for lang, sets in (("en", en), ("zh", zh)):
+            times[lang].append(timed(sets, **kw)[1])
+    return statistics.median(times["zh"]), statistics.median(times["en"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=200, help="MH steps (the default: 200)")
+    ap.add_argument("--repeat", type=int, default=5, help="interleaved timing runs")
     args = ap.parse_args()
     t0 = time.perf_counter()
     lm = scorers.chinese_lm()
@@ -76,7 +89,7 @@ def main() -> None:
     sets = keyword_sets(args.sets)
     known = lambda w: lm.word_id(w) is not None  # noqa: E731
     for anneal in (None, True):
-        out, per = timed(sets, anneal=anneal)
+        out, per = timed(sets, anneal=anneal, steps=args.steps)
         print(f"\n== anneal={anneal}: {per * 1e3:.1f} ms per sentence ==")
         ok = 0
         for i, (kws, (s,)) in enumerate(zip(sets, out)):
@@ -86,14 +99,14 @@ def main() -> None:
             print(f"{i:2d} {'/'.join(kws)} → {s.text}{'' if good else '  [KEYWORD MISSING]'}")
         print(f"every keyword present and contiguous, no spaces: {ok}/{len(sets)}")
         for k in (POST_EXAMPLE, ["广州", "美食节", "开幕"]):
-            ex = cgmh.generate(k, n=3, seed=0, anneal=anneal)
+            ex = cgmh.generate(k, n=3, seed=0, anneal=anneal, steps=args.steps)
             print(" / ".join(k), "→", " | ".join(s.text for s in ex))
     en = english_sets(args.sets)
     for anneal in (None, True):
-        _, per_en = timed(en, anneal=anneal)
-        _, per_zh = timed(sets, anneal=anneal)
-        print(f"\nspeed, anneal={anneal}: zh {per_zh * 1e3:.1f} ms/sentence, en (CommonGen dev "
-              f"concepts) {per_en * 1e3:.1f} ms/sentence, zh/en {per_zh / per_en:.2f}")  # fmt: skip
+        per_zh, per_en = median_ratio(sets, en, args.repeat, anneal=anneal, steps=args.steps)
+        print(f"\nspeed, anneal={anneal}, {args.steps} steps, median of {args.repeat}: zh "
+              f"{per_zh * 1e3:.1f} ms/sentence, en (CommonGen dev concepts) "
+              f"{per_en * 1e3:.1f} ms/sentence, zh/en {per_zh / per_en:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -104,26 +104,12 @@ class NgramScorer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Lengths (in words) and natural-log probabilities of ``sentences`` sentences drawn
         word by word from the forward model (seeded), each ended by ``</s>`` or ``max_len``."""
-        rng = np.random.default_rng(seed)
-        eos = self._index["</s>"]
-        lengths = np.zeros(sentences, dtype=np.int64)
-        logps = np.zeros(sentences, dtype=np.float64)
-        for s in range(sentences):
-            context: list[str] = []
-            while len(context) < max_len:
-                lp = self._forward.next_scores(context, None, bos=True) * math.log(10)
-                lp[:2] = -np.inf  # <unk> and <s> are never written
-                cdf = np.cumsum(np.exp(lp - lp.max()))
-                w = min(
-                    int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(lp) - 1
-                )
-                w = w if np.isfinite(lp[w]) else eos
-                logps[s] += lp[w]
-                if w == eos:
-                    break
-                context.append(self._words[w])
-            lengths[s] = len(context)
-        return lengths, logps
+        drawn = self._cgmh_native.sample(
+            check_int(sentences, "sentences", low=1), check_int(seed, "seed", low=0),
+            check_int(max_len, "max_len", low=1),
+        )  # fmt: skip
+        lengths = np.array([len(ids) for ids, _ in drawn], dtype=np.int64)
+        return lengths, np.array([lp for _, lp in drawn], dtype=np.float64)
 
     def backward_logprobs(self, ids: Sequence[int], pos: int) -> np.ndarray | None:
         if self._backward is None:
@@ -329,7 +315,7 @@ def length_prior(scorer: Any, sentences: int = 300, seed: int = 0) -> tuple[int,
     if not hasattr(sampler, "sample"):
         return None
     lengths, logps = sampler.sample(sentences, seed)
-    prior = (max(1, int(np.median(lengths))), float(-logps.sum() / (lengths + 1).sum()))
+    prior = (max(1, round(float(np.mean(lengths)))), float(-logps.sum() / (lengths + 1).sum()))
     try:
         scorer._length_prior = prior
     except AttributeError:  # a scorer with __slots__: estimate again next time

@@ -240,35 +240,38 @@ def as_sentence(text: str) -> str:
 
 
 def _lemmas(word: str) -> set[str]:
-    """lemminflect's lemmas of ``word``; for a word it does not know, its regular-rule guesses."""
-    from lemminflect import getAllLemmas, getAllLemmasOOV
+    from lemminflect import getAllLemmas
 
-    found = getAllLemmas(word) or {u: getAllLemmasOOV(word, u)[u] for u in ("NOUN", "VERB")}
-    return {lemma for lemmas in found.values() for lemma in lemmas}
+    return {lemma for lemmas in getAllLemmas(word).values() for lemma in lemmas}
 
 
 @cache
 def _inflections(word: str) -> frozenset[str]:
     from lemminflect import getAllInflections, getAllInflectionsOOV
 
-    lemmas = {word} | _lemmas(word)
-    forms = set(lemmas)
-    for lemma in lemmas:
+    lemmas = _lemmas(word)
+    # A keyword that is a lemma itself ("lay", "saw") means that lemma, not the words it is
+    # also a form of ("lie", "see"); an inflected keyword ("ran") stands for its lemmas.
+    sources = {word} if word in lemmas or not lemmas else lemmas
+    forms = set(sources)
+    for lemma in sources:
         for found in getAllInflections(lemma).values():
             forms.update(found)
     if forms == {word} and word.isalpha():  # unknown to lemminflect: its regular rules
         for upos in ("NOUN", "VERB"):
             for found in getAllInflectionsOOV(word, upos).values():
                 forms.update(found)
-    # Only forms that lemmatise back to the keyword: a guessed inflection of an unknown word
-    # ("sle" → "sled") is another word.
-    return frozenset(f for f in forms if f == word or (_lemmas(f) | {f}) & lemmas)
+    # Only forms lemminflect lemmatises back to a source: a guessed inflection of an unknown
+    # word ("sle" → "sled") is another word, and a reader (or CommonGen's coverage metric)
+    # would not count it.
+    return frozenset(f for f in forms if f == word or (_lemmas(f) | {f}) & sources)
 
 
 def english_forms(word: str) -> list[str]:
     """The keyword itself, then its English inflections (plural, verb forms, comparative…;
     from ``lemminflect``, which ships its data), each also capitalised (sentence start).
-    An inflected keyword counts as its lemma: ``"ran"`` gives run, runs, running, ran.
+    A keyword that is a lemma keeps its own forms (``"saw"``: saws, sawed…, not *seen*); an
+    inflected one stands for its lemma (``"ran"``: run, runs, running, ran).
 
     >>> sorted(english_forms("throw"))[:4]
     ['Threw', 'Throw', 'Throwing', 'Thrown']

@@ -134,3 +134,12 @@ def test_built_in_chinese_lm_writes_the_posts_example():
         assert {"广州", "开幕"} <= set(s.tokens)
         assert " " not in s.text and s.text.endswith(("。", "！", "？"))
     assert out[0].text != out[1].text
+
+
+def test_cli_lang_and_mixed_keywords(capsys):
+    from kexue import cli
+
+    with pytest.raises(SystemExit, match="mix Chinese"):
+        cli.main(["generate", "广州", "food"])
+    with pytest.raises(SystemExit, match="--lang"):
+        cli.main(["generate", "广州", "--lang", "zh", "--lm", "x.kxlm"])

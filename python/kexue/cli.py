@@ -75,7 +75,10 @@ def _generate(args: argparse.Namespace) -> int:
     with tqdm(total=len(sets), unit="input", disable=len(sets) < 2, file=sys.stderr) as bar:
         for lo in range(0, len(sets), batch):
             # batches of ~64 chains, each seeded by its first input's line number
-            results = generate_many(sets[lo : lo + batch], lm, seed=args.seed + lo, **options)
+            try:
+                results = generate_many(sets[lo : lo + batch], lm, seed=args.seed + lo, **options)
+            except ValueError as e:  # bad keywords or settings: the message, not a traceback
+                raise SystemExit(f"kexue generate: {e}") from e
             for keywords, sentences in zip(sets[lo : lo + batch], results):
                 traced.extend(sentences)
                 for s in sentences:

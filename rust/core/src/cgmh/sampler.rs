@@ -528,26 +528,44 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         y.clear();
         y.extend_from_slice(&self.x[..pos]);
         y.extend_from_slice(&self.x[pos + 1..]);
-        let lt_y = check_logprob(self.scorer.sentence_logprob(&y)?)
-            .and_then(|lp| Ok((lp, self.log_target(&y, lp)?)));
-        let (logp_y, lt_y) = match lt_y {
-            Ok(v) => v,
-            Err(e) => {
-                self.scratch = y;
-                return Err(e);
-            }
-        };
         let (p_ins, p_del) = (
             self.moves[Move::Insert as usize],
             self.moves[Move::Delete as usize],
         );
         // The reverse insert offers the |x| − 1 + 1 − D gaps of y.
         let gaps_y = (len - self.inner_gaps) as f64;
-        let log_a = (lt_y - self.lt) / temp + p_ins.ln() - gaps_y.ln() + log_q - p_del.ln()
-            + (free as f64).ln();
-        if Self::accept(log_a, rng) {
+        let log_q_ratio = p_ins.ln() - gaps_y.ln() + log_q - p_del.ln() + (free as f64).ln();
+        self.propose_whole(y, log_q_ratio, temp, rng, |slot| {
+            slot.remove(pos);
+        })
+    }
+
+    /// MH step to the whole sentence `y` (scored in full) with log proposal ratio
+    /// `log_q_ratio`; on acceptance `y` becomes the state and `relabel` updates the keyword
+    /// slots. `y`'s buffer goes back to the scratch space otherwise.
+    fn propose_whole(
+        &mut self,
+        y: Vec<u32>,
+        log_q_ratio: f64,
+        temp: f64,
+        rng: &mut Rng,
+        relabel: impl FnOnce(&mut Vec<u32>),
+    ) -> Result<bool> {
+        let scored = self
+            .scorer
+            .sentence_logprob(&y)
+            .and_then(check_logprob)
+            .and_then(|lp| Ok((lp, self.log_target(&y, lp)?)));
+        let (logp_y, lt_y) = match scored {
+            Ok(v) => v,
+            Err(e) => {
+                self.scratch = y;
+                return Err(e);
+            }
+        };
+        if Self::accept((lt_y - self.lt) / temp + log_q_ratio, rng) {
             self.scratch = std::mem::replace(&mut self.x, y);
-            self.slot.remove(pos);
+            relabel(&mut self.slot);
             self.logp = logp_y;
             self.lt = lt_y;
             Ok(true)
@@ -599,26 +617,10 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         y.clone_from(&self.x);
         let words: Vec<u32> = y.drain(pos..pos + size).collect();
         y.splice(gap..gap, words);
-        let scored = check_logprob(self.scorer.sentence_logprob(&y)?)
-            .and_then(|lp| Ok((lp, self.log_target(&y, lp)?)));
-        let (logp_y, lt_y) = match scored {
-            Ok(v) => v,
-            Err(e) => {
-                self.scratch = y;
-                return Err(e);
-            }
-        };
-        if Self::accept((lt_y - self.lt) / temp, rng) {
-            self.scratch = std::mem::replace(&mut self.x, y);
+        self.propose_whole(y, 0.0, temp, rng, move |labels| {
             slot.splice(gap..gap, unit);
-            self.slot = slot;
-            self.logp = logp_y;
-            self.lt = lt_y;
-            Ok(true)
-        } else {
-            self.scratch = y;
-            Ok(false)
-        }
+            *labels = slot;
+        })
     }
 
     /// One MH step at temperature `temp`: draws a move, returns (move, accepted).

@@ -454,15 +454,8 @@ fn target_forms(
     hi: usize,
     extra: impl Fn(&[u32]) -> f64,
 ) -> HashMap<Vec<u32>, f64> {
-    enumerate(lm.v as u32, lo, hi)
-        .into_iter()
-        .filter(|x| markings(forms, free, x) > 0.0)
-        .map(|x| {
-            let p = (lm.sentence_logprob(&x).unwrap() + extra(&x)).exp();
-            (x, p)
-        })
-        .filter(|(_, p)| *p > 0.0)
-        .collect()
+    let units: Vec<Vec<Vec<u32>>> = forms.iter().map(|f| vec![f.clone()]).collect();
+    target_units(lm, &units, free, lo, hi, extra)
 }
 
 fn keyword_task(keywords: &[u32], forms: Vec<Vec<u32>>, free_order: bool) -> Task<'static> {

@@ -717,3 +717,25 @@ def test_strided_tensors_through_the_rust_road():
     want = linear_attention(*(x.contiguous().numpy() for x in (q, k, v)), causal=True, projection=w)
     got = linear_attention(q, k, v, causal=True, projection=w)
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_states_saved_before_the_running_maximum_still_load(tmp_path):
+    n, d, m, dv = 40, 16, 32, 16
+    q, k, v = qkv((1, 2, n, d), dv, np.float64, seed=2)
+    w = orthogonal_random_matrix(m, d, seed=1)
+    full = linear_attention(q, k, v, causal=True, projection=w)
+    state = CausalState(projection=w)
+    state.update(q[:, :, :25], k[:, :, :25], v[:, :, :25])
+    path = tmp_path / "state.npz"
+    state.save(path)
+    # a file of the earlier format: the sums under the constant max |ω|²/2, no scale
+    with np.load(path) as f:
+        fields = dict(f)
+    bound = (w * w).sum(1).max() / 2
+    fields["kv"] = state.kv * np.exp(state.scale - bound)[..., None, None]
+    del fields["scale"]
+    np.savez(path, **fields)
+    old = CausalState.load(path)
+    tail = old.update(q[:, :, 25:], k[:, :, 25:], v[:, :, 25:])
+    assert np.abs(tail - full[:, :, 25:]).max() <= 1e-12 * np.abs(full).max()
+    np.testing.assert_array_equal(old.scale, np.full((1, 2), bound))

@@ -19,12 +19,24 @@ __all__ = ["__version__", "get_num_threads", "set_num_threads", "torch_fallback"
 
 def set_num_threads(n: int) -> None:
     """Sizes the thread pool every kexue kernel runs in; ``0`` restores the default
-    (``RAYON_NUM_THREADS`` if set, else one thread per core)."""
+    (``RAYON_NUM_THREADS`` if set, else one thread per core).
+
+    >>> import kexue
+    >>> kexue.set_num_threads(1)
+    >>> kexue.get_num_threads()
+    1
+    >>> kexue.set_num_threads(0)
+    """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be an int >= 0, got {n!r}")
     _native.set_num_threads(n)
 
 
 def get_num_threads() -> int:
-    """Number of threads a kernel started now would use."""
+    """Number of threads a kernel started now would use.
+
+    >>> import kexue
+    >>> kexue.get_num_threads() >= 1
+    True
+    """
     return _native.get_num_threads()

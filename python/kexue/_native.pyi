@@ -128,6 +128,7 @@ class CgmhSettings(TypedDict):
     blocked: list[int]
     keep: int
     free_order: bool
+    units: list[list[int]]  # per input: tokens of each keyword (empty: one each)
     seed: int
     best: bool
     trace: bool
@@ -228,7 +229,7 @@ class AttentionDecoder:
         eps: float,
         d: int,
         state: npt.NDArray[np.float64],
-        scale: npt.NDArray[np.float64],
+        scale: npt.NDArray[np.float64] | None = None,
     ) -> None: ...
     def step(
         self, q: npt.NDArray[np.float32], k: npt.NDArray[np.float32], v: npt.NDArray[np.float32]

@@ -2,7 +2,7 @@
 
 Linear attention replaces ``softmax(q·k)`` by ``φ(q)·φ(k)`` and reorders the product, so
 causal attention becomes a recurrence over the state ``S = Σ φ(k) vᵀ``, ``z = Σ φ(k)``:
-``o_t = φ(q_t)ᵀ S_t / (φ(q_t)ᵀ z_t + eps)`` (Katharopoulos et al. 2020). FAVOR+
+``o_t = φ(q_t)ᵀ S_t / φ(q_t)ᵀ z_t`` (Katharopoulos et al. 2020). FAVOR+
 (Choromanski et al. 2021) picks the random features with ``E[φ(q)·φ(k)] = exp(q·k/√D)``, so it
 approximates softmax attention; Su (kexue.fm/archives/8338) argues the plain ``exp`` of a
 learned projection is the natural choice. See ``docs/linear_attention.md`` of the project.
@@ -18,8 +18,9 @@ tensors without gradient, :class:`CausalState`) use the *running maximum* ``c_t`
 logits seen so far: when a key raises it, the state is rescaled, ``S ← S·e^{c_{t−1}−c_t}``,
 ``z ← z·e^{c_{t−1}−c_t}`` (the online-softmax trick; per token in the recurrence and the
 float32 decoder, per chunk in the chunked form, whose chunks end where the maximum jumps, so
-that outputs up to ``t`` still depend on nothing after ``t``, bitwise). The largest key feature
-seen is then ``1/√m``: nothing overflows, and nothing underflows that matters. The stabiliser
+that outputs up to ``t`` still depend on nothing after ``t``, bitwise: a chunk ends before a
+key more than 8 above its stabiliser). The largest key feature seen is then ``1/√m`` (at most
+``e^8/√m`` inside a chunk): nothing overflows, and nothing underflows that matters. The stabiliser
 is exact because the rescaling multiplies numerator and denominator alike and ``eps`` is
 relative: the denominator is ``(1 + eps)·φ(q)ᵀz``, so ``eps`` changes every output by the
 factor ``1/(1 + eps)`` whatever ``m``, ``D`` or the scale of the inputs (the absolute ``+ eps``
@@ -461,7 +462,7 @@ def linear_attention(
     chunk_size: int = 64,
     key_offset: float | None = None,
 ) -> Any:
-    """Linear attention ``o_t = φ(q_t)ᵀ S_t / (φ(q_t)ᵀ z_t + eps)`` on ``(batch, heads, seq, dim)``.
+    """Linear attention ``o_t = φ(q_t)ᵀ S_t / ((1 + eps)·φ(q_t)ᵀ z_t)`` on ``(B, H, N, D)``.
 
     Args:
         q, k: ``(B, H, Nq, D)`` and ``(B, H, Nk, D)`` float32/float64 arrays or tensors

@@ -13,19 +13,35 @@ from . import __version__, benchmarks
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import contextlib
+    import json
+
     kwargs = {"repeat": args.repeat}
     if args.size is not None:
         kwargs["size"] = args.size
-    importlib.import_module(f"kexue.benchmarks.{args.name}").run(**kwargs)
+    run = importlib.import_module(f"kexue.benchmarks.{args.name}").run
+    if not args.json:
+        run(**kwargs)
+        return 0
+    # the human-readable lines go to stderr, so stdout is one JSON document
+    with contextlib.redirect_stdout(sys.stderr), benchmarks.recording() as cases:
+        run(**kwargs)
+    from . import get_num_threads
+
+    report = {"bench": args.name, "version": __version__, "threads": get_num_threads(),
+              "cases": cases}  # fmt: skip
+    print(json.dumps(report, indent=1))
     return 0
 
 
 def _load_lm(args: argparse.Namespace):
     from .lm import NgramLM
-    from .scorers import NgramScorer, default_lm
+    from .scorers import NgramScorer
 
     if args.lm and args.corpus:
         raise SystemExit("kexue generate: give --lm or --corpus, not both")
+    if args.lang and (args.lm or args.corpus):
+        raise SystemExit("kexue generate: --lang picks a built-in LM; not with --lm or --corpus")
     if args.lm:
         lm = _lm_load(args.lm)
         lm.tokenizer = args.tokenizer
@@ -35,7 +51,7 @@ def _load_lm(args: argparse.Namespace):
             args.corpus, args.order, tokenizer=args.tokenizer, discount_fallback=True
         )
         return NgramScorer(lm)
-    return default_lm()
+    return None  # a built-in LM, chosen by --lang or the keywords' script
 
 
 def _load_hf(args: argparse.Namespace, candidates):
@@ -71,6 +87,14 @@ def _generate(args: argparse.Namespace) -> int:
 
         if args.plot:
             raise SystemExit("kexue generate: --plot is not available with --hf")
+        if lm is None:  # the built-in LM of --lang or of the keywords' script proposes
+            from .cgmh import _language
+            from .scorers import resolve
+
+            try:
+                lm = resolve(None, _language(sets, None, args.lang))
+            except ValueError as e:
+                raise SystemExit(f"kexue generate: {e}") from e
         lm = _load_hf(args, lm)
     options = {
         "n": args.n,
@@ -84,15 +108,20 @@ def _generate(args: argparse.Namespace) -> int:
         "forms": args.forms,
         "length": None if args.length == 0 else "auto" if args.length is None else args.length,
         "block": None if args.no_block else "auto",
+        "return_trace": bool(args.plot),
+        "lang": args.lang,
     }
-    if args.plot:
-        options["return_trace"] = True
+    if args.hf:  # the language chose the proposing LM above
+        del options["return_trace"], options["lang"]
     batch = max(1, 64 // args.n)
     traced = []
     with tqdm(total=len(sets), unit="input", disable=len(sets) < 2, file=sys.stderr) as bar:
         for lo in range(0, len(sets), batch):
             # batches of ~64 chains, each seeded by its first input's line number
-            results = run(sets[lo : lo + batch], lm, seed=args.seed + lo, **options)
+            try:
+                results = run(sets[lo : lo + batch], lm, seed=args.seed + lo, **options)
+            except ValueError as e:  # bad keywords or settings: the message, not a traceback
+                raise SystemExit(f"kexue generate: {e}") from e
             for keywords, sentences in zip(sets[lo : lo + batch], results):
                 traced.extend(sentences)
                 for s in sentences:
@@ -166,13 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=benchmarks.available())
     p.add_argument("--size", type=int, default=None, help="problem size (default per bench)")
     p.add_argument("--repeat", type=int, default=7, help="timed runs; the median is shown")
+    p.add_argument(
+        "--json", action="store_true", help="print the cases (shape, seconds, ratios) as JSON"
+    )
     p.set_defaults(run=_bench)
 
     p = commands.add_parser(
         "generate", help="sentences containing given keywords (CGMH)", description=(
             "Keyword-to-sentence generation by Metropolis-Hastings (CGMH). Without --lm or "
-            "--corpus uses the built-in English LM (order 5, from CommonGen's training "
-            "sentences; offline)."
+            "--corpus uses a built-in LM (offline): English (order 5, from CommonGen's "
+            "training sentences) or, for keywords in Chinese characters or --lang zh, Chinese "
+            "(order 4, People's Daily 1998; the zh extra)."
         ),
     )  # fmt: skip
     p.add_argument("words", nargs="*", metavar="WORD", help="keywords every sentence contains")
@@ -207,7 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--no-block", action="store_true", help="lift the offensive-word filter")
     p.add_argument(
-        "--tokenizer", choices=["words", "whitespace", "chars"], default="words",
+        "--lang", choices=["en", "zh"], default=None,
+        help="built-in LM (default: zh for keywords in Chinese characters, else en)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tokenizer", choices=["words", "whitespace", "chars", "jieba"], default="words",
         help="how --corpus text is split and output joined (default: words)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per sentence")

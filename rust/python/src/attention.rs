@@ -521,16 +521,21 @@ impl AttentionDecoder {
     /// A decoder for float32 `(B, H, d)` tokens by `feature_map` (with a float32 `projection`
     /// `(m, d)` or None, and the key offset), continuing `state`; ValueError where it does not
     /// apply (feature or value counts not multiples of 16).
+    ///
+    /// `scale` (`(B, H)` float64) holds the state's key stabilisers and is updated with it;
+    /// None (only for an empty state) starts from `-inf` in an array of the decoder's own.
     #[new]
-    #[pyo3(signature = (feature_map, projection, key_offset, eps, d, state, scale))]
+    #[pyo3(signature = (feature_map, projection, key_offset, eps, d, state, scale=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         feature_map: &str,
         projection: Option<&Bound<'_, PyAny>>,
         key_offset: Option<f64>,
         eps: f64,
         d: usize,
         state: &Bound<'_, PyAny>,
-        scale: &Bound<'_, PyAny>,
+        scale: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let w = projection
             .map(|p| arrays::typed::<f32>(p, "projection", "a float32 numpy array"))
@@ -550,9 +555,17 @@ impl AttentionDecoder {
                  {shape:?}"
             )));
         }
-        let sc = scale
-            .downcast::<PyArrayDyn<f64>>()
-            .map_err(|_| PyTypeError::new_err("scale must be a float64 numpy array"))?;
+        let own;
+        let sc = match scale {
+            Some(c) => c
+                .downcast::<PyArrayDyn<f64>>()
+                .map_err(|_| PyTypeError::new_err("scale must be a float64 numpy array"))?,
+            None => {
+                own = PyArrayDyn::<f64>::zeros(py, &shape[..2], false);
+                own.readwrite().as_slice_mut()?.fill(f64::NEG_INFINITY);
+                &own
+            }
+        };
         if sc.shape() != &shape[..2] || !sc.is_c_contiguous() {
             return Err(PyValueError::new_err(format!(
                 "scale must be a C-contiguous (batch, heads) array, got shape {:?}",

@@ -13,7 +13,7 @@ from kexue.cli import main
 
 MODULES = [
     "kexue", "kexue.activations", "kexue.attention", "kexue.benchmarks", "kexue.cgmh",
-    "kexue.lm", "kexue.losses", "kexue.multitask", "kexue.nn", "kexue.pipelines",
+    "kexue.lm", "kexue.losses", "kexue.multitask", "kexue.neural", "kexue.nn", "kexue.pipelines",
     "kexue.scorers", "kexue.text", "kexue.vmf",
 ]  # fmt: skip
 

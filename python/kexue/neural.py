@@ -33,7 +33,9 @@ a move have a computable probability. A proposal outside the support (a missing 
 length outside ``min_len..max_len``) is rejected without a neural call.
 
 >>> from kexue.neural import generate
->>> out = generate(["dog", "ball"], hf_scorer, n=2, anneal=True)  # doctest: +SKIP
+>>> from kexue.scorers import HFCausalLM
+>>> lm = HFCausalLM.from_pretrained("./my-model")     # doctest: +SKIP
+>>> out = generate(["dog", "ball"], lm, n=2, anneal=True)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -198,7 +200,27 @@ def generate_many(
     lists → natural-log probabilities; e.g. :class:`kexue.scorers.HFCausalLM`) whose
     ``forward_logprobs``/``backward_logprobs`` propose words. Options as in
     :func:`kexue.cgmh.generate`; ``stats``: a dict that receives ``sentences_scored``,
-    ``tokens_scored`` (when the scorer counts them) and ``score_seconds``."""
+    ``tokens_scored`` (when the scorer counts them) and ``score_seconds``.
+
+    With a tiny random GPT-2 and a byte tokenizer standing in for a real model:
+
+    >>> import torch, transformers
+    >>> from kexue.lm import NgramLM
+    >>> from kexue.scorers import HFCausalLM, NgramScorer
+    >>> text = ["the cat sat on the mat", "a dog sat on a log"] * 3
+    >>> ngram = NgramScorer(NgramLM.build(text, 2, progress=False, discount_fallback=True))
+    >>> _ = torch.manual_seed(0)
+    >>> config = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2)
+    >>> class Bytes:  # any Hugging Face tokenizer has these members
+    ...     bos_token_id = eos_token_id = 0
+    ...     def encode(self, text):
+    ...         return [1 + ord(c) % 63 for c in text]
+    >>> lm = HFCausalLM(transformers.GPT2LMHeadModel(config), Bytes(), candidates=ngram)
+    >>> stats = {}
+    >>> out = generate_many([["cat", "log"], ["dog"]], lm, steps=20, seed=0, stats=stats)
+    >>> [len(row) for row in out], stats["sentences_scored"] <= 2 * 21
+    ([1, 1], True)
+    """
     if order not in ("free", "fixed"):
         raise ValueError(f"order must be 'free' or 'fixed', got {order!r}")
     if isinstance(keyword_lists, str) or not isinstance(keyword_lists, Sequence):
@@ -375,6 +397,11 @@ def generate(
     **options: Any,
 ) -> list[Sentence]:
     """:func:`generate_many` for one keyword set: ``n`` sentences, each holding a form of
-    every keyword."""
+    every keyword. ``lm`` must score whole sentences with ``score_words``:
+
+    >>> generate(["cat"], None)
+    Traceback (most recent call last):
+    TypeError: lm must be a neural scorer with score_words (kexue.scorers.HFCausalLM), got None
+    """
     return generate_many([keywords], lm, n=n, steps=steps, seed=seed, order=order,
                          anneal=anneal, **options)[0]  # fmt: skip

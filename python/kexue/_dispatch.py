@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import math
 import numbers
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -151,6 +152,32 @@ def check_int(value: Any, name: str, *, low: int, high: int | None = None) -> in
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value
+
+
+def _machine_bytes() -> int | None:
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            swaps = (int(line.split()[1]) * 1024 for line in f if line.startswith("SwapTotal:"))
+            swap = next(swaps, 0)
+    except OSError:
+        swap = 0
+    return ram + swap
+
+
+def check_request(nbytes: int, name: str) -> None:
+    """``MemoryError`` naming ``name`` when ``nbytes`` exceed the machine's memory (RAM +
+    swap): torch allocates such a request lazily and the process is killed later, when the
+    pages are touched, where numpy and kexue's Rust kernels raise ``MemoryError``."""
+    limit = _machine_bytes()
+    if limit is not None and nbytes > limit:
+        raise MemoryError(
+            f"{name}: cannot allocate {nbytes / 2**30:.1f} GiB; "
+            f"this machine has {limit / 2**30:.1f} GiB of memory"
+        )
 
 
 def unwrap_0d(result: np.ndarray) -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._dispatch import check_int
+from ._dispatch import check_int, check_request
 
 __all__ = [
     "Sentence",
@@ -204,7 +204,11 @@ def _run(
     n = check_int(n, "n", low=1)
     steps = check_int(steps, "steps", low=1)
     top_k = check_int(top_k, "top_k", low=1)
-    seed = check_int(seed, "seed", low=0)
+    seed = check_int(seed, "seed", low=0, high=2**64 - 1)
+    min_len = check_int(min_len, "min_len", low=1, high=2**32)
+    max_len = check_int(max_len, "max_len", low=1, high=2**32)
+    # Each chain's result holds its sentences: refuse what the machine cannot hold.
+    check_request(n * len(inputs) * (256 + 16 * max_len), "n")
     anneal_t = _anneal(anneal)
     if select is None:
         select = "best" if anneal_t else "last"

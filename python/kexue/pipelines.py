@@ -60,7 +60,7 @@ _LOADED: dict[str, Any] = {}  # path → NgramLM, for LMs passed by path
 def row_seeds(seed: int, index: Sequence[int] | np.ndarray) -> np.ndarray:
     """One 64-bit seed per row from ``(seed, row index)``: independent streams for nearby
     indices, identical whatever the partitioning."""
-    seed = check_int(seed, "seed", low=0)
+    seed = check_int(seed, "seed", low=0, high=2**64 - 1)
     idx = np.asarray(index)
     if idx.size and (idx.dtype.kind not in "iu" or idx.min() < 0):
         raise ValueError("the row index must hold ints >= 0 (give index_col or seed_col)")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._dispatch import Kernel, _force_torch, check_float, check_int, is_tensor
+from ._dispatch import Kernel, _force_torch, check_float, check_int, check_request, is_tensor
 
 __all__ = [
     "VonMisesFisher",
@@ -360,6 +360,8 @@ def _rsample_torch(mu: Any, kappa: Any, n: Any, seed: int, corrected: bool) -> A
     rows, n = _rows(mu, kappa, n)
     d, dtype = _check_d(mu.shape[-1]), mu.dtype
     count = rows if rows is not None else (n if n is not None else 1)
+    # The samples and the few (count, d) intermediates of the reparameterisation below.
+    check_request(6 * count * d * mu.element_size(), "n")
     k_rows = kappa.reshape(-1).detach().to(torch.float64)
     if mu.device.type == "cpu" and not _force_torch.get():
         k_np = k_rows.contiguous().numpy()

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use super::features::{Mapper, Spec};
 use super::gemm::{gemm, Mat};
 use super::Real;
-use crate::{Error, Result};
+use crate::{cancel, Error, Result};
 
 /// How a causal pass is scheduled; all give the same result up to rounding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,6 +298,9 @@ impl<T: Real> Head<'_, T> {
         let mut vf = vec![1.0f64; w];
         let mut y = vec![0.0f64; w];
         for (tok, (o, den)) in o.chunks_exact_mut(dv).zip(den.iter_mut()).enumerate() {
+            if tok % 256 == 0 && cancel::requested() {
+                return true; // causal_forward reports the interrupt
+            }
             vf[..dv]
                 .iter_mut()
                 .zip(&self.v[tok * dv..(tok + 1) * dv])
@@ -325,6 +328,9 @@ impl<T: Real> Head<'_, T> {
         let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
         let mut y = vec![0.0f64; w];
         for i in 0..n {
+            if i % 64 == 0 && cancel::requested() {
+                return true; // causal_forward reports the interrupt
+            }
             let qi = &self.q[i * m..(i + 1) * m];
             y.iter_mut().for_each(|x| *x = 0.0);
             for (row, &qv) in s64.chunks_exact(w).zip(qi) {
@@ -589,6 +595,7 @@ pub fn causal_forward_mapped<T: Real>(
     }
     let mapper = maps.map(|(sq, sk)| Mapper::new(sq, sk));
     let run = |(b, ((o, den), state)): HeadTask<T>| -> Result<()> {
+        cancel::check()?;
         let (q, k, v) = x.head(b);
         let mut fresh = Vec::new();
         let s64 = state.unwrap_or_else(|| {
@@ -635,15 +642,16 @@ pub fn causal_forward_mapped<T: Real>(
             .zip(out.den.chunks_mut(n))
             .zip(states)
             .enumerate()
-            .try_for_each(run)
+            .try_for_each(run)?;
     } else {
         out.o
             .par_chunks_mut(n * dv)
             .zip(out.den.par_chunks_mut(n))
             .zip(states.into_par_iter())
             .enumerate()
-            .try_for_each(run)
+            .try_for_each(run)?;
     }
+    cancel::check() // heads cut short by an interrupt returned early
 }
 
 fn finite_or_err(finite: bool) -> Result<()> {

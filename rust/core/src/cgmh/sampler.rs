@@ -482,6 +482,7 @@ pub fn run_chain<S: Scorer + ?Sized>(
         out.trace_accepted.reserve(cap);
     }
     for t in 0..config.steps {
+        crate::cancel::check()?;
         let (action, accepted) = chain.step(config.temperature(t), rng)?;
         out.proposed[action] += 1;
         out.accepted[action] += u64::from(accepted);

@@ -1,0 +1,84 @@
+"""Exceptions raised by user callbacks (a CGMH scorer or prior) reach the caller as
+themselves, through the Rust sampler: their type, message and traceback are kept."""
+
+from __future__ import annotations
+
+import traceback
+
+import numpy as np
+import pytest
+
+from kexue import _native
+from kexue.cgmh import generate
+from kexue.lm import NgramLM
+from kexue.scorers import NgramScorer
+
+
+class ScorerFailure(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def lm() -> NgramLM:
+    return NgramLM.build(
+        ["the cat sat on the mat", "a dog saw the cat"] * 5,
+        order=2,
+        progress=False,
+        discount_fallback=True,
+    )
+
+
+def failing_scorer(lm: NgramLM, exc: BaseException, method: str) -> NgramScorer:
+    scorer = NgramScorer(lm)
+    scorer._cgmh_native = None  # the Python road, so that the methods are called
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    setattr(scorer, method, fail)
+    return scorer
+
+
+@pytest.mark.parametrize("method", ["sentence_logprob", "forward_logprobs", "backward_logprobs"])
+@pytest.mark.parametrize(
+    "exc", [ScorerFailure("custom"), KeyboardInterrupt(), ValueError("own"), ZeroDivisionError()]
+)
+def test_scorer_exceptions_keep_their_type(lm, method, exc) -> None:
+    scorer = failing_scorer(lm, exc, method)
+    with pytest.raises(type(exc)) as info:
+        generate(["cat"], scorer, n=2, steps=5, seed=0)
+    assert info.value is exc
+    assert any("fail" in line for line in traceback.format_tb(info.value.__traceback__))
+
+
+def test_prior_exceptions_keep_their_type(lm) -> None:
+    def prior(ids):
+        raise ScorerFailure("prior")
+
+    with pytest.raises(ScorerFailure, match="prior"):
+        _native.cgmh_run(NgramScorer(lm), [[lm.native.word_id("cat")]], [[True]], [[prior]],
+                         1, 3, 5, (1 / 3, 1 / 3, 1 / 3), 1, 10, 1.0, None, "min", 0.0, 0,
+                         False, False)  # fmt: skip
+
+
+@pytest.mark.torch
+def test_torch_errors_keep_their_type(lm) -> None:
+    import torch
+
+    def bad(*args, **kwargs):
+        return torch.ones(2, 2) @ torch.ones(3, 3)  # raises RuntimeError from torch
+
+    scorer = NgramScorer(lm)
+    scorer._cgmh_native = None
+    scorer.forward_logprobs = bad
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+        generate(["cat"], scorer, n=2, steps=50)
+
+
+def test_wrong_dtype_from_a_scorer_names_the_rule(lm) -> None:
+    scorer = NgramScorer(lm)
+    scorer._cgmh_native = None
+    real = scorer.forward_logprobs
+    scorer.forward_logprobs = lambda ids, pos: real(ids, pos).astype(np.float64)
+    with pytest.raises(TypeError, match="float32"):
+        generate(["cat"], scorer, n=2, steps=50)

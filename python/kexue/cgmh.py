@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _native
 from ._dispatch import check_int, check_request
+from .lm import split_words
 
 __all__ = [
     "Sentence",
@@ -80,9 +81,9 @@ def tokenize(text: str, tokenizer: Tokenizer = None) -> list[str]:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if tokenizer is None or tokenizer == "whitespace":
-        return text.split()
+        return split_words(text)
     if tokenizer == "chars":
-        return [c for c in text if not c.isspace()]
+        return split_words(" ".join(text))
     if callable(tokenizer):
         return [t for t in tokenizer(text) if t.strip()]
     raise ValueError(
@@ -262,6 +263,15 @@ def _run(
     return out
 
 
+def _check_keyword(word: str, name: str) -> None:
+    """A keyword must be a word the LM can hold and write: not a reserved symbol, and valid
+    text (a lone surrogate cannot be encoded as UTF-8)."""
+    if word in ("<s>", "</s>", "<unk>"):
+        raise ValueError(f"{name} must not hold the reserved symbol {word!r}")
+    if any("\ud800" <= c <= "\udfff" for c in word):
+        raise ValueError(f"{name} must be valid text, got {word!r} (a lone surrogate)")
+
+
 def _keywords(keywords: object, tokenizer: Tokenizer, name: str) -> list[str]:
     if isinstance(keywords, str):
         keywords = [keywords]
@@ -274,6 +284,8 @@ def _keywords(keywords: object, tokenizer: Tokenizer, name: str) -> list[str]:
         toks = tokenize(k, tokenizer)
         if not toks:
             raise ValueError(f"{name} must not hold empty strings, got {k!r}")
+        for t in toks:
+            _check_keyword(t, name)
         words.extend(toks)
     if not words:
         raise ValueError(f"{name} must hold at least one keyword")

@@ -42,7 +42,9 @@ def _generate(args: argparse.Namespace) -> int:
     from .cgmh import generate_many, plot_trace
 
     if args.input:
-        sets = [line.split() for line in _text_lines(args.input) if line.strip()]
+        from .lm import split_words
+
+        sets = [split_words(line) for line in _text_lines(args.input) if line.strip()]
         if not sets:
             raise ValueError(f"{args.input}: has no keyword sets (every line is blank)")
     else:
@@ -106,11 +108,13 @@ def _lm_build(args: argparse.Namespace) -> int:
 
 
 def _lm_ppl(args: argparse.Namespace) -> int:
+    from .lm import split_words
+
     lm = _lm_load(args.model)
     lines = [line.rstrip("\r\n") for line in _text_lines(args.text)]
     if not lines:
         raise ValueError(f"{args.text}: is empty (no sentences to score)")
-    ids = [s.split() for s in lines]
+    ids = [split_words(s) for s in lines]
     oov = sum(1 for words in ids for w in words if w not in _vocab_set(lm))
     tokens = sum(len(words) + 1 for words in ids)
     scores = lm.logprob(lines)

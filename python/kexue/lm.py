@@ -38,6 +38,7 @@ Conventions (those of ``kenlm`` and ``lmplz``):
 
 from __future__ import annotations
 
+import copyreg
 import errno
 import hashlib
 import os
@@ -50,7 +51,7 @@ import numpy as np
 from . import _native
 from ._dispatch import check_int
 
-__all__ = ["NgramLM"]
+__all__ = ["NgramLM", "split_words"]
 
 LN10 = float(np.log(10.0))
 MAX_ORDER: int = _native.LM_MAX_ORDER
@@ -59,6 +60,13 @@ Sentence = str | Sequence[str]
 Tokenizer = Callable[[str], Iterable[str]]
 
 _BATCH_LINES = 20_000
+
+
+def split_words(text: str) -> list[str]:
+    """The words of ``text`` as the Rust side splits them: separated by what
+    ``str.isspace()`` accepts (Unicode White_Space and the ASCII separators U+001C–U+001F)
+    and by NUL, which the binary format reserves."""
+    return text.replace("\0", " ").split()
 
 
 def _is_path(obj: object) -> bool:
@@ -365,7 +373,7 @@ class NgramLM:
         if not batch:
             raise ValueError("sentences must not be empty")
         total = float(self._model.score_batch(batch).sum()) * LN10
-        tokens = sum(len(s.split()) + 1 for s in batch)
+        tokens = sum(len(split_words(s)) + 1 for s in batch)
         return float(np.exp(-total / tokens))
 
     def perplexity_batch(self, batch: Any, text_col: str = "text", **options: Any) -> Any:
@@ -383,12 +391,23 @@ class NgramLM:
         ``context`` starts after ``<s>`` when ``bos``. A candidate outside the vocabulary
         scores as ``<unk>`` (as in ``kenlm``); when ``<unk>`` was counted as a word it can be
         likely, so filter candidates by :attr:`vocab` where that matters."""
-        ctx = self._prep(context).split()
+        ctx = split_words(self._prep(context))
         if candidates is not None:
             if isinstance(candidates, str):
                 raise TypeError("candidates must be a sequence of words, not a str")
             candidates = [self._prep(c) for c in candidates]
         return self._model.next_scores(ctx, candidates, bos=bool(bos)) * LN10
+
+
+def _model_from_bytes(data: bytes) -> _native.NgramModel:
+    return _native.lm_from_bytes(data)[0]
+
+
+def _reduce_model(model: _native.NgramModel) -> tuple:
+    return _model_from_bytes, (bytes(_native.lm_to_bytes(model)),)
+
+
+copyreg.pickle(_native.NgramModel, _reduce_model)  # NgramLM.native pickles by content
 
 
 def _stamp(path: str) -> tuple[int, ...] | None:

@@ -62,6 +62,9 @@ class NgramScorer:
         self.vocab_size = len(self._words)
         self.lowercase = bool(getattr(lm, "lowercase", False))
 
+    def __reduce__(self) -> tuple:  # the native sampler object is rebuilt from the models
+        return _ngram_scorer, (self._forward, self._backward, self.lowercase)
+
     def word_id(self, word: str) -> int | None:
         i = self._index.get(word.lower() if self.lowercase else word)
         return None if i is None or self._words[i] in _SPECIAL else i
@@ -89,6 +92,12 @@ class NgramScorer:
         if self._backward is None:
             return None
         return self._next(self._backward, self._text(ids[pos + 1 :])[::-1])
+
+
+def _ngram_scorer(forward: Any, backward: Any, lowercase: bool) -> NgramScorer:
+    scorer = NgramScorer(forward, backward)
+    scorer.lowercase = lowercase
+    return scorer
 
 
 def _models(lm: Any) -> tuple[Any, Any]:

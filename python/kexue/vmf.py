@@ -534,6 +534,10 @@ class VonMisesFisher:
 _TORCH_CLASS: list = []
 
 
+def _torch_vmf(mu: Any, kappa: Any) -> Any:
+    return torch_distribution()(mu, kappa)
+
+
 def torch_distribution() -> type:
     """The torch class behind ``VonMisesFisher(tensor, ...)``, a
     ``torch.distributions.Distribution`` (created on first use so kexue imports without torch).
@@ -617,6 +621,9 @@ def torch_distribution() -> type:
 
         def kl_uniform(self) -> Any:
             return kl_to_uniform(self.dim, self.concentration)
+
+        def __reduce__(self) -> tuple:  # the class is local: pickle rebuilds it by function
+            return _torch_vmf, (self.loc, self.concentration)
 
     _TORCH_CLASS.append(TorchVonMisesFisher)
     return TorchVonMisesFisher

@@ -103,14 +103,28 @@ pub fn detached<R: Send>(
     py: Python<'_>,
     kernel: impl FnOnce() -> kexue_core::Result<R> + Send,
 ) -> PyResult<R> {
+    detached_sized(py, usize::MAX, kernel)
+}
+
+/// Items of work below which a kernel is over in microseconds: it runs on the calling thread
+/// (handing it to the pool and back costs ~5 µs, more than the work) and is not polled.
+const SMALL_WORK: usize = parallel::MIN_CHUNK;
+
+/// [`detached`] for a kernel of `work` items (elements, sentences, candidates): a small one
+/// runs on the calling thread, GIL released and panics caught, without the signal polling.
+pub fn detached_sized<R: Send>(
+    py: Python<'_>,
+    work: usize,
+    kernel: impl FnOnce() -> kexue_core::Result<R> + Send,
+) -> PyResult<R> {
     let guarded = || match catch_unwind(AssertUnwindSafe(kernel)) {
         Ok(result) => result.map_err(to_py),
         Err(payload) => Err(panic_to_py(payload)),
     };
-    if rayon::current_thread_index().is_some() {
-        // Called from a pool thread (a callback of another kernel): parking it to poll could
-        // starve the pool, and signals are the outer call's to see.
-        return py.allow_threads(guarded);
+    if work < SMALL_WORK || rayon::current_thread_index().is_some() {
+        // Small, or called from a pool thread (a callback of another kernel), where parking
+        // the thread to poll could starve the pool and signals are the outer call's to see.
+        return py.allow_threads(|| parallel::install(guarded));
     }
     py.allow_threads(|| {
         let done = AtomicBool::new(false);
@@ -216,6 +230,6 @@ pub fn filled<'py, T: Element + Send>(
     let out = empty::<T>(py, shape, "output")?;
     // SAFETY: the array was just created here, so no other reference to it exists.
     let data = unsafe { out.as_slice_mut() }.expect("a new array is contiguous");
-    detached(py, || kernel(data))?;
+    detached_sized(py, data.len(), || kernel(data))?;
     Ok(out)
 }

@@ -30,7 +30,7 @@ pub use arpa::{read_arpa, write_arpa};
 pub use binary::{from_bytes, load, save, to_bytes, MAGIC, VERSION};
 pub use estimate::{build, from_counts, BuildOptions, FALLBACK_DISCOUNTS};
 pub use model::{Model, ProbBackoff, State, TokenScore, LN_10, MAX_ORDER};
-pub use vocab::{tokens, Corpus, Vocab, BOS, EOS, UNK};
+pub use vocab::{is_separator, tokens, Corpus, Vocab, BOS, EOS, UNK};
 
 use crate::{Error, Result};
 

@@ -61,6 +61,13 @@ def test_prior_exceptions_keep_their_type(lm) -> None:
                          False, False)  # fmt: skip
 
 
+def test_a_nan_from_a_prior_is_blamed_on_the_prior(lm) -> None:
+    with pytest.raises(ValueError, match="a prior .*invalid log-probability"):
+        _native.cgmh_run(NgramScorer(lm), [[lm.native.word_id("cat")]], [[True]],
+                         [[lambda ids: float("nan")]], 1, 3, 5, (1 / 3, 1 / 3, 1 / 3), 1, 10,
+                         1.0, None, "min", 0.0, 0, False, False)  # fmt: skip
+
+
 @pytest.mark.torch
 def test_torch_errors_keep_their_type(lm) -> None:
     import torch

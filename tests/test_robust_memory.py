@@ -29,6 +29,7 @@ from kexue.lm import NgramLM
 
 lm = NgramLM.build(["the cat sat on the mat", "a dog sat"] * 5, order=2, progress=False,
                    discount_fallback=True)
+arpa = "{arpa}"
 cases = {{
     "sample_vmf beyond the machine": lambda: vmf.sample_vmf(np.ones(64), 1.0, 80_000_000, seed=0),
     "sample_vmf beyond the limit": lambda: vmf.sample_vmf(np.ones(64), 1.0, 10_000_000, seed=0),
@@ -36,6 +37,9 @@ cases = {{
         np.ones((1, 300000, 1, 2), np.float32), np.ones((1, 300000, 1, 2), np.float32)),
     "generate fixed order": lambda: generate(["cat"], lm, n=2**40, order="fixed", steps=1),
     "generate free order": lambda: generate(["cat", "mat"], lm, n=2**40, steps=1),
+    "vmf_sample_wood (the torch road's kernel)": lambda: kexue._native.vmf_sample_wood(
+        64, np.ones(1), 10_000_000, 0, True),
+    "lm_read_arpa of a lying header": lambda: kexue._native.lm_read_arpa(arpa),
 }}
 out = {{}}
 for name, call in cases.items():
@@ -59,8 +63,12 @@ def run_child(code: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_native_requests_raise_memory_error_naming_them() -> None:
-    got = run_child(CHILD.format(limit=LIMIT))
+def test_native_requests_raise_memory_error_naming_them(tmp_path) -> None:
+    arpa = tmp_path / "lying.arpa"  # a header announcing more bigrams than the file holds
+    arpa.write_text("\\data\\\nngram 1=3\nngram 2=99999999\n\n\\1-grams:\n-1\t<s>\n-1\t</s>\n")
+    got = run_child(CHILD.format(limit=LIMIT, arpa=arpa))
+    kind, message = got.pop("lm_read_arpa of a lying header")
+    assert kind == "ValueError" and "ngram 2=99999999 cannot be right" in message, message
     for name, (kind, message) in got.items():
         assert kind == "MemoryError", (name, kind, message)
         assert "cannot allocate" in message, (name, message)

@@ -214,10 +214,14 @@ class NgramLM:
 
         With ``mmap`` (the default) the file is memory-mapped and its tables are used in
         place: every process that loads the same file (Dask / Ray workers on one machine)
-        shares one copy in the page cache. Files are only ever replaced by
-        :meth:`save`'s rename, never rewritten in place; rewriting a loaded file in place
-        with another program is undefined, as for KenLM's mmap loading. ``mmap=False`` reads
-        the file into private memory instead."""
+        shares one copy in the page cache. :meth:`save` replaces a file by a rename, which
+        leaves models mapped from the old file intact. A file rewritten or truncated in place
+        by another program (``cp new.kxlm loaded.kxlm``) would crash a plain mmap reader
+        (SIGBUS, as with KenLM); here every call first checks the file's size and
+        modification time and raises ``OSError`` ("rewritten or truncated since it was
+        loaded") instead: load it again. (A rewrite during a call can still fault; replace
+        model files, do not rewrite them.) ``mmap=False`` reads the file into private memory
+        instead. Only regular files are read: a FIFO, device or directory is an ``OSError``."""
         path = os.path.abspath(os.fspath(path))
         stamp = _regular_file(path)
         digest = _sha256(path)

@@ -46,6 +46,7 @@ import numpy as np
 
 from . import get_num_threads
 from ._dispatch import check_int
+from .lm import split_words
 
 __all__ = ["generate_batch", "perplexity_batch", "row_seeds"]
 
@@ -153,7 +154,7 @@ def perplexity_batch(
             raise TypeError(f"text_col must hold str, row {i} is {type(t).__name__}")
     prepped = [lm._prep(t) for t in texts]
     logprob = np.asarray(lm.logprob(prepped), dtype=np.float64) if texts else np.zeros(0)
-    tokens = np.array([len(t.split()) + 1 for t in prepped], dtype=np.int64)
+    tokens = np.array([len(split_words(t)) + 1 for t in prepped], dtype=np.int64)
     ppl = np.exp(-logprob / np.maximum(tokens, 1))
     take = None
     if max_perplexity is not None:

@@ -571,6 +571,9 @@ fn head(
         *z = row[dv] as f32;
     }
     for c0 in (0..n).step_by(c) {
+        if crate::cancel::requested() {
+            return true; // forms::causal_forward reports the interrupt
+        }
         let l = c.min(n - c0);
         let lp = ceil16(l);
         let (qs, ks) = match mapper {

@@ -222,6 +222,9 @@ impl<T: Real> Head<'_, T> {
         let mut delta = vec![T::zero(); m * w];
         let mut st: Vec<T> = s64.iter().map(|&x| t(x)).collect();
         for c0 in (0..n).step_by(c) {
+            if cancel::requested() {
+                return true; // causal_forward reports the interrupt
+            }
             let l = c.min(n - c0);
             let (qs, ks) = (&self.q[c0 * m..(c0 + l) * m], &self.k[c0 * m..(c0 + l) * m]);
             let vs = &self.v[c0 * dv..(c0 + l) * dv];

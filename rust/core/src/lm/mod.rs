@@ -37,6 +37,9 @@ use crate::{Error, Result};
 /// Opens `path` for reading if it is a regular file: a FIFO would block (or be consumed),
 /// a device or directory is never a model.
 pub(crate) fn open_regular(path: &Path) -> Result<File> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::value("path", "must name a file, got an empty path"));
+    }
     let kind = std::fs::metadata(path)
         .map_err(|e| Error::io(path, e))?
         .file_type();

@@ -135,9 +135,13 @@ def main() -> None:
     n_steps = n_sent * args.steps
 
     def ours():
+        # the peer's algorithm: replace / insert / delete, keywords as given and in order, no
+        # length prior or word filter
         cgmh.generate_many(
-            sets, scorer, n=args.chains, steps=args.steps, top_k=args.top_k, explore=0.0
-        )
+            sets, scorer, n=args.chains, steps=args.steps, top_k=args.top_k, explore=0.0,
+            order="fixed", forms="exact", length=None, block=None, distinct=False,
+            moves={"replace": 1, "insert": 1, "delete": 1},
+        )  # fmt: skip
 
     def theirs():
         rng = random.Random(0)

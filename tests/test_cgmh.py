@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import kexue
 from kexue import cgmh
+from kexue.text import as_sentence, detokenize
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cgmh_toy import ToyBigram  # noqa: E402
@@ -39,7 +40,15 @@ def contains_in_order(tokens: list[str], keywords: list[str]) -> bool:
 def test_every_output_contains_every_keyword(keywords, order, anneal, seed):
     lm = ToyBigram(WORDS, seed=3)
     out = cgmh.generate(
-        keywords, lm, n=3, steps=40, seed=seed, order=order, anneal=anneal, max_len=12
+        keywords,
+        lm,
+        n=3,
+        steps=40,
+        seed=seed,
+        order=order,
+        anneal=anneal,
+        max_len=12,
+        forms="exact",
     )
     assert len(out) == 3
     for s in out:
@@ -47,7 +56,7 @@ def test_every_output_contains_every_keyword(keywords, order, anneal, seed):
         assert len(s.tokens) <= 12
         if order == "fixed":
             assert contains_in_order(s.tokens, keywords)
-        assert s.text.split() == s.tokens
+        assert s.text == as_sentence(detokenize(s.tokens))
         ids = [99 if lm.word_id(w) is None else lm.word_id(w) for w in s.tokens]
         assert math.isclose(s.logprob, lm.sentence_logprob(ids))
 
@@ -72,37 +81,117 @@ def _chi_square(counts: Counter, target: dict[tuple, float], total: int) -> floa
     return stats.chisquare(obs, exp).pvalue
 
 
+def _forms(word: str) -> list[str]:
+    """Toy inflections: "a" may also be written "A"."""
+    return {"a": ["A"], "b": ["B"]}.get(word, [])
+
+
 @pytest.mark.parametrize(
-    "actions, keywords, order, lo",
+    "moves, keywords, order, forms, lo",
     [
-        ((1, 0, 0), None, "fixed", 3),  # replace alone, length fixed at 3
-        ((1, 1, 1), None, "fixed", 1),  # all three
-        ((1, 1, 1), ["b", "b"], "fixed", 2),  # with a repeated keyword
+        ((1, 0, 0, 0, 0), None, "fixed", "exact", 3),  # replace alone, length fixed at 3
+        ((1, 1, 1, 0, 0), None, "fixed", "exact", 1),  # replace, insert, delete
+        ((1, 1, 1, 0, 0), ["b", "b"], "fixed", "exact", 2),  # with a repeated keyword
+        ((1, 1, 1, 1, 0), ["a", "c"], "fixed", _forms, 2),  # keyword forms
+        ((1, 1, 1, 1, 1), ["c", "a"], "free", _forms, 2),  # forms and free order
     ],
 )
-def test_mh_samples_the_enumerated_target(actions, keywords, order, lo):
+def test_mh_samples_the_enumerated_target(moves, keywords, order, forms, lo):
     """Final states of many independent chains vs p(x)·χ(x) over every sentence of 1..3
     words, through the Python scorer protocol (the Rust tests cover every move set natively,
     insert + delete alone included)."""
-    lm = ToyBigram(["a", "b", "c"], seed=7)
+    # The forms cases need the capitalised words too, and more candidates to mix as fast.
+    lm = ToyBigram(["a", "b", "c", "A", "B"] if callable(forms) else ["a", "b", "c"], seed=7)
     hi, chains = 3, 3000
     steps = 60  # insert + delete alone mix slowly: tested natively (cargo test cgmh)
+    options = dict(
+        top_k=4 if callable(forms) else 2, max_len=hi, explore=0.2, length=None, block=None,
+        forms=forms, distinct=False, moves=dict(zip(cgmh.MOVES, moves)),
+    )  # fmt: skip
     if keywords is None:
-        start = ["a", "b", "c"] if actions == (1, 0, 0) else ["a"]
+        start = ["a", "b", "c"] if moves[0] and not moves[1] else ["a"]
         raw = cgmh._run(
             lm, [start], [[False] * len(start)], [[]], n=chains, steps=steps, seed=1,
-            anneal=None, select="last", return_trace=False, top_k=2, gamma=1.0, min_len=1,
-            max_len=hi, index="min", explore=0.2, actions=actions, tokenizer=None, permute=False,
+            anneal=None, tokenizer=None, permute=False, sentence_case=False,
+            **cgmh._options(options),
         )[0]  # fmt: skip
     else:
-        raw = cgmh.generate(keywords, lm, n=chains, steps=steps, seed=1, order=order, top_k=2,
-                            max_len=hi, explore=0.2, actions=actions)  # fmt: skip
+        raw = cgmh.generate(keywords, lm, n=chains, steps=steps, seed=1, order=order, **options)
     counts = Counter(tuple(s.tokens) for s in raw)
     target = {}
     for words, lp in lm.enumerate(lo, hi):
-        if keywords is None or contains_in_order(words, keywords):
+        if keywords is None or _holds(words, keywords, forms, order == "free"):
             target[tuple(words)] = math.exp(lp)
     assert _chi_square(counts, target, chains) > 1e-4
+
+
+def _holds(words: list[str], keywords: list[str], forms, free: bool) -> bool:
+    """Some assignment of distinct positions to the keywords (in order unless ``free``)
+    holds a form of each: brute force over position tuples."""
+    from itertools import permutations
+
+    ok = [{k} | (set(forms(k)) if callable(forms) else set()) for k in keywords]
+    for pos in permutations(range(len(words)), len(keywords)):
+        if (free or list(pos) == sorted(pos)) and all(words[p] in o for p, o in zip(pos, ok)):
+            return True
+    return False
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    keywords=st.lists(
+        st.sampled_from(["run", "throw", "dog", "ball", "catch"]), min_size=1, max_size=4
+    ),  # fmt: skip
+    order=st.sampled_from(["free", "fixed"]),
+    seed=st.integers(0, 2**32),
+)
+def test_every_output_holds_a_form_of_every_keyword(keywords, order, seed):
+    words = "the a dog dogs ball balls run ran running throw threw thrown catch caught".split()
+    lm = ToyBigram(words, seed=11)
+    out = cgmh.generate(keywords, lm, n=2, steps=40, seed=seed, order=order, anneal=True)
+    for s in out:
+        assert _holds(s.tokens, keywords, _english, order == "free")
+
+
+def _english(word: str) -> list[str]:
+    from kexue.text import english_forms
+
+    return english_forms(word)
+
+
+def test_forms_follow_english_inflection_and_exact_keeps_the_word():
+    words = "the a man men throws threw throw ball balls".split()
+    lm = ToyBigram(words, seed=2)
+    got = {w for s in cgmh.generate(["throw", "man"], lm, n=12, steps=60, seed=1) for w in s.tokens}
+    assert got & {"threw", "throws"} and "men" in got  # other forms are used
+    exact = cgmh.generate(["throw", "man"], lm, n=6, steps=60, seed=1, forms="exact")
+    assert all({"throw", "man"} <= set(s.tokens) for s in exact)
+    custom = cgmh.generate(["ball"], lm, n=4, steps=30, seed=1, forms=lambda w: ["balls"])
+    assert all({"ball", "balls"} & set(s.tokens) for s in custom)
+
+
+def test_n_annealed_sentences_are_distinct():
+    lm = ToyBigram(WORDS, seed=5)
+    out = cgmh.generate(["cat"], lm, n=4, steps=80, seed=3, anneal=True, forms="exact")
+    assert len({tuple(s.tokens) for s in out}) == 4
+    same = cgmh.generate(["cat"], lm, n=4, steps=80, seed=3, anneal=True, distinct=False)
+    assert len(same) == 4
+
+
+def test_length_prior_lengthens_annealed_sentences():
+    lm = ToyBigram(WORDS, seed=5)
+    short = cgmh.generate(["cat"], lm, n=6, steps=150, seed=2, anneal=True, length=None)
+    long = cgmh.generate(["cat"], lm, n=6, steps=150, seed=2, anneal=True, length=(8, 6.0))
+    assert np.mean([len(s.tokens) for s in long]) > np.mean([len(s.tokens) for s in short]) + 2
+    assert all(len(s.tokens) >= 6 for s in long)
+
+
+def test_blocked_words_never_appear_unless_keywords():
+    lm = ToyBigram(WORDS, seed=5)
+    out = cgmh.generate(["cat"], lm, n=8, steps=100, seed=1, block=["dog", "mat"], length=(6, 5.0))
+    assert all(not {"dog", "mat"} & set(s.tokens) for s in out)
+    kept = cgmh.generate(["dog"], lm, n=3, steps=50, seed=1, block=["dog"], forms="exact")
+    assert all("dog" in s.tokens for s in kept)
 
 
 def test_same_seed_same_output_on_any_thread_count():
@@ -119,7 +208,8 @@ def test_same_seed_same_output_on_any_thread_count():
 
 def test_annealing_finds_likely_sentences_and_trace():
     lm = ToyBigram(WORDS, seed=5)
-    best = cgmh.generate(["cat"], lm, n=8, steps=150, seed=2, anneal=True, return_trace=True)
+    best = cgmh.generate(["cat"], lm, n=8, steps=150, seed=2, anneal=True, return_trace=True,
+                         distinct=False)  # fmt: skip
     sampled = cgmh.generate(["cat"], lm, n=8, steps=150, seed=2)
     assert np.mean([s.nll_per_token for s in best]) < np.mean([s.nll_per_token for s in sampled])
     for s in best:
@@ -162,6 +252,7 @@ def test_chinese_characters_and_callable_tokenizer():
     out = cgmh.generate(["北京", "开幕"], lm, n=2, steps=40, tokenizer="chars", max_len=10)
     for s in out:
         assert "北" in s.tokens and "幕" in s.tokens and " " not in s.text
+        assert s.text.endswith("。")
     out = cgmh.generate(["北京"], lm, steps=10, tokenizer=lambda t: list(t))
     assert "北" in out[0].tokens
     assert cgmh.detokenize(["Hello", ",", "world", "!"]) == "Hello, world!"
@@ -185,7 +276,14 @@ def test_chinese_characters_and_callable_tokenizer():
         ({"gamma": float("nan")}, ValueError, "gamma"),
         ({"index": "max"}, ValueError, "index"),
         ({"explore": 1.5}, ValueError, "explore"),
-        ({"actions": (0, 0, 0)}, ValueError, "actions"),
+        ({"moves": {"replace": 0, "insert": 0}}, ValueError, "moves"),
+        ({"moves": {"swap": 1}}, ValueError, "moves"),
+        ({"moves": [1, 1]}, TypeError, "moves"),
+        ({"forms": "fuzzy"}, ValueError, "forms"),
+        ({"length": "long"}, ValueError, "length"),
+        ({"length": (5, -1.0)}, ValueError, "length"),
+        ({"block": "dog"}, TypeError, "block"),
+        ({"order": "free", "keywords": ["cat"] * 17, "max_len": 30}, ValueError, "free"),
         ({"min_len": 9, "max_len": 4}, ValueError, "min_len"),
     ],
 )

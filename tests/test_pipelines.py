@@ -227,10 +227,12 @@ def test_generate_batch_does_not_depend_on_partitioning(lm: NgramLM, cuts: list[
 
 def test_generate_batch_rows_match_generate(lm: NgramLM) -> None:
     df = _frame(5).assign(seed=[11, 12, 13, 14, 15])
-    out = generate_batch(df, lm=lm, seed_col="seed", steps=30, n=2)
+    out = generate_batch(df, lm=lm, seed_col="seed", steps=30, n=2, forms="exact")
     assert list(out["sample"]) == [0, 1] * 5 and list(out.index) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     for i, row in df.iterrows():
-        ref = generate(row["keywords"].split(), lm, n=2, steps=30, seed=int(row["seed"]))
+        ref = generate(
+            row["keywords"].split(), lm, n=2, steps=30, seed=int(row["seed"]), forms="exact"
+        )
         got = out.loc[i]
         assert list(got["text"]) == [s.text for s in ref]
         np.testing.assert_array_equal(got["logprob"], [s.logprob for s in ref])
@@ -293,7 +295,7 @@ def test_perplexity_batch_matches_kenlm(lm: NgramLM, tmp_path) -> None:
     np.testing.assert_allclose(out["perplexity"], expected, rtol=1e-5)
     np.testing.assert_array_equal(out["tokens"], [len(t.split()) + 1 for t in texts])
 
-    kept = lm.perplexity_batch(pd.DataFrame({"text": texts}), max_perplexity=500.0)
+    kept = perplexity_batch(pd.DataFrame({"text": texts}), lm=lm, max_perplexity=500.0)
     assert list(kept["text"]) == [t for t, p in zip(texts, expected) if p <= 500.0]
     assert 0 < len(kept) < len(texts)
 

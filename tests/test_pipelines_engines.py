@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 
-from kexue import pipelines
+from kexue import scorers
 from kexue.lm import NgramLM
 from kexue.pipelines import generate_batch, perplexity_batch
 
@@ -47,7 +47,7 @@ def expected(lm: NgramLM, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _worker_scorers() -> int:
-    return len(pipelines._SCORERS) + len(pipelines._SCORERS_BY_FILE)
+    return len(scorers._SCORERS) + len(scorers._SCORERS_BY_FILE)
 
 
 def test_dask_equals_single_process(lm, frame, expected) -> None:

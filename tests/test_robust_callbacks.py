@@ -8,8 +8,7 @@ import traceback
 import numpy as np
 import pytest
 
-from kexue import _native
-from kexue.cgmh import generate
+from kexue.cgmh import generate, paraphrase
 from kexue.lm import NgramLM
 from kexue.scorers import NgramScorer
 
@@ -51,21 +50,30 @@ def test_scorer_exceptions_keep_their_type(lm, method, exc) -> None:
     assert any("fail" in line for line in traceback.format_tb(info.value.__traceback__))
 
 
+def similarity_failing_after(first: int, fail) -> object:
+    """A paraphrase similarity: a fixed embedding for the first ``first`` calls (the
+    reference sentence), then ``fail()``."""
+    calls = []
+
+    def similarity(text: str):
+        calls.append(text)
+        return np.ones(4) if len(calls) <= first else fail()
+
+    return similarity
+
+
 def test_prior_exceptions_keep_their_type(lm) -> None:
-    def prior(ids):
+    def fail():
         raise ScorerFailure("prior")
 
     with pytest.raises(ScorerFailure, match="prior"):
-        _native.cgmh_run(NgramScorer(lm), [[lm.native.word_id("cat")]], [[True]], [[prior]],
-                         1, 3, 5, (1 / 3, 1 / 3, 1 / 3), 1, 10, 1.0, None, "min", 0.0, 0,
-                         False, False)  # fmt: skip
+        paraphrase("the cat sat", lm, similarity=similarity_failing_after(1, fail), steps=5)
 
 
 def test_a_nan_from_a_prior_is_blamed_on_the_prior(lm) -> None:
+    similarity = similarity_failing_after(1, lambda: np.full(4, np.nan))
     with pytest.raises(ValueError, match="a prior .*invalid log-probability"):
-        _native.cgmh_run(NgramScorer(lm), [[lm.native.word_id("cat")]], [[True]],
-                         [[lambda ids: float("nan")]], 1, 3, 5, (1 / 3, 1 / 3, 1 / 3), 1, 10,
-                         1.0, None, "min", 0.0, 0, False, False)  # fmt: skip
+        paraphrase("the cat sat", lm, similarity=similarity, steps=5)
 
 
 @pytest.mark.torch

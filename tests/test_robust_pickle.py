@@ -35,6 +35,7 @@ def test_ngram_scorer(lm) -> None:
     scorer = NgramScorer(lm)
     back = roundtrip(scorer)
     assert back.vocab_size == scorer.vocab_size and back.lowercase == scorer.lowercase
+    assert back.text_tokenizer == scorer.text_tokenizer
     a = generate(["cat"], scorer, n=2, steps=20, seed=3)
     b = generate(["cat"], back, n=2, steps=20, seed=3)
     assert [s.tokens for s in a] == [s.tokens for s in b]

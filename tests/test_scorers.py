@@ -99,20 +99,44 @@ def test_hf_causal_lm_on_a_tiny_random_gpt2(ngram):
     out = cgmh.generate(["cat", "unseenword"], lm, n=2, steps=15, seed=1, top_k=4)
     for s in out:
         assert "cat" in s.tokens and "unseenword" in s.tokens
-        assert math.isclose(s.logprob, lm.score_texts([s.text])[0], rel_tol=1e-4, abs_tol=1e-4)
+        text = cgmh.detokenize(s.tokens)  # s.text is in sentence case
+        assert math.isclose(s.logprob, lm.score_texts([text])[0], rel_tol=1e-4, abs_tol=1e-4)
     with pytest.raises(ValueError, match="batch_size"):
         HFCausalLM(model, tok, candidates=ngram, batch_size=0)
 
 
-def test_default_lm_is_english():
-    pytest.importorskip("symspellpy")
+def test_default_lm_is_an_english_sentence_model():
     lm = default_lm()
-    assert lm.vocab_size > 80_000 and lm.word_id("the") is not None
-    good = lm.sentence_logprob([lm.word_id(w) for w in "the cat sat on the mat".split()])
-    bad = lm.sentence_logprob([lm.word_id(w) for w in "mat the on sat cat the".split()])
-    assert good > bad
+    assert lm.vocab_size > 9000 and lm.word_id("the") is not None
+    assert lm.text_tokenizer == "words"
+
+    def logp(text: str) -> float:
+        return lm.sentence_logprob([lm.word_id(w) for w in text.split()])
+
+    assert logp("A dog catches a frisbee .") > logp("frisbee a catches dog A .")
+    assert logp("A man sits on a bench .") > logp("A man sits on a bench the")  # a true end
     out = cgmh.generate(["music", "night"], n=2, steps=50, anneal=True)
-    assert all("music" in s.tokens and "night" in s.tokens for s in out)
+    for s in out:
+        assert {"music", "night", "nights"} & set(s.tokens) and s.text[0].isupper()
+        assert s.text[-1] in ".!?" and s.text != out[0].text or s is out[0]
+    unseen = cgmh.generate(["zeppelinoid", "dog"], steps=40)[0]  # unknown words still work
+    assert "zeppelinoid" in unseen.tokens
+
+
+def test_default_lm_never_writes_an_offensive_word():
+    from kexue.text import blocked_words
+
+    lm = default_lm()
+    blocked = set(blocked_words(lm.word(i) for i in range(lm.vocab_size)))
+    assert len(blocked) >= 10
+    out = cgmh.generate_many([["night", "party"], ["man", "fight"], ["kill", "game"]], n=3,
+                             steps=80, anneal=True)  # fmt: skip
+    for row, kws in zip(out, [["night", "party"], ["man", "fight"], ["kill", "game"]]):
+        for s in row:
+            assert not (blocked - set(kws)) & set(s.tokens), s.text
+    assert any("kill" in s.tokens or "killed" in s.tokens for s in out[2])  # keywords excepted
+    free = cgmh.generate(["night", "party"], n=3, steps=80, block=None)
+    assert len(free) == 3
 
 
 def test_cli_generate(capsys, tmp_path):
@@ -128,7 +152,7 @@ def test_cli_generate(capsys, tmp_path):
     assert main(["generate", "--input", str(inp), "--corpus", str(corpus), "--n", "1",
                  "--steps", "30", "--plot", str(png)]) == 0  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and "cat" in lines[0].split() and "tree" in lines[1].split()
+    assert len(lines) == 2 and "cat" in lines[0].lower() and "tree" in lines[1].lower()
     assert png.stat().st_size > 1000
     with pytest.raises(SystemExit):
         main(["generate"])

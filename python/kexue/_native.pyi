@@ -1,5 +1,5 @@
 # Type stubs of the Rust extension; the public, documented API is in the Python modules.
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -112,24 +112,32 @@ class CgmhNgram:
     @property
     def has_backward(self) -> bool: ...
 
+class CgmhSettings(TypedDict):
+    chains: int
+    steps: int
+    top_k: int
+    moves: dict[str, float]
+    min_len: int
+    max_len: int
+    gamma: float
+    length: tuple[int, float] | None
+    anneal: tuple[float, float] | None
+    index: str
+    explore: float
+    blocked: list[int]
+    keep: int
+    free_order: bool
+    seed: int
+    best: bool
+    trace: bool
+
 def cgmh_run(
     lm: Any,
     inputs: list[list[int]],
     fixed: list[list[bool]],
+    forms: list[list[list[int]]],
     priors: list[list[Any]],
-    n: int,
-    steps: int,
-    top_k: int,
-    actions: tuple[float, float, float],
-    min_len: int,
-    max_len: int,
-    gamma: float,
-    anneal: tuple[float, float] | None,
-    index: str,
-    explore: float,
-    seed: int,
-    best: bool,
-    trace: bool,
+    settings: CgmhSettings,
 ) -> list[dict[str, Any]]: ...
 
 # --- attention --------------------------------------------------------------------------

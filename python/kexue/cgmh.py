@@ -1,34 +1,44 @@
 """CGMH: sentences that contain given keywords, by Metropolis–Hastings over word edits.
 
 Miao et al., "CGMH: Constrained Sentence Generation by Metropolis–Hastings Sampling" (AAAI
-2019). Each chain starts from the keywords and edits the sentence by replace / insert / delete;
-candidate words come from the LM's forward and backward next-word distributions (top-K), and
-every edit is accepted with the exact MH ratio, so chains sample
-``p(x)^gamma · [x contains every keyword]``. With ``anneal`` the target is sharpened step by
-step (simulated annealing) and the best sentence seen is returned. The whole loop runs in Rust,
-chains and inputs in parallel; a Python scorer (e.g. :class:`kexue.scorers.HFCausalLM`) is
-called back for scores.
+2019). Each chain starts from the keywords and edits the sentence: replace, insert and delete a
+word, switch a keyword between its inflected forms (``"throw"`` may be written *threw*,
+*throwing*…), move a keyword (``order="free"``). Candidate words come from the LM's forward and
+backward next-word distributions (top-K), and every edit is accepted with the exact MH ratio,
+so chains sample
+
+    π(x) ∝ p(x)^γ · λ(|x|) · [x holds a form of every keyword] · [no blocked word]
+
+where λ(l) = exp(−β · max(0, L − l)) is the length prior: each word a sentence is short of L
+costs β nats (``length``; by default L and β are estimated from sentences the LM itself
+generates, so a sentence is as long as the LM's typical one; no prior for a scorer that
+cannot generate). Without it the most probable
+sentence is the shortest string that holds the keywords. With ``anneal`` the target is
+sharpened step by step (simulated annealing) and the best sentence seen is returned. The whole
+loop runs in Rust, chains and inputs in parallel; a Python scorer (e.g.
+:class:`kexue.scorers.HFCausalLM`) is called back for scores.
 
 >>> from kexue.cgmh import generate
 >>> out = generate(["cat", "mat"], n=2, steps=60, seed=0)   # the built-in English LM
->>> all("cat" in s.tokens and "mat" in s.tokens for s in out)
+>>> all({"cat", "cats", "Cat", "Cats"} & set(s.tokens) for s in out)
 True
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from . import _native
+from . import _native, scorers
 from ._dispatch import check_int, check_request
-from .lm import split_words
+from .text import Tokenizer, as_sentence, detokenize, english_forms, tokenize
 
 __all__ = [
+    "MOVES",
     "Sentence",
     "correct",
     "detokenize",
@@ -39,8 +49,12 @@ __all__ = [
     "tokenize",
 ]
 
-Tokenizer = str | Callable[[str], Sequence[str]] | None
-_ACTIONS = ("replace", "insert", "delete")
+#: The chain's moves, in the order of the native counters.
+MOVES = ("replace", "insert", "delete", "reform", "reorder")
+#: Default move weights (normalised per input over the moves it can make).
+DEFAULT_MOVES = {"replace": 0.3, "insert": 0.25, "delete": 0.25, "reform": 0.1, "reorder": 0.1}
+
+Forms = str | Callable[[str], Iterable[str]]
 
 
 @dataclass
@@ -51,13 +65,14 @@ class Sentence:
     tokens: list[str]
     #: natural-log probability of ``tokens`` under the LM (γ not applied)
     logprob: float
-    #: log of the (untempered) target: γ·log p − log N + soft terms
+    #: log of the (untempered) target: γ·log p + log λ(|x|) − log N + soft terms
     log_target: float
     #: the chain's final state (equal to ``tokens`` when ``select="last"``)
     last_tokens: list[str]
     last_logprob: float
-    #: proposals and acceptances per action; a replace that redraws the current word counts
-    #: as accepted (it is a Gibbs draw), a move with no valid target as rejected
+    #: proposals and acceptances per move (:data:`MOVES`); a replace or reform that redraws
+    #: the current word counts as accepted (it is a Gibbs draw), a move with no valid target
+    #: as rejected
     proposed: dict[str, int]
     accepted: dict[str, int]
     #: per step, with ``return_trace=True``: log target of the current state, acceptance
@@ -75,70 +90,6 @@ class Sentence:
         return -self.logprob / (len(self.tokens) + 1)
 
 
-def tokenize(text: str, tokenizer: Tokenizer = None) -> list[str]:
-    """Splits ``text``: on whitespace by default, into characters with ``"chars"`` (Chinese),
-    or with any callable (e.g. ``jieba.lcut``)."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    if tokenizer is None or tokenizer == "whitespace":
-        return split_words(text)
-    if tokenizer == "chars":
-        return split_words(" ".join(text))
-    if callable(tokenizer):
-        return [t for t in tokenizer(text) if t.strip()]
-    raise ValueError(
-        f"tokenizer must be None, 'whitespace', 'chars' or a callable, got {tokenizer!r}"
-    )
-
-
-_NO_SPACE_BEFORE = {
-    ".",
-    ",",
-    ";",
-    ":",
-    "!",
-    "?",
-    ")",
-    "]",
-    "}",
-    "%",
-    "'s",
-    "n't",
-    "'re",
-    "'ve",
-    "'m",
-    "'ll",
-    "'d",
-}
-_NO_SPACE_AFTER = {"(", "[", "{", "$"}
-
-
-def detokenize(tokens: Sequence[str], tokenizer: Tokenizer = None) -> str:
-    """Joins tokens for display: characters without spaces, words with English punctuation
-    spacing."""
-    if tokenizer == "chars" or (callable(tokenizer) and all(len(t) == 1 for t in tokens)):
-        return "".join(tokens)
-    out = ""
-    for i, t in enumerate(tokens):
-        if i and t not in _NO_SPACE_BEFORE and tokens[i - 1] not in _NO_SPACE_AFTER:
-            out += " "
-        out += t
-    return out
-
-
-def _scorer(lm: Any) -> Any:
-    """The default LM for None; n-gram models wrapped in the native scorer."""
-    from . import scorers
-
-    if lm is None:
-        return scorers.default_lm()
-    from .lm import NgramLM
-
-    if isinstance(lm, (NgramLM, _native.NgramModel)):
-        return scorers.NgramScorer(lm)
-    return lm
-
-
 class _Ids:
     """Word ↔ id for one call: LM words keep their ids; unknown words get ids past the
     vocabulary (scored as the LM's unknown word, never proposed)."""
@@ -152,10 +103,14 @@ class _Ids:
         self.extra: dict[str, int] = {}
         self.extra_words: list[str] = []
 
-    def id(self, word: str) -> int:
+    def known(self, word: str) -> int | None:
         i = self.lm.word_id(word)
-        if i is not None and 0 <= i < self.vocab_size:
-            return int(i)
+        return int(i) if i is not None and 0 <= i < self.vocab_size else None
+
+    def id(self, word: str) -> int:
+        i = self.known(word)
+        if i is not None:
+            return i
         if word not in self.extra:
             self.extra[word] = self.vocab_size + len(self.extra_words)
             self.extra_words.append(word)
@@ -179,6 +134,89 @@ def _anneal(anneal: object) -> tuple[float, float] | None:
     raise ValueError(f"anneal must be None, True, a start temperature or (t0, t1), got {anneal!r}")
 
 
+def _moves(moves: Mapping[str, float] | None) -> dict[str, float]:
+    if moves is None:
+        return dict(DEFAULT_MOVES)
+    if not isinstance(moves, Mapping):
+        raise TypeError(f"moves must be a dict of move weights, got {type(moves).__name__}")
+    unknown = set(moves) - set(MOVES)
+    if unknown:
+        raise ValueError(f"moves keys must be among {MOVES}, got {sorted(unknown)}")
+    return {m: float(moves.get(m, 0.0)) for m in MOVES}
+
+
+def _length(length: object, lm: Any) -> tuple[int, float] | None:
+    if length is None or length is False:
+        return None
+    if length == "auto":
+        return scorers.length_prior(lm)
+    if isinstance(length, int) and not isinstance(length, bool):
+        estimated = scorers.length_prior(lm)
+        if estimated is None:
+            raise ValueError(
+                "length: this scorer cannot estimate the per-word cost; pass (target, cost)"
+            )
+        return (check_int(length, "length", low=1), estimated[1])
+    if isinstance(length, (tuple, list)) and len(length) == 2:
+        per_word = float(length[1])
+        if not (per_word >= 0 and np.isfinite(per_word)):
+            raise ValueError(f"length per-word cost must be a finite number >= 0, got {per_word}")
+        return (check_int(length[0], "length", low=1), per_word)
+    raise ValueError(
+        f"length must be 'auto', None, a target length or (target, per-word cost), got {length!r}"
+    )
+
+
+def _forms_of(forms: Forms) -> Callable[[str], Iterable[str]] | None:
+    if forms == "exact":
+        return None
+    if forms == "auto":
+        return _auto_forms
+    if callable(forms):
+        return forms
+    raise ValueError(f"forms must be 'auto', 'exact' or a callable word -> forms, got {forms!r}")
+
+
+def _auto_forms(word: str) -> Iterable[str]:
+    """English inflections for words in Latin letters, the word alone otherwise."""
+    if word.isascii() and word.replace("'", "").replace("-", "").isalpha():
+        return english_forms(word)
+    return (word,)
+
+
+def _blocked(block: object, lm: Any) -> list[int]:
+    if block is None or block is False:
+        return []
+    if block == "auto":
+        return scorers.blocked_ids(lm)
+    if isinstance(block, str) or not isinstance(block, Iterable):
+        raise TypeError(f"block must be 'auto', None or a list of words, got {block!r}")
+    ids = []
+    for w in block:
+        if not isinstance(w, str):
+            raise TypeError(f"block must hold str, got {type(w).__name__}")
+        i = lm.word_id(w)
+        if i is not None and 0 <= i < int(lm.vocab_size):
+            ids.append(int(i))
+    return ids
+
+
+def _pick(rows: list[dict[str, Any]], best: bool, distinct: bool) -> list[tuple]:
+    """One (tokens, logprob, log_target, row) per chain: its best or last state; with
+    ``distinct``, a chain whose pick repeats an earlier one's gives its best state not yet
+    taken instead."""
+    taken: set[tuple[int, ...]] = set()
+    out = []
+    for r in rows:
+        options = list(r["kept"]) if best else [(r["last"], r["last_logprob"], None), *r["kept"]]
+        fresh = (o for o in options if not distinct or tuple(o[0]) not in taken)
+        choice = next(fresh, options[0])
+        taken.add(tuple(choice[0]))
+        lt = choice[2] if choice[2] is not None else r["log_target"]
+        out.append((list(choice[0]), choice[1], lt, r))
+    return out
+
+
 def _run(
     lm: Any,
     inputs: list[list[str]],
@@ -195,11 +233,16 @@ def _run(
     gamma: float,
     min_len: int,
     max_len: int,
+    length: object,
+    forms: Forms,
+    block: object,
     index: str,
     explore: float,
-    actions: Sequence[float],
+    moves: Mapping[str, float] | None,
+    distinct: bool,
     tokenizer: Tokenizer,
     permute: bool,
+    sentence_case: bool,
     ids: _Ids | None = None,
 ) -> list[list[Sentence]]:
     n = check_int(n, "n", low=1)
@@ -215,46 +258,73 @@ def _run(
         select = "best" if anneal_t else "last"
     if select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
-    if len(actions) != 3:
-        raise ValueError(
-            f"actions must be 3 probabilities (replace, insert, delete), got {actions!r}"
-        )
-    lm = _scorer(lm)
+    best = select == "best"
+    move_weights = _moves(moves)
+    forms_fn = _forms_of(forms)
+    lm = scorers.resolve(lm)
     ids = ids or _Ids(lm)
     tokens = [[ids.id(w) for w in ws] for ws in inputs]
-    # "free" order: each chain starts from its own permutation of the keywords (keywords are
-    # never moved within a chain), so the order varies across chains.
+    alternatives = []
+    for ws, fl in zip(inputs, fixed):
+        per_keyword = []
+        for w, f in zip(ws, fl):
+            if f and forms_fn is not None:
+                known = (ids.known(v) for v in forms_fn(w) if isinstance(v, str) and v != w)
+                per_keyword.append(sorted({i for i in known if i is not None}))
+            elif f:
+                per_keyword.append([])
+        alternatives.append(per_keyword)
+    # "free" order: each chain starts from its own permutation of the keywords (and the
+    # reorder move moves them), so the order varies across chains.
     if permute:
         rng = random.Random(seed)
-        tasks, flags, pri = [], [], []
-        for t, f, p in zip(tokens, fixed, priors):
+        tasks, flags, alts, pri = [], [], [], []
+        for t, f, a, p in zip(tokens, fixed, alternatives, priors):
             for _ in range(n):
-                tasks.append(rng.sample(t, len(t)))
+                order = rng.sample(range(len(t)), len(t))
+                tasks.append([t[i] for i in order])
                 flags.append(f)
+                alts.append([a[i] for i in order])
                 pri.append(p)
         chains = 1
     else:
-        tasks, flags, pri, chains = tokens, fixed, priors, n
-    raw = _native.cgmh_run(
-        lm, tasks, flags, pri, chains, steps, top_k, tuple(float(a) for a in actions), min_len,
-        max_len, float(gamma), anneal_t, index, float(explore), seed, select == "best",
-        bool(return_trace),
-    )  # fmt: skip
+        tasks, flags, alts, pri, chains = tokens, fixed, alternatives, priors, n
+    settings = {
+        "chains": chains,
+        "steps": steps,
+        "top_k": top_k,
+        "moves": move_weights,
+        "min_len": min_len,
+        "max_len": max_len,
+        "gamma": float(gamma),
+        "length": _length(length, lm),
+        "anneal": anneal_t,
+        "index": index,
+        "explore": float(explore),
+        "blocked": _blocked(block, lm),
+        "keep": n + 1,
+        "free_order": permute,
+        "seed": seed,
+        "best": best,
+        "trace": bool(return_trace),
+    }
+    raw = _native.cgmh_run(lm, tasks, flags, alts, pri, settings)
     out = []
     for i in range(len(inputs)):
         row = []
-        for r in raw[i * n : (i + 1) * n]:
-            words = [ids.word(t) for t in r["tokens"]]
+        for toks, logprob, log_target, r in _pick(raw[i * n : (i + 1) * n], best, distinct):
+            words = [ids.word(t) for t in toks]
+            text = detokenize(words, tokenizer)
             row.append(
                 Sentence(
-                    text=detokenize(words, tokenizer),
+                    text=as_sentence(text) if sentence_case else text,
                     tokens=words,
-                    logprob=r["logprob"],
-                    log_target=r["log_target"],
+                    logprob=logprob,
+                    log_target=log_target,
                     last_tokens=[ids.word(t) for t in r["last"]],
                     last_logprob=r["last_logprob"],
-                    proposed=dict(zip(_ACTIONS, r["proposed"])),
-                    accepted=dict(zip(_ACTIONS, r["accepted"])),
+                    proposed=dict(zip(MOVES, r["proposed"])),
+                    accepted=dict(zip(MOVES, r["accepted"])),
                     trace_log_target=r.get("trace_log_target"),
                     trace_accepted=r.get("trace_accepted"),
                 )
@@ -292,6 +362,37 @@ def _keywords(keywords: object, tokenizer: Tokenizer, name: str) -> list[str]:
     return words
 
 
+_OPTIONS = {
+    "select": None,
+    "return_trace": False,
+    "top_k": 50,
+    "gamma": 1.0,
+    "min_len": 1,
+    "max_len": 40,
+    "length": "auto",
+    "forms": "auto",
+    "block": "auto",
+    "index": "min",
+    "explore": 0.01,
+    "moves": None,
+    "distinct": True,
+}
+
+
+def _options(options: dict[str, Any], **defaults: Any) -> dict[str, Any]:
+    unknown = set(options) - set(_OPTIONS)
+    if unknown:
+        raise TypeError(f"unexpected options: {sorted(unknown)}")
+    return {**_OPTIONS, **defaults, **options}
+
+
+def _resolve(lm: Any, tokenizer: Tokenizer) -> tuple[Any, Tokenizer]:
+    """The scorer for ``lm`` and the tokenizer: the given one, else the one the LM was built
+    with."""
+    scorer = scorers.resolve(lm)
+    return scorer, tokenizer if tokenizer is not None else getattr(scorer, "text_tokenizer", None)
+
+
 def generate_many(
     keyword_lists: Sequence[Sequence[str] | str],
     lm: Any = None,
@@ -301,29 +402,26 @@ def generate_many(
     seed: int = 0,
     order: str = "free",
     anneal: object = None,
-    select: str | None = None,
-    return_trace: bool = False,
-    top_k: int = 50,
-    gamma: float = 1.0,
-    min_len: int = 1,
-    max_len: int = 40,
-    index: str = "min",
-    explore: float = 0.01,
-    actions: Sequence[float] = (1 / 3, 1 / 3, 1 / 3),
     tokenizer: Tokenizer = None,
+    **options: Any,
 ) -> list[list[Sentence]]:
     """:func:`generate` for many keyword sets at once (all chains of all inputs in parallel);
-    returns one list of ``n`` sentences per input."""
+    returns one list of ``n`` sentences per input.
+
+    >>> out = generate_many([["dog", "ball"], ["rain", "city"]], n=1, steps=80, anneal=True)
+    >>> [len(row) for row in out]
+    [1, 1]
+    """
     if order not in ("free", "fixed"):
         raise ValueError(f"order must be 'free' or 'fixed', got {order!r}")
     if isinstance(keyword_lists, str) or not isinstance(keyword_lists, Sequence):
         raise TypeError("keyword_lists must be a list of keyword lists")
+    lm, tokenizer = _resolve(lm, tokenizer)
     inputs = [_keywords(k, tokenizer, f"keyword_lists[{i}]") for i, k in enumerate(keyword_lists)]
     return _run(
         lm, inputs, [[True] * len(k) for k in inputs], [[] for _ in inputs],
-        n=n, steps=steps, seed=seed, anneal=anneal, select=select, return_trace=return_trace,
-        top_k=top_k, gamma=gamma, min_len=min_len, max_len=max_len, index=index,
-        explore=explore, actions=actions, tokenizer=tokenizer, permute=order == "free",
+        n=n, steps=steps, seed=seed, anneal=anneal, tokenizer=tokenizer,
+        permute=order == "free", sentence_case=True, **_options(options),
     )  # fmt: skip
 
 
@@ -336,26 +434,40 @@ def generate(
     seed: int = 0,
     order: str = "free",
     anneal: object = None,
-    return_trace: bool = False,
     **options: Any,
 ) -> list[Sentence]:
-    """``n`` sentences containing every keyword.
+    """``n`` distinct sentences, each holding a form of every keyword.
 
-    ``lm``: a scorer (:mod:`kexue.scorers`; default: the built-in English n-gram LM).
-    ``order``: ``"fixed"`` keeps the keywords in the given order; ``"free"`` starts each chain
-    from its own permutation. ``anneal``: ``True``, a start temperature or ``(t0, t1)``
+    ``lm``: a :class:`kexue.lm.NgramLM`, a path of an LM file or a scorer
+    (:mod:`kexue.scorers`); default: the built-in English LM. ``order``: ``"fixed"`` keeps the
+    keywords in the given order; ``"free"`` starts each chain from its own permutation and
+    lets the chain move keywords. ``anneal``: ``True``, a start temperature or ``(t0, t1)``
     (geometric schedule) turns sampling into search and returns the best sentence seen
-    (``select="best"``; otherwise the last state). Other options: ``top_k`` (candidates per
-    edit), ``gamma`` (exponent on p(x); below 1 favours longer sentences), ``min_len``,
-    ``max_len``, ``index`` (``"min"``/``"product"``/``"forward"``: how forward and backward
-    LMs pick candidates), ``explore`` (probability of a uniform word proposal), ``actions``
-    (replace, insert, delete probabilities), ``tokenizer``.
+    (``select="best"``; otherwise the last state).
 
-    >>> [s.text for s in generate("dog park", n=1, steps=80, anneal=True)]  # doctest: +SKIP
-    ['the dog park .']
+    Options: ``forms`` (``"auto"``: English inflections of Latin-script keywords, kept to
+    those the LM knows; ``"exact"``: the keyword as given; or a callable word → forms, for
+    other languages), ``length`` (``"auto"``, ``None``, a target length, or ``(target,
+    per-word cost)``: the length prior of the module doc), ``block`` (``"auto"``: the
+    offensive-word list, keywords excepted; ``None``; or a list of words the output may not
+    contain), ``top_k`` (candidates per edit), ``gamma`` (exponent on p(x)), ``min_len``,
+    ``max_len``, ``index`` (``"min"``/``"product"``/``"forward"``: how forward and backward
+    LMs pick candidates), ``explore`` (probability of a uniform word proposal), ``moves``
+    (weights of :data:`MOVES`), ``distinct`` (default True: a chain whose sentence repeats an
+    earlier chain's returns its best state not yet taken, so the ``n`` sentences differ when
+    the chains saw ``n`` different ones; False: every chain's own state, e.g. to use the
+    chains as independent samples), ``tokenizer`` (default: the LM's own), ``select``,
+    ``return_trace``. Text comes back in sentence case with final punctuation.
+
+    >>> out = generate(["dog", "frisbee", "catch"], n=2, anneal=True, seed=0)
+    >>> len({s.text for s in out})
+    2
+    >>> all({"catch", "catches", "caught", "catching"} & {w.lower() for w in s.tokens}
+    ...     for s in out)
+    True
     """
     return generate_many([keywords], lm, n=n, steps=steps, seed=seed, order=order,
-                         anneal=anneal, return_trace=return_trace, **options)[0]  # fmt: skip
+                         anneal=anneal, **options)[0]  # fmt: skip
 
 
 def _sentence(sentence: object, tokenizer: Tokenizer) -> list[str]:
@@ -381,10 +493,11 @@ def paraphrase(
 ) -> list[Sentence]:
     """Paraphrases by sampling ``p(x) · exp(weight · sim(x, sentence))`` (UPSA-style with
     ``anneal``). ``sim``: cosine of bags of words by default, or of ``similarity(text)``
-    embeddings (any callable text → vector). ``keywords``: words that must stay."""
+    embeddings (any callable text → vector). ``keywords``: words that must stay (as given).
+    No length prior by default (the similarity keeps the length)."""
+    lm, tokenizer = _resolve(lm, tokenizer)
     words = _sentence(sentence, tokenizer)
     keep = set(_keywords(list(keywords), tokenizer, "keywords")) if keywords else set()
-    lm = _scorer(lm)
     ids = _Ids(lm)
     src = [ids.id(w) for w in words]
     if similarity is None:
@@ -398,7 +511,8 @@ def paraphrase(
 
     return _run(
         lm, [words], [[w in keep for w in words]], [[prior]], n=n, steps=steps, seed=seed,
-        anneal=anneal, tokenizer=tokenizer, permute=False, ids=ids, **_defaults(options),
+        anneal=anneal, tokenizer=tokenizer, permute=False, sentence_case=False, ids=ids,
+        **_options(options, length=None, forms="exact"),
     )[0]  # fmt: skip
 
 
@@ -416,24 +530,15 @@ def correct(
 ) -> list[Sentence]:
     """Error correction: samples ``p(x) · exp(−weight · edit distance(x, sentence))`` (with
     ``anneal``: searches), so edits that raise fluency enough are kept."""
+    lm, tokenizer = _resolve(lm, tokenizer)
     words = _sentence(sentence, tokenizer)
-    lm = _scorer(lm)
     ids = _Ids(lm)
     prior = ("edit", [ids.id(w) for w in words], float(weight))
     return _run(
         lm, [words], [[False] * len(words)], [[prior]], n=n, steps=steps, seed=seed,
-        anneal=anneal, tokenizer=tokenizer, permute=False, ids=ids, **_defaults(options),
+        anneal=anneal, tokenizer=tokenizer, permute=False, sentence_case=False, ids=ids,
+        **_options(options, length=None, forms="exact"),
     )[0]  # fmt: skip
-
-
-def _defaults(options: dict[str, Any]) -> dict[str, Any]:
-    known = {"select": None, "return_trace": False, "top_k": 50, "gamma": 1.0, "min_len": 1,
-             "max_len": 40, "index": "min", "explore": 0.01,
-             "actions": (1 / 3, 1 / 3, 1 / 3)}  # fmt: skip
-    unknown = set(options) - set(known)
-    if unknown:
-        raise TypeError(f"unexpected options: {sorted(unknown)}")
-    return {**known, **options}
 
 
 def _unit(v: Sequence[float]) -> np.ndarray:
@@ -482,6 +587,3 @@ def plot_trace(sentences: Sequence[Sentence], path: str) -> None:
         plt.close(fig)
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-from .pipelines import generate_batch as generate_batch  # noqa: E402  (DataFrame/Arrow batches)

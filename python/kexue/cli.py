@@ -27,9 +27,13 @@ def _load_lm(args: argparse.Namespace):
     from .scorers import NgramScorer, default_lm
 
     if args.lm:
-        return NgramScorer(_lm_load(args.lm))
+        lm = _lm_load(args.lm)
+        lm.tokenizer = args.tokenizer
+        return NgramScorer(lm)
     if args.corpus:
-        lm = NgramLM.build(args.corpus, args.order, backward=True, discount_fallback=True)
+        lm = NgramLM.build(
+            args.corpus, args.order, tokenizer=args.tokenizer, discount_fallback=True
+        )
         return NgramScorer(lm)
     return default_lm()
 
@@ -57,7 +61,11 @@ def _generate(args: argparse.Namespace) -> int:
         "order": "fixed" if args.fixed_order else "free",
         "top_k": args.top_k,
         "gamma": args.gamma,
+        "min_len": args.min_len,
         "max_len": args.max_len,
+        "forms": args.forms,
+        "length": None if args.length == 0 else "auto" if args.length is None else args.length,
+        "block": None if args.no_block else "auto",
         "return_trace": bool(args.plot),
     }
     batch = max(1, 64 // args.n)
@@ -183,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "generate", help="sentences containing given keywords (CGMH)", description=(
             "Keyword-to-sentence generation by Metropolis-Hastings (CGMH). Without --lm or "
-            "--corpus uses the built-in English bigram LM (offline)."
+            "--corpus uses the built-in English LM (order 5, from CommonGen's training "
+            "sentences; offline)."
         ),
     )  # fmt: skip
     p.add_argument("words", nargs="*", metavar="WORD", help="keywords every sentence contains")
@@ -198,7 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-order", action="store_true", help="keep keywords in the given order")
     p.add_argument("--top-k", type=int, default=50, help="candidates per edit (default 50)")
     p.add_argument("--gamma", type=float, default=1.0, help="exponent on p(x) (default 1)")
+    p.add_argument("--min-len", type=int, default=1, help="shortest sentence (default 1)")
     p.add_argument("--max-len", type=int, default=40, help="longest sentence (default 40)")
+    p.add_argument(
+        "--forms", choices=["auto", "exact"], default="auto",
+        help="auto: any English inflection of a keyword counts (default); exact: as given",
+    )  # fmt: skip
+    p.add_argument(
+        "--length", type=int, default=None, metavar="N",
+        help="length prior target in tokens (default: estimated from the LM; 0: none)",
+    )  # fmt: skip
+    p.add_argument("--no-block", action="store_true", help="lift the offensive-word filter")
+    p.add_argument(
+        "--tokenizer", choices=["words", "whitespace", "chars"], default="words",
+        help="how --corpus text is split and output joined (default: words)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per sentence")
     p.add_argument("--plot", metavar="PNG", help="draw log-prob and acceptance traces")
     p.set_defaults(run=_generate)
@@ -229,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Usage errors found before any work starts (exit 2)."""
-    at_least = {"n": 1, "steps": 1, "top_k": 1, "max_len": 1, "repeat": 1, "size": 1,
-                "min_count": 1}  # fmt: skip
+    at_least = {"n": 1, "steps": 1, "top_k": 1, "min_len": 1, "max_len": 1, "repeat": 1,
+                "size": 1, "min_count": 1}  # fmt: skip
     for name, low in at_least.items():
         value = getattr(args, name, None)
         if value is not None and value < low:

@@ -48,8 +48,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _native
+from . import _native, text
 from ._dispatch import check_int
+from .text import Tokenizer, split_words, tokenize
 
 __all__ = ["NgramLM", "split_words"]
 
@@ -57,16 +58,8 @@ LN10 = float(np.log(10.0))
 MAX_ORDER: int = _native.LM_MAX_ORDER
 
 Sentence = str | Sequence[str]
-Tokenizer = Callable[[str], Iterable[str]]
 
 _BATCH_LINES = 20_000
-
-
-def split_words(text: str) -> list[str]:
-    """The words of ``text`` as the Rust side splits them: separated by what
-    ``str.isspace()`` accepts (Unicode White_Space and the ASCII separators U+001C–U+001F)
-    and by NUL, which the binary format reserves."""
-    return text.replace("\0", " ").split()
 
 
 def _is_path(obj: object) -> bool:
@@ -127,8 +120,7 @@ class NgramLM:
         """
         order = check_int(order, "order", low=1, high=MAX_ORDER)
         min_count = check_int(min_count, "min_count", low=1)
-        if tokenizer is not None and not callable(tokenizer):
-            raise TypeError(f"tokenizer must be callable, got {type(tokenizer).__name__}")
+        text.check_tokenizer(tokenizer)
 
         def prep(sentence: Sentence) -> str:
             return _prep(sentence, lowercase, tokenizer)
@@ -380,13 +372,6 @@ class NgramLM:
         tokens = sum(len(split_words(s)) + 1 for s in batch)
         return float(np.exp(-total / tokens))
 
-    def perplexity_batch(self, batch: Any, text_col: str = "text", **options: Any) -> Any:
-        """:func:`kexue.pipelines.perplexity_batch` with this model: per-row perplexity of a
-        DataFrame / Arrow table / dict batch, for corpus filtering in Dask or Ray."""
-        from .pipelines import perplexity_batch
-
-        return perplexity_batch(batch, text_col, self, **options)
-
     def next_logprobs(
         self, context: Sentence, candidates: Sequence[str] | None = None, *, bos: bool = True
     ) -> np.ndarray:
@@ -498,7 +483,7 @@ def _prep(sentence: Sentence, lowercase: bool, tokenizer: Tokenizer | None) -> s
     if isinstance(sentence, str):
         text = sentence
         if tokenizer is not None:
-            text = " ".join(tokenizer(text))
+            text = " ".join(tokenize(text, tokenizer))
     elif isinstance(sentence, Sequence) and all(isinstance(t, str) for t in sentence):
         text = " ".join(sentence)
     else:

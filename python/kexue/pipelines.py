@@ -36,26 +36,18 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from . import get_num_threads
+from . import get_num_threads, scorers
 from ._dispatch import check_int
-from .lm import split_words
+from .cgmh import generate_many
+from .lm import NgramLM, split_words
 
 __all__ = ["generate_batch", "perplexity_batch", "row_seeds"]
-
-_LOCK = threading.Lock()
-# NgramLM → NgramScorer; LMs read from a file are keyed by (path, sha256), so copies
-# unpickled by several tasks of one worker share a scorer.
-_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_SCORERS_BY_FILE: dict[tuple[str, str], Any] = {}
-_LOADED: dict[str, Any] = {}  # path → NgramLM, for LMs passed by path
 
 
 def row_seeds(seed: int, index: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -95,8 +87,6 @@ def generate_batch(
     ``threads`` threads (default: :func:`kexue.get_num_threads`); ``options`` go to
     :func:`kexue.cgmh.generate` (``anneal``, ``top_k``, ``order``, ...).
     """
-    from .cgmh import generate_many
-
     kind, cols, index, rows = _columns(batch, "batch")
     words = [_keywords(k, i) for i, k in enumerate(_column(cols, keywords_col, "keywords_col"))]
     if seed_col is not None:
@@ -107,7 +97,7 @@ def generate_batch(
         if index_col is not None:
             index = np.asarray(_column(cols, index_col, "index_col"))
         seeds = row_seeds(seed, np.arange(rows) if index is None else index)
-    scorer = _scorer(lm)
+    scorer = scorers.resolve(lm)
     if threads is None:
         threads = get_num_threads()
 
@@ -141,12 +131,12 @@ def perplexity_batch(
     ``</s>`` included), ``tokens`` (words + ``</s>``) and ``perplexity`` columns, and keeps only
     rows with ``perplexity <= max_perplexity`` when given. ``lm``: a :class:`kexue.lm.NgramLM`
     or the path of one (loaded once per process). Deterministic: no seeds involved."""
-    from .lm import NgramLM
-
     if lm is None:
         raise TypeError("lm must be a kexue.lm.NgramLM or the path of an LM file, got None")
     if not isinstance(lm, NgramLM):
-        lm = _load(lm)
+        if not isinstance(lm, (str, os.PathLike)):
+            raise TypeError(f"lm must be an NgramLM or a path, got {type(lm).__name__}")
+        lm = scorers.load(lm)
     kind, cols, _, _ = _columns(batch, "batch")
     texts = list(_column(cols, text_col, "text_col"))
     for i, t in enumerate(texts):
@@ -165,45 +155,6 @@ def perplexity_batch(
     return _with_columns(
         kind, batch, take, {"logprob": logprob, "tokens": tokens, "perplexity": ppl}
     )
-
-
-# --- LM per process --------------------------------------------------------------------------
-
-
-def _load(path: Any) -> Any:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(
-            f"lm must be an NgramLM, a path, a scorer or None, got {type(path).__name__}"
-        )
-    from .lm import NgramLM
-
-    key = os.path.abspath(os.fspath(path))
-    with _LOCK:
-        if key not in _LOADED:
-            with open(key, "rb") as f:
-                binary = f.read(8) == b"KEXUELM\0"
-            _LOADED[key] = NgramLM.load(key) if binary else NgramLM.load_arpa(key)
-        return _LOADED[key]
-
-
-def _scorer(lm: Any) -> Any:
-    """The CGMH scorer for ``lm``, built once per process and LM object (building one parses
-    the model into the sampler's tables)."""
-    from . import scorers
-    from .lm import NgramLM
-
-    if lm is None:
-        return scorers.default_lm()
-    if isinstance(lm, (str, os.PathLike)):
-        lm = _load(lm)
-    if not isinstance(lm, NgramLM):
-        return lm  # a scorer already
-    cache, key = (_SCORERS, lm) if lm._source is None else (_SCORERS_BY_FILE, lm._source)
-    with _LOCK:
-        scorer = cache.get(key)
-        if scorer is None:
-            scorer = cache[key] = scorers.NgramScorer(lm)
-        return scorer
 
 
 # --- batch formats ---------------------------------------------------------------------------
@@ -240,7 +191,7 @@ def _column(cols: Any, key: object, name: str) -> Any:
 
 def _keywords(cell: Any, row: int) -> list[str]:
     if isinstance(cell, str):
-        words = cell.split()
+        words = split_words(cell)
     elif isinstance(cell, (list, tuple, np.ndarray)) and all(isinstance(w, str) for w in cell):
         words = [str(w) for w in cell]
     else:

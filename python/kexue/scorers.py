@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import _native
+from . import _native, text
 from ._dispatch import check_int
+from .lm import NgramLM
 
-__all__ = ["HFCausalLM", "NgramScorer", "default_lm"]
+__all__ = ["HFCausalLM", "NgramScorer", "blocked_ids", "default_lm", "length_prior", "resolve"]
 
 _SPECIAL = ("<unk>", "<s>", "</s>")
 
@@ -56,6 +59,8 @@ class NgramScorer:
         if backward is not None:
             back = _models(backward)[0]
         self._cgmh_native = _native.CgmhNgram(forward, back)
+        #: how the LM's text was split (travels from :meth:`NgramLM.build` to CGMH's output)
+        self.text_tokenizer = getattr(lm, "tokenizer", None)
         self._forward, self._backward = forward, back
         self._words = list(forward.words())
         self._index = {w: i for i, w in enumerate(self._words)}
@@ -63,7 +68,8 @@ class NgramScorer:
         self.lowercase = bool(getattr(lm, "lowercase", False))
 
     def __reduce__(self) -> tuple:  # the native sampler object is rebuilt from the models
-        return _ngram_scorer, (self._forward, self._backward, self.lowercase)
+        state = (self._forward, self._backward, self.lowercase, self.text_tokenizer)
+        return _ngram_scorer, state
 
     def word_id(self, word: str) -> int | None:
         i = self._index.get(word.lower() if self.lowercase else word)
@@ -88,21 +94,45 @@ class NgramScorer:
     def forward_logprobs(self, ids: Sequence[int], pos: int) -> np.ndarray:
         return self._next(self._forward, self._text(ids[:pos]))
 
+    def sample(
+        self, sentences: int, seed: int = 0, max_len: int = 100
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Lengths (in words) and natural-log probabilities of ``sentences`` sentences drawn
+        word by word from the forward model (seeded), each ended by ``</s>`` or ``max_len``."""
+        rng = np.random.default_rng(seed)
+        eos = self._index["</s>"]
+        lengths = np.zeros(sentences, dtype=np.int64)
+        logps = np.zeros(sentences, dtype=np.float64)
+        for s in range(sentences):
+            context: list[str] = []
+            while len(context) < max_len:
+                lp = self._forward.next_scores(context, None, bos=True) * math.log(10)
+                lp[:2] = -np.inf  # <unk> and <s> are never written
+                cdf = np.cumsum(np.exp(lp - lp.max()))
+                w = min(
+                    int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(lp) - 1
+                )
+                w = w if np.isfinite(lp[w]) else eos
+                logps[s] += lp[w]
+                if w == eos:
+                    break
+                context.append(self._words[w])
+            lengths[s] = len(context)
+        return lengths, logps
+
     def backward_logprobs(self, ids: Sequence[int], pos: int) -> np.ndarray | None:
         if self._backward is None:
             return None
         return self._next(self._backward, self._text(ids[pos + 1 :])[::-1])
 
 
-def _ngram_scorer(forward: Any, backward: Any, lowercase: bool) -> NgramScorer:
+def _ngram_scorer(forward: Any, backward: Any, lowercase: bool, tokenizer: Any) -> NgramScorer:
     scorer = NgramScorer(forward, backward)
-    scorer.lowercase = lowercase
+    scorer.lowercase, scorer.text_tokenizer = lowercase, tokenizer
     return scorer
 
 
 def _models(lm: Any) -> tuple[Any, Any]:
-    from .lm import NgramLM
-
     if isinstance(lm, _native.NgramModel):
         return lm, None
     if isinstance(lm, NgramLM):
@@ -119,44 +149,116 @@ def _cache_dir() -> Path:
 
 
 _DEFAULT: NgramScorer | None = None
+#: Version of the built-in LM's recipe (part of its cache file name).
+_DEFAULT_RECIPE = "commongen-o5-min2-v1"
 
 
 def default_lm() -> NgramScorer:
-    """The built-in English LM: bigram forward and backward models estimated from the word and
-    word-pair frequency tables shipped with ``symspellpy`` (MIT; 82,765 words, 243,342 pairs),
-    built once and cached in the user's cache directory (``$KEXUE_CACHE``,
+    """The built-in English LM: an order-5 modified Kneser–Ney model with true sentence
+    boundaries, forward and backward, estimated from the 39,068 everyday-scene sentences of
+    CommonGen's training split (Lin et al. 2020; MIT licence; shipped gzipped in the package),
+    split by the ``"words"`` tokenizer with case kept. Words seen once become ``<unk>``, so
+    any keyword the model has never seen is scored as an unseen word in context. Built once
+    (a few seconds) and cached in the user's cache directory (``$KEXUE_CACHE``,
     ``$XDG_CACHE_HOME/kexue`` or ``~/.cache/kexue``)."""
     global _DEFAULT
     if _DEFAULT is not None:
         return _DEFAULT
-    import importlib.metadata
-    import importlib.resources
+    import gzip
+    from importlib.resources import files
 
-    version = importlib.metadata.version("symspellpy")
-    path = _cache_dir() / f"symspell-en-{version}.kxlm"
+    path = _cache_dir() / f"{_DEFAULT_RECIPE}.kxlm"
     try:
-        forward, backward = _native.lm_load(str(path))
+        lm = NgramLM.load(path, tokenizer="words")
     except (OSError, ValueError):  # not built yet, or written by another kexue version
-        files = importlib.resources.files("symspellpy")
-
-        def table(name: str, n: int) -> list[tuple]:
-            rows = []
-            for line in (files / name).read_text(encoding="utf-8").splitlines():
-                parts = line.split()
-                if len(parts) == n + 1:
-                    rows.append((*parts[:n], int(parts[n])))
-            return rows
-
-        uni = table("frequency_dictionary_en_82_765.txt", 1)
-        bi = table("frequency_bigramdictionary_en_243_342.txt", 2)
-        eos = max(1, sum(c for _, c in uni) // 20)  # a mean sentence length of 20 words
-        forward = _native.lm_from_counts(uni, bi, eos)
-        # The backward model reads sentences reversed: the same pairs, swapped.
-        backward = _native.lm_from_counts(uni, [(b, a, c) for a, b, c in bi], eos)
+        source = files("kexue") / "data" / "commongen-train.txt.gz"
+        with source.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        lm = NgramLM.build(lines, 5, min_count=2, tokenizer="words", progress=False)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _native.lm_save(str(path), forward, backward)  # written to a temp file, then renamed
-    _DEFAULT = NgramScorer(forward, backward)
+        lm.save(path)  # written to a temp file, then renamed
+    _DEFAULT = NgramScorer(lm)
     return _DEFAULT
+
+
+_LOCK = threading.Lock()
+# NgramLM → NgramScorer; LMs read from a file are keyed by (path, sha256), so copies
+# unpickled by several tasks of one worker share a scorer.
+_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SCORERS_BY_FILE: dict[tuple[str, str], Any] = {}
+_LOADED: dict[str, Any] = {}  # path → NgramLM, for LMs passed by path
+
+
+def load(path: str | os.PathLike[str]) -> NgramLM:
+    """The LM in ``path`` (binary or ARPA), loaded once per process."""
+    key = os.path.abspath(os.fspath(path))
+    with _LOCK:
+        if key not in _LOADED:
+            with open(key, "rb") as f:
+                binary = f.read(8) == b"KEXUELM\0"
+            _LOADED[key] = NgramLM.load(key) if binary else NgramLM.load_arpa(key)
+        return _LOADED[key]
+
+
+def resolve(lm: Any) -> Any:
+    """The CGMH scorer for ``lm``: the built-in LM for None, a cached :class:`NgramScorer` for
+    an :class:`~kexue.lm.NgramLM`, a native model or the path of an LM file (one per process
+    and LM: building one parses the model into the sampler's tables), else ``lm`` itself."""
+    if lm is None:
+        return default_lm()
+    if isinstance(lm, (str, os.PathLike)):
+        lm = load(lm)
+    if isinstance(lm, _native.NgramModel):
+        return NgramScorer(lm)
+    if not isinstance(lm, NgramLM):
+        if not hasattr(lm, "vocab_size"):
+            raise TypeError(
+                f"lm must be an NgramLM, a path, a scorer or None, got {type(lm).__name__}"
+            )
+        return lm  # a scorer already
+    cache, key = (_SCORERS, lm) if lm._source is None else (_SCORERS_BY_FILE, lm._source[:2])
+    with _LOCK:
+        scorer = cache.get(key)
+        if scorer is None:
+            scorer = cache[key] = NgramScorer(lm)
+        return scorer
+
+
+def length_prior(scorer: Any, sentences: int = 300, seed: int = 0) -> tuple[int, float] | None:
+    """(L, β) of CGMH's default length prior, estimated from ``sentences`` sentences the
+    scorer's forward model generates (seeded, cached on the scorer): L their median length,
+    β their mean negative log-probability per word (the end of sentence counted), so a word
+    missing below L costs what a typical word costs. None for a scorer that cannot generate
+    (no ``sample`` method, on it or on its ``candidates``)."""
+    cached = getattr(scorer, "_length_prior", None)
+    if cached is not None:
+        return cached
+    sampler = scorer if hasattr(scorer, "sample") else getattr(scorer, "candidates", None)
+    if not hasattr(sampler, "sample"):
+        return None
+    lengths, logps = sampler.sample(sentences, seed)
+    prior = (max(1, round(float(np.mean(lengths)))), float(-logps.sum() / (lengths + 1).sum()))
+    try:
+        scorer._length_prior = prior
+    except AttributeError:  # a scorer with __slots__: estimate again next time
+        pass
+    return prior
+
+
+def blocked_ids(scorer: Any) -> list[int]:
+    """Ids of the scorer's words on the offensive-word list (:func:`kexue.text.blocked_words`),
+    cached on the scorer."""
+    cached = getattr(scorer, "_blocked_ids", None)
+    if cached is not None:
+        return cached
+    vocab = int(scorer.vocab_size)
+    words = {scorer.word(i): i for i in range(vocab)}
+    ids = sorted(words[w] for w in text.blocked_words(words))
+    try:
+        scorer._blocked_ids = ids
+    except AttributeError:
+        pass
+    return ids
 
 
 class HFCausalLM:
@@ -184,8 +286,6 @@ class HFCausalLM:
     ) -> None:
         import torch
 
-        from .cgmh import detokenize as _detok
-
         self.batch_size = check_int(batch_size, "batch_size", low=1)
         for m in ("vocab_size", "word", "word_id", "forward_logprobs", "backward_logprobs"):
             if not hasattr(candidates, m):
@@ -198,8 +298,9 @@ class HFCausalLM:
         self.model.to(self.device)
         self.tokenizer = tokenizer
         self.candidates = candidates
+        self.text_tokenizer = getattr(candidates, "text_tokenizer", None)
         self.vocab_size = int(candidates.vocab_size)
-        self._detok = detokenize or _detok
+        self._detok = detokenize or text.detokenize
         bos = (
             tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         )

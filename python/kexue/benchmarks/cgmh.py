@@ -18,6 +18,7 @@ class _PythonRoad:
             "sentence_logprob",
             "forward_logprobs",
             "backward_logprobs",
+            "sample",  # so both roads estimate the same length prior
         ):
             setattr(self, name, getattr(inner, name))
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use kexue_core::cgmh::ngram::Ngram;
 use kexue_core::cgmh::priors::{BowCosine, EditPenalty};
-use kexue_core::cgmh::{self, Config, Index, Prior, Scorer, Task};
+use std::collections::HashMap;
+
+use kexue_core::cgmh::{self, Config, LengthPrior, Move, Prior, Scorer, Task};
 use kexue_core::lm::Model;
 use kexue_core::Error;
 use numpy::{PyArray1, PyReadonlyArray1, PyUntypedArrayMethods};
@@ -238,56 +240,76 @@ impl AnyPrior {
 }
 
 /// Runs `n` chains per input; returns one dict per chain, input-major.
+/// Sampler settings, read from the dict `kexue.cgmh` builds (one key per field).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct Settings {
+    chains: usize,
+    steps: usize,
+    top_k: usize,
+    moves: HashMap<String, f64>,
+    min_len: usize,
+    max_len: usize,
+    gamma: f64,
+    length: Option<(usize, f64)>,
+    anneal: Option<(f64, f64)>,
+    index: String,
+    explore: f64,
+    blocked: Vec<u32>,
+    keep: usize,
+    free_order: bool,
+    seed: u64,
+    best: bool,
+    trace: bool,
+}
+
+impl Settings {
+    fn config(&self) -> kexue_core::Result<Config> {
+        let mut moves = [0.0; Move::COUNT];
+        for (name, &w) in &self.moves {
+            moves[name.parse::<Move>()? as usize] = w;
+        }
+        let mut blocked = self.blocked.clone();
+        blocked.sort_unstable();
+        blocked.dedup();
+        Ok(Config {
+            steps: self.steps,
+            top_k: self.top_k,
+            moves,
+            min_len: self.min_len,
+            max_len: self.max_len,
+            gamma: self.gamma,
+            length: self
+                .length
+                .map(|(target, per_word)| LengthPrior { target, per_word }),
+            anneal: self.anneal,
+            index: self.index.parse()?,
+            explore: self.explore,
+            blocked,
+            keep: self.keep,
+            trace: self.trace,
+        })
+    }
+}
+
+/// Runs CGMH chains: `inputs[i]` the initial words (ids), `fixed[i]` the keyword flags,
+/// `forms[i]` each keyword's admissible ids, `priors[i]` its soft terms.
 #[pyfunction]
-#[pyo3(signature = (lm, inputs, fixed, priors, n, steps, top_k, actions, min_len, max_len, gamma, anneal, index, explore, seed, best, trace))]
-#[allow(clippy::too_many_arguments)]
 fn cgmh_run<'py>(
     py: Python<'py>,
     lm: &Bound<'py, PyAny>,
     inputs: Vec<Vec<u32>>,
     fixed: Vec<Vec<bool>>,
+    forms: Vec<Vec<Vec<u32>>>,
     priors: Vec<Vec<Bound<'py, PyAny>>>,
-    n: usize,
-    steps: usize,
-    top_k: usize,
-    actions: (f64, f64, f64),
-    min_len: usize,
-    max_len: usize,
-    gamma: f64,
-    anneal: Option<(f64, f64)>,
-    index: &str,
-    explore: f64,
-    seed: u64,
-    best: bool,
-    trace: bool,
+    settings: Settings,
 ) -> PyResult<Bound<'py, PyList>> {
-    let index = match index {
-        "min" => Index::Min,
-        "product" => Index::Product,
-        "forward" => Index::Forward,
-        _ => {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "index must be 'min', 'product' or 'forward', got {index:?}"
-            )))
-        }
-    };
-    if fixed.len() != inputs.len() || priors.len() != inputs.len() {
+    if fixed.len() != inputs.len() || priors.len() != inputs.len() || forms.len() != inputs.len() {
         return Err(pyo3::exceptions::PyValueError::new_err(
-            "fixed and priors must have one entry per input",
+            "fixed, forms and priors must have one entry per input",
         ));
     }
-    let config = Config {
-        steps,
-        top_k,
-        actions: [actions.0, actions.1, actions.2],
-        min_len,
-        max_len,
-        gamma,
-        anneal,
-        index,
-        explore,
-        trace,
-    };
+    let config = settings.config().map_err(to_py)?;
     let native = lm
         .getattr("_cgmh_native")
         .ok()
@@ -309,13 +331,17 @@ fn cgmh_run<'py>(
     let tasks: Vec<Task<'_>> = inputs
         .into_iter()
         .zip(fixed)
+        .zip(forms)
         .zip(&priors)
-        .map(|((tokens, fixed), ps)| Task {
+        .map(|(((tokens, fixed), forms), ps)| Task {
             tokens,
             fixed,
+            forms,
+            free_order: settings.free_order,
             priors: ps.iter().map(AnyPrior::as_dyn).collect(),
         })
         .collect();
+    let (n, seed, best) = (settings.chains, settings.seed, settings.best);
     let samples = detached(py, || match &scorer {
         AnyScorer::Native(ngram) => cgmh::run(&**ngram, &tasks, n, &config, seed, best),
         AnyScorer::Py(s) => cgmh::run(s, &tasks, n, &config, seed, best),
@@ -326,11 +352,12 @@ fn cgmh_run<'py>(
         d.set_item("tokens", s.tokens)?;
         d.set_item("logprob", s.logprob)?;
         d.set_item("log_target", s.log_target)?;
+        d.set_item("kept", s.kept)?;
         d.set_item("last", s.last)?;
         d.set_item("last_logprob", s.last_logprob)?;
         d.set_item("proposed", s.proposed.to_vec())?;
         d.set_item("accepted", s.accepted.to_vec())?;
-        if trace {
+        if settings.trace {
             d.set_item(
                 "trace_log_target",
                 PyArray1::from_vec(py, s.trace_log_target),

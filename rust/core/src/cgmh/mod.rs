@@ -87,6 +87,89 @@ pub enum Index {
     Forward,
 }
 
+/// The edits a chain proposes. Each is an exact Metropolis–Hastings (or Gibbs) step for the
+/// same target, so any mixture of them samples it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Move {
+    /// A non-keyword word redrawn from the top-K candidates of its context.
+    Replace,
+    /// A word inserted at a uniform gap (reverse: delete).
+    Insert,
+    /// A uniform non-keyword word removed (reverse: insert).
+    Delete,
+    /// A keyword switched among its forms (a Gibbs draw over the forms).
+    Reform,
+    /// A keyword moved to a uniform gap (symmetric; only when the keyword order is free).
+    Reorder,
+}
+
+impl Move {
+    pub const COUNT: usize = 5;
+    pub const ALL: [Move; Move::COUNT] = [
+        Move::Replace,
+        Move::Insert,
+        Move::Delete,
+        Move::Reform,
+        Move::Reorder,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Move::Replace => "replace",
+            Move::Insert => "insert",
+            Move::Delete => "delete",
+            Move::Reform => "reform",
+            Move::Reorder => "reorder",
+        }
+    }
+}
+
+impl std::str::FromStr for Move {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Move::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                Error::value(
+                    "moves",
+                    format!("keys must be replace, insert, delete, reform or reorder, got {s:?}"),
+                )
+            })
+    }
+}
+
+impl std::str::FromStr for Index {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "min" => Ok(Index::Min),
+            "product" => Ok(Index::Product),
+            "forward" => Ok(Index::Forward),
+            _ => Err(Error::value(
+                "index",
+                format!("must be 'min', 'product' or 'forward', got {s:?}"),
+            )),
+        }
+    }
+}
+
+/// A length prior e^{−per_word · max(0, target − |x|)}: every word a sentence is short of
+/// `target` costs `per_word` nats. Without it the mode of p(x) is the shortest string that
+/// holds the keywords; above `target` the LM alone decides.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LengthPrior {
+    pub target: usize,
+    pub per_word: f64,
+}
+
+impl LengthPrior {
+    /// log of the prior for a sentence of `len` words.
+    pub fn log_score(&self, len: usize) -> f64 {
+        -self.per_word * self.target.saturating_sub(len) as f64
+    }
+}
+
 /// Sampler settings shared by every chain of a run.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -94,13 +177,16 @@ pub struct Config {
     pub steps: usize,
     /// Candidates pre-selected per replace/insert (≥ 1).
     pub top_k: usize,
-    /// Action probabilities (replace, insert, delete); non-negative, normalised here.
-    pub actions: [f64; 3],
+    /// Move weights, indexed by [`Move`] order; non-negative, normalised per task over the
+    /// moves the task can make (no `Reform` without a keyword of two forms, no `Reorder` when
+    /// the keyword order is fixed).
+    pub moves: [f64; Move::COUNT],
     /// Sentence length bounds (in words, keywords included).
     pub min_len: usize,
     pub max_len: usize,
     /// Exponent γ on p(x) (Su: slightly below 1 against the bias to short sentences).
     pub gamma: f64,
+    pub length: Option<LengthPrior>,
     /// Simulated annealing: temperature geometric from `t0` to `t1` over the steps
     /// (`None`: plain sampling at temperature 1).
     pub anneal: Option<(f64, f64)>,
@@ -109,6 +195,11 @@ pub struct Config {
     /// makes every word reachable and every deletion reversible (a word that left the top-K
     /// of its context can otherwise never be replaced or deleted under exact MH).
     pub explore: f64,
+    /// Word ids the target excludes (sorted): a sentence holding one outside a keyword slot
+    /// has probability 0 (the offensive-word filter).
+    pub blocked: Vec<u32>,
+    /// Distinct best states each chain returns (≥ 1).
+    pub keep: usize,
     /// Record log ρ and acceptance at every step.
     pub trace: bool,
 }
@@ -118,13 +209,16 @@ impl Default for Config {
         Config {
             steps: 200,
             top_k: 50,
-            actions: [1.0 / 3.0; 3],
+            moves: [1.0, 1.0, 1.0, 0.0, 0.0],
             min_len: 1,
             max_len: 40,
             gamma: 1.0,
+            length: None,
             anneal: None,
             index: Index::Min,
             explore: 0.01,
+            blocked: Vec::new(),
+            keep: 1,
             trace: false,
         }
     }
@@ -139,19 +233,22 @@ impl Config {
         if self.top_k == 0 {
             return Err(Error::value("top_k", "must be >= 1, got 0"));
         }
-        if vocab == 0 || vocab > u32::MAX as usize {
+        if self.keep == 0 {
+            return Err(Error::value("keep", "must be >= 1, got 0"));
+        }
+        if vocab == 0 || vocab > MAX_VOCAB {
             return Err(Error::value(
                 "lm",
                 format!("must have 1..=2^28 words, got {vocab}"),
             ));
         }
-        let sum: f64 = self.actions.iter().sum();
-        if self.actions.iter().any(|p| !(p.is_finite() && *p >= 0.0)) || sum <= 0.0 {
+        let sum: f64 = self.moves.iter().sum();
+        if self.moves.iter().any(|p| !(p.is_finite() && *p >= 0.0)) || sum <= 0.0 {
             return Err(Error::value(
-                "actions",
+                "moves",
                 format!(
-                    "must be 3 finite probabilities >= 0 with a positive sum, got {:?}",
-                    self.actions
+                    "must be finite weights >= 0 with a positive sum, got {:?}",
+                    self.moves
                 ),
             ));
         }
@@ -170,6 +267,17 @@ impl Config {
                 format!("must be a finite number > 0, got {}", self.gamma),
             ));
         }
+        if let Some(l) = self.length {
+            if !(l.per_word.is_finite() && l.per_word >= 0.0) {
+                return Err(Error::value(
+                    "length",
+                    format!(
+                        "per-word cost must be a finite number >= 0, got {}",
+                        l.per_word
+                    ),
+                ));
+            }
+        }
         if let Some((t0, t1)) = self.anneal {
             if !(t0.is_finite() && t1.is_finite() && t0 > 0.0 && t1 > 0.0) {
                 return Err(Error::value(
@@ -182,6 +290,12 @@ impl Config {
             return Err(Error::value(
                 "explore",
                 format!("must be in [0, 1), got {}", self.explore),
+            ));
+        }
+        if !self.blocked.windows(2).all(|w| w[0] < w[1]) {
+            return Err(Error::value(
+                "blocked",
+                "must be sorted and without repeats",
             ));
         }
         Ok(())
@@ -199,20 +313,32 @@ impl Config {
     }
 }
 
-/// One input: the initial sentence, which of its positions are fixed (keywords: never
-/// replaced or deleted), and the soft terms of its target.
+/// Largest number of keywords whose order may be free (the marking count is a sum over
+/// keyword subsets).
+pub const MAX_FREE_KEYWORDS: usize = 16;
+
+/// One input: the initial sentence, which of its positions are keywords (never replaced or
+/// deleted), each keyword's admissible forms, and the soft terms of its target.
 pub struct Task<'a> {
     pub tokens: Vec<u32>,
     pub fixed: Vec<bool>,
+    /// Admissible words of each keyword, in the order of the fixed positions (any of them
+    /// satisfies the keyword; the initial word is added if missing). Empty: the initial
+    /// words only.
+    pub forms: Vec<Vec<u32>>,
+    /// Keywords may appear in any order (and move); otherwise in their initial order.
+    pub free_order: bool,
     pub priors: Vec<&'a dyn Prior>,
 }
 
 impl Task<'_> {
-    /// Keyword-to-sentence: starts from the keywords in this order, all fixed.
+    /// Keyword-to-sentence: starts from the keywords in this order, all fixed, exact forms.
     pub fn keywords(keywords: &[u32]) -> Task<'static> {
         Task {
             tokens: keywords.to_vec(),
             fixed: vec![true; keywords.len()],
+            forms: Vec::new(),
+            free_order: false,
             priors: Vec::new(),
         }
     }
@@ -221,18 +347,21 @@ impl Task<'_> {
 /// What one chain returns.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sample {
-    /// The returned sentence: the last state, or the best one seen (see [`Chain`]).
+    /// The returned sentence: the last state, or the best one seen (see [`run`]).
     pub tokens: Vec<u32>,
     /// LM log-probability of `tokens` (γ not applied).
     pub logprob: f64,
-    /// Log target (γ·log p − log N + priors) of `tokens`.
+    /// Log target (γ·log p − log N + length prior + priors) of `tokens`.
     pub log_target: f64,
+    /// Up to `Config::keep` distinct best states seen (the initial one included), best first,
+    /// as (tokens, log p, log target); with `best` the first is `tokens`.
+    pub kept: Vec<(Vec<u32>, f64, f64)>,
     /// Final state and its LM log-probability (equal to the above when `best` is off).
     pub last: Vec<u32>,
     pub last_logprob: f64,
-    /// Proposals and acceptances per action (replace, insert, delete).
-    pub proposed: [u64; 3],
-    pub accepted: [u64; 3],
+    /// Proposals and acceptances per move, in [`Move`] order.
+    pub proposed: [u64; Move::COUNT],
+    pub accepted: [u64; Move::COUNT],
     /// Per step (when `Config::trace`): log target of the current state and whether the move
     /// was accepted.
     pub trace_log_target: Vec<f64>,
@@ -241,8 +370,9 @@ pub struct Sample {
 
 /// Runs `chains` chains for every task in parallel; chain `c` of task `i` uses
 /// `rng::stream(seed, i * chains + c)`, so results do not depend on the thread count.
-/// Returns samples task-major. `best`: return the best state seen (length-normalised log
-/// target) instead of the last.
+/// Returns samples task-major. `best`: return the best state seen instead of the last: the
+/// highest log target with a length prior, the highest log target per word (end included)
+/// without one.
 pub fn run<S: Scorer + ?Sized>(
     scorer: &S,
     tasks: &[Task<'_>],
@@ -286,6 +416,24 @@ fn check_task(t: &Task<'_>, config: &Config, i: usize) -> Result<()> {
     if t.fixed.len() != t.tokens.len() {
         return Err(Error::value(name, "must have one fixed flag per word"));
     }
+    let keywords = t.fixed.iter().filter(|&&f| f).count();
+    if !t.forms.is_empty() && t.forms.len() != keywords {
+        return Err(Error::value(
+            name,
+            format!(
+                "must have one form list per keyword ({keywords}), got {}",
+                t.forms.len()
+            ),
+        ));
+    }
+    if t.free_order && keywords > MAX_FREE_KEYWORDS {
+        return Err(Error::value(
+            name,
+            format!(
+                "has {keywords} keywords; a free keyword order allows at most {MAX_FREE_KEYWORDS} (use a fixed order)"
+            ),
+        ));
+    }
     if t.tokens.len() > config.max_len {
         return Err(Error::value(
             name,
@@ -299,21 +447,53 @@ fn check_task(t: &Task<'_>, config: &Config, i: usize) -> Result<()> {
     Ok(())
 }
 
-/// Number of ways the fixed-word sequence `kw` embeds in `x` as a subsequence: the chain
-/// tracks which positions are keywords, so a sentence with repeated keyword words is reached
-/// through several markings; dividing the target by this count makes the sentence marginal
-/// exactly ρ(x)·χ(x). (f64: counts up to C(max_len, k) stay exact far beyond real sizes.)
+/// Number of ways the fixed-word sequence `kw` embeds in `x` as a subsequence (exact forms,
+/// fixed order; see [`markings`]).
 pub fn embeddings(kw: &[u32], x: &[u32]) -> f64 {
-    let mut ways = vec![0.0f64; kw.len() + 1];
+    let forms: Vec<Vec<u32>> = kw.iter().map(|&w| vec![w]).collect();
+    markings(&forms, false, x)
+}
+
+/// Number of markings of the keywords in `x`: ways to give each keyword `j` its own position
+/// holding one of `forms[j]` (sorted), in keyword order unless `free_order`. The chain tracks
+/// which positions are keywords, so a sentence with repeated keyword words is reached
+/// through several markings; dividing the target by this count makes the sentence marginal
+/// exactly ρ(x)·χ(x). (f64: counts up to C(max_len, k)·k! stay exact far beyond real sizes.)
+pub fn markings(forms: &[Vec<u32>], free_order: bool, x: &[u32]) -> f64 {
+    let k = forms.len();
+    let serves = |j: usize, w: u32| forms[j].binary_search(&w).is_ok();
+    if !free_order {
+        let mut ways = vec![0.0f64; k + 1];
+        ways[0] = 1.0;
+        for &w in x {
+            for j in (0..k).rev() {
+                if serves(j, w) {
+                    ways[j + 1] += ways[j];
+                }
+            }
+        }
+        return ways[k];
+    }
+    // Injective assignments: a sum over the subsets of keywords already placed.
+    let mut ways = vec![0.0f64; 1 << k];
     ways[0] = 1.0;
     for &w in x {
-        for j in (0..kw.len()).rev() {
-            if kw[j] == w {
-                ways[j + 1] += ways[j];
+        let can: Vec<usize> = (0..k).filter(|&j| serves(j, w)).collect();
+        if can.is_empty() {
+            continue;
+        }
+        for mask in (0..ways.len()).rev() {
+            if ways[mask] == 0.0 {
+                continue;
+            }
+            for &j in &can {
+                if mask & (1 << j) == 0 {
+                    ways[mask | (1 << j)] += ways[mask];
+                }
             }
         }
     }
-    ways[kw.len()]
+    ways[(1 << k) - 1]
 }
 
 #[cfg(test)]

@@ -1,31 +1,41 @@
 //! One Metropolis–Hastings chain over (sentence, keyword marking).
 //!
-//! Target π(x, m) ∝ ρ(x)^(1/T) with log ρ(x) = γ·log p(x) + Σ priors(x) − log N(x), where
-//! N(x) counts the markings of the keyword sequence in x (see [`super::embeddings`]), for
-//! min_len ≤ |x| ≤ max_len. Every move below is an exact MH step for that target.
+//! Target π(x, m) ∝ ρ(x)^(1/T) with log ρ(x) = γ·log p(x) + log λ(|x|) + Σ priors(x) − log N(x)
+//! over sentences x with min_len ≤ |x| ≤ max_len and markings m (which position holds which
+//! keyword, in one of its forms), where λ is the optional length prior and N(x) counts the
+//! markings of x (see [`super::markings`]); sentences with a blocked word outside the keyword
+//! slots have ρ = 0. Every move below is an exact MH (or Gibbs) step for that target.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use rand::Rng as _;
 
-use super::{embeddings, Config, Index, Sample, Scorer, Task};
+use super::{markings, Config, Index, Move, Sample, Scorer, Task};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
-const REPLACE: usize = 0;
-const INSERT: usize = 1;
-const DELETE: usize = 2;
+/// `slot` value of a position that holds no keyword.
+const FREE: u32 = u32::MAX;
 
 /// Scratch buffers and the current state of one chain.
 pub struct Chain<'a, S: Scorer + ?Sized> {
     scorer: &'a S,
     task: &'a Task<'a>,
     config: &'a Config,
-    /// The keyword (fixed-word) sequence, invariant along the chain.
-    kw: Vec<u32>,
+    /// Each keyword's admissible words (sorted), in the task's keyword order.
+    forms: Vec<Vec<u32>>,
+    /// Every keyword form (sorted): only these words can change the marking count, and they
+    /// are exempt from `Config::blocked`.
+    form_words: Vec<u32>,
+    /// Keywords with at least two forms (the `Reform` move's choices).
+    reformable: Vec<u32>,
+    /// Move weights for this task (moves it cannot make at 0), and their sum.
+    moves: [f64; Move::COUNT],
+    moves_sum: f64,
     x: Vec<u32>,
-    fixed: Vec<bool>,
+    /// Per position: the keyword it holds, or `FREE`.
+    slot: Vec<u32>,
     logp: f64,
     lt: f64,
     fwd: Vec<f32>,
@@ -91,20 +101,66 @@ fn log_sum_exp(v: impl Iterator<Item = f64> + Clone) -> f64 {
 impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
     pub fn new(scorer: &'a S, task: &'a Task<'a>, config: &'a Config) -> Result<Self> {
         let vocab = scorer.vocab_size();
-        let kw = task
+        let initial = task
             .tokens
             .iter()
             .zip(&task.fixed)
             .filter(|(_, &f)| f)
-            .map(|(&w, _)| w)
+            .map(|(&w, _)| w);
+        let forms: Vec<Vec<u32>> = initial
+            .enumerate()
+            .map(|(j, w)| {
+                let mut f = task.forms.get(j).cloned().unwrap_or_default();
+                f.push(w);
+                f.sort_unstable();
+                f.dedup();
+                f
+            })
+            .collect();
+        let mut form_words: Vec<u32> = forms.iter().flatten().copied().collect();
+        form_words.sort_unstable();
+        form_words.dedup();
+        let reformable: Vec<u32> = (0..forms.len() as u32)
+            .filter(|&j| forms[j as usize].len() > 1)
+            .collect();
+        let mut moves = config.moves;
+        if reformable.is_empty() {
+            moves[Move::Reform as usize] = 0.0;
+        }
+        if !task.free_order || forms.is_empty() {
+            moves[Move::Reorder as usize] = 0.0;
+        }
+        let moves_sum = moves.iter().sum();
+        if moves_sum <= 0.0 {
+            return Err(Error::value(
+                "moves",
+                "leave no move this input can make (reform needs a keyword with two forms, reorder a free keyword order)",
+            ));
+        }
+        let mut next_slot = 0;
+        let slot = task
+            .fixed
+            .iter()
+            .map(|&f| {
+                if f {
+                    next_slot += 1;
+                    next_slot - 1
+                } else {
+                    FREE
+                }
+            })
             .collect();
         let mut chain = Chain {
             scorer,
             task,
             config,
-            kw,
+            forms,
+            form_words,
+            reformable,
+            moves,
+            moves_sum,
             x: task.tokens.clone(),
-            fixed: task.fixed.clone(),
+            slot,
             logp: 0.0,
             lt: 0.0,
             fwd: vec![0.0; vocab],
@@ -126,9 +182,22 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         Ok(chain)
     }
 
+    fn log_markings(&self, x: &[u32]) -> f64 {
+        markings(&self.forms, self.task.free_order, x).ln()
+    }
+
+    fn is_form(&self, w: u32) -> bool {
+        self.form_words.binary_search(&w).is_ok()
+    }
+
+    /// Log target terms that depend on the words only through the length.
+    fn length_term(&self, len: usize) -> f64 {
+        self.config.length.map_or(0.0, |l| l.log_score(len))
+    }
+
     /// log ρ(x) for a sentence whose LM log-probability is `logp`.
     fn log_target(&self, x: &[u32], logp: f64) -> Result<f64> {
-        let mut lt = self.config.gamma * logp - embeddings(&self.kw, x).ln();
+        let mut lt = self.config.gamma * logp - self.log_markings(x) + self.length_term(x.len());
         for p in &self.task.priors {
             lt += check_score(p.log_score(x)?, "a prior (soft term)")?;
         }
@@ -185,26 +254,31 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
             .replace_logprobs(y, pos, &self.cands, &mut self.cand_lp)?;
         self.cand_lt.clear();
         let mut y = y.to_vec();
-        // N(x) only changes when the slot holds a keyword word, so others share one value.
-        y[pos] = u32::MAX;
+        // N(x) only changes when the slot holds a keyword form, so others share one value.
+        y[pos] = FREE;
         let mut cache: Vec<(u32, f64)> = Vec::new();
-        let log_n_other = embeddings(&self.kw, &y).ln();
+        let shared = self.length_term(y.len()) - self.log_markings(&y);
         for j in 0..n {
             let (c, lp) = (self.cands[j], check_logprob(self.cand_lp[j])?);
             y[pos] = c;
-            let log_n = if self.kw.contains(&c) {
+            let is_form = self.is_form(c);
+            if !is_form && self.config.blocked.binary_search(&c).is_ok() {
+                self.cand_lt.push(f64::NEG_INFINITY);
+                continue;
+            }
+            let rest = if is_form {
                 match cache.iter().find(|(w, _)| *w == c) {
                     Some(&(_, v)) => v,
                     None => {
-                        let v = embeddings(&self.kw, &y).ln();
+                        let v = self.length_term(y.len()) - self.log_markings(&y);
                         cache.push((c, v));
                         v
                     }
                 }
             } else {
-                log_n_other
+                shared
             };
-            let mut lt = self.config.gamma * lp - log_n;
+            let mut lt = self.config.gamma * lp + rest;
             for p in &self.task.priors {
                 lt += check_logprob(p.log_score(&y)?)?;
             }
@@ -238,16 +312,20 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
 
     /// The editable (non-keyword) positions of the current state.
     fn free(&self) -> usize {
-        self.fixed.iter().filter(|f| !**f).count()
+        self.slot.iter().filter(|&&s| s == FREE).count()
     }
 
     fn nth_free(&self, k: usize) -> usize {
-        self.fixed
+        self.slot
             .iter()
             .enumerate()
-            .filter(|(_, f)| !**f)
+            .filter(|(_, &s)| s == FREE)
             .nth(k)
             .map_or(0, |(i, _)| i)
+    }
+
+    fn position_of(&self, keyword: u32) -> usize {
+        self.slot.iter().position(|&s| s == keyword).unwrap_or(0)
     }
 
     fn accept(log_a: f64, rng: &mut Rng) -> bool {
@@ -369,7 +447,10 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
                 return other.map(|_| false);
             }
         };
-        let [_, p_ins, p_del] = self.config.actions;
+        let (p_ins, p_del) = (
+            self.moves[Move::Insert as usize],
+            self.moves[Move::Delete as usize],
+        );
         let lse = log_sum_exp(self.cand_lt[..k].iter().map(|&v| v / temp));
         let log_q = self.log_q((j < k).then_some(j), self.cands[j], lse, temp);
         let free_y = (self.free() + 1) as f64;
@@ -379,7 +460,7 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         if Self::accept(log_a, rng) {
             y[gap] = self.cands[j];
             self.scratch = std::mem::replace(&mut self.x, y);
-            self.fixed.insert(gap, false);
+            self.slot.insert(gap, FREE);
             self.logp = self.cand_lp[j];
             self.lt = self.cand_lt[j];
             Ok(true)
@@ -431,12 +512,15 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
                 return Err(e);
             }
         };
-        let [_, p_ins, p_del] = self.config.actions;
+        let (p_ins, p_del) = (
+            self.moves[Move::Insert as usize],
+            self.moves[Move::Delete as usize],
+        );
         let log_a = (lt_y - self.lt) / temp + p_ins.ln() - (len as f64).ln() + log_q - p_del.ln()
             + (free as f64).ln();
         if Self::accept(log_a, rng) {
             self.scratch = std::mem::replace(&mut self.x, y);
-            self.fixed.remove(pos);
+            self.slot.remove(pos);
             self.logp = logp_y;
             self.lt = lt_y;
             Ok(true)
@@ -446,27 +530,120 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         }
     }
 
-    /// One MH step at temperature `temp`: draws an action, returns (action, accepted).
-    pub fn step(&mut self, temp: f64, rng: &mut Rng) -> Result<(usize, bool)> {
-        let [a, b, c] = self.config.actions;
-        let u = rng.random::<f64>() * (a + b + c);
-        let action = if u < a {
-            REPLACE
-        } else if u < a + b {
-            INSERT
+    /// Switch a keyword (uniform among those with two or more forms) to a form drawn ∝ the
+    /// target: a Gibbs step on that position, accepted by construction.
+    fn reform(&mut self, temp: f64, rng: &mut Rng) -> Result<bool> {
+        let keyword = self.reformable[rng.random_range(0..self.reformable.len())];
+        let pos = self.position_of(keyword);
+        self.cands.clear();
+        self.cands.extend_from_slice(&self.forms[keyword as usize]);
+        let x = std::mem::take(&mut self.x);
+        let scored = self.score_cands(&x, pos);
+        self.x = x;
+        scored?;
+        let Some(j) = self.draw(self.cands.len(), temp, rng) else {
+            return Ok(false);
+        };
+        self.x[pos] = self.cands[j];
+        self.logp = self.cand_lp[j];
+        self.lt = self.cand_lt[j];
+        Ok(true)
+    }
+
+    /// Move a uniform keyword to a uniform gap of the sentence without it: the same two
+    /// choices undo it, so the proposal is symmetric.
+    fn reorder(&mut self, temp: f64, rng: &mut Rng) -> Result<bool> {
+        let len = self.x.len();
+        if len < 2 {
+            return Ok(false);
+        }
+        let keyword = rng.random_range(0..self.forms.len()) as u32;
+        let pos = self.position_of(keyword);
+        let gap = rng.random_range(0..len);
+        if gap == pos {
+            return Ok(true);
+        }
+        let mut y = std::mem::take(&mut self.scratch);
+        y.clone_from(&self.x);
+        let w = y.remove(pos);
+        y.insert(gap, w);
+        let scored = check_logprob(self.scorer.sentence_logprob(&y)?)
+            .and_then(|lp| Ok((lp, self.log_target(&y, lp)?)));
+        let (logp_y, lt_y) = match scored {
+            Ok(v) => v,
+            Err(e) => {
+                self.scratch = y;
+                return Err(e);
+            }
+        };
+        if Self::accept((lt_y - self.lt) / temp, rng) {
+            self.scratch = std::mem::replace(&mut self.x, y);
+            let s = self.slot.remove(pos);
+            self.slot.insert(gap, s);
+            self.logp = logp_y;
+            self.lt = lt_y;
+            Ok(true)
         } else {
-            DELETE
+            self.scratch = y;
+            Ok(false)
+        }
+    }
+
+    /// One MH step at temperature `temp`: draws a move, returns (move, accepted).
+    pub fn step(&mut self, temp: f64, rng: &mut Rng) -> Result<(Move, bool)> {
+        let mut u = rng.random::<f64>() * self.moves_sum;
+        let mut chosen = Move::Replace;
+        for m in Move::ALL {
+            let w = self.moves[m as usize];
+            if w > 0.0 {
+                chosen = m;
+                if u < w {
+                    break;
+                }
+                u -= w;
+            }
+        }
+        let accepted = match chosen {
+            Move::Replace => self.replace(temp, rng)?,
+            Move::Insert => self.insert(temp, rng)?,
+            Move::Delete => self.delete(temp, rng)?,
+            Move::Reform => self.reform(temp, rng)?,
+            Move::Reorder => self.reorder(temp, rng)?,
         };
-        let accepted = match action {
-            REPLACE => self.replace(temp, rng)?,
-            INSERT => self.insert(temp, rng)?,
-            _ => self.delete(temp, rng)?,
-        };
-        Ok((action, accepted))
+        Ok((chosen, accepted))
     }
 
     pub fn tokens(&self) -> &[u32] {
         &self.x
+    }
+}
+
+/// The `keep` best distinct states seen, best first.
+struct Kept {
+    keep: usize,
+    by_length: bool,
+    states: Vec<(f64, Vec<u32>, f64, f64)>,
+}
+
+impl Kept {
+    fn offer(&mut self, x: &[u32], logp: f64, lt: f64) {
+        let score = if self.by_length {
+            lt
+        } else {
+            lt / (x.len() + 1) as f64
+        };
+        if self.states.len() == self.keep && score <= self.states[self.keep - 1].0 {
+            return;
+        }
+        if let Some(i) = self.states.iter().position(|s| s.1 == x) {
+            if score <= self.states[i].0 {
+                return;
+            }
+            self.states.remove(i);
+        }
+        let at = self.states.partition_point(|s| s.0 >= score);
+        self.states.insert(at, (score, x.to_vec(), logp, lt));
+        self.states.truncate(self.keep);
     }
 }
 
@@ -480,8 +657,12 @@ pub fn run_chain<S: Scorer + ?Sized>(
 ) -> Result<Sample> {
     let mut chain = Chain::new(scorer, task, config)?;
     let mut out = Sample::default();
-    let norm = |lt: f64, len: usize| lt / (len + 1) as f64;
-    let (mut best_x, mut best_lp, mut best_lt) = (chain.x.clone(), chain.logp, chain.lt);
+    let mut kept = Kept {
+        keep: config.keep,
+        by_length: config.length.is_some(),
+        states: Vec::new(),
+    };
+    kept.offer(&chain.x, chain.logp, chain.lt);
     if config.trace {
         let cap = config.steps.min(1 << 20); // a huge step count grows the trace as it goes
         out.trace_log_target.reserve(cap);
@@ -490,22 +671,23 @@ pub fn run_chain<S: Scorer + ?Sized>(
     for t in 0..config.steps {
         crate::cancel::check()?;
         let (action, accepted) = chain.step(config.temperature(t), rng)?;
-        out.proposed[action] += 1;
-        out.accepted[action] += u64::from(accepted);
-        if best && norm(chain.lt, chain.x.len()) > norm(best_lt, best_x.len()) {
-            best_x.clone_from(&chain.x);
-            best_lp = chain.logp;
-            best_lt = chain.lt;
+        out.proposed[action as usize] += 1;
+        out.accepted[action as usize] += u64::from(accepted);
+        if accepted {
+            kept.offer(&chain.x, chain.logp, chain.lt);
         }
         if config.trace {
             out.trace_log_target.push(chain.lt);
             out.trace_accepted.push(accepted);
         }
     }
+    out.kept = kept
+        .states
+        .into_iter()
+        .map(|(_, x, lp, lt)| (x, lp, lt))
+        .collect();
     if best {
-        out.tokens = best_x;
-        out.logprob = best_lp;
-        out.log_target = best_lt;
+        (out.tokens, out.logprob, out.log_target) = out.kept[0].clone();
     } else {
         out.tokens = chain.x.clone();
         out.logprob = chain.logp;

@@ -160,7 +160,7 @@ fn toy_config(actions: [f64; 3], top_k: usize, max_len: usize) -> Config {
     Config {
         steps: 60,
         top_k,
-        actions,
+        moves: [actions[0], actions[1], actions[2], 0.0, 0.0],
         min_len: 1,
         max_len,
         explore: 0.2,
@@ -188,6 +188,8 @@ fn replace_alone_samples_the_target() {
     let task = Task {
         tokens: vec![0, 1, 2],
         fixed: vec![false; 3],
+        forms: vec![],
+        free_order: false,
         priors: vec![],
     };
     let config = toy_config([1.0, 0.0, 0.0], 2, 3);
@@ -201,6 +203,8 @@ fn replace_alone_with_a_keyword() {
     let task = Task {
         tokens: vec![0, 1, 0],
         fixed: vec![false, true, false],
+        forms: vec![],
+        free_order: false,
         priors: vec![],
     };
     let config = toy_config([1.0, 0.0, 0.0], 2, 3);
@@ -221,6 +225,8 @@ fn insert_delete_alone_sample_the_target() {
     let task = Task {
         tokens: vec![2],
         fixed: vec![false],
+        forms: vec![],
+        free_order: false,
         priors: vec![],
     };
     let mut config = toy_config([0.0, 0.5, 0.5], 2, 4);
@@ -250,6 +256,8 @@ fn all_moves_mixed_sample_the_target() {
     let task = Task {
         tokens: vec![0, 2],
         fixed: vec![false, false],
+        forms: vec![],
+        free_order: false,
         priors: vec![],
     };
     let mut config = toy_config([0.4, 0.3, 0.3], 2, 4);
@@ -303,6 +311,8 @@ fn priors_enter_the_target() {
     let task = Task {
         tokens: vec![1],
         fixed: vec![false],
+        forms: vec![],
+        free_order: false,
         priors: vec![&prior],
     };
     let mut config = toy_config([0.4, 0.3, 0.3], 2, 4);
@@ -385,11 +395,19 @@ fn bad_input_is_an_error() {
             ..Config::default()
         },
         Config {
-            actions: [0.0; 3],
+            moves: [0.0; Move::COUNT],
             ..Config::default()
         },
         Config {
-            actions: [1.0, -1.0, 1.0],
+            moves: [1.0, -1.0, 1.0, 0.0, 0.0],
+            ..Config::default()
+        },
+        Config {
+            keep: 0,
+            ..Config::default()
+        },
+        Config {
+            blocked: vec![2, 1],
             ..Config::default()
         },
         Config {
@@ -419,4 +437,137 @@ fn embeddings_counts_subsequences() {
     assert_eq!(embeddings(&[1], &[1, 2, 1]), 2.0);
     assert_eq!(embeddings(&[1, 2], &[1, 2, 1, 2]), 3.0);
     assert_eq!(embeddings(&[2, 1], &[1, 2]), 0.0);
+}
+
+/// ρ(x)·χ(x) by enumeration for keywords given by their forms: x admits a marking (in
+/// keyword order unless `free`), times e^{extra(x)}.
+fn target_forms(
+    lm: &Toy,
+    forms: &[Vec<u32>],
+    free: bool,
+    lo: usize,
+    hi: usize,
+    extra: impl Fn(&[u32]) -> f64,
+) -> HashMap<Vec<u32>, f64> {
+    enumerate(lm.v as u32, lo, hi)
+        .into_iter()
+        .filter(|x| markings(forms, free, x) > 0.0)
+        .map(|x| {
+            let p = (lm.sentence_logprob(&x).unwrap() + extra(&x)).exp();
+            (x, p)
+        })
+        .filter(|(_, p)| *p > 0.0)
+        .collect()
+}
+
+fn keyword_task(keywords: &[u32], forms: Vec<Vec<u32>>, free_order: bool) -> Task<'static> {
+    Task {
+        forms,
+        free_order,
+        ..Task::keywords(keywords)
+    }
+}
+
+#[test]
+fn keyword_forms_sample_the_target() {
+    // Keyword 0 may be written 0 or 2 (a repeat of keyword 1's form 2 is possible), keyword 1
+    // only 2; fixed order. Every move including reform.
+    let lm = Toy::new(3, 14);
+    let task = keyword_task(&[0, 2], vec![vec![0, 2], vec![2]], false);
+    let mut config = toy_config([0.4, 0.3, 0.3], 2, 4);
+    config.moves[Move::Reform as usize] = 0.3;
+    config.steps = 120;
+    let forms = [vec![0, 2], vec![2]];
+    check(
+        &lm,
+        &task,
+        &config,
+        &target_forms(&lm, &forms, false, 2, 4, |_| 0.0),
+        40_000,
+    );
+}
+
+#[test]
+fn free_keyword_order_samples_the_target() {
+    // Keywords {1} and {0, 2} in any order (reorder moves), with forms and a repeat.
+    let lm = Toy::new(3, 15);
+    let task = keyword_task(&[1, 0], vec![vec![1], vec![0, 2]], true);
+    let mut config = toy_config([0.3, 0.25, 0.25], 2, 4);
+    config.moves[Move::Reform as usize] = 0.1;
+    config.moves[Move::Reorder as usize] = 0.2;
+    config.steps = 120;
+    let forms = [vec![1], vec![0, 2]];
+    check(
+        &lm,
+        &task,
+        &config,
+        &target_forms(&lm, &forms, true, 2, 4, |_| 0.0),
+        40_000,
+    );
+}
+
+#[test]
+fn length_prior_and_blocked_words_enter_the_target() {
+    // Word 1 blocked outside keyword slots, keyword 2 free to move; sentences shorter than 4
+    // pay 0.7 nats a word.
+    let lm = Toy::new(4, 16);
+    let task = keyword_task(&[2], vec![], true);
+    let mut config = toy_config([0.4, 0.3, 0.3], 2, 4);
+    config.moves[Move::Reorder as usize] = 0.2;
+    config.blocked = vec![1];
+    config.length = Some(LengthPrior {
+        target: 4,
+        per_word: 0.7,
+    });
+    config.steps = 150;
+    let t = target_forms(&lm, &[vec![2]], true, 1, 4, |x| {
+        if x.contains(&1) {
+            f64::NEG_INFINITY
+        } else {
+            -0.7 * (4 - x.len()) as f64
+        }
+    });
+    check(&lm, &task, &config, &t, 40_000);
+}
+
+#[test]
+fn markings_count_ordered_and_free_assignments() {
+    let forms = [vec![1, 3], vec![2]];
+    assert_eq!(markings(&forms, false, &[1, 2, 3, 2]), 3.0); // (0,1) (0,3) (2,3)
+    assert_eq!(markings(&forms, false, &[2, 1]), 0.0);
+    assert_eq!(markings(&forms, true, &[2, 1]), 1.0);
+    assert_eq!(markings(&forms, true, &[1, 2, 3, 2]), 4.0); // 2 forms × 2 places for 2
+                                                            // Two keywords with the same form: positions are not shared.
+    assert_eq!(markings(&[vec![5], vec![5]], true, &[5, 5, 5]), 6.0);
+    assert_eq!(markings(&[vec![5], vec![5]], false, &[5, 5, 5]), 3.0);
+}
+
+#[test]
+fn kept_states_are_distinct_and_best_first() {
+    let lm = Toy::new(6, 17);
+    let tasks = vec![keyword_task(&[1, 2], vec![vec![1, 3], vec![]], true)];
+    let config = Config {
+        steps: 200,
+        top_k: 4,
+        keep: 5,
+        moves: [1.0, 1.0, 1.0, 0.5, 0.5],
+        length: Some(LengthPrior {
+            target: 5,
+            per_word: 1.0,
+        }),
+        anneal: Some((1.0, 0.05)),
+        ..Config::default()
+    };
+    let out = run(&lm, &tasks, 3, &config, 5, true).unwrap();
+    for s in &out {
+        assert!(s.kept.len() > 1 && s.kept.len() <= 5);
+        assert_eq!(s.kept[0].0, s.tokens);
+        for (i, a) in s.kept.iter().enumerate() {
+            assert!(markings(&[vec![1, 3], vec![2]], true, &a.0) >= 1.0);
+            for b in &s.kept[i + 1..] {
+                assert_ne!(a.0, b.0);
+                assert!(a.2 >= b.2);
+            }
+        }
+    }
 }

@@ -1,0 +1,223 @@
+"""Text in and out of the language models: tokenizers that travel with a model, detokenisation,
+sentence formatting, keyword forms and the offensive-word list.
+
+A tokenizer is a name or any callable ``str -> list[str]``:
+
+- ``"whitespace"`` (or ``None``): split on whitespace;
+- ``"words"``: words, numbers and punctuation marks as separate tokens, clitics such as
+  ``'s`` kept on their word (``"A dog's ball."`` → ``["A", "dog's", "ball", "."]``);
+- ``"chars"``: one token per non-space character (Chinese without segmentation);
+- :class:`RegexTokenizer`: the matches of a regular expression.
+
+>>> from kexue.text import tokenize, detokenize
+>>> tokenize("A dog's ball, thrown.", "words")
+["A", "dog's", 'ball', ',', 'thrown', '.']
+>>> detokenize(["a", "dog's", "ball", ",", "thrown", "."], "words")
+"a dog's ball, thrown."
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from functools import cache
+
+__all__ = [
+    "RegexTokenizer",
+    "as_sentence",
+    "blocked_words",
+    "detokenize",
+    "english_forms",
+    "tokenize",
+]
+
+Tokenizer = str | Callable[[str], Sequence[str]] | None
+
+
+class RegexTokenizer:
+    """The matches of ``pattern`` as tokens (picklable, unlike a lambda, so it can travel with
+    a model to worker processes).
+
+    >>> RegexTokenizer(r"[A-Za-z0-9]+(?:'[a-z]+)?|[^\\sA-Za-z0-9]")("It's 5 o'clock!")
+    ["It's", '5', "o'clock", '!']
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._re = re.compile(pattern)
+
+    def __call__(self, text: str) -> list[str]:
+        return self._re.findall(text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RegexTokenizer) and other.pattern == self.pattern
+
+    def __hash__(self) -> int:
+        return hash(self.pattern)
+
+    def __repr__(self) -> str:
+        return f"RegexTokenizer({self.pattern!r})"
+
+    def __reduce__(self) -> tuple:
+        return (RegexTokenizer, (self.pattern,))
+
+
+WORDS = RegexTokenizer(r"[^\W_]+(?:['’][^\W_]+)?|[^\w\s]|_")
+_NAMED = {"words": WORDS}
+
+
+def split_words(text: str) -> list[str]:
+    """The words of ``text`` as the Rust side splits them: separated by what
+    ``str.isspace()`` accepts (Unicode White_Space and the ASCII separators U+001C–U+001F)
+    and by NUL, which the binary format reserves."""
+    return text.replace("\0", " ").split()
+
+
+def tokenize(text: str, tokenizer: Tokenizer = None) -> list[str]:
+    """Splits ``text`` into tokens (see the module doc for the tokenizers)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if tokenizer is None or tokenizer == "whitespace":
+        return split_words(text)
+    if tokenizer == "chars":
+        return split_words(" ".join(text))
+    if isinstance(tokenizer, str) and tokenizer in _NAMED:
+        return _NAMED[tokenizer](text)
+    if callable(tokenizer):
+        return [t for t in tokenizer(text) if t.strip()]
+    raise ValueError(
+        f"tokenizer must be None, 'whitespace', 'words', 'chars' or a callable, got {tokenizer!r}"
+    )
+
+
+def check_tokenizer(tokenizer: object, name: str = "tokenizer") -> None:
+    """Raises unless ``tokenizer`` is one :func:`tokenize` accepts."""
+    if tokenizer is None or callable(tokenizer):
+        return
+    if tokenizer in ("whitespace", "chars") or tokenizer in _NAMED:
+        return
+    raise ValueError(
+        f"{name} must be None, 'whitespace', 'words', 'chars' or a callable, got {tokenizer!r}"
+    )
+
+
+_NO_SPACE_BEFORE = frozenset(".,;:!?)]}%…") | {"'s", "n't", "'re", "'ve", "'m", "'ll", "'d"}
+_NO_SPACE_AFTER = frozenset("([{$#")
+_CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
+
+
+def _is_cjk(token: str) -> bool:
+    return bool(token) and all(_CJK.match(c) for c in token)
+
+
+def detokenize(tokens: Sequence[str], tokenizer: Tokenizer = None) -> str:
+    """Joins tokens as text is written: English punctuation attached to its word, straight
+    double quotes alternately opening and closing, no spaces between CJK tokens (and none
+    at all for ``"chars"``)."""
+    if tokenizer == "chars":
+        return "".join(tokens)
+    out: list[str] = []
+    quote_open = False
+    prev = ""
+    for i, t in enumerate(tokens):
+        space = bool(i)
+        if t == '"':
+            space = space and not quote_open
+            quote_open = not quote_open
+        elif prev == '"' and quote_open:
+            space = False
+        if t in _NO_SPACE_BEFORE or prev in _NO_SPACE_AFTER or (_is_cjk(t) and _is_cjk(prev)):
+            space = False
+        if t and prev and _is_cjk(t) != _is_cjk(prev) and (_is_cjk(t) or _is_cjk(prev)):
+            space = not (t in _NO_SPACE_BEFORE or _CJK.match(t[0]) or _CJK.match(prev[-1]))
+        if space:
+            out.append(" ")
+        out.append(t)
+        prev = t
+    return "".join(out)
+
+
+_FINAL = ".!?…。！？"
+_CLOSING = "\"')]”’」』"
+
+
+def as_sentence(text: str) -> str:
+    """Sentence case and final punctuation: the first letter upper-cased and a full stop
+    added unless the text already ends a sentence (``"。"`` after Chinese).
+
+    >>> as_sentence("a dog catches a frisbee")
+    'A dog catches a frisbee.'
+    """
+    text = text.strip()
+    if not text:
+        return text
+    for i, c in enumerate(text):
+        if c.isalpha():
+            text = text[:i] + c.upper() + text[i + 1 :]
+            break
+        if not (c in _CLOSING or c in "\"'(["):
+            break
+    if text.rstrip(_CLOSING)[-1:] not in _FINAL:
+        text += "。" if _CJK.match(text[-1]) else "."
+    return text
+
+
+def _lemmas(word: str) -> set[str]:
+    from lemminflect import getAllLemmas
+
+    return {lemma for lemmas in getAllLemmas(word).values() for lemma in lemmas}
+
+
+@cache
+def _inflections(word: str) -> frozenset[str]:
+    from lemminflect import getAllInflections, getAllInflectionsOOV
+
+    lemmas = _lemmas(word)
+    # A keyword that is a lemma itself ("lay", "saw") means that lemma, not the words it is
+    # also a form of ("lie", "see"); an inflected keyword ("ran") stands for its lemmas.
+    sources = {word} if word in lemmas or not lemmas else lemmas
+    forms = set(sources)
+    for lemma in sources:
+        for found in getAllInflections(lemma).values():
+            forms.update(found)
+    if forms == {word} and word.isalpha():  # unknown to lemminflect: its regular rules
+        for upos in ("NOUN", "VERB"):
+            for found in getAllInflectionsOOV(word, upos).values():
+                forms.update(found)
+    # Only forms lemminflect lemmatises back to a source: a guessed inflection of an unknown
+    # word ("sle" → "sled") is another word, and a reader (or CommonGen's coverage metric)
+    # would not count it.
+    return frozenset(f for f in forms if f == word or (_lemmas(f) | {f}) & sources)
+
+
+def english_forms(word: str) -> list[str]:
+    """The keyword itself, then its English inflections (plural, verb forms, comparative…;
+    from ``lemminflect``, which ships its data), each also capitalised (sentence start).
+    A keyword that is a lemma keeps its own forms (``"saw"``: saws, sawed…, not *seen*); an
+    inflected one stands for its lemma (``"ran"``: run, runs, running, ran).
+
+    >>> sorted(english_forms("throw"))[:4]
+    ['Threw', 'Throw', 'Throwing', 'Thrown']
+    """
+    base = _inflections(word.lower()) if word.islower() else _inflections(word)
+    out = [word]
+    for f in sorted(base):
+        for variant in (f, f[:1].upper() + f[1:]):
+            if variant not in out:
+                out.append(variant)
+    return out
+
+
+@cache
+def _profanity() -> frozenset[str]:
+    from importlib.resources import files
+
+    text = (files("better_profanity") / "profanity_wordlist.txt").read_text(encoding="utf-8")
+    return frozenset(w.strip().lower() for w in text.splitlines() if w.strip() and " " not in w)
+
+
+def blocked_words(vocabulary: Iterable[str]) -> list[str]:
+    """The words of ``vocabulary`` on the offensive-word list that ``better-profanity`` ships
+    (MIT; single words, any case): what the built-in filter keeps out of generated text."""
+    bad = _profanity()
+    return [w for w in vocabulary if w.lower() in bad]

@@ -55,6 +55,10 @@ def test_bad_keywords_are_value_errors(lm, keywords, message) -> None:
         (lambda lm: sample_vmf(np.ones(3), 1.0, -1, seed=0), "n must be >= 1"),
         (lambda lm: pipelines.row_seeds(2**64, [0]), "seed must be between"),
         (lambda lm: NgramLM.build(LINES, order=0, progress=False), "order must be between"),
+        (lambda lm: sample_vmf(np.ones(3), 1.0, 2**64, seed=0), "n must be at most 2\\*\\*64"),
+        (lambda lm: NgramLM.from_counts({"a": 1}, {}, eos_count=2**64), "eos_count must be at"),
+        (lambda lm: NgramLM.from_counts({"a": 2**64}, {}), "count must be at most"),
+        (lambda lm: NgramLM.build(LINES, min_count=2**70, progress=False), "min_count must be"),
     ],
 )
 def test_integer_arguments_out_of_range_name_the_argument(lm, call, message) -> None:

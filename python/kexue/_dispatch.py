@@ -144,14 +144,21 @@ def check_scalar(
 
 def check_int(value: Any, name: str, *, low: int, high: int | None = None) -> int:
     """An int (Python or numpy, not bool) within ``[low, high]``: ``TypeError`` for another
-    type, ``ValueError`` naming the bounds otherwise."""
+    type, ``ValueError`` naming the bounds otherwise. Without ``high`` the bound is the
+    largest native integer, 2**64 - 1 (beyond it the bindings could only say "int too big
+    to convert")."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     value = int(value)
+    if high is None and value > _NATIVE_MAX:
+        raise ValueError(f"{name} must be at most 2**64 - 1, got {value}")
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value
+
+
+_NATIVE_MAX = 2**64 - 1
 
 
 def _machine_bytes() -> int | None:

@@ -250,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Usage errors found before any work starts (exit 2)."""
+def _check_args(args: argparse.Namespace) -> None:
+    """Usage errors found before any work starts (exit 2), reported by the subcommand."""
+    words = ["kexue", args.command, getattr(args, "lm_command", None)]
+    parser = _Parser(prog=" ".join(w for w in words if w), add_help=False)
     at_least = {"n": 1, "steps": 1, "top_k": 1, "min_len": 1, "max_len": 1, "repeat": 1,
                 "size": 1, "min_count": 1}  # fmt: skip
     for name, low in at_least.items():
@@ -285,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    _check_args(args, parser)
+    _check_args(args)
     try:
         return args.run(args)
     except KeyboardInterrupt:

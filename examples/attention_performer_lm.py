@@ -6,7 +6,8 @@ with the streaming causal state (O(1) work per generated token, no prefix recomp
 Every layer is ``x + LinearAttention(LN(x))`` then ``x + MLP(LN(x))`` with FAVOR+ features and
 a projection fixed for the run (``redraw_interval=None``, Su's suggestion). Training runs the
 Rust chunked forward/backward through torch autograd; decoding keeps one ``CausalState`` per
-layer. At the end the streamed logits are checked against one full causal pass.
+layer. At the end the streamed logits are checked against one full causal pass, and each
+layer's FAVOR+ attention is compared with exact softmax attention on the same q, k, v.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kexue.attention import CausalState
+from kexue.attention import CausalState, linear_attention, softmax_attention
 from kexue.nn import LinearAttention
 
 
@@ -63,6 +64,22 @@ class PerformerLM(nn.Module):
             x, state = block.step(x, state)
             new.append(state)
         return self.head(self.ln(x)), new
+
+
+@torch.no_grad()
+def favor_errors(model: PerformerLM, ids: torch.Tensor) -> list:
+    """Per layer, ``mean |FAVOR+ − softmax| / mean |softmax|`` of its attention on the q, k, v
+    it computes for ``ids`` (the causal outputs before ``out_proj``)."""
+    x = model.tok(ids) + model.pos(torch.arange(ids.shape[1]))
+    errors = []
+    for block in model.blocks:
+        attn, h = block.attn, block.ln1(x)
+        q, k, v = (attn._heads(p(h)) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        favor = linear_attention(q, k, v, causal=True, projection=attn.projection)
+        exact = softmax_attention(q, k, v, causal=True)
+        errors.append(((favor - exact).abs().mean() / exact.abs().mean()).item())
+        x = block(x)
+    return errors
 
 
 def load_ptb(data: Path, lines: int, vocab_size: int) -> tuple:
@@ -129,6 +146,10 @@ def main(argv: list[str] | None = None) -> float:
         x, y = batch(valid)
         val = loss_fn(model(x).flatten(0, 1), y.flatten()).item()
     print(f"valid ppl {math.exp(val):.1f}  ({time.perf_counter() - tic:.1f} s training)")
+    errors = favor_errors(model, x)
+    print("FAVOR+ vs softmax attention, mean |Δ| / mean |softmax| per layer:", end="")
+    print("".join(f"  {e:.3f}" for e in errors), f"(m = {model.blocks[0].attn.nb_features})")
+    assert all(math.isfinite(e) for e in errors), "FAVOR+ attention is not finite"
 
     # Decode: prefill the prompt in one chunked pass, then one token at a time.
     prompt = valid[: args.seq // 2][None]

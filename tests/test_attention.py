@@ -32,13 +32,15 @@ def qkv(shape=(2, 3, 37, 5), dv=6, dtype=np.float64, seed=0, scale=1.0):
 
 
 def reference(phq, phk, v, *, causal, eps=1e-6, mask=None):
-    """Independent float64 masked quadratic form: ((φQ φKᵀ) ⊙ L) V / ((φQ φKᵀ) ⊙ L)·1."""
+    """Independent float64 masked quadratic form: ((φQ φKᵀ) ⊙ L) V / ((φQ φKᵀ) ⊙ L)·1, with the
+    documented relative eps (the denominator times ``1 + eps``; 0 where it is 0)."""
     a = np.einsum("bhim,bhjm->bhij", phq.astype(np.float64), phk.astype(np.float64))
     if causal:
         a = np.tril(a)
     if mask is not None:
         a = a * mask[:, None, None, :]
-    o = (a @ v.astype(np.float64)) / (a.sum(-1, keepdims=True) + eps)
+    den = a.sum(-1, keepdims=True) * (1 + eps)
+    o = np.where(den == 0, 0.0, a @ v.astype(np.float64) / np.where(den == 0, 1.0, den))
     return o if mask is None else o * mask[:, None, :, None]
 
 
@@ -587,7 +589,9 @@ def test_float32_decoding_stays_accurate_on_long_sequences():
     vp = np.concatenate([v, np.ones((1, 2, n, 1), np.float32)], -1).astype(np.float64)
     kv = np.einsum("bhnm,bhnj->bhmj", fk, vp)
     assert state.kv.dtype == np.float64
-    np.testing.assert_allclose(state.kv, kv, rtol=1e-6)
+    # (the state is under the running maximum, the features under the constant max |ω|²/2)
+    rescaled = state.kv * np.exp(state.scale - (w * w).sum(1).max() / 2)[..., None, None]
+    np.testing.assert_allclose(rescaled, kv, rtol=1e-6)
     # plain float32 accumulation of the same features is several times less accurate
     fq = favor_features(q, w.astype(np.float32), is_query=True)
     fk = fk.astype(np.float32)
@@ -628,6 +632,7 @@ def test_float32_decoding_reads_copies_and_saves_its_state(tmp_path, name):
             assert again.kv.shape[-1] == dv + 1
     assert np.abs(np.stack(parts, 2) - full).max() <= 1e-5 * np.abs(full).max()
     again.kv[...] = 0.0
+    again.scale[...] = -np.inf  # (the stabiliser too, for a bitwise fresh start)
     fresh = CausalState(feature_map=name, projection=w)
     np.testing.assert_array_equal(_decode(again, q, k, v), _decode(fresh, q, k, v))
     with pytest.raises(ValueError, match="do not continue"):
@@ -712,3 +717,25 @@ def test_strided_tensors_through_the_rust_road():
     want = linear_attention(*(x.contiguous().numpy() for x in (q, k, v)), causal=True, projection=w)
     got = linear_attention(q, k, v, causal=True, projection=w)
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_states_saved_before_the_running_maximum_still_load(tmp_path):
+    n, d, m, dv = 40, 16, 32, 16
+    q, k, v = qkv((1, 2, n, d), dv, np.float64, seed=2)
+    w = orthogonal_random_matrix(m, d, seed=1)
+    full = linear_attention(q, k, v, causal=True, projection=w)
+    state = CausalState(projection=w)
+    state.update(q[:, :, :25], k[:, :, :25], v[:, :, :25])
+    path = tmp_path / "state.npz"
+    state.save(path)
+    # a file of the earlier format: the sums under the constant max |ω|²/2, no scale
+    with np.load(path) as f:
+        fields = dict(f)
+    bound = (w * w).sum(1).max() / 2
+    fields["kv"] = state.kv * np.exp(state.scale - bound)[..., None, None]
+    del fields["scale"]
+    np.savez(path, **fields)
+    old = CausalState.load(path)
+    tail = old.update(q[:, :, 25:], k[:, :, 25:], v[:, :, 25:])
+    assert np.abs(tail - full[:, :, 25:]).max() <= 1e-12 * np.abs(full).max()
+    np.testing.assert_array_equal(old.scale, np.full((1, 2), bound))

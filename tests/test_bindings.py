@@ -124,6 +124,7 @@ def _instances() -> dict:
         1e-6,
         d,
         np.zeros((1, heads, d, d + 1)),
+        np.zeros((1, heads)),  # the key stabiliser of each head
     )
     return {
         "NgramCorpus": corpus,

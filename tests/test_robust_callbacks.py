@@ -29,7 +29,7 @@ def lm() -> NgramLM:
 
 def failing_scorer(lm: NgramLM, exc: BaseException, method: str) -> NgramScorer:
     scorer = NgramScorer(lm)
-    scorer._cgmh_native = None  # the Python road, so that the methods are called
+    scorer._cgmh_native = None  # the Python road (no length prior: it samples natively)
 
     def fail(*args, **kwargs):
         raise exc
@@ -45,7 +45,7 @@ def failing_scorer(lm: NgramLM, exc: BaseException, method: str) -> NgramScorer:
 def test_scorer_exceptions_keep_their_type(lm, method, exc) -> None:
     scorer = failing_scorer(lm, exc, method)
     with pytest.raises(type(exc)) as info:
-        generate(["cat"], scorer, n=2, steps=5, seed=0)
+        generate(["cat"], scorer, n=2, steps=5, seed=0, length=None)
     assert info.value is exc
     assert any("fail" in line for line in traceback.format_tb(info.value.__traceback__))
 
@@ -87,7 +87,7 @@ def test_torch_errors_keep_their_type(lm) -> None:
     scorer._cgmh_native = None
     scorer.forward_logprobs = bad
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
-        generate(["cat"], scorer, n=2, steps=50)
+        generate(["cat"], scorer, n=2, steps=50, length=None)
 
 
 def test_wrong_dtype_from_a_scorer_names_the_rule(lm) -> None:
@@ -96,4 +96,4 @@ def test_wrong_dtype_from_a_scorer_names_the_rule(lm) -> None:
     real = scorer.forward_logprobs
     scorer.forward_logprobs = lambda ids, pos: real(ids, pos).astype(np.float64)
     with pytest.raises(TypeError, match="float32"):
-        generate(["cat"], scorer, n=2, steps=50)
+        generate(["cat"], scorer, n=2, steps=50, length=None)

@@ -22,10 +22,22 @@ MAX_THREADS = 1 << 12  # far beyond any machine; more would exhaust the process'
 
 def set_num_threads(n: int) -> None:
     """Sizes the thread pool every kexue kernel runs in; ``0`` restores the default
-    (``RAYON_NUM_THREADS`` if set, else one thread per core)."""
+    (``RAYON_NUM_THREADS`` if set, else one thread per core).
+
+    >>> import kexue
+    >>> kexue.set_num_threads(1)
+    >>> kexue.get_num_threads()
+    1
+    >>> kexue.set_num_threads(0)
+    """
     _native.set_num_threads(check_int(n, "n", low=0, high=MAX_THREADS))
 
 
 def get_num_threads() -> int:
-    """Number of threads a kernel started now would use."""
+    """Number of threads a kernel started now would use.
+
+    >>> import kexue
+    >>> kexue.get_num_threads() >= 1
+    True
+    """
     return _native.get_num_threads()

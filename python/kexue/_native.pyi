@@ -111,6 +111,7 @@ class CgmhNgram:
     def vocab_size(self) -> int: ...
     @property
     def has_backward(self) -> bool: ...
+    def sample(self, count: int, seed: int, max_len: int) -> list[tuple[list[int], float]]: ...
 
 class CgmhSettings(TypedDict):
     chains: int
@@ -151,7 +152,10 @@ def attention_features_forward(
     projection: npt.NDArray[np.floating[Any]] | None,
     is_query: bool,
     offset: float | None = None,
-) -> npt.NDArray[np.floating[Any]]: ...
+    row_max: bool = False,
+) -> (
+    npt.NDArray[np.floating[Any]] | tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.float64]]
+): ...
 def attention_features_backward(
     x: npt.NDArray[np.floating[Any]],
     feature_map: str,
@@ -180,6 +184,7 @@ def attention_causal_mapped_forward(
     method: str,
     chunk_size: int,
     state: npt.NDArray[np.float64] | None = None,
+    scale: npt.NDArray[np.float64] | None = None,
 ) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]]: ...
 def attention_causal_backward(
     q: npt.NDArray[np.floating[Any]],
@@ -191,6 +196,7 @@ def attention_causal_backward(
     grad_den: npt.NDArray[np.floating[Any]],
     method: str,
     chunk_size: int,
+    eps: float = 0.0,
 ) -> tuple[
     npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]
 ]: ...
@@ -208,6 +214,7 @@ def attention_noncausal_backward(
     den: npt.NDArray[np.floating[Any]],
     grad_o: npt.NDArray[np.floating[Any]],
     grad_den: npt.NDArray[np.floating[Any]],
+    eps: float = 0.0,
 ) -> tuple[
     npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]
 ]: ...
@@ -221,6 +228,7 @@ class AttentionDecoder:
         eps: float,
         d: int,
         state: npt.NDArray[np.float64],
+        scale: npt.NDArray[np.float64] | None = None,
     ) -> None: ...
     def step(
         self, q: npt.NDArray[np.float32], k: npt.NDArray[np.float32], v: npt.NDArray[np.float32]

@@ -2,7 +2,7 @@
 
 Linear attention replaces ``softmax(q·k)`` by ``φ(q)·φ(k)`` and reorders the product, so
 causal attention becomes a recurrence over the state ``S = Σ φ(k) vᵀ``, ``z = Σ φ(k)``:
-``o_t = φ(q_t)ᵀ S_t / (φ(q_t)ᵀ z_t + eps)`` (Katharopoulos et al. 2020). FAVOR+
+``o_t = φ(q_t)ᵀ S_t / φ(q_t)ᵀ z_t`` (Katharopoulos et al. 2020). FAVOR+
 (Choromanski et al. 2021) picks the random features with ``E[φ(q)·φ(k)] = exp(q·k/√D)``, so it
 approximates softmax attention; Su (kexue.fm/archives/8338) argues the plain ``exp`` of a
 learned projection is the natural choice. See ``docs/linear_attention.md`` of the project.
@@ -11,10 +11,30 @@ Layout is ``(batch, heads, seq, dim)``. Arrays go to Rust (GIL released, rayon o
 heads); CPU torch tensors go through Rust forward *and* backward; other devices (or inside
 :func:`kexue.torch_fallback`) run the same maths in torch.
 
-Causality: the FAVOR+ key stabiliser is the constant ``max_i |ω_i|²/2`` of the projection,
-which bounds every key feature by 1 whatever the key's norm, and depends on no other key (the
-global max of google-research / performer-pytorch leaks future keys into past outputs).
-Queries use their own per-token max, which cancels in the ratio.
+Stabilisers and ``eps``: the features are exponentials, so each side is shifted by a
+stabiliser that cancels in the ratio. Queries use their own per-token max. Keys of the
+``exp``-family maps (FAVOR+, ``exp``) in a causal pass that maps inside Rust (numpy inputs,
+tensors without gradient, :class:`CausalState`) use the *running maximum* ``c_t`` of the key
+logits seen so far: when a key raises it, the state is rescaled, ``S ← S·e^{c_{t−1}−c_t}``,
+``z ← z·e^{c_{t−1}−c_t}`` (the online-softmax trick; per token in the recurrence and the
+float32 decoder, per chunk in the chunked form, whose chunks end where the maximum jumps, so
+that outputs up to ``t`` still depend on nothing after ``t``, bitwise: a chunk ends before a
+key more than 8 above its stabiliser). The largest key feature seen is then ``1/√m`` (at most
+``e^8/√m`` inside a chunk): nothing overflows, and nothing underflows that matters. The stabiliser
+is exact because the rescaling multiplies numerator and denominator alike and ``eps`` is
+relative: the denominator is ``(1 + eps)·φ(q)ᵀz``, so ``eps`` changes every output by the
+factor ``1/(1 + eps)`` whatever ``m``, ``D`` or the scale of the inputs (the absolute ``+ eps``
+it replaces swamped the whole estimate: FAVOR+ key features are around ``e^(−D/2)`` under a
+fixed bound). A causal state carries its stabiliser (:attr:`CausalState.scale`).
+Elsewhere (gradients, masks, the pure-torch road, a given ``key_offset``) keys use one
+constant: ``key_offset``, or for FAVOR+ ``max_i |ω_i|²/2`` (it bounds every key feature by 1,
+depends on no other key, and is exact with the relative ``eps``; it underflows float32 only for
+keys far larger than attention inputs are, and outputs are then 0), or for ``exp`` the
+sequence maximum (``exp`` keys have no bound; exact, but not bitwise causal). Non-causal
+attention uses the sequence maximum.
+The global max of google-research / performer-pytorch instead leaks future keys into past
+outputs. Where the denominator is 0 (every feature product 0: padding, ``relu``) the output is
+0.
 
 Precision: the Rust kernels keep the state in float64 (the chunked form adds each chunk's
 float32 ``Kᵀ V`` into it); float32 decoding steps a float32 copy of it and adds the last 64
@@ -105,7 +125,13 @@ def orthogonal_random_matrix(
 
 
 def _torch_features(
-    x: Any, projection: Any, *, feature_map: str, is_query: bool, offset: float | None
+    x: Any,
+    projection: Any,
+    *,
+    feature_map: str,
+    is_query: bool,
+    offset: float | None,
+    row_max: bool = False,
 ) -> Any:
     import torch
 
@@ -117,17 +143,26 @@ def _torch_features(
         u = (x * d**-0.25 if favor else x) @ projection.T
     if favor:
         hyp = feature_map == "favor+hyperbolic"
+        top = (u.abs() if hyp else u).amax(-1, keepdim=True)
         if is_query:
-            shift = (u.abs() if hyp else u).amax(-1, keepdim=True)
+            shift = top
         else:
-            c = float((projection.detach() ** 2).sum(-1).amax()) / 2 if offset is None else offset
-            shift = (x * x).sum(-1, keepdim=True) / (2 * math.sqrt(d)) + c
+            norm = (x * x).sum(-1, keepdim=True) / (2 * math.sqrt(d))
+            c = (
+                top.detach() - norm.detach()
+                if row_max
+                else _fixed_key_offset(feature_map, projection, offset)
+            )
+            shift = norm + c
         parts = [u, -u] if hyp else [u]
         phi = torch.exp(torch.cat(parts, -1) - shift)
-        return phi / math.sqrt(phi.shape[-1])
+        phi = phi / math.sqrt(phi.shape[-1])
+        return (phi, c[..., 0]) if row_max else phi
     if feature_map == "exp":
-        shift = u.amax(-1, keepdim=True) if is_query else (offset or 0.0)
-        return torch.exp(u - shift)
+        top = u.amax(-1, keepdim=True).detach()
+        shift = top if is_query or row_max else (offset or 0.0)
+        phi = torch.exp(u - shift)
+        return (phi, top[..., 0]) if row_max else phi
     if feature_map == "elu+1":
         return torch.nn.functional.elu(u) + 1
     if feature_map == "relu":
@@ -135,8 +170,26 @@ def _torch_features(
     return u
 
 
+def _fixed_key_offset(fmap: FeatureMap, projection: Any, key_offset: float | None) -> float:
+    """The constant key stabiliser: ``key_offset``, else ``max_i |ω_i|²/2`` for FAVOR+, else 0."""
+    if key_offset is not None:
+        return float(key_offset)
+    if fmap not in _FAVOR:
+        return 0.0
+    if is_tensor(projection):
+        projection = projection.detach().cpu().double().numpy()
+    return float((np.asarray(projection, dtype=np.float64) ** 2).sum(-1).max()) / 2
+
+
 def _features_backward(
-    inputs: tuple, outputs: tuple, grads: tuple, *, feature_map: str, is_query: bool, offset: Any
+    inputs: tuple,
+    outputs: tuple,
+    grads: tuple,
+    *,
+    feature_map: str,
+    is_query: bool,
+    offset: Any,
+    row_max: bool = False,
 ) -> tuple:
     x, projection = inputs
     dx = _native.attention_features_backward(
@@ -146,8 +199,8 @@ def _features_backward(
 
 
 _features = Kernel(
-    lambda x, projection, *, feature_map, is_query, offset: _native.attention_features_forward(
-        x, feature_map, projection, is_query, offset
+    lambda x, projection, *, feature_map, is_query, offset, row_max=False: (
+        _native.attention_features_forward(x, feature_map, projection, is_query, offset, row_max)
     ),
     _features_backward,
     torch_forward=_torch_features,
@@ -270,8 +323,8 @@ def _torch_scan(q: Any, k: Any, v: Any, state: Any, *, eps: float, chunk_size: i
         ys.append(a @ vc + qc @ s)
         s = s + kc.transpose(-1, -2) @ vc
     y = torch.cat(ys, -2) if ys else q.new_zeros(b, h, 0, dv + 1)
-    den = y[..., dv] + eps
-    return y[..., :dv] / den[..., None], den, s
+    den = y[..., dv] * (1 + eps)
+    return _divide(y[..., :dv], den), den, s
 
 
 def _torch_causal(q: Any, k: Any, v: Any, *, eps: float, method: str, chunk_size: int) -> tuple:
@@ -284,8 +337,16 @@ def _torch_noncausal(q: Any, k: Any, v: Any, *, eps: float) -> tuple:
 
     vp = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1)
     y = q @ (k.transpose(-1, -2) @ vp)
-    den = y[..., -1] + eps
-    return y[..., :-1] / den[..., None], den
+    den = y[..., -1] * (1 + eps)
+    return _divide(y[..., :-1], den), den
+
+
+def _divide(y: Any, den: Any) -> Any:
+    """``y / den`` by rows, 0 where ``den`` is 0 (and no NaN in the gradient there)."""
+    import torch
+
+    zero = den == 0
+    return torch.where(zero[..., None], y.new_zeros(()), y / torch.where(zero, 1, den)[..., None])
 
 
 _causal = Kernel(
@@ -293,7 +354,7 @@ _causal = Kernel(
         q, k, v, eps, method, chunk_size
     ),
     lambda inputs, outputs, grads, *, eps, method, chunk_size: _native.attention_causal_backward(
-        *inputs, *outputs, *grads, method, chunk_size
+        *inputs, *outputs, *grads, method, chunk_size, eps
     ),
     torch_forward=_torch_causal,
 )
@@ -301,7 +362,7 @@ _causal = Kernel(
 _noncausal = Kernel(
     lambda q, k, v, *, eps: _native.attention_noncausal_forward(q, k, v, eps),
     lambda inputs, outputs, grads, *, eps: _native.attention_noncausal_backward(
-        *inputs, *outputs, *grads
+        *inputs, *outputs, *grads, eps
     ),
     torch_forward=_torch_noncausal,
 )
@@ -401,14 +462,15 @@ def linear_attention(
     chunk_size: int = 64,
     key_offset: float | None = None,
 ) -> Any:
-    """Linear attention ``o_t = φ(q_t)ᵀ S_t / (φ(q_t)ᵀ z_t + eps)`` on ``(batch, heads, seq, dim)``.
+    """Linear attention ``o_t = φ(q_t)ᵀ S_t / ((1 + eps)·φ(q_t)ᵀ z_t)`` on ``(B, H, N, D)``.
 
     Args:
         q, k: ``(B, H, Nq, D)`` and ``(B, H, Nk, D)`` float32/float64 arrays or tensors
             (``Nq == Nk`` when causal, both ``>= 1``).
         v: ``(B, H, Nk, Dv)``.
         causal: position ``t`` attends to keys ``<= t`` only; outputs up to ``t`` do not depend
-            on anything after ``t`` (bitwise, for finite inputs).
+            on anything after ``t`` (bitwise, for finite inputs; for ``exp`` keys on the
+            gradient road or with a mask only up to rounding, see the module doc).
         feature_map: one of :data:`FEATURE_MAPS` or a callable applied to q and k
             (already-mapped, non-negative features: pass ``"identity"``).
         projection: ``(m, D)`` random projection, required by FAVOR+ (see
@@ -416,11 +478,16 @@ def linear_attention(
             gradient). Keep it fixed for a sequence: it is part of the decoding state.
         mask: ``(B, N)`` boolean keep-mask (False = padding). Padded keys leave numerator and
             denominator (masked after φ); padded query positions output 0.
-        eps: added to the denominator (``>= 0``).
+        eps: relative, ``>= 0``: the denominator is ``(1 + eps)·φ(q)ᵀz``, so ``eps`` scales
+            every output by ``1/(1 + eps)`` whatever the scale of the features (see the module
+            doc); outputs are 0 where ``φ(q)ᵀz`` is 0.
         method: causal schedule: ``"chunked"`` (default; blocks of ``chunk_size``),
             ``"scan"`` (token recurrence, f64 state) or ``"quadratic"`` (the masked parallel
             form, O(N²), a reference). All agree to rounding; the state is accumulated in f64.
-        key_offset: key stabiliser override (see :func:`favor_features`).
+        key_offset: a constant key stabiliser in place of the running (causal) or sequence
+            (non-causal) maximum of the key logits (see the module doc and
+            :func:`favor_features`); it cancels exactly, so it only moves the floating-point
+            range.
 
     Returns:
         ``(B, H, Nq, Dv)``, same kind and dtype as ``q``. Differentiable for tensors (the CPU
@@ -450,14 +517,40 @@ def linear_attention(
             q, k, v, feature_map, projection, key_offset, eps, method, int(chunk_size)
         )
     phq = _apply_map(feature_map, q, projection, is_query=True, key_offset=key_offset)
-    phk = _where(
-        mask, _apply_map(feature_map, k, projection, is_query=False, key_offset=key_offset)
-    )
+    # The sequence maximum where nothing causal bounds the keys: non-causal attention, and
+    # `exp` keys (unbounded) on the gradient road (exact, but then not bitwise causal).
+    if key_offset is None and (feature_map == "exp" or (feature_map in _FAVOR and not causal)):
+        phk = _sequence_max_keys(k, projection, feature_map, mask)
+    else:
+        phk = _apply_map(feature_map, k, projection, is_query=False, key_offset=key_offset)
+    phk = _where(mask, phk)
     if causal:
         o, _ = _causal(phq, phk, v, eps=eps, method=method, chunk_size=int(chunk_size))
     else:
         o, _ = _noncausal(phq, phk, v, eps=eps)
     return _where(mask, o)
+
+
+def _sequence_max_keys(k: Any, projection: Any, fmap: str, mask: Any) -> Any:
+    """Key features under the largest key logit of each sequence (non-causal attention): the
+    largest feature of a sequence is ``1/√m`` whatever the scale of its keys."""
+    projection = _like(_check_projection(projection, k.shape[-1], fmap), k)
+    phk, top = _features(k, projection, feature_map=fmap, is_query=False, offset=None, row_max=True)
+    if is_tensor(k):
+        import torch
+
+        top = top.detach().to(k.dtype)
+        if mask is not None:
+            top = torch.where(mask[:, None, :], top, float("-inf"))
+        c = top.amax(-1, keepdim=True)
+        c = torch.where(torch.isfinite(c), c, 0.0)
+        return phk * torch.exp(top - c)[..., None]
+    top = top.astype(k.dtype, copy=False)
+    if mask is not None:
+        top = np.where(mask[:, None, :], top, -np.inf)
+    c = top.max(-1, keepdims=True)
+    c = np.where(np.isfinite(c), c, 0.0)
+    return phk * np.exp(top - c)[..., None]
 
 
 def _fused(fmap: FeatureMap, *xs: Any) -> bool:
@@ -547,9 +640,12 @@ class CausalState:
     """The running state of causal linear attention, for prefill and step-by-step decoding.
 
     Holds ``S`` and ``z`` as one float64 array ``kv`` of shape ``(B, H, M, Dv + 1)`` (``z`` is
-    the last column), the number of tokens seen, and the feature map with its projection
-    (fixed for the whole sequence). :meth:`update` costs O(M·Dv) per token per head,
-    whatever the position. Save/restore with :meth:`copy`, :meth:`save` and :meth:`load`.
+    the last column), their key stabiliser ``scale`` (``(B, H)`` float64: the sums of the
+    unstabilised key features are ``exp(scale)·kv``; the running maximum of the key logits
+    for FAVOR+ and ``exp``, see the module doc), the number of tokens seen, and the feature
+    map with its projection (fixed for the whole sequence). :meth:`update` costs O(M·Dv) per
+    token per head, whatever the position. Save/restore with :meth:`copy`, :meth:`save` and
+    :meth:`load`.
 
     Decoding float32 tokens one at a time (a named feature map, M and Dv multiples of 16,
     numpy arrays or CPU tensors) steps a float32 working copy of the state, half the bytes of
@@ -594,6 +690,7 @@ class CausalState:
         self.key_offset = None if key_offset is None else check_scalar(key_offset, "key_offset")
         self.chunk_size = int(chunk_size)
         self.kv = None
+        self.scale = None
         self.position = 0
         self._projections: dict = {}
         # (state shape, d) the float32 decoder was refused for (feature/value counts)
@@ -611,6 +708,20 @@ class CausalState:
     def kv(self, value: Any) -> None:
         self._kv = value
         self._decoder: Any = None
+
+    @property
+    def scale(self) -> Any:
+        """The key stabiliser of each head's sums, ``(B, H)`` float64: ``exp(scale)·kv`` are the
+        sums of the unstabilised key features (``-inf`` before the first key). None before the
+        first token."""
+        if self._decoder is not None:
+            self._decoder.flush()
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: Any) -> None:
+        self._scale = value
+        self._decoder = None
 
     def update(self, q: Any, k: Any, v: Any) -> Any:
         """Consumes ``T`` tokens, ``(B, H, T, D)`` (or one token ``(B, H, D)``), and returns their
@@ -691,6 +802,7 @@ class CausalState:
             "scan" if q.shape[2] <= 16 else "chunked",
             self.chunk_size,
             self._kv,
+            self._scale,
         )
         return o
 
@@ -700,7 +812,7 @@ class CausalState:
         if self._decoder is None and self._misfit != (self._kv.shape, d):
             try:
                 self._decoder = _native.AttentionDecoder(
-                    self.feature_map, w, self.key_offset, self.eps, d, self._kv
+                    self.feature_map, w, self.key_offset, self.eps, d, self._kv, self._scale
                 )
             except ValueError:
                 self._misfit = (self._kv.shape, d)
@@ -714,14 +826,29 @@ class CausalState:
             )
 
     def _check_continues(self, want: tuple) -> None:
-        """Makes ``kv`` a float64 numpy state of shape ``want`` (zeros when new)."""
-        if type(self.kv) is np.ndarray and self.kv.shape == want:
+        """Makes ``kv`` a float64 numpy state of shape ``want`` (zeros when new) and ``scale``
+        its float64 stabilisers."""
+        if type(self.kv) is np.ndarray and self.kv.shape == want and self._scale_fits():
             return
         self._check_shape(want)
         if self.kv is None:
             self.kv = np.zeros(want)
+            self.scale = np.full(want[:2], -np.inf)
         elif is_tensor(self.kv):
             self.kv = self.kv.cpu().numpy().astype(np.float64)
+        if not self._scale_fits():
+            # a state from elsewhere (set by hand): its sums are under the constant stabiliser
+            offset = _fixed_key_offset(self.feature_map, self.projection, self.key_offset)
+            self.scale = np.full(self.kv.shape[:2], offset)
+
+    def _scale_fits(self) -> bool:
+        scale, kv = self._scale, self._kv
+        return (
+            type(scale) is np.ndarray
+            and scale.dtype == np.float64
+            and scale.shape == kv.shape[:2]
+            and scale.flags.c_contiguous
+        )
 
     def _update_mapped_first(self, q: Any, k: Any, v: Any, torch_road: bool) -> Any:
         """The update for callable maps and the torch road: features first, then the state."""
@@ -732,7 +859,13 @@ class CausalState:
 
             self._check_shape(want)
             kv = None if self.kv is None else torch.as_tensor(self.kv, device=q.device)
+            # the torch road maps keys under the constant stabiliser: the state follows it
+            offset = _fixed_key_offset(self.feature_map, self.projection, self.key_offset)
+            if kv is not None and self.scale is not None:
+                a = torch.as_tensor(np.exp(np.asarray(self.scale) - offset), device=q.device)
+                kv = kv * a.to(kv.dtype)[..., None, None]
             o, _, self.kv = _torch_scan(phq, phk, v, kv, eps=self.eps, chunk_size=self.chunk_size)
+            self.scale = np.full(want[:2], offset)
             return o
         self._check_continues(want)
         arrays = [x.contiguous().numpy() if is_tensor(x) else x for x in (phq, phk, v)]
@@ -770,6 +903,7 @@ class CausalState:
         new.__dict__.update(self.__dict__)
         kv = self.kv
         new.kv = None if kv is None else kv.copy() if isinstance(kv, np.ndarray) else kv.clone()
+        new.scale = None if self.scale is None else np.array(self.scale, dtype=np.float64)
         return new
 
     def save(self, path: str | os.PathLike) -> None:
@@ -782,6 +916,7 @@ class CausalState:
         fields = {
             "kv": np.zeros(0) if kv is None else kv,
             "has_kv": np.array(kv is not None),
+            "scale": np.zeros(0) if self.scale is None else np.asarray(self.scale),
             "projection": np.zeros((0, 0)) if proj is None else np.asarray(proj),
             "has_projection": np.array(proj is not None),
             "feature_map": np.array(self.feature_map),
@@ -813,6 +948,10 @@ class CausalState:
                 chunk_size=int(f["chunk_size"]),
             )
             state.kv = np.array(f["kv"]) if bool(f["has_kv"]) else None
+            # (files written before the running maximum have no scale: _check_continues
+            # then gives their sums the constant stabiliser they were made with)
+            scale = np.array(f["scale"], dtype=np.float64) if "scale" in f else None
+            state.scale = scale if scale is not None and scale.size else None
             state.position = int(f["position"])
         return state
 

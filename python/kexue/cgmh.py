@@ -59,7 +59,17 @@ Forms = str | Callable[[str], Iterable[str]]
 
 @dataclass
 class Sentence:
-    """One chain's result."""
+    """One chain's result.
+
+    >>> from kexue.cgmh import MOVES, generate
+    >>> s = generate("rain", steps=30, seed=0)[0]
+    >>> set(s.proposed) <= set(MOVES), sum(s.proposed.values())  # one proposal per step
+    (True, 30)
+    >>> 0.0 <= s.acceptance_rate <= 1.0
+    True
+    >>> bool(abs(s.nll_per_token + s.logprob / (len(s.tokens) + 1)) < 1e-12)
+    True
+    """
 
     text: str
     tokens: list[str]
@@ -494,7 +504,13 @@ def paraphrase(
     """Paraphrases by sampling ``p(x) · exp(weight · sim(x, sentence))`` (UPSA-style with
     ``anneal``). ``sim``: cosine of bags of words by default, or of ``similarity(text)``
     embeddings (any callable text → vector). ``keywords``: words that must stay (as given).
-    No length prior by default (the similarity keeps the length)."""
+    No length prior by default (the similarity keeps the length).
+
+    >>> from kexue.cgmh import paraphrase
+    >>> out = paraphrase("the old city is very quiet", keywords=["city"], n=2, steps=100)
+    >>> all("city" in s.text.lower() for s in out)
+    True
+    """
     lm, tokenizer = _resolve(lm, tokenizer)
     words = _sentence(sentence, tokenizer)
     keep = set(_keywords(list(keywords), tokenizer, "keywords")) if keywords else set()
@@ -529,7 +545,16 @@ def correct(
     **options: Any,
 ) -> list[Sentence]:
     """Error correction: samples ``p(x) · exp(−weight · edit distance(x, sentence))`` (with
-    ``anneal``: searches), so edits that raise fluency enough are kept."""
+    ``anneal``: searches), so edits that raise fluency enough are kept.
+
+    >>> from kexue.cgmh import correct
+    >>> from kexue.lm import NgramLM
+    >>> lm = NgramLM.build(["the cat sat on the mat", "a dog sat on the log"] * 5, order=3,
+    ...                    progress=False, discount_fallback=True)
+    >>> fixed = correct("the cat sat on on the mat", lm, steps=150, seed=0)[0]
+    >>> "on on" in fixed.text, bool(fixed.logprob > lm.logprob("the cat sat on on the mat"))
+    (False, True)
+    """
     lm, tokenizer = _resolve(lm, tokenizer)
     words = _sentence(sentence, tokenizer)
     ids = _Ids(lm)
@@ -549,7 +574,15 @@ def _unit(v: Sequence[float]) -> np.ndarray:
 
 def plot_trace(sentences: Sequence[Sentence], path: str) -> None:
     """Draws log target and running acceptance rate over steps (needs ``return_trace=True``
-    and matplotlib, the ``plot`` extra) into ``path`` (written via a temp file + rename)."""
+    and matplotlib, the ``plot`` extra) into ``path`` (written via a temp file + rename).
+
+    >>> import os, tempfile
+    >>> from kexue.cgmh import generate, plot_trace
+    >>> path = os.path.join(tempfile.mkdtemp(), "trace.png")
+    >>> plot_trace(generate("rain", n=2, steps=30, return_trace=True), path)
+    >>> os.path.getsize(path) > 1000
+    True
+    """
     import os
     import tempfile
 

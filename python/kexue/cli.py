@@ -15,10 +15,24 @@ from . import __version__, benchmarks
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import contextlib
+    import json
+
     kwargs = {"repeat": args.repeat}
     if args.size is not None:
         kwargs["size"] = args.size
-    importlib.import_module(f"kexue.benchmarks.{args.name}").run(**kwargs)
+    run = importlib.import_module(f"kexue.benchmarks.{args.name}").run
+    if not args.json:
+        run(**kwargs)
+        return 0
+    # the human-readable lines go to stderr, so stdout is one JSON document
+    with contextlib.redirect_stdout(sys.stderr), benchmarks.recording() as cases:
+        run(**kwargs)
+    from . import get_num_threads
+
+    report = {"bench": args.name, "version": __version__, "threads": get_num_threads(),
+              "cases": cases}  # fmt: skip
+    print(json.dumps(report, indent=1))
     return 0
 
 
@@ -186,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=benchmarks.available())
     p.add_argument("--size", type=int, default=None, help="problem size (default per bench)")
     p.add_argument("--repeat", type=int, default=7, help="timed runs; the median is shown")
+    p.add_argument(
+        "--json", action="store_true", help="print the cases (shape, seconds, ratios) as JSON"
+    )
     p.set_defaults(run=_bench)
 
     p = commands.add_parser(

@@ -13,7 +13,8 @@ Rust with the GIL released.
 >>> bool(lm.logprob("the cat sat") > lm.logprob("sat the cat"))
 True
 >>> s = "the cat sat on the mat"
->>> bool(abs(lm.score(s) - lm.logprob(s) / np.log(10)) < 1e-9)  # score is log10, like kenlm
+>>> # score is log10 summed in float32, like kenlm; logprob is ln summed in float64
+>>> bool(abs(lm.score(s) - lm.logprob(s) / np.log(10)) < 1e-5)
 True
 >>> p = np.exp(lm.next_logprobs("the cat"))  # over lm.vocab
 >>> round(float(p.sum()), 6), lm.vocab[int(p.argmax())]
@@ -72,6 +73,18 @@ class NgramLM:
     Build one with :meth:`build` or :meth:`from_counts`, or read one with :meth:`load`
     (binary) or :meth:`load_arpa` (e.g. from ``lmplz``). Sentences are strings (split on
     whitespace, or by the model's ``tokenizer``) or lists of tokens.
+
+    >>> import os, tempfile
+    >>> from kexue.lm import NgramLM
+    >>> lm = NgramLM.build(["a b c", "a c b"] * 4, order=2, progress=False,
+    ...                    discount_fallback=True)
+    >>> path = os.path.join(tempfile.mkdtemp(), "ab.kxlm")
+    >>> lm.save(path)
+    >>> again = NgramLM.load(path)
+    >>> again.order, bool(again.logprob("a b c") == lm.logprob("a b c"))
+    (2, True)
+    >>> again.reverse is not None  # the backward model travels in the same file
+    True
     """
 
     def __init__(

@@ -52,7 +52,15 @@ __all__ = ["generate_batch", "perplexity_batch", "row_seeds"]
 
 def row_seeds(seed: int, index: Sequence[int] | np.ndarray) -> np.ndarray:
     """One 64-bit seed per row from ``(seed, row index)``: independent streams for nearby
-    indices, identical whatever the partitioning."""
+    indices, identical whatever the partitioning.
+
+    >>> from kexue.pipelines import row_seeds
+    >>> a = row_seeds(0, [0, 1, 2, 3])
+    >>> a.dtype, len(set(a.tolist()))
+    (dtype('uint64'), 4)
+    >>> bool((row_seeds(0, [2, 3]) == a[2:]).all())  # a row's seed needs only its index
+    True
+    """
     seed = check_int(seed, "seed", low=0, high=2**64 - 1)
     idx = np.asarray(index)
     if idx.size and (idx.dtype.kind not in "iu" or idx.min() < 0):
@@ -86,6 +94,13 @@ def generate_batch(
     ``n > 1`` each row is repeated ``n`` times and a ``sample`` column added. Rows run on
     ``threads`` threads (default: :func:`kexue.get_num_threads`); ``options`` go to
     :func:`kexue.cgmh.generate` (``anneal``, ``top_k``, ``order``, ...).
+
+    >>> from kexue.pipelines import generate_batch
+    >>> out = generate_batch({"keywords": ["cat", "dog park"]}, steps=30, n=2, seed=0)
+    >>> sorted(out), out["sample"].tolist()  # a dict of arrays in, a dict of arrays out
+    (['acceptance_rate', 'keywords', 'logprob', 'nll_per_token', 'sample', 'text'], [0, 1, 0, 1])
+    >>> all("park" in t.lower() for t in out["text"][2:])
+    True
     """
     kind, cols, index, rows = _columns(batch, "batch")
     words = [_keywords(k, i) for i, k in enumerate(_column(cols, keywords_col, "keywords_col"))]
@@ -130,7 +145,20 @@ def perplexity_batch(
     """Per-row LM scores for corpus filtering: adds ``logprob`` (natural log of the sentence,
     ``</s>`` included), ``tokens`` (words + ``</s>``) and ``perplexity`` columns, and keeps only
     rows with ``perplexity <= max_perplexity`` when given. ``lm``: a :class:`kexue.lm.NgramLM`
-    or the path of one (loaded once per process). Deterministic: no seeds involved."""
+    or the path of one (loaded once per process). Deterministic: no seeds involved.
+
+    >>> import pandas as pd
+    >>> from kexue.lm import NgramLM
+    >>> from kexue.pipelines import perplexity_batch
+    >>> lm = NgramLM.build(["the cat sat", "the dog sat"] * 3, order=2, progress=False,
+    ...                    discount_fallback=True)
+    >>> df = pd.DataFrame({"text": ["the cat sat", "sat cat the"]})
+    >>> out = perplexity_batch(df, lm=lm)
+    >>> list(out.columns), bool(out.perplexity[0] < out.perplexity[1])
+    (['text', 'logprob', 'tokens', 'perplexity'], True)
+    >>> len(perplexity_batch(df, lm=lm, max_perplexity=out.perplexity[0]))  # filtering
+    1
+    """
     if lm is None:
         raise TypeError("lm must be a kexue.lm.NgramLM or the path of an LM file, got None")
     if not isinstance(lm, NgramLM):

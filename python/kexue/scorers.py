@@ -99,26 +99,12 @@ class NgramScorer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Lengths (in words) and natural-log probabilities of ``sentences`` sentences drawn
         word by word from the forward model (seeded), each ended by ``</s>`` or ``max_len``."""
-        rng = np.random.default_rng(seed)
-        eos = self._index["</s>"]
-        lengths = np.zeros(sentences, dtype=np.int64)
-        logps = np.zeros(sentences, dtype=np.float64)
-        for s in range(sentences):
-            context: list[str] = []
-            while len(context) < max_len:
-                lp = self._forward.next_scores(context, None, bos=True) * math.log(10)
-                lp[:2] = -np.inf  # <unk> and <s> are never written
-                cdf = np.cumsum(np.exp(lp - lp.max()))
-                w = min(
-                    int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(lp) - 1
-                )
-                w = w if np.isfinite(lp[w]) else eos
-                logps[s] += lp[w]
-                if w == eos:
-                    break
-                context.append(self._words[w])
-            lengths[s] = len(context)
-        return lengths, logps
+        drawn = self._cgmh_native.sample(
+            check_int(sentences, "sentences", low=1), check_int(seed, "seed", low=0),
+            check_int(max_len, "max_len", low=1),
+        )  # fmt: skip
+        lengths = np.array([len(ids) for ids, _ in drawn], dtype=np.int64)
+        return lengths, np.array([lp for _, lp in drawn], dtype=np.float64)
 
     def backward_logprobs(self, ids: Sequence[int], pos: int) -> np.ndarray | None:
         if self._backward is None:
@@ -150,7 +136,7 @@ def _cache_dir() -> Path:
 
 _DEFAULT: NgramScorer | None = None
 #: Version of the built-in LM's recipe (part of its cache file name).
-_DEFAULT_RECIPE = "commongen-o5-min2-v1"
+_DEFAULT_RECIPE = "commongen-o5-min2-v2"
 
 
 def default_lm() -> NgramScorer:
@@ -160,7 +146,17 @@ def default_lm() -> NgramScorer:
     split by the ``"words"`` tokenizer with case kept. Words seen once become ``<unk>``, so
     any keyword the model has never seen is scored as an unseen word in context. Built once
     (a few seconds) and cached in the user's cache directory (``$KEXUE_CACHE``,
-    ``$XDG_CACHE_HOME/kexue`` or ``~/.cache/kexue``)."""
+    ``$XDG_CACHE_HOME/kexue`` or ``~/.cache/kexue``).
+
+    >>> import numpy as np
+    >>> from kexue.scorers import default_lm
+    >>> lm = default_lm()
+    >>> lm.word_id("dog") is not None and lm.word_id("qwzxv") is None
+    True
+    >>> p = lm.forward_logprobs([lm.word_id("the")], 1)  # what follows "the"
+    >>> bool(np.isclose(np.exp(p[np.isfinite(p)].astype(np.float64)).sum(), 1.0, atol=0.2))
+    True
+    """
     global _DEFAULT
     if _DEFAULT is not None:
         return _DEFAULT
@@ -203,7 +199,16 @@ def load(path: str | os.PathLike[str]) -> NgramLM:
 def resolve(lm: Any) -> Any:
     """The CGMH scorer for ``lm``: the built-in LM for None, a cached :class:`NgramScorer` for
     an :class:`~kexue.lm.NgramLM`, a native model or the path of an LM file (one per process
-    and LM: building one parses the model into the sampler's tables), else ``lm`` itself."""
+    and LM: building one parses the model into the sampler's tables), else ``lm`` itself.
+
+    >>> from kexue.lm import NgramLM
+    >>> from kexue.scorers import NgramScorer, default_lm, resolve
+    >>> resolve(None) is default_lm()
+    True
+    >>> lm = NgramLM.build(["a b", "b a"] * 3, order=2, progress=False, discount_fallback=True)
+    >>> isinstance(resolve(lm), NgramScorer), resolve(lm) is resolve(lm)  # built once
+    (True, True)
+    """
     if lm is None:
         return default_lm()
     if isinstance(lm, (str, os.PathLike)):
@@ -229,7 +234,13 @@ def length_prior(scorer: Any, sentences: int = 300, seed: int = 0) -> tuple[int,
     scorer's forward model generates (seeded, cached on the scorer): L their median length,
     β their mean negative log-probability per word (the end of sentence counted), so a word
     missing below L costs what a typical word costs. None for a scorer that cannot generate
-    (no ``sample`` method, on it or on its ``candidates``)."""
+    (no ``sample`` method, on it or on its ``candidates``).
+
+    >>> from kexue.scorers import default_lm, length_prior
+    >>> L, beta = length_prior(default_lm())
+    >>> 3 <= L <= 40 and beta > 0
+    True
+    """
     cached = getattr(scorer, "_length_prior", None)
     if cached is not None:
         return cached
@@ -247,7 +258,15 @@ def length_prior(scorer: Any, sentences: int = 300, seed: int = 0) -> tuple[int,
 
 def blocked_ids(scorer: Any) -> list[int]:
     """Ids of the scorer's words on the offensive-word list (:func:`kexue.text.blocked_words`),
-    cached on the scorer."""
+    cached on the scorer.
+
+    >>> from kexue.scorers import blocked_ids, default_lm
+    >>> from kexue.text import blocked_words
+    >>> lm = default_lm()
+    >>> words = [lm.word(i) for i in blocked_ids(lm)]
+    >>> sorted(words) == sorted(blocked_words(lm.word(i) for i in range(lm.vocab_size)))
+    True
+    """
     cached = getattr(scorer, "_blocked_ids", None)
     if cached is not None:
         return cached
@@ -269,9 +288,25 @@ class HFCausalLM:
     to run (default: the model's). Candidate sentences of one edit are scored as one padded
     batch of at most ``batch_size``.
 
-    >>> from kexue.scorers import HFCausalLM
-    >>> lm = HFCausalLM(model, tokenizer, candidates=ngram)  # doctest: +SKIP
-    >>> kexue.cgmh.generate(["cat", "mat"], lm)              # doctest: +SKIP
+    With a tiny random GPT-2 and a byte tokenizer standing in for a downloaded model:
+
+    >>> import torch, transformers
+    >>> from kexue.cgmh import generate
+    >>> from kexue.lm import NgramLM
+    >>> from kexue.scorers import HFCausalLM, NgramScorer
+    >>> text = ["the cat sat on the mat", "a dog sat on a log"] * 3
+    >>> ngram = NgramScorer(NgramLM.build(text, 2, progress=False, discount_fallback=True))
+    >>> _ = torch.manual_seed(0)
+    >>> config = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2,
+    ...                                  bos_token_id=0, eos_token_id=0)
+    >>> class Bytes:  # any Hugging Face tokenizer has these two members
+    ...     bos_token_id = eos_token_id = 0
+    ...     def encode(self, text):
+    ...         return [1 + ord(c) % 63 for c in text]
+    >>> lm = HFCausalLM(transformers.GPT2LMHeadModel(config), Bytes(), candidates=ngram)
+    >>> out = generate(["cat", "log"], lm, n=2, steps=10, seed=0)
+    >>> all("cat" in s.text.lower() and "log" in s.text.lower() for s in out)
+    True
     """
 
     def __init__(

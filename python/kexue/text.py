@@ -5,13 +5,14 @@ A tokenizer is a name or any callable ``str -> list[str]``:
 
 - ``"whitespace"`` (or ``None``): split on whitespace;
 - ``"words"``: words, numbers and punctuation marks as separate tokens, clitics such as
-  ``'s`` kept on their word (``"A dog's ball."`` → ``["A", "dog's", "ball", "."]``);
+  ``'s`` kept on their word and a run of one mark kept whole (``"A dog's ball..."`` →
+  ``["A", "dog's", "ball", "..."]``);
 - ``"chars"``: one token per non-space character (Chinese without segmentation);
 - :class:`RegexTokenizer`: the matches of a regular expression.
 
 >>> from kexue.text import tokenize, detokenize
 >>> tokenize("A dog's ball, thrown.", "words")
-["A", "dog's", 'ball', ',', 'thrown', '.']
+['A', "dog's", 'ball', ',', 'thrown', '.']
 >>> detokenize(["a", "dog's", "ball", ",", "thrown", "."], "words")
 "a dog's ball, thrown."
 """
@@ -47,7 +48,7 @@ class RegexTokenizer:
         self._re = re.compile(pattern)
 
     def __call__(self, text: str) -> list[str]:
-        return self._re.findall(text)
+        return [m.group(0) for m in self._re.finditer(text)]  # whole matches, groups or not
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RegexTokenizer) and other.pattern == self.pattern
@@ -62,19 +63,33 @@ class RegexTokenizer:
         return (RegexTokenizer, (self.pattern,))
 
 
-WORDS = RegexTokenizer(r"[^\W_]+(?:['’][^\W_]+)?|[^\w\s]|_")
+# A run of one punctuation mark ("...", "!!") is one token, so a model cannot pile up dots.
+WORDS = RegexTokenizer(r"[^\W_]+(?:['’][^\W_]+)?|([^\w\s])\1*|_")
 _NAMED = {"words": WORDS}
 
 
 def split_words(text: str) -> list[str]:
     """The words of ``text`` as the Rust side splits them: separated by what
     ``str.isspace()`` accepts (Unicode White_Space and the ASCII separators U+001C–U+001F)
-    and by NUL, which the binary format reserves."""
+    and by NUL, which the binary format reserves.
+
+    >>> split_words("a b\\tc\\x1cd\\x00e\\u3000f")
+    ['a', 'b', 'c', 'd', 'e', 'f']
+    """
     return text.replace("\0", " ").split()
 
 
 def tokenize(text: str, tokenizer: Tokenizer = None) -> list[str]:
-    """Splits ``text`` into tokens (see the module doc for the tokenizers)."""
+    """Splits ``text`` into tokens (see the module doc for the tokenizers).
+
+    >>> from kexue.text import tokenize
+    >>> tokenize("the  cat sat")
+    ['the', 'cat', 'sat']
+    >>> tokenize("It's raining, isn't it?", "words")
+    ["It's", 'raining', ',', "isn't", 'it', '?']
+    >>> tokenize("下雨了", "chars")
+    ['下', '雨', '了']
+    """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if tokenizer is None or tokenizer == "whitespace":
@@ -113,7 +128,14 @@ def _is_cjk(token: str) -> bool:
 def detokenize(tokens: Sequence[str], tokenizer: Tokenizer = None) -> str:
     """Joins tokens as text is written: English punctuation attached to its word, straight
     double quotes alternately opening and closing, no spaces between CJK tokens (and none
-    at all for ``"chars"``)."""
+    at all for ``"chars"``).
+
+    >>> from kexue.text import detokenize
+    >>> detokenize(["rain", ",", "city", "(", "night", ")", "."])
+    'rain, city (night).'
+    >>> detokenize(["下", "雨"], "chars")
+    '下雨'
+    """
     if tokenizer == "chars":
         return "".join(tokens)
     out: list[str] = []
@@ -218,6 +240,11 @@ def _profanity() -> frozenset[str]:
 
 def blocked_words(vocabulary: Iterable[str]) -> list[str]:
     """The words of ``vocabulary`` on the offensive-word list that ``better-profanity`` ships
-    (MIT; single words, any case): what the built-in filter keeps out of generated text."""
+    (MIT; single words, any case): what the built-in filter keeps out of generated text.
+
+    >>> from kexue.text import blocked_words
+    >>> blocked_words(["the", "Damn", "dog", "crap"])
+    ['Damn', 'crap']
+    """
     bad = _profanity()
     return [w for w in vocabulary if w.lower() in bad]

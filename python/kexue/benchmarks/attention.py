@@ -189,7 +189,7 @@ def _step_times(batch: int, w: np.ndarray, repeat: int) -> tuple[float, float]:
     q, k = (rng.random((batch, H, D), dtype=np.float32) for _ in range(2))
     v = rng.standard_normal((batch, H, D), dtype=np.float32)
     decoder = _native.AttentionDecoder(
-        "identity", None, None, 1e-6, D, np.zeros((batch, H, D, D + 1))
+        "identity", None, None, 1e-6, D, np.zeros((batch, H, D, D + 1)), np.zeros((batch, H))
     )
     kernel = median_time(lambda: decoder.step(q, k, v), repeat=repeat * 200)
     state = CausalState(projection=w)

@@ -2,7 +2,7 @@
 
 use kexue_core::attention::decode::Decoder;
 use kexue_core::attention::features::{FeatureMap, Spec};
-use kexue_core::attention::forms::{self, Dims, Grads, GradsOut, Inputs, Method, Outputs};
+use kexue_core::attention::forms::{self, Dims, Grads, GradsOut, Inputs, Method, Outputs, State};
 use kexue_core::attention::projection::{self, Scaling};
 use kexue_core::attention::Real;
 use numpy::{
@@ -137,9 +137,12 @@ fn last_dim(shape: &[usize]) -> PyResult<usize> {
         .ok_or_else(|| PyValueError::new_err("x must have at least 1 dimension"))
 }
 
-/// Feature map φ of the last axis of `x`: shape `x.shape[:-1] + (features,)`.
+/// Feature map φ of the last axis of `x`: shape `x.shape[:-1] + (features,)`. With
+/// `row_max` (keys of the `exp`-family maps, no offset), each row is stabilised by its own
+/// largest logit and `(features, largest logits)` is returned, the second float64 of shape
+/// `x.shape[:-1]`.
 #[pyfunction]
-#[pyo3(signature = (x, feature_map, projection, is_query, offset=None))]
+#[pyo3(signature = (x, feature_map, projection, is_query, offset=None, row_max=false))]
 fn attention_features_forward<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
@@ -147,19 +150,35 @@ fn attention_features_forward<'py>(
     projection: Option<&Bound<'py, PyAny>>,
     is_query: bool,
     offset: Option<f64>,
+    row_max: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(x, "x")?, x => {
         let w = projection.map(|p| typed(p, "projection", "x", 2)).transpose()?;
         let d = last_dim(x.shape())?;
         let s = spec(feature_map, d, w.as_ref(), is_query, offset)?;
+        if row_max && !s.running() {
+            return Err(PyValueError::new_err(
+                "row_max needs keys of 'favor+', 'favor+hyperbolic' or 'exp' without an offset",
+            ));
+        }
         let xs = slice(&x, "x")?;
         let mut shape = x.shape().to_vec();
         *shape.last_mut().expect("checked above") = s.out_dim();
         let out = arrays::zeros(py, &shape, "output")?;
+        let maxes = arrays::zeros::<f64>(py, &x.shape()[..x.ndim() - 1], "output")?;
         {
             let mut o = out.readwrite();
             let os = o.as_slice_mut()?;
-            detached(py, || s.forward(xs, os))?;
+            if row_max {
+                let mut mx = maxes.readwrite();
+                let ms = mx.as_slice_mut()?;
+                detached(py, || s.forward_row_max(xs, os, ms))?;
+            } else {
+                detached(py, || s.forward(xs, os))?;
+            }
+        }
+        if row_max {
+            return Ok(PyTuple::new(py, [out.into_any(), maxes.into_any()])?.into_any());
         }
         Ok(out.into_any())
     })
@@ -196,13 +215,39 @@ fn attention_features_backward<'py>(
 /// A feature map by name with its projection and key offset, applied inside the kernel.
 type MapArgs<'a, 'py> = (&'a str, Option<&'a Bound<'py, PyAny>>, Option<f64>);
 
+/// A causal state array and its stabilisers (`(B, H)` float64), when given.
+type StateArgs<'a, 'py> = (&'a Bound<'py, PyAny>, Option<&'a Bound<'py, PyAny>>);
+
+/// A C-contiguous float64 array of shape `want`, writable.
+fn state_array<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    want: &[usize],
+) -> PyResult<numpy::PyReadwriteArrayDyn<'py, f64>> {
+    let a = obj
+        .downcast::<PyArrayDyn<f64>>()
+        .map_err(|_| PyTypeError::new_err(format!("{name} must be a float64 numpy array")))?;
+    if a.shape() != want {
+        return Err(PyValueError::new_err(format!(
+            "{name} must have shape {want:?}, got {:?}",
+            a.shape()
+        )));
+    }
+    if !a.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be a C-contiguous array"
+        )));
+    }
+    Ok(a.try_readwrite()?)
+}
+
 fn forward_impl<'py, T: Real + Element>(
     py: Python<'py>,
     q: PyReadonlyArrayDyn<'py, T>,
     k: &Bound<'py, PyAny>,
     v: &Bound<'py, PyAny>,
     eps: f64,
-    causal: Option<(Method, Option<&Bound<'py, PyAny>>)>,
+    causal: Option<(Method, Option<StateArgs<'_, 'py>>)>,
     map: Option<MapArgs<'_, 'py>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     check_4d("q", q.shape())?;
@@ -242,26 +287,33 @@ fn forward_impl<'py, T: Real + Element>(
         match causal {
             None => detached(py, || forms::non_causal_forward(&x, eps, out))?,
             Some((method, state)) => {
-                let mut state = match state {
-                    Some(s) => {
-                        let s = s.downcast::<PyArrayDyn<f64>>().map_err(|_| {
-                            PyTypeError::new_err("state must be a float64 numpy array")
-                        })?;
+                let (mut kv, mut scale) = match state {
+                    Some((kv, scale)) => {
                         let want = [qs[0], qs[1], features, dims.dv + 1];
-                        if s.shape() != want {
-                            return Err(PyValueError::new_err(format!(
-                                "state must have shape {want:?}, got {:?}",
-                                s.shape()
-                            )));
-                        }
-                        Some(s.try_readwrite()?)
+                        let kv = state_array(kv, "state", &want)?;
+                        let scale = match scale {
+                            Some(c) => Some(state_array(c, "scale", &want[..2])?),
+                            // The stabiliser of a state is needed where it moves.
+                            None if specs.as_ref().is_some_and(|(_, k)| k.running()) => {
+                                return Err(PyValueError::new_err(
+                                    "scale is required with a state for this feature map",
+                                ))
+                            }
+                            None => None,
+                        };
+                        (Some(kv), scale)
                     }
-                    None => None,
+                    None => (None, None),
                 };
-                let st = match state.as_mut() {
-                    Some(s) => Some(s.as_slice_mut().map_err(|_| {
-                        PyValueError::new_err("state must be a C-contiguous array")
-                    })?),
+                let mut unused = vec![0.0; dims.bh];
+                let st = match kv.as_mut() {
+                    Some(kv) => Some(State {
+                        kv: kv.as_slice_mut()?,
+                        scale: match scale.as_mut() {
+                            Some(c) => c.as_slice_mut()?,
+                            None => &mut unused,
+                        },
+                    }),
                     None => None,
                 };
                 detached(py, || {
@@ -290,6 +342,7 @@ fn attention_causal_forward<'py>(
     state: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
+    let state = state.map(|s| (s, None));
     with_float_array!(FloatArray::extract(q, "q")?, q => {
         forward_impl(py, q, k, v, eps, Some((method, state)), None)
     })
@@ -297,9 +350,10 @@ fn attention_causal_forward<'py>(
 
 /// [`attention_causal_forward`] on raw `(B, H, N, D)` q and k, mapped by `feature_map` (with
 /// `projection` `(m, D)` and the key offset) inside the kernel; the state has the map's
-/// feature count.
+/// feature count, and `scale` (`(B, H)` float64, required with a state under the running
+/// maximum) holds its stabilisers.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, feature_map, projection, key_offset, eps, method, chunk_size, state=None))]
+#[pyo3(signature = (q, k, v, feature_map, projection, key_offset, eps, method, chunk_size, state=None, scale=None))]
 #[allow(clippy::too_many_arguments)]
 fn attention_causal_mapped_forward<'py>(
     py: Python<'py>,
@@ -313,9 +367,11 @@ fn attention_causal_mapped_forward<'py>(
     method: &str,
     chunk_size: usize,
     state: Option<&Bound<'py, PyAny>>,
+    scale: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
     let map = Some((feature_map, projection, key_offset));
+    let state = state.map(|s| (s, scale));
     with_float_array!(FloatArray::extract(q, "q")?, q => {
         forward_impl(py, q, k, v, eps, Some((method, state)), map)
     })
@@ -344,6 +400,7 @@ fn backward_impl<'py, T: Real + Element>(
     grad_o: &Bound<'py, PyAny>,
     grad_den: &Bound<'py, PyAny>,
     method: Option<Method>,
+    eps: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
     check_4d("q", q.shape())?;
     let k = typed::<T>(k, "k", "q", 4)?;
@@ -368,6 +425,7 @@ fn backward_impl<'py, T: Real + Element>(
         den: slice(&den, "den")?,
         go: slice(&go, "grad_o")?,
         gden: slice(&gden, "grad_den")?,
+        eps,
     };
     let (dq, dk, dv) = (
         arrays::zeros::<T>(py, q.shape(), "output")?,
@@ -389,8 +447,9 @@ fn backward_impl<'py, T: Real + Element>(
     PyTuple::new(py, [dq.into_any(), dk.into_any(), dv.into_any()])
 }
 
-/// Gradients `(dq, dk, dv)` of [`attention_causal_forward`] (zero initial state).
+/// Gradients `(dq, dk, dv)` of [`attention_causal_forward`] (zero initial state) with `eps`.
 #[pyfunction]
+#[pyo3(signature = (q, k, v, o, den, grad_o, grad_den, method, chunk_size, eps=0.0))]
 #[allow(clippy::too_many_arguments)]
 fn attention_causal_backward<'py>(
     py: Python<'py>,
@@ -403,15 +462,17 @@ fn attention_causal_backward<'py>(
     grad_den: &Bound<'py, PyAny>,
     method: &str,
     chunk_size: usize,
+    eps: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
     with_float_array!(FloatArray::extract(q, "q")?, q => {
-        backward_impl(py, q, k, v, o, den, grad_o, grad_den, Some(method))
+        backward_impl(py, q, k, v, o, den, grad_o, grad_den, Some(method), eps)
     })
 }
 
-/// Gradients `(dq, dk, dv)` of [`attention_noncausal_forward`].
+/// Gradients `(dq, dk, dv)` of [`attention_noncausal_forward`] with `eps`.
 #[pyfunction]
+#[pyo3(signature = (q, k, v, o, den, grad_o, grad_den, eps=0.0))]
 #[allow(clippy::too_many_arguments)]
 fn attention_noncausal_backward<'py>(
     py: Python<'py>,
@@ -422,9 +483,10 @@ fn attention_noncausal_backward<'py>(
     den: &Bound<'py, PyAny>,
     grad_o: &Bound<'py, PyAny>,
     grad_den: &Bound<'py, PyAny>,
+    eps: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
     with_float_array!(FloatArray::extract(q, "q")?, q => {
-        backward_impl(py, q, k, v, o, den, grad_o, grad_den, None)
+        backward_impl(py, q, k, v, o, den, grad_o, grad_den, None, eps)
     })
 }
 
@@ -435,6 +497,8 @@ fn attention_noncausal_backward<'py>(
 struct AttentionDecoder {
     core: Decoder,
     state: Py<PyArrayDyn<f64>>,
+    /// The state's stabilisers, `(B, H)`.
+    scale: Py<PyArrayDyn<f64>>,
     /// `(batch, heads, d, dv)` of a token.
     shape: [usize; 4],
 }
@@ -453,15 +517,21 @@ impl AttentionDecoder {
     /// A decoder for float32 `(B, H, d)` tokens by `feature_map` (with a float32 `projection`
     /// `(m, d)` or None, and the key offset), continuing `state`; ValueError where it does not
     /// apply (feature or value counts not multiples of 16).
+    ///
+    /// `scale` (`(B, H)` float64) holds the state's key stabilisers and is updated with it;
+    /// None (only for an empty state) starts from `-inf` in an array of the decoder's own.
     #[new]
-    #[pyo3(signature = (feature_map, projection, key_offset, eps, d, state))]
+    #[pyo3(signature = (feature_map, projection, key_offset, eps, d, state, scale=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         feature_map: &str,
         projection: Option<&Bound<'_, PyAny>>,
         key_offset: Option<f64>,
         eps: f64,
         d: usize,
         state: &Bound<'_, PyAny>,
+        scale: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let w = projection
             .map(|p| arrays::typed::<f32>(p, "projection", "a float32 numpy array"))
@@ -481,10 +551,28 @@ impl AttentionDecoder {
                  {shape:?}"
             )));
         }
+        let own;
+        let sc = match scale {
+            Some(c) => c
+                .downcast::<PyArrayDyn<f64>>()
+                .map_err(|_| PyTypeError::new_err("scale must be a float64 numpy array"))?,
+            None => {
+                own = PyArrayDyn::<f64>::zeros(py, &shape[..2], false);
+                own.readwrite().as_slice_mut()?.fill(f64::NEG_INFINITY);
+                &own
+            }
+        };
+        if sc.shape() != &shape[..2] || !sc.is_c_contiguous() {
+            return Err(PyValueError::new_err(format!(
+                "scale must be a C-contiguous (batch, heads) array, got shape {:?}",
+                sc.shape()
+            )));
+        }
         let core = Decoder::new(&sq, &sk, shape[0] * shape[1], shape[3] - 1, eps).map_err(to_py)?;
         Ok(AttentionDecoder {
             core,
             state: st.clone().unbind(),
+            scale: sc.clone().unbind(),
             shape: [shape[0], shape[1], d, shape[3] - 1],
         })
     }
@@ -513,11 +601,17 @@ impl AttentionDecoder {
             let mut ow = o.readwrite();
             let os = ow.as_slice_mut()?;
             let mut state = match self.core.needs_state() {
-                true => Some(self.state.bind(py).try_readwrite()?),
+                true => Some((
+                    self.state.bind(py).try_readwrite()?,
+                    self.scale.bind(py).try_readwrite()?,
+                )),
                 false => None,
             };
             let st = match state.as_mut() {
-                Some(s) => Some(s.as_slice_mut()?),
+                Some((kv, scale)) => Some(State {
+                    kv: kv.as_slice_mut()?,
+                    scale: scale.as_slice_mut()?,
+                }),
                 None => None,
             };
             let core = &mut self.core;
@@ -536,7 +630,11 @@ impl AttentionDecoder {
     /// its next step (so the caller may change it in between).
     fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
         let mut state = self.state.bind(py).try_readwrite()?;
-        let st = state.as_slice_mut()?;
+        let mut scale = self.scale.bind(py).try_readwrite()?;
+        let st = State {
+            kv: state.as_slice_mut()?,
+            scale: scale.as_slice_mut()?,
+        };
         let core = &mut self.core;
         py.allow_threads(|| core.flush(st)).map_err(to_py)
     }

@@ -178,6 +178,18 @@ impl PyNgram {
     fn has_backward(&self) -> bool {
         self.inner.has_backward()
     }
+
+    /// `count` sentences drawn from the forward model (seeded): (word ids, ln p) each.
+    fn sample(
+        &self,
+        py: Python<'_>,
+        count: usize,
+        seed: u64,
+        max_len: usize,
+    ) -> Vec<(Vec<u32>, f64)> {
+        let inner = self.inner.clone();
+        py.allow_threads(move || inner.sample(count, seed, max_len))
+    }
 }
 
 enum AnyScorer {

@@ -11,6 +11,11 @@
 //! (and stall once `S` dwarfs each token's term), a compensated f32 state would move as
 //! many bytes as f64.
 //!
+//! Keys under the running maximum (see `forms`): each head's working copy and buffered key
+//! features share one stabiliser, the largest key logit the head has seen; a key that raises
+//! it rescales them first. A fold brings the f64 state (whose stabiliser the caller keeps in
+//! [`State::scale`]) to it before adding.
+//!
 //! Everything that does not change between tokens (`scale·Ωᵀ`, the feature constants) is
 //! prepared once, in [`Decoder::new`]. A step maps the `q`, `k` of [`GROUP`] heads at a time
 //! (their rows share each pass over `Ωᵀ`), then per head does the state update and the
@@ -20,7 +25,8 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::fast::{gemm16, project, scan_token, transpose_any};
-use super::features::{Mapper, Spec};
+use super::features::{tree, Mapper, Spec};
+use super::forms::{denominator, inverse, rescale, State};
 use crate::{Error, Result};
 
 /// Tokens buffered between folds into the f64 state.
@@ -50,6 +56,8 @@ pub struct Decoder {
     lines: usize,
     /// Per group of [`GROUP`] heads, the projections then the features of their `q` and `k`.
     scratch: Vec<f32>,
+    /// Per head, the stabiliser of the working copy and the buffered key features.
+    scales: Vec<f64>,
     /// Tokens buffered since the last fold.
     fill: usize,
     /// Whether the working copy is the rounded f64 state plus the buffered tokens (false
@@ -126,6 +134,7 @@ impl Decoder {
             heads,
             lines,
             scratch,
+            scales: vec![f64::NEG_INFINITY; bh],
             fill: 0,
             fresh: false,
         })
@@ -154,7 +163,7 @@ impl Decoder {
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        state: Option<&mut [f64]>,
+        state: Option<State>,
         o: &mut [f32],
     ) -> Result<()> {
         let (bh, d, dv) = (self.bh, self.mapper.d, self.dv);
@@ -172,77 +181,87 @@ impl Decoder {
             }
         }
         let state = match state {
-            Some(s) if s.len() == self.state_len() => Some(s),
-            Some(s) => {
-                let want = self.state_len();
-                return Err(Error::value(
-                    "state",
-                    format!("must have {want} elements, got {}", s.len()),
-                ));
-            }
+            Some(s) => Some(self.check_state(s)?),
             None if self.needs_state() => {
                 return Err(Error::value("state", "is needed by this step"))
             }
             None => None,
         };
+        let mut state = state;
         if !self.fresh {
-            self.load(state.as_deref().expect("checked above"));
+            self.load(state.as_ref().expect("checked above"));
         }
         let large = self.is_large();
         let (mp, fill, eps) = (&self.mapper, self.fill, self.eps);
         let (lines, per) = (GROUP * self.lines, group_len(mp));
-        let task = |(((blocks, o), (q, k)), (v, scratch)): Task| {
-            step_group(mp, blocks, (q, k, v), (fill, eps), o, scratch)
+        let task = |((((blocks, o), (q, k)), (v, scratch)), scales): Task| {
+            step_group(mp, blocks, (q, k, v), (fill, eps), o, scratch, scales)
         };
         let (x, y) = (GROUP * d, GROUP * dv);
         if large {
             let heads = self.heads.par_chunks_mut(lines).zip(o.par_chunks_mut(y));
             let rest = v.par_chunks(y).zip(self.scratch.par_chunks_mut(per));
             let qk = q.par_chunks(x).zip(k.par_chunks(x));
-            heads.zip(qk).zip(rest).for_each(task);
+            let scales = self.scales.par_chunks_mut(GROUP);
+            heads.zip(qk).zip(rest).zip(scales).for_each(task);
         } else {
             let heads = self.heads.chunks_mut(lines).zip(o.chunks_mut(y));
             let rest = v.chunks(y).zip(self.scratch.chunks_mut(per));
             let qk = q.chunks(x).zip(k.chunks(x));
-            heads.zip(qk).zip(rest).for_each(task);
+            let scales = self.scales.chunks_mut(GROUP);
+            heads.zip(qk).zip(rest).zip(scales).for_each(task);
         }
         self.fill += 1;
         if self.fill == FOLD {
-            self.fold(state.expect("checked above"));
+            self.fold(state.as_mut().expect("checked above"));
         }
         Ok(())
     }
 
-    /// Adds the buffered tokens into `state` (so it is the state after every token stepped)
-    /// and forgets the working copy: the caller may change `state` before the next step.
-    pub fn flush(&mut self, state: &mut [f64]) -> Result<()> {
-        if state.len() != self.state_len() {
+    fn check_state<'a>(&self, s: State<'a>) -> Result<State<'a>> {
+        let want = self.state_len();
+        if s.kv.len() != want {
             return Err(Error::value(
                 "state",
-                format!("must have {} elements", self.state_len()),
+                format!("must have {want} elements, got {}", s.kv.len()),
             ));
         }
+        if s.scale.len() != self.bh {
+            return Err(Error::value(
+                "scale",
+                format!("must have {} elements, got {}", self.bh, s.scale.len()),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// Adds the buffered tokens into `state` (so it is the state after every token stepped)
+    /// and forgets the working copy: the caller may change `state` before the next step.
+    pub fn flush(&mut self, state: State) -> Result<()> {
+        let mut state = self.check_state(state)?;
         if self.fresh {
-            self.fold(state);
+            self.fold(&mut state);
         }
         self.fresh = false;
         Ok(())
     }
 
-    /// Reads the working copy from `state`.
-    fn load(&mut self, state: &[f64]) {
+    /// Reads the working copy and its stabilisers from `state`.
+    fn load(&mut self, state: &State) {
         let (lens, w) = (part_lens(self.mapper.m, self.dv), self.dv + 1);
         let rows = self.mapper.m * w;
-        for (block, st) in self.heads.chunks_mut(self.lines).zip(state.chunks(rows)) {
+        for (block, st) in self.heads.chunks_mut(self.lines).zip(state.kv.chunks(rows)) {
             let p = parts(block, &lens);
             round(st, w, p.s, p.z);
         }
+        self.scales.copy_from_slice(state.scale);
         self.fill = 0;
         self.fresh = true;
     }
 
-    /// `state += Kᵀ [V 1]` of the buffered tokens, then the working copy rounded from it.
-    fn fold(&mut self, state: &mut [f64]) {
+    /// `state += Kᵀ [V 1]` of the buffered tokens (the state first brought to their
+    /// stabiliser), then the working copy rounded from it.
+    fn fold(&mut self, state: &mut State) {
         let (lens, fill, m, dv) = (
             part_lens(self.mapper.m, self.dv),
             self.fill,
@@ -250,15 +269,27 @@ impl Decoder {
             self.dv,
         );
         let rows = m * (dv + 1);
-        let task = |(block, st): (&mut [Line], &mut [f64])| {
+        let task = |((block, st), (scale, &work)): FoldTask| {
+            if work > *scale {
+                rescale(st, (*scale - work).exp());
+                *scale = work;
+            }
             fold_head(parts(block, &lens), fill, (m, dv), st)
         };
+        let scales = state.scale.iter_mut().zip(&self.scales);
         if self.is_large() {
             let heads = self.heads.par_chunks_mut(self.lines);
-            heads.zip(state.par_chunks_mut(rows)).for_each(task);
+            let scales = state.scale.par_iter_mut().zip(&self.scales);
+            heads
+                .zip(state.kv.par_chunks_mut(rows))
+                .zip(scales)
+                .for_each(task);
         } else {
             let heads = self.heads.chunks_mut(self.lines);
-            heads.zip(state.chunks_mut(rows)).for_each(task);
+            heads
+                .zip(state.kv.chunks_mut(rows))
+                .zip(scales)
+                .for_each(task);
         }
         self.fill = 0;
     }
@@ -277,11 +308,18 @@ fn round(st: &[f64], w: usize, s: &mut [f32], z: &mut [f32]) {
     }
 }
 
+/// What a fold gives each head: its block and f64 state, the state's stabiliser and the
+/// working copy's.
+type FoldTask<'a> = ((&'a mut [Line], &'a mut [f64]), (&'a mut f64, &'a f64));
+
 /// What a step gives each group of heads: its heads' blocks and outputs, its `q`, `k`, `v`
 /// rows and its scratch.
 type Task<'a> = (
-    ((&'a mut [Line], &'a mut [f32]), (&'a [f32], &'a [f32])),
-    (&'a [f32], &'a mut [f32]),
+    (
+        ((&'a mut [Line], &'a mut [f32]), (&'a [f32], &'a [f32])),
+        (&'a [f32], &'a mut [f32]),
+    ),
+    &'a mut [f64],
 );
 
 /// A zeroed vector of `n` (`None`: an overflow) elements, or an error rather than an abort
@@ -300,9 +338,10 @@ fn group_len(mp: &Mapper<f32>) -> usize {
     2 * GROUP * (mp.mp + mp.m)
 }
 
-/// A group of heads' step: φ of their `q`, `k` (one pass over the projection for all rows),
-/// then each head's `S += φ(k) vᵀ`, `z += φ(k)`, readout, and the token into its buffer at
-/// `fill`.
+/// A group of heads' step: φ of their `q`, `k` (one pass over the projection for all rows;
+/// under the running maximum, a head whose key raises its stabiliser `scales` is rescaled
+/// first), then each head's `S += φ(k) vᵀ`, `z += φ(k)`, readout, and the token into its
+/// buffer at `fill`.
 #[multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
     "x86_64+avx2+fma",
@@ -315,24 +354,43 @@ fn step_group(
     (fill, eps): (usize, f64),
     o: &mut [f32],
     scratch: &mut [f32],
+    scales: &mut [f64],
 ) {
     let (d, m, heads) = (mp.d, mp.m, q.len() / mp.d);
     let dv = v.len() / heads;
     let (u, phi) = scratch.split_at_mut(2 * GROUP * mp.mp);
     let (uq, uk) = u.split_at_mut(GROUP * mp.mp);
     let (pq, pk) = phi.split_at_mut(GROUP * m);
+    let lens = part_lens(m, dv);
+    let lines = blocks.len() / heads;
     for (side, (x, u, f)) in [(q, &mut *uq, &mut *pq), (k, &mut *uk, &mut *pk)]
         .into_iter()
         .enumerate()
     {
         let u = project(mp, x, heads, u);
         let rows = u.chunks_exact(mp.mp).zip(x.chunks_exact(d));
-        for ((u, x), f) in rows.zip(f.chunks_exact_mut(m)) {
-            mp.row(side, u, x, f);
+        if side == 0 || !mp.running() {
+            for ((u, x), f) in rows.zip(f.chunks_exact_mut(m)) {
+                mp.row(side, u, x, f);
+            }
+            continue;
+        }
+        let heads = blocks.chunks_exact_mut(lines).zip(scales.iter_mut());
+        for (((u, x), f), (block, scale)) in rows.zip(f.chunks_exact_mut(m)).zip(heads) {
+            let (top, own) = mp.key_max(u, x);
+            if f64::from(top) > *scale {
+                let a = (*scale - f64::from(top)).exp() as f32;
+                let p = parts(block, &lens);
+                let buffered = p.kb[..fill * m].iter_mut();
+                p.s.iter_mut()
+                    .chain(p.z.iter_mut())
+                    .chain(buffered)
+                    .for_each(|x| *x *= a);
+                *scale = f64::from(top);
+            }
+            mp.key_row(u, own, *scale as f32, f);
         }
     }
-    let lens = part_lens(m, dv);
-    let lines = blocks.len() / heads;
     let rows = pq.chunks_exact(m).zip(pk.chunks_exact(m));
     let io = v.chunks_exact(dv).zip(o.chunks_exact_mut(dv));
     for ((block, (fq, fk)), (v, o)) in blocks.chunks_exact_mut(lines).zip(rows).zip(io) {
@@ -361,8 +419,8 @@ fn step_head(
             *a = q.mul_add(*z, *a);
         }
     }
-    let den = f64::from(super::features::tree(acc, |a, b| a + b)) + eps;
-    let inv = 1.0 / den;
+    let den = denominator(f64::from(tree(acc, |a, b| a + b)), eps);
+    let inv = inverse(den);
     o.iter_mut().for_each(|y| *y = (f64::from(*y) * inv) as f32);
     p.kb[fill * m..(fill + 1) * m].copy_from_slice(fk);
     p.vb[fill * dv..(fill + 1) * dv].copy_from_slice(v);
@@ -448,7 +506,7 @@ mod tests {
                         .map(|p| fq[r * m + p] * st[p * (dv + 1) + j])
                         .sum::<f64>()
                 };
-                let den = y(dv) + 1e-6;
+                let den = y(dv) * (1.0 + 1e-6);
                 for j in 0..dv {
                     o[r * dv + j] = y(j) / den;
                 }
@@ -466,19 +524,28 @@ mod tests {
             (FeatureMap::Exp, 16),
         ] {
             let w = random(mp * d, 9);
-            let (q, k, v) = (
+            let (q, mut k, v) = (
                 random(n * bh * d, 1),
                 random(n * bh * d, 2),
                 random(n * bh * dv, 3),
             );
+            // keys growing along the sequence: the running maximum rises again and again,
+            // between folds and inside the buffer
+            for (t, row) in k.chunks_exact_mut(bh * d).enumerate() {
+                row.iter_mut().for_each(|x| *x *= 1.0 + t as f32 / 25.0);
+            }
             let want = reference(map, &w, (n, bh, d, dv), &q, &k, &v);
             let [sq, sk] = specs(map, d, &w);
             let mut dec = Decoder::new(&sq, &sk, bh, dv, 1e-6).unwrap();
             let mut state = vec![0.0; dec.state_len()];
+            let mut scale = vec![f64::NEG_INFINITY; bh];
             let mut o = vec![0.0f32; bh * dv];
             for t in 0..n {
                 let (x, y) = (t * bh * d..(t + 1) * bh * d, t * bh * dv..(t + 1) * bh * dv);
-                let st = dec.needs_state().then_some(&mut state[..]);
+                let st = dec.needs_state().then_some(State {
+                    kv: &mut state,
+                    scale: &mut scale,
+                });
                 dec.step(&q[x.clone()], &k[x], &v[y.clone()], st, &mut o)
                     .unwrap();
                 for (a, b) in o.iter().zip(&want[y]) {
@@ -488,7 +555,12 @@ mod tests {
                     );
                 }
                 if t == 100 {
-                    dec.flush(&mut state).unwrap(); // mid-buffer: the next step reloads
+                    // mid-buffer: the next step reloads
+                    let st = State {
+                        kv: &mut state,
+                        scale: &mut scale,
+                    };
+                    dec.flush(st).unwrap();
                 }
             }
         }
@@ -504,17 +576,20 @@ mod tests {
         assert!(Decoder::new(&sq, &sk, 2, 16, f64::NAN).is_err());
         let mut dec = Decoder::new(&sq, &sk, 2, 16, 1e-6).unwrap();
         let mut state = vec![0.0; dec.state_len()];
+        let mut scale = [f64::NEG_INFINITY; 2];
         let x = [0.0f32; 8];
         let mut o = [0.0f32; 32];
         assert!(dec.step(&x, &x, &[0.0; 32], None, &mut o).is_err()); // needs the state first
-        assert!(dec
-            .step(&x, &x, &[0.0; 31], Some(&mut state), &mut o)
-            .is_err());
-        assert!(dec
-            .step(&x, &x, &[0.0; 32], Some(&mut state[1..]), &mut o)
-            .is_err());
-        assert!(dec
-            .step(&x, &x, &[0.0; 32], Some(&mut state), &mut o)
-            .is_ok());
+        for (lo, heads, vlen, ok) in [(0, 2, 31, false), (1, 2, 32, false), (0, 1, 32, false)]
+            .into_iter()
+            .chain([(0, 2, 32, true)])
+        {
+            let st = State {
+                kv: &mut state[lo..],
+                scale: &mut scale[..heads],
+            };
+            let r = dec.step(&x, &x, &vec![0.0; vlen], Some(st), &mut o);
+            assert_eq!(r.is_ok(), ok, "{lo} {heads} {vlen}");
+        }
     }
 }

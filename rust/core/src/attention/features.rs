@@ -8,7 +8,11 @@
 //! * keys: one constant for every key, by default `max_i |ω_i|²/2`. Since
 //!   `ωᵀk' − |k'|²/2 = |ω|²/2 − |k' − ω|²/2 ≤ |ω|²/2`, every key feature is then in (0, 1]
 //!   whatever the key's norm: no overflow, and no dependence on other keys (the global max of
-//!   google-research / performer-pytorch leaks future keys into past outputs).
+//!   google-research / performer-pytorch leaks future keys into past outputs). The bound is
+//!   about `D/2` above a typical key logit, so key features are around `e^(−D/2)`: harmless
+//!   now that `eps` is relative (see `forms`), but they underflow f32 for large inputs. The
+//!   causal passes that map inside the kernel ([`Mapper`]) therefore use the running maximum
+//!   of the key logits instead (see `forms`), and non-causal attention the sequence maximum.
 //!
 //! `Exp` (Su, kexue.fm/archives/8338): `φ(x) = exp(u − c)` on `u = Ωx` (or `u = x`), with the
 //! same per-row query max and a constant key offset (default 0). `EluPlusOne`, `Relu` and
@@ -86,6 +90,7 @@ fn argmax<T: Real>(x: &[T]) -> usize {
 const ROWS: usize = 64;
 
 /// Per-map constants of [`Spec::row`].
+#[derive(Clone, Copy)]
 pub struct RowConsts<T> {
     offset: T,
     half_scale2: T,
@@ -104,6 +109,8 @@ pub struct Mapper<T> {
     pub(crate) mp: usize,
     /// Features per mapped row.
     pub(crate) m: usize,
+    /// Whether keys take the running maximum of their logits as stabiliser.
+    running: bool,
 }
 
 impl<T: Real> Mapper<T> {
@@ -115,7 +122,29 @@ impl<T: Real> Mapper<T> {
             d: q.d,
             mp: q.m(),
             m: q.out_dim(),
+            running: k.running(),
         }
+    }
+
+    /// Whether keys are stabilised by the running maximum of their logits (the `exp`-family
+    /// maps without a user-given key offset): the pass then calls [`Mapper::key_max`] and
+    /// [`Mapper::key_row`] rather than [`Mapper::row`] for keys.
+    pub(crate) fn running(&self) -> bool {
+        self.running
+    }
+
+    /// The largest logit of one key row (from its projection `u` and the row `x`), and the
+    /// row's own part of the shift of its exponents (FAVOR+: `|x'|²/2`; `exp`: 0).
+    #[inline(always)]
+    pub(crate) fn key_max(&self, u: &[T], x: &[T]) -> (T, T) {
+        key_max(self.maps[1], u, x, &self.consts[1])
+    }
+
+    /// φ of one key row with the stabiliser `c` in place of the key offset, from its
+    /// projection `u` and its own shift (from [`Mapper::key_max`]).
+    #[inline(always)]
+    pub(crate) fn key_row(&self, u: &[T], own: T, c: T, o: &mut [T]) {
+        key_row(self.maps[1], u, own + c, &self.consts[1], o);
     }
 
     /// φ of one row of side `side` (`0` queries, `1` keys) from its projection `u` and the
@@ -155,6 +184,45 @@ pub(crate) fn tree<T: Copy>(mut acc: [T; 16], merge: impl Fn(T, T) -> T) -> T {
 impl<T: Real> Spec<'_, T> {
     fn m(&self) -> usize {
         self.projection.map_or(self.d, |(_, m)| m)
+    }
+
+    /// Whether these are keys stabilised by a data-dependent maximum of their logits (the
+    /// `exp`-family maps without a given offset).
+    pub fn running(&self) -> bool {
+        !self.is_query
+            && self.offset.is_none()
+            && matches!(
+                self.map,
+                FeatureMap::Positive | FeatureMap::Hyperbolic | FeatureMap::Exp
+            )
+    }
+
+    /// Key features each stabilised by its own row's largest logit, which goes to `maxes`
+    /// (one per row): row `r`'s features times `exp(maxes[r] − c)` are its features for the
+    /// stabiliser `c`. Only for [`Spec::running`] keys.
+    pub fn forward_row_max(&self, x: &[T], out: &mut [T], maxes: &mut [f64]) -> Result<()> {
+        let rows = self.check(x.len())?;
+        let (m, f) = (self.m(), self.out_dim());
+        if out.len() != rows * f || maxes.len() != rows {
+            return Err(Error::value("out", format!("must have {rows} rows")));
+        }
+        let consts = self.consts();
+        let block = |((o, x), mx): ((&mut [T], &[T]), &mut [f64])| {
+            let n = x.len() / self.d;
+            let mut u = vec![T::zero(); n * m];
+            self.project(x, n, &mut u);
+            let rows = o.chunks_exact_mut(f).zip(u.chunks_exact(m));
+            for (((o, u), x), mx) in rows.zip(x.chunks_exact(self.d)).zip(mx) {
+                let (c, own) = key_max(self.map, u, x, &consts);
+                *mx = c.to_f64().unwrap_or(f64::NAN);
+                key_row(self.map, u, own + c, &consts, o);
+            }
+        };
+        out.par_chunks_mut(ROWS * f)
+            .zip(x.par_chunks(ROWS * self.d))
+            .zip(maxes.par_chunks_mut(ROWS))
+            .for_each(block);
+        Ok(())
     }
 
     pub fn out_dim(&self) -> usize {
@@ -399,6 +467,39 @@ impl<T: Real> Spec<'_, T> {
                 }
             });
         Ok(())
+    }
+}
+
+/// The largest key logit (the exponent before the offset) of one row by `map` (an
+/// `exp`-family map), and the row's own part of the shift (FAVOR+: `|x'|²/2`; `exp`: 0).
+#[inline(always)]
+fn key_max<T: Real>(map: FeatureMap, u: &[T], x: &[T], c: &RowConsts<T>) -> (T, T) {
+    let top = if map == FeatureMap::Hyperbolic {
+        lanes(u, T::neg_infinity(), |a, x| a.max(x.abs()), T::max)
+    } else {
+        lanes(u, T::neg_infinity(), |a, x| a.max(x), T::max)
+    };
+    let own = match map {
+        FeatureMap::Positive | FeatureMap::Hyperbolic => {
+            lanes(x, T::zero(), |a, x| a + x * x, |a, b| a + b) * c.half_scale2
+        }
+        _ => T::zero(),
+    };
+    (top - own, own)
+}
+
+/// φ of one key row by `map` (an `exp`-family map) whose exponents are `±u − shift`.
+#[inline(always)]
+fn key_row<T: Real>(map: FeatureMap, u: &[T], shift: T, c: &RowConsts<T>, o: &mut [T]) {
+    match map {
+        FeatureMap::Positive | FeatureMap::Hyperbolic => {
+            let m = u.len();
+            T::exp_into(u, T::one(), shift, c.norm, &mut o[..m]);
+            if map == FeatureMap::Hyperbolic {
+                T::exp_into(u, -T::one(), shift, c.norm, &mut o[m..]);
+            }
+        }
+        _ => T::exp_into(u, T::one(), shift, T::one(), o),
     }
 }
 

@@ -3,9 +3,18 @@
 //!
 //! With `v' = [v, 1]` (`w = D_v + 1` columns), every form computes `y_t = Σ_{s≤t} (q_t·k_s) v'_s`
 //! plus `q_tᵀ S₀` from an initial state, and returns `o_t = y_t[..D_v] / den_t` with
-//! `den_t = y_t[D_v] + eps`. The state `S` (`M × w`, f64) holds `Σ k v'ᵀ`; its last column is `z`.
+//! `den_t = (1 + eps)·q_tᵀz_t` (`q_tᵀz_t = y_t[D_v]`). The state `S` (`M × w`, f64) holds
+//! `Σ k v'ᵀ`; its last column is `z`.
 //!
-//! Backward maps `(∂L/∂o, ∂L/∂den)` to `g'_t = [∂L/∂o_t / den_t, ∂L/∂den_t − (∂L/∂o_t · o_t)/den_t]`,
+//! `eps` is relative: it changes every output by the factor `1/(1 + eps)`, whatever the number
+//! of features, their dimension or the scale of the inputs (an absolute `eps` swamps the whole
+//! estimate once the features are small, as FAVOR+ key features are under a fixed bound), and
+//! the ratio is invariant to any positive scaling of the query or of the key features, so the
+//! stabilisers cancel exactly. Where `q_tᵀz_t` is 0 (every feature product 0: padding, `relu`),
+//! the output and its gradient are 0.
+//!
+//! Backward maps `(∂L/∂o, ∂L/∂den)` to
+//! `g'_t = [∂L/∂o_t / den_t, (1 + eps)·(∂L/∂den_t − (∂L/∂o_t · o_t)/den_t)]`,
 //! the gradient of the unnormalised `y_t`, then (fast-transformers' design, no subtraction):
 //! a forward sweep gives `∂q_t = S_t g'_t`; a reverse sweep with `R_t = Σ_{u≥t} q_u g'_uᵀ`
 //! gives `∂k_t = R_t v'_t` and `∂v'_t = R_tᵀ k_t`. Chunked, the intra-chunk part is a masked
@@ -69,12 +78,13 @@ pub struct Outputs<'a, T> {
     pub den: &'a mut [T],
 }
 
-/// The forward outputs and the gradients flowing into them.
+/// The forward outputs and the gradients flowing into them, and the forward's `eps`.
 pub struct Grads<'a, T> {
     pub o: &'a [T],
     pub den: &'a [T],
     pub go: &'a [T],
     pub gden: &'a [T],
+    pub eps: f64,
 }
 
 pub struct GradsOut<'a, T> {
@@ -160,13 +170,13 @@ fn grad_prime<T: Real>(g: &Grads<T>, rows: std::ops::Range<usize>, dv: usize, ou
         .zip(go.chunks_exact(dv))
         .zip(g.den[rows.clone()].iter().zip(&g.gden[rows]))
     {
-        let inv = T::one() / den;
+        let inv = t(inverse(f(den)));
         let mut dot = T::zero();
         for j in 0..dv {
             gp[j] = go[j] * inv;
             dot = dot + go[j] * o[j];
         }
-        gp[dv] = gden - dot * inv;
+        gp[dv] = (gden - dot * inv) * t(1.0 + g.eps);
     }
 }
 
@@ -178,12 +188,29 @@ fn tril<T: Real>(a: &mut [T], l: usize) {
     }
 }
 
+/// The denominator from `qᵀz` (see the module doc).
+#[inline(always)]
+pub(crate) fn denominator(qz: f64, eps: f64) -> f64 {
+    qz * (1.0 + eps)
+}
+
+/// `1/den`, or 0 where the denominator is 0 (so those outputs and gradients are 0, not NaN).
+#[inline(always)]
+pub(crate) fn inverse(den: f64) -> f64 {
+    if den == 0.0 {
+        0.0
+    } else {
+        1.0 / den
+    }
+}
+
 /// `o`/`den` from unnormalised rows `y` (`w` wide).
 fn normalise<T: Real>(y: &[T], dv: usize, eps: f64, o: &mut [T], den: &mut [T]) {
     for ((y, o), den) in y.chunks_exact(dv + 1).zip(o.chunks_exact_mut(dv)).zip(den) {
-        let d = f(y[dv]) + eps;
+        let d = denominator(f(y[dv]), eps);
         *den = t(d);
-        o.iter_mut().zip(y).for_each(|(o, &y)| *o = t(f(y) / d));
+        let inv = inverse(d);
+        o.iter_mut().zip(y).for_each(|(o, &y)| *o = t(f(y) * inv));
     }
 }
 
@@ -202,6 +229,19 @@ struct Head<'a, T> {
     q: &'a [T],
     k: &'a [T],
     v: &'a [T],
+    /// Under the running maximum, each key row's largest logit: row `s` is stabilised by it,
+    /// and `k_s·exp(kmax_s − c)` is the row for the stabiliser `c`.
+    kmax: Option<&'a [f64]>,
+}
+
+/// How far a chunk's key logits may rise above its stabiliser before the chunk is cut there:
+/// its key features stay below `e^SLACK`, and a chunk is cut only where the running maximum
+/// jumps (a few times in a random sequence, however long).
+pub(crate) const SLACK: f64 = 8.0;
+
+/// `s ← a·s` (the state brought to a larger stabiliser).
+pub(crate) fn rescale(s: &mut [f64], a: f64) {
+    s.iter_mut().for_each(|x| *x *= a);
 }
 
 impl<T: Real> Head<'_, T> {
@@ -211,7 +251,7 @@ impl<T: Real> Head<'_, T> {
         &self,
         c: usize,
         eps: f64,
-        s64: &mut [f64],
+        (s64, scale): (&mut [f64], &mut f64),
         o: &mut [T],
         den: &mut [T],
     ) -> bool {
@@ -221,12 +261,32 @@ impl<T: Real> Head<'_, T> {
         let mut y = vec![T::zero(); c * dv];
         let mut delta = vec![T::zero(); m * w];
         let mut st: Vec<T> = s64.iter().map(|&x| t(x)).collect();
-        for c0 in (0..n).step_by(c) {
+        let mut kb = vec![T::zero(); if self.kmax.is_some() { c * m } else { 0 }];
+        let mut c0 = 0;
+        while c0 < n {
             if cancel::requested() {
                 return true; // causal_forward reports the interrupt
             }
-            let l = c.min(n - c0);
-            let (qs, ks) = (&self.q[c0 * m..(c0 + l) * m], &self.k[c0 * m..(c0 + l) * m]);
+            let mut l = c.min(n - c0);
+            let mut ks = &self.k[c0 * m..(c0 + l) * m];
+            if let Some(kmax) = self.kmax {
+                // the stabiliser: the running maximum at the chunk's first key; the chunk ends
+                // before a key more than SLACK above it (so where is causal)
+                let top = &kmax[c0..c0 + l];
+                let r = top[0].max(*scale);
+                l = (1..l).find(|&i| top[i] > r + SLACK).unwrap_or(l);
+                if r > *scale {
+                    rescale(s64, (*scale - r).exp());
+                    st.iter_mut().zip(&*s64).for_each(|(a, &b)| *a = t(b));
+                    *scale = r;
+                }
+                for ((kb, k), &top) in kb.chunks_exact_mut(m).zip(ks.chunks_exact(m)).zip(top) {
+                    let e = (top - r).exp();
+                    kb.iter_mut().zip(k).for_each(|(a, &b)| *a = t(f(b) * e));
+                }
+                ks = &kb[..l * m];
+            }
+            let qs = &self.q[c0 * m..(c0 + l) * m];
             let vs = &self.v[c0 * dv..(c0 + l) * dv];
             if !vs.iter().all(|x| x.is_finite()) {
                 return false;
@@ -259,28 +319,36 @@ impl<T: Real> Head<'_, T> {
                     .iter()
                     .zip(st[dv..].iter().step_by(w))
                     .fold(T::zero(), |s, (&q, &z)| s + q * z);
-                let d = f(intra + inter) + eps;
+                let d = denominator(f(intra + inter), eps);
                 *di = t(d);
-                oi.iter_mut().zip(yi).for_each(|(o, &y)| *o = t(f(y) / d));
+                let inv = inverse(d);
+                oi.iter_mut().zip(yi).for_each(|(o, &y)| *o = t(f(y) * inv));
             }
             gemm(T::one(), kc.t(), vc, T::zero(), &mut delta, w);
             for (j, dz) in delta[dv..].iter_mut().step_by(w).enumerate() {
                 *dz = ks[j..].iter().step_by(m).fold(T::zero(), |s, &k| s + k);
             }
             accumulate(s64, &mut st, &delta);
+            c0 += l;
         }
         true
     }
 
     /// The token recurrence (decoding runs it): AVX2+FMA when the CPU has them, since the
     /// extension is built for baseline x86-64 and this loop is not a GEMM.
-    fn scan_forward(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) -> bool {
+    fn scan_forward(
+        &self,
+        eps: f64,
+        st: (&mut [f64], &mut f64),
+        o: &mut [T],
+        den: &mut [T],
+    ) -> bool {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { self.scan_forward_avx2(eps, s64, o, den) };
+            return unsafe { self.scan_forward_avx2(eps, st, o, den) };
         }
-        self.scan_forward_any(eps, s64, o, den)
+        self.scan_forward_any(eps, st, o, den)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -288,15 +356,23 @@ impl<T: Real> Head<'_, T> {
     unsafe fn scan_forward_avx2(
         &self,
         eps: f64,
-        s64: &mut [f64],
+        st: (&mut [f64], &mut f64),
         o: &mut [T],
         den: &mut [T],
     ) -> bool {
-        self.scan_forward_any(eps, s64, o, den)
+        self.scan_forward_any(eps, st, o, den)
     }
 
+    /// Under the running maximum the state is rescaled whenever a key raises it, token by
+    /// token.
     #[inline(always)]
-    fn scan_forward_any(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) -> bool {
+    fn scan_forward_any(
+        &self,
+        eps: f64,
+        (s64, scale): (&mut [f64], &mut f64),
+        o: &mut [T],
+        den: &mut [T],
+    ) -> bool {
         let (m, dv, w) = (self.m, self.dv, self.dv + 1);
         let mut vf = vec![1.0f64; w];
         let mut y = vec![0.0f64; w];
@@ -313,52 +389,89 @@ impl<T: Real> Head<'_, T> {
                 &self.q[tok * m..(tok + 1) * m],
                 &self.k[tok * m..(tok + 1) * m],
             );
+            let mut weight = 1.0;
+            if let Some(kmax) = self.kmax {
+                if kmax[tok] > *scale {
+                    rescale(s64, (*scale - kmax[tok]).exp());
+                    *scale = kmax[tok];
+                }
+                weight = (kmax[tok] - *scale).exp();
+            }
             for ((row, &qi), &ki) in s64.chunks_exact_mut(w).zip(q).zip(k) {
-                let (qi, ki) = (f(qi), f(ki));
+                let (qi, ki) = (f(qi), f(ki) * weight);
                 for ((s, &vj), yj) in row.iter_mut().zip(&vf).zip(y.iter_mut()) {
                     *s += ki * vj;
                     *yj += qi * *s;
                 }
             }
-            let d = y[dv] + eps;
+            let d = denominator(y[dv], eps);
             *den = t(d);
-            o.iter_mut().zip(&y).for_each(|(o, &y)| *o = t(y / d));
+            let inv = inverse(d);
+            o.iter_mut().zip(&y).for_each(|(o, &y)| *o = t(y * inv));
         }
         true
     }
 
-    fn quadratic_forward(&self, eps: f64, s64: &mut [f64], o: &mut [T], den: &mut [T]) -> bool {
+    /// Under the running maximum, query `i` takes the running maximum `c_i` at `i` as
+    /// stabiliser for every key and the initial state.
+    fn quadratic_forward(
+        &self,
+        eps: f64,
+        (s64, scale): (&mut [f64], &mut f64),
+        o: &mut [T],
+        den: &mut [T],
+    ) -> bool {
         let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
         let mut y = vec![0.0f64; w];
+        let start = *scale;
+        // the weight of key j (and of the initial state) for the current stabiliser
+        let weight = |j: Option<usize>, c: f64| match (self.kmax, j) {
+            (None, _) => 1.0,
+            (Some(kmax), Some(j)) => (kmax[j] - c).exp(),
+            (Some(_), None) => (start - c).exp(),
+        };
         for i in 0..n {
             if i % 64 == 0 && cancel::requested() {
                 return true; // causal_forward reports the interrupt
             }
             let qi = &self.q[i * m..(i + 1) * m];
+            if let Some(kmax) = self.kmax {
+                *scale = scale.max(kmax[i]);
+            }
+            let c = *scale;
             y.iter_mut().for_each(|x| *x = 0.0);
+            let w0 = weight(None, c);
             for (row, &qv) in s64.chunks_exact(w).zip(qi) {
-                y.iter_mut().zip(row).for_each(|(y, &s)| *y += f(qv) * s);
+                y.iter_mut()
+                    .zip(row)
+                    .for_each(|(y, &s)| *y += f(qv) * s * w0);
             }
             for j in 0..=i {
                 let kj = &self.k[j * m..(j + 1) * m];
                 let a: f64 = qi.iter().zip(kj).map(|(&x, &y)| f(x) * f(y)).sum();
+                let a = a * weight(Some(j), c);
                 for (yc, &vj) in y.iter_mut().zip(&self.v[j * dv..(j + 1) * dv]) {
                     *yc += a * f(vj);
                 }
                 y[dv] += a;
             }
-            let d = y[dv] + eps;
+            let d = denominator(y[dv], eps);
             den[i] = t(d);
+            let inv = inverse(d);
             for (oc, &yc) in o[i * dv..(i + 1) * dv].iter_mut().zip(&y) {
-                *oc = t(yc / d);
+                *oc = t(yc * inv);
             }
         }
+        let c = *scale;
+        rescale(s64, weight(None, c));
         for j in 0..n {
+            let e = weight(Some(j), c);
             for (row, &kv) in s64.chunks_exact_mut(w).zip(&self.k[j * m..(j + 1) * m]) {
+                let kv = f(kv) * e;
                 for (s, &vj) in row.iter_mut().zip(&self.v[j * dv..(j + 1) * dv]) {
-                    *s += f(kv) * f(vj);
+                    *s += kv * f(vj);
                 }
-                row[dv] += f(kv);
+                row[dv] += kv;
             }
         }
         true
@@ -493,7 +606,7 @@ impl<T: Real> Head<'_, T> {
 }
 
 /// One head's outputs and optional state, numbered.
-type HeadTask<'a, T> = (usize, ((&'a mut [T], &'a mut [T]), Option<&'a mut [f64]>));
+type HeadTask<'a, T> = (usize, ((&'a mut [T], &'a mut [T]), Option<HeadState<'a>>));
 
 /// Multiply-adds below which a call runs on the calling thread.
 const MIN_WORK: usize = 1 << 17;
@@ -522,12 +635,25 @@ fn augmented<T: Real>(v: &[T], dv: usize) -> Vec<T> {
     vp
 }
 
+/// A causal state: `kv` (`(bh, m, dv + 1)`, f64: per head `S` with `z` as its last column)
+/// and per head the stabiliser `scale` of its sums (the sums of the unstabilised key
+/// features are `exp(scale)·kv`; `−∞` for an empty state). Only the running maximum reads and
+/// moves `scale`.
+pub struct State<'a> {
+    pub kv: &'a mut [f64],
+    pub scale: &'a mut [f64],
+}
+
+/// One head's state: its sums and their stabiliser.
+type HeadState<'a> = (&'a mut [f64], &'a mut f64);
+
 /// The states, one per head, or fresh zero states.
-fn states(state: Option<&mut [f64]>, bh: usize, size: usize) -> Result<Vec<Option<&mut [f64]>>> {
+fn states(state: Option<State>, bh: usize, size: usize) -> Result<Vec<Option<HeadState>>> {
     match state {
-        Some(s) => {
-            check_len("state", s.len(), bh * size)?;
-            Ok(s.chunks_exact_mut(size).map(Some).collect())
+        Some(State { kv, scale }) => {
+            check_len("state", kv.len(), bh * size)?;
+            check_len("scale", scale.len(), bh)?;
+            Ok(kv.chunks_exact_mut(size).zip(scale).map(Some).collect())
         }
         None => Ok((0..bh).map(|_| None).collect()),
     }
@@ -542,6 +668,12 @@ pub fn causal_forward<T: Real>(
     state: Option<&mut [f64]>,
     out: Outputs<T>,
 ) -> Result<()> {
+    // given features: no stabiliser to follow
+    let mut scale = vec![0.0; x.dims.bh];
+    let state = state.map(|kv| State {
+        kv,
+        scale: &mut scale,
+    });
     causal_forward_mapped(x, None, eps, method, state, out)
 }
 
@@ -551,12 +683,15 @@ pub type Maps<'a, T> = (&'a Spec<'a, T>, &'a Spec<'a, T>);
 /// [`causal_forward`] on raw `q`, `k` (`dims.m` is their dimension `D`) mapped by `maps`
 /// inside the pass (chunk by chunk where the fast path runs), so the feature arrays never exist
 /// whole; the state has the maps' feature count. `maps = None` is [`causal_forward`].
+///
+/// Keys of the `exp`-family maps without a given offset are stabilised by the running maximum
+/// of their logits (see the module doc), which the state carries in its `scale`.
 pub fn causal_forward_mapped<T: Real>(
     x: &Inputs<T>,
     maps: Option<Maps<T>>,
     eps: f64,
     method: Method,
-    state: Option<&mut [f64]>,
+    state: Option<State>,
     out: Outputs<T>,
 ) -> Result<()> {
     x.check(true)?;
@@ -600,10 +735,10 @@ pub fn causal_forward_mapped<T: Real>(
     let run = |(b, ((o, den), state)): HeadTask<T>| -> Result<()> {
         cancel::check()?;
         let (q, k, v) = x.head(b);
-        let mut fresh = Vec::new();
-        let s64 = state.unwrap_or_else(|| {
+        let (mut fresh, mut fresh_scale) = (Vec::new(), f64::NEG_INFINITY);
+        let (s64, scale) = state.unwrap_or_else(|| {
             fresh = vec![0.0; m * w];
-            &mut fresh
+            (&mut fresh, &mut fresh_scale)
         });
         if let Some(finite) = T::forward_fast(
             method,
@@ -613,29 +748,43 @@ pub fn causal_forward_mapped<T: Real>(
             (n, m, dv),
             mapper.as_ref(),
             eps,
-            s64,
+            (&mut *s64, &mut *scale),
             o,
             den,
         ) {
             return finite_or_err(finite);
         }
-        let (fq, fk);
-        let (q, k) = match maps {
-            None => (q, k),
+        let (mut fq, mut fk, mut kmax);
+        let (q, k, kmax) = match maps {
+            None => (q, k, None),
             Some((sq, sk)) => {
-                let map = |s: &Spec<T>, x: &[T]| {
-                    let mut f = vec![T::zero(); n * m];
-                    s.forward(x, &mut f).map(|_| f)
-                };
-                (fq, fk) = (map(sq, q)?, map(sk, k)?);
-                (&fq[..], &fk[..])
+                fq = vec![T::zero(); n * m];
+                sq.forward(q, &mut fq)?;
+                fk = vec![T::zero(); n * m];
+                if sk.running() {
+                    kmax = vec![0.0; n];
+                    sk.forward_row_max(k, &mut fk, &mut kmax)?;
+                    (&fq[..], &fk[..], Some(&kmax[..]))
+                } else {
+                    sk.forward(k, &mut fk)?;
+                    (&fq[..], &fk[..], None)
+                }
             }
         };
-        let head = Head { n, m, dv, q, k, v };
+        let head = Head {
+            n,
+            m,
+            dv,
+            q,
+            k,
+            v,
+            kmax,
+        };
+        let st = (s64, scale);
         finite_or_err(match method {
-            Method::Chunked(c) => head.chunked_forward(c, eps, s64, o, den),
-            Method::Scan => head.scan_forward(eps, s64, o, den),
-            Method::Quadratic => head.quadratic_forward(eps, s64, o, den),
+            Method::Chunked(c) => head.chunked_forward(c, eps, st, o, den),
+            Method::Scan => head.scan_forward(eps, st, o, den),
+            Method::Quadratic => head.quadratic_forward(eps, st, o, den),
         })
     };
     if bh * n * m * w < MIN_WORK {
@@ -699,13 +848,22 @@ pub fn causal_backward<T: Real>(
         .enumerate()
         .for_each(|(b, ((dq, dk), dvo))| {
             let (q, k, v) = x.head(b);
-            let head = Head { n, m, dv, q, k, v };
+            let head = Head {
+                n,
+                m,
+                dv,
+                q,
+                k,
+                v,
+                kmax: None,
+            };
             let rows = b * n..(b + 1) * n;
             let gh = Grads {
                 o: &g.o[rows.start * dv..rows.end * dv],
                 den: &g.den[rows.clone()],
                 go: &g.go[rows.start * dv..rows.end * dv],
                 gden: &g.gden[rows],
+                eps: g.eps,
             };
             if T::backward_fast(method, q, k, v, (n, m, dv), &gh, dq, dk, dvo).is_some() {
                 return;
@@ -779,6 +937,7 @@ pub fn non_causal_backward<T: Real>(x: &Inputs<T>, g: &Grads<T>, gout: GradsOut<
                 den: &g.den[rows.clone()],
                 go: &g.go[rows.start * dv..rows.end * dv],
                 gden: &g.gden[rows],
+                eps: g.eps,
             };
             grad_prime(&gh, 0..nq, dv, &mut gp);
             let mut scratch = vec![T::zero(); m * w];
@@ -950,6 +1109,7 @@ mod tests {
                 den: &den,
                 go: &go,
                 gden: &gden,
+                eps: 1e-3,
             };
             for method in [Method::Scan, Method::Chunked(4)] {
                 let mut dq = vec![0.0; c.q.len()];
@@ -985,6 +1145,114 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_running_maximum_is_exact_causal_and_continues() {
+        use crate::attention::features::FeatureMap;
+        let (bh, n, d, mp, dv) = (2, 50, 5, 7, 3);
+        let w = random(mp * d, 7, false);
+        let (q, mut k, v) = (
+            random(bh * n * d, 8, false),
+            random(bh * n * d, 9, false),
+            random(bh * n * dv, 10, false),
+        );
+        // keys growing along the sequence: the maximum rises again and again, cutting chunks
+        for (i, x) in k.iter_mut().enumerate() {
+            *x *= 1.0 + ((i / d) % n) as f64 / 5.0;
+        }
+        for map in [
+            FeatureMap::Positive,
+            FeatureMap::Hyperbolic,
+            FeatureMap::Exp,
+        ] {
+            let spec = |is_query, offset| Spec {
+                map,
+                d,
+                projection: Some((&w[..], mp)),
+                is_query,
+                offset,
+            };
+            let (sq, sk) = (spec(true, None), spec(false, None));
+            let m = sq.out_dim();
+            let dims = |n| Dims {
+                bh,
+                nq: n,
+                nk: n,
+                m: d,
+                dv,
+            };
+            let run = |method, (q, k, v): (&[f64], &[f64], &[f64]), st: Option<State>| {
+                let n = v.len() / bh / dv;
+                let (mut o, mut den) = (vec![0.0; bh * n * dv], vec![0.0; bh * n]);
+                let x = Inputs {
+                    dims: dims(n),
+                    q,
+                    k,
+                    v,
+                };
+                let out = Outputs {
+                    o: &mut o,
+                    den: &mut den,
+                };
+                causal_forward_mapped(&x, Some((&sq, &sk)), 1e-6, method, st, out).unwrap();
+                o
+            };
+            // the reference: features under one constant offset, given to the plain form
+            let fixed = spec(false, Some(40.0));
+            let (mut fq, mut fk) = (vec![0.0; bh * n * m], vec![0.0; bh * n * m]);
+            sq.forward(&q, &mut fq).unwrap();
+            fixed.forward(&k, &mut fk).unwrap();
+            let c = Case {
+                dims: Dims { m, ..dims(n) },
+                q: fq,
+                k: fk,
+                v: v.clone(),
+            };
+            let (want, _) = c.run(Method::Quadratic, None);
+            let top = want.iter().fold(0.0f64, |t, x| t.max(x.abs()));
+            for method in [
+                Method::Quadratic,
+                Method::Scan,
+                Method::Chunked(1),
+                Method::Chunked(8),
+            ] {
+                let got = run(method, (&q, &k, &v), None);
+                assert!(max_diff(&got, &want) < 1e-10 * top, "{map:?} {method:?}");
+                // a later key, much larger, leaves every earlier output bitwise equal
+                let mut k2 = k.clone();
+                k2.chunks_mut(n * d).for_each(|h| h[40 * d] = 30.0);
+                let edited = run(method, (&q, &k2, &v), None);
+                for (a, b) in got.chunks(n * dv).zip(edited.chunks(n * dv)) {
+                    assert_eq!(a[..40 * dv], b[..40 * dv], "{map:?} {method:?}");
+                }
+            }
+            // a prefix, then the rest from the state and its stabiliser
+            let t0 = 23;
+            let part = |x: &[f64], w: usize, lo: usize, hi: usize| -> Vec<f64> {
+                x.chunks(n * w)
+                    .flat_map(|h| h[lo * w..hi * w].to_vec())
+                    .collect()
+            };
+            let (mut kv, mut scale) = (vec![0.0; bh * m * (dv + 1)], vec![f64::NEG_INFINITY; bh]);
+            let mut got = Vec::new();
+            for (lo, hi, method) in [(0, t0, Method::Chunked(8)), (t0, n, Method::Scan)] {
+                let st = State {
+                    kv: &mut kv,
+                    scale: &mut scale,
+                };
+                let x = (
+                    part(&q, d, lo, hi),
+                    part(&k, d, lo, hi),
+                    part(&v, dv, lo, hi),
+                );
+                got.push(run(method, (&x.0, &x.1, &x.2), Some(st)));
+            }
+            let whole = [part(&want, dv, 0, t0), part(&want, dv, t0, n)];
+            for (g, w) in got.iter().zip(&whole) {
+                assert!(max_diff(g, w) < 1e-10 * top, "{map:?} continued");
             }
         }
     }

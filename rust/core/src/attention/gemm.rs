@@ -44,7 +44,7 @@ pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
         _dims: (usize, usize, usize),
         _maps: Option<&Mapper<Self>>,
         _eps: f64,
-        _s64: &mut [f64],
+        _state: (&mut [f64], &mut f64),
         _o: &mut [Self],
         _den: &mut [Self],
     ) -> Option<bool> {
@@ -154,11 +154,11 @@ impl Real for f32 {
         dims: (usize, usize, usize),
         maps: Option<&Mapper<f32>>,
         eps: f64,
-        s64: &mut [f64],
+        state: (&mut [f64], &mut f64),
         o: &mut [f32],
         den: &mut [f32],
     ) -> Option<bool> {
-        super::fast::forward(method, q, k, v, dims, maps, eps, s64, o, den)
+        super::fast::forward(method, q, k, v, dims, maps, eps, state, o, den)
     }
 
     fn backward_fast(

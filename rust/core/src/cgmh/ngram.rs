@@ -3,9 +3,12 @@
 
 use std::sync::Arc;
 
+use rand::Rng as _;
+use rayon::prelude::*;
+
 use super::Scorer;
 use crate::lm::{Model, State, BOS, EOS, LN_10, UNK};
-use crate::{Error, Result};
+use crate::{parallel, rng, Error, Result};
 
 /// One direction's model and its unigram distribution; a whole next-word distribution costs
 /// O(order · V) vector adds plus the explicit n-grams of the context, read in place from the
@@ -96,6 +99,48 @@ impl Ngram {
 
     pub fn has_backward(&self) -> bool {
         self.backward.is_some()
+    }
+
+    /// Draws `count` sentences word by word from the forward model, sentence `i` from
+    /// `rng::stream(seed, i)`, each ended by `</s>` or cut at `max_len` words: (words, ln p of
+    /// the words drawn, `</s>` included when drawn).
+    pub fn sample(&self, count: usize, seed: u64, max_len: usize) -> Vec<(Vec<u32>, f64)> {
+        let m = &*self.forward.model;
+        let keep = m.order() - 1;
+        let one = |i: usize| {
+            let mut rng = rng::stream(seed, i as u64);
+            let mut out = vec![0.0f32; self.vocab_size()];
+            let mut words: Vec<u32> = vec![BOS];
+            let mut logp = 0.0;
+            while words.len() <= max_len {
+                let state = m.state_from_context(&words[words.len().saturating_sub(keep)..]);
+                let end = f64::from(m.score_word(&state, EOS).0) * LN_10;
+                self.forward.next(&words[1..], &mut out);
+                // `<unk>` and `<s>` are never written: draw from the rest, renormalised.
+                let mass = end.exp() + out.iter().map(|&lp| f64::from(lp).exp()).sum::<f64>();
+                let mut u = rng.random::<f64>() * mass;
+                if u < end.exp() {
+                    logp += end;
+                    break;
+                }
+                u -= end.exp();
+                // Rounding can leave u past the last word: that draw takes the last one.
+                let mut pick = out.len() - 1;
+                for (w, &lp) in out.iter().enumerate() {
+                    let p = f64::from(lp).exp();
+                    if u < p {
+                        pick = w;
+                        break;
+                    }
+                    u -= p;
+                }
+                logp += f64::from(out[pick]);
+                words.push(pick as u32);
+            }
+            words.remove(0);
+            (words, logp)
+        };
+        parallel::install(|| (0..count).into_par_iter().map(one).collect())
     }
 
     /// ln p of `first` then `rest[..window]` (and `</s>` when the sentence ends inside the
@@ -192,6 +237,7 @@ impl Scorer for Ngram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::cgmh::{run, Config, Task};
     use crate::lm::{build, BuildOptions, Corpus};
 
@@ -280,6 +326,27 @@ mod tests {
         for s in out {
             assert!(crate::cgmh::embeddings(&kw, &s.tokens) >= 1.0);
             assert!(!s.tokens.iter().any(|&w| special(w)));
+        }
+    }
+
+    #[test]
+    fn samples_are_seeded_and_scored_by_the_model() {
+        let (f, b) = models();
+        let ngram = Ngram::new(f, Some(b)).unwrap();
+        let a = ngram.sample(50, 7, 30);
+        assert_eq!(a, ngram.sample(50, 7, 30));
+        assert_ne!(a, ngram.sample(50, 8, 30));
+        assert!(a.iter().any(|(x, _)| x.len() > 1));
+        for (x, lp) in &a {
+            assert!(x.len() <= 30 && x.iter().all(|&w| !special(w)));
+            if x.len() < 30 {
+                // ended by </s>: the log-probability is the sentence's own
+                let want = ngram.sentence_logprob(x).unwrap();
+                assert!(
+                    (lp - want).abs() < 1e-4 * want.abs().max(1.0),
+                    "{lp} vs {want}"
+                );
+            }
         }
     }
 }

@@ -47,7 +47,7 @@ def test_default_lm(monkeypatch, tmp_path) -> None:
     from kexue import scorers
 
     monkeypatch.setenv("KEXUE_CACHE", str(tmp_path))
-    monkeypatch.setattr(scorers, "_DEFAULT", None)
+    monkeypatch.setattr(scorers, "_DEFAULT", {})
     scorer = scorers.default_lm()
     back = roundtrip(scorer)
     ids = [scorer.word_id(w) for w in ("the", "house")]

@@ -129,6 +129,7 @@ class CgmhSettings(TypedDict):
     blocked: list[int]
     keep: int
     free_order: bool
+    units: list[list[int]]  # per input: tokens of each keyword (empty: one each)
     seed: int
     best: bool
     trace: bool

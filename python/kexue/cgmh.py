@@ -35,7 +35,15 @@ import numpy as np
 
 from . import _native, scorers
 from ._dispatch import check_int, check_request
-from .text import Tokenizer, as_sentence, detokenize, english_forms, tokenize
+from .text import (
+    Tokenizer,
+    as_sentence,
+    detokenize,
+    english_forms,
+    keyword_language,
+    segment_keyword,
+    tokenize,
+)
 
 __all__ = [
     "MOVES",
@@ -254,6 +262,7 @@ def _run(
     permute: bool,
     sentence_case: bool,
     ids: _Ids | None = None,
+    units: list[list[int]] | None = None,
 ) -> list[list[Sentence]]:
     n = check_int(n, "n", low=1)
     steps = check_int(steps, "steps", low=1)
@@ -274,11 +283,16 @@ def _run(
     lm = scorers.resolve(lm)
     ids = ids or _Ids(lm)
     tokens = [[ids.id(w) for w in ws] for ws in inputs]
+    units = units or [[] for _ in inputs]
     alternatives = []
-    for ws, fl in zip(inputs, fixed):
+    for ws, fl, us in zip(inputs, fixed, units):
+        # Forms per keyword token; the tokens of a keyword of several are written as given.
+        single = [n == 1 for n in us for _ in range(n)] if us else [True] * sum(fl)
         per_keyword = []
+        fixed_at = 0
         for w, f in zip(ws, fl):
-            if f and forms_fn is not None:
+            fixed_at += f
+            if f and forms_fn is not None and single[fixed_at - 1]:
                 known = (ids.known(v) for v in forms_fn(w) if isinstance(v, str) and v != w)
                 per_keyword.append(sorted({i for i in known if i is not None}))
             elif f:
@@ -286,19 +300,24 @@ def _run(
         alternatives.append(per_keyword)
     # "free" order: each chain starts from its own permutation of the keywords (and the
     # reorder move moves them), so the order varies across chains.
-    if permute:
+    if permute:  # (keyword inputs: every token is a keyword's)
         rng = random.Random(seed)
-        tasks, flags, alts, pri = [], [], [], []
-        for t, f, a, p in zip(tokens, fixed, alternatives, priors):
+        tasks, flags, alts, pri, unit_lists = [], [], [], [], []
+        for t, f, a, p, us in zip(tokens, fixed, alternatives, priors, units):
+            sizes = us or [1] * len(t)
+            starts = np.cumsum([0, *sizes])
             for _ in range(n):
-                order = rng.sample(range(len(t)), len(t))
-                tasks.append([t[i] for i in order])
+                order = rng.sample(range(len(sizes)), len(sizes))
+                span = [i for u in order for i in range(starts[u], starts[u + 1])]
+                tasks.append([t[i] for i in span])
                 flags.append(f)
-                alts.append([a[i] for i in order])
+                alts.append([a[i] for i in span])
                 pri.append(p)
+                unit_lists.append([sizes[u] for u in order] if us else [])
         chains = 1
     else:
         tasks, flags, alts, pri, chains = tokens, fixed, alternatives, priors, n
+        unit_lists = units
     settings = {
         "chains": chains,
         "steps": steps,
@@ -314,6 +333,7 @@ def _run(
         "blocked": _blocked(block, lm),
         "keep": n + 1,
         "free_order": permute,
+        "units": unit_lists,
         "seed": seed,
         "best": best,
         "trace": bool(return_trace),
@@ -352,24 +372,33 @@ def _check_keyword(word: str, name: str) -> None:
         raise ValueError(f"{name} must be valid text, got {word!r} (a lone surrogate)")
 
 
-def _keywords(keywords: object, tokenizer: Tokenizer, name: str) -> list[str]:
+def _keyword_units(
+    keywords: object, tokenizer: Tokenizer, name: str, lm: Any = None
+) -> list[list[str]]:
+    """Each keyword's tokens (matched to ``lm``'s vocabulary when given, see
+    :func:`kexue.text.segment_keyword`): a keyword of several tokens is one unit."""
     if isinstance(keywords, str):
         keywords = [keywords]
     if not isinstance(keywords, (list, tuple)):
         raise TypeError(f"{name} must be a str or a list of str, got {type(keywords).__name__}")
-    words: list[str] = []
+    known = None if lm is None else (lambda w: lm.word_id(w) is not None)
+    units: list[list[str]] = []
     for k in keywords:
         if not isinstance(k, str):
             raise TypeError(f"{name} must hold str, got {type(k).__name__}")
-        toks = tokenize(k, tokenizer)
+        toks = segment_keyword(k, tokenizer, known)
         if not toks:
             raise ValueError(f"{name} must not hold empty strings, got {k!r}")
         for t in toks:
             _check_keyword(t, name)
-        words.extend(toks)
-    if not words:
+        units.append(toks)
+    if not units:
         raise ValueError(f"{name} must hold at least one keyword")
-    return words
+    return units
+
+
+def _keywords(keywords: object, tokenizer: Tokenizer, name: str) -> list[str]:
+    return [w for unit in _keyword_units(keywords, tokenizer, name) for w in unit]
 
 
 _OPTIONS = {
@@ -396,10 +425,10 @@ def _options(options: dict[str, Any], **defaults: Any) -> dict[str, Any]:
     return {**_OPTIONS, **defaults, **options}
 
 
-def _resolve(lm: Any, tokenizer: Tokenizer) -> tuple[Any, Tokenizer]:
-    """The scorer for ``lm`` and the tokenizer: the given one, else the one the LM was built
-    with."""
-    scorer = scorers.resolve(lm)
+def _resolve(lm: Any, tokenizer: Tokenizer, lang: str = "en") -> tuple[Any, Tokenizer]:
+    """The scorer for ``lm`` (the built-in LM of ``lang`` for None) and the tokenizer: the
+    given one, else the one the LM was built with."""
+    scorer = scorers.resolve(lm, lang)
     return scorer, tokenizer if tokenizer is not None else getattr(scorer, "text_tokenizer", None)
 
 
@@ -413,6 +442,7 @@ def generate_many(
     order: str = "free",
     anneal: object = None,
     tokenizer: Tokenizer = None,
+    lang: str | None = None,
     **options: Any,
 ) -> list[list[Sentence]]:
     """:func:`generate` for many keyword sets at once (all chains of all inputs in parallel);
@@ -426,13 +456,31 @@ def generate_many(
         raise ValueError(f"order must be 'free' or 'fixed', got {order!r}")
     if isinstance(keyword_lists, str) or not isinstance(keyword_lists, Sequence):
         raise TypeError("keyword_lists must be a list of keyword lists")
-    lm, tokenizer = _resolve(lm, tokenizer)
-    inputs = [_keywords(k, tokenizer, f"keyword_lists[{i}]") for i, k in enumerate(keyword_lists)]
+    lm, tokenizer = _resolve(lm, tokenizer, _language(keyword_lists, lm, lang))
+    units = [
+        _keyword_units(k, tokenizer, f"keyword_lists[{i}]", lm) for i, k in enumerate(keyword_lists)
+    ]
+    inputs = [[w for u in us for w in u] for us in units]
     return _run(
         lm, inputs, [[True] * len(k) for k in inputs], [[] for _ in inputs],
         n=n, steps=steps, seed=seed, anneal=anneal, tokenizer=tokenizer,
-        permute=order == "free", sentence_case=True, **_options(options),
+        permute=order == "free", sentence_case=True,
+        units=[[len(u) for u in us] for us in units], **_options(options),
     )  # fmt: skip
+
+
+def _language(keyword_lists: Sequence[object], lm: Any, lang: str | None) -> str:
+    """Which built-in LM ``lm=None`` means: ``lang``, else the keywords' script."""
+    if lang is not None:
+        if lang not in ("en", "zh"):
+            raise ValueError(f"lang must be None, 'en' or 'zh', got {lang!r}")
+        if lm is not None:
+            raise ValueError("lang chooses a built-in LM: pass lang or lm, not both")
+        return lang
+    if lm is not None:
+        return "en"
+    words = [w for k in keyword_lists for w in ([k] if isinstance(k, str) else k)]
+    return keyword_language(w for w in words if isinstance(w, str))
 
 
 def generate(
@@ -444,16 +492,21 @@ def generate(
     seed: int = 0,
     order: str = "free",
     anneal: object = None,
+    lang: str | None = None,
     **options: Any,
 ) -> list[Sentence]:
     """``n`` distinct sentences, each holding a form of every keyword.
 
     ``lm``: a :class:`kexue.lm.NgramLM`, a path of an LM file or a scorer
-    (:mod:`kexue.scorers`); default: the built-in English LM. ``order``: ``"fixed"`` keeps the
-    keywords in the given order; ``"free"`` starts each chain from its own permutation and
-    lets the chain move keywords. ``anneal``: ``True``, a start temperature or ``(t0, t1)``
-    (geometric schedule) turns sampling into search and returns the best sentence seen
-    (``select="best"``; otherwise the last state).
+    (:mod:`kexue.scorers`); default: a built-in LM, chosen by ``lang`` (``"en"`` or
+    ``"zh"``, :func:`kexue.scorers.chinese_lm`, the ``zh`` extra) or, with ``lang=None``, by
+    the keywords' script (Chinese characters: ``"zh"``; keywords mixing Chinese and Latin
+    letters: ValueError, pass ``lang``). A keyword the tokenizer splits into several tokens
+    (美食节 → 美食 节) is one unit: it stays whole and contiguous and moves as one.
+    ``order``: ``"fixed"`` keeps the keywords in the given order; ``"free"`` starts each
+    chain from its own permutation and lets the chain move keywords. ``anneal``: ``True``, a
+    start temperature or ``(t0, t1)`` (geometric schedule) turns sampling into search and
+    returns the best sentence seen (``select="best"``; otherwise the last state).
 
     Options: ``forms`` (``"auto"``: English inflections of Latin-script keywords, kept to
     those the LM knows; ``"exact"``: the keyword as given; or a callable word → forms, for
@@ -477,7 +530,7 @@ def generate(
     True
     """
     return generate_many([keywords], lm, n=n, steps=steps, seed=seed, order=order,
-                         anneal=anneal, **options)[0]  # fmt: skip
+                         anneal=anneal, lang=lang, **options)[0]  # fmt: skip
 
 
 def _sentence(sentence: object, tokenizer: Tokenizer) -> list[str]:

@@ -38,7 +38,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _load_lm(args: argparse.Namespace):
     from .lm import NgramLM
-    from .scorers import NgramScorer, default_lm
+    from .scorers import NgramScorer
 
     if args.lm:
         lm = _lm_load(args.lm)
@@ -49,7 +49,7 @@ def _load_lm(args: argparse.Namespace):
             args.corpus, args.order, tokenizer=args.tokenizer, discount_fallback=True
         )
         return NgramScorer(lm)
-    return default_lm()
+    return None  # a built-in LM, chosen by --lang or the keywords' script
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -81,13 +81,17 @@ def _generate(args: argparse.Namespace) -> int:
         "length": None if args.length == 0 else "auto" if args.length is None else args.length,
         "block": None if args.no_block else "auto",
         "return_trace": bool(args.plot),
+        "lang": args.lang,
     }
     batch = max(1, 64 // args.n)
     traced = []
     with tqdm(total=len(sets), unit="input", disable=len(sets) < 2, file=sys.stderr) as bar:
         for lo in range(0, len(sets), batch):
             # batches of ~64 chains, each seeded by its first input's line number
-            results = generate_many(sets[lo : lo + batch], lm, seed=args.seed + lo, **options)
+            try:
+                results = generate_many(sets[lo : lo + batch], lm, seed=args.seed + lo, **options)
+            except ValueError as e:  # bad keywords or settings: the message, not a traceback
+                raise SystemExit(f"kexue generate: {e}") from e
             for keywords, sentences in zip(sets[lo : lo + batch], results):
                 traced.extend(sentences)
                 for s in sentences:
@@ -208,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "generate", help="sentences containing given keywords (CGMH)", description=(
             "Keyword-to-sentence generation by Metropolis-Hastings (CGMH). Without --lm or "
-            "--corpus uses the built-in English LM (order 5, from CommonGen's training "
-            "sentences; offline)."
+            "--corpus uses a built-in LM (offline): English (order 5, from CommonGen's "
+            "training sentences) or, for keywords in Chinese characters or --lang zh, Chinese "
+            "(order 4, People's Daily 1998; the zh extra)."
         ),
     )  # fmt: skip
     p.add_argument("words", nargs="*", metavar="WORD", help="keywords every sentence contains")
@@ -236,7 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--no-block", action="store_true", help="lift the offensive-word filter")
     p.add_argument(
-        "--tokenizer", choices=["words", "whitespace", "chars"], default="words",
+        "--lang", choices=["en", "zh"], default=None,
+        help="built-in LM (default: zh for keywords in Chinese characters, else en)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tokenizer", choices=["words", "whitespace", "chars", "jieba"], default="words",
         help="how --corpus text is split and output joined (default: words)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per sentence")
@@ -285,6 +294,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.command == "generate":
         if args.lm and args.corpus:
             parser.error("give --lm or --corpus, not both")
+        if getattr(args, "lang", None) and (args.lm or args.corpus):
+            parser.error("--lang picks a built-in LM; not with --lm or --corpus")
         if not args.input and not args.words:
             parser.error("give keywords or --input FILE")
         if args.input and args.words:

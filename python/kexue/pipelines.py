@@ -112,7 +112,8 @@ def generate_batch(
         if index_col is not None:
             index = np.asarray(_column(cols, index_col, "index_col"))
         seeds = row_seeds(seed, np.arange(rows) if index is None else index)
-    scorer = scorers.resolve(lm)
+    # lang="zh" picks the built-in Chinese LM (resolved once here, not per row).
+    scorer = scorers.resolve(lm, options.pop("lang", None) or "en")
     if threads is None:
         threads = get_num_threads()
 

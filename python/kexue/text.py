@@ -8,6 +8,8 @@ A tokenizer is a name or any callable ``str -> list[str]``:
   ``'s`` kept on their word and a run of one mark kept whole (``"A dog's ball..."`` →
   ``["A", "dog's", "ball", "..."]``);
 - ``"chars"``: one token per non-space character (Chinese without segmentation);
+- ``"jieba"``: Chinese word segmentation by ``jieba`` (MIT; the ``zh`` extra:
+  ``pip install 'kexue[zh]'``), Latin words kept whole;
 - :class:`RegexTokenizer`: the matches of a regular expression.
 
 >>> from kexue.text import tokenize, detokenize
@@ -29,6 +31,8 @@ __all__ = [
     "blocked_words",
     "detokenize",
     "english_forms",
+    "keyword_language",
+    "segment_keyword",
     "tokenize",
 ]
 
@@ -65,7 +69,20 @@ class RegexTokenizer:
 
 # A run of one punctuation mark ("...", "!!") is one token, so a model cannot pile up dots.
 WORDS = RegexTokenizer(r"[^\W_]+(?:['’][^\W_]+)?|([^\w\s])\1*|_")
-_NAMED = {"words": WORDS}
+
+
+def _jieba(text: str) -> list[str]:
+    try:
+        import jieba
+    except ImportError as e:
+        raise ImportError(
+            "tokenizer='jieba' needs jieba: pip install 'kexue[zh]' (or pip install jieba)"
+        ) from e
+    jieba.setLogLevel(60)  # its dictionary-loading chatter goes to stderr otherwise
+    return [t for t in jieba.lcut(text) if t.strip()]
+
+
+_NAMED = {"words": WORDS, "jieba": _jieba}
 
 
 def split_words(text: str) -> list[str]:
@@ -101,7 +118,8 @@ def tokenize(text: str, tokenizer: Tokenizer = None) -> list[str]:
     if callable(tokenizer):
         return [t for t in tokenizer(text) if t.strip()]
     raise ValueError(
-        f"tokenizer must be None, 'whitespace', 'words', 'chars' or a callable, got {tokenizer!r}"
+        f"tokenizer must be None, 'whitespace', 'words', 'chars', 'jieba' or a callable, "
+        f"got {tokenizer!r}"
     )
 
 
@@ -112,7 +130,8 @@ def check_tokenizer(tokenizer: object, name: str = "tokenizer") -> None:
     if tokenizer in ("whitespace", "chars") or tokenizer in _NAMED:
         return
     raise ValueError(
-        f"{name} must be None, 'whitespace', 'words', 'chars' or a callable, got {tokenizer!r}"
+        f"{name} must be None, 'whitespace', 'words', 'chars', 'jieba' or a callable, "
+        f"got {tokenizer!r}"
     )
 
 
@@ -123,6 +142,68 @@ _CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-
 
 def _is_cjk(token: str) -> bool:
     return bool(token) and all(_CJK.match(c) for c in token)
+
+
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
+
+
+def keyword_language(keywords: Iterable[str]) -> str:
+    """``"zh"`` when the keywords are written in Chinese characters, ``"en"`` otherwise (the
+    built-in LM they select); keywords that mix Chinese and Latin letters raise ValueError.
+
+    >>> keyword_language(["广州", "美食"]), keyword_language(["dog", "ball"])
+    ('zh', 'en')
+    """
+    words = list(keywords)
+    han = [w for w in words if _HAN.search(w)]
+    latin = [w for w in words if _LATIN.search(w)]
+    if han and latin:
+        raise ValueError(
+            f"keywords mix Chinese {han} and Latin-script {latin} words; no built-in LM writes "
+            "both: pass lang='zh' or lang='en' (the other words become unknown words), or an lm"
+        )
+    return "zh" if han else "en"
+
+
+def segment_keyword(
+    keyword: str, tokenizer: Tokenizer, known: Callable[[str], bool] | None = None
+) -> list[str]:
+    """The tokens of one keyword, matched to an LM's vocabulary when ``known`` (word → is
+    it in the LM) is given: a keyword the LM knows whole stays one token, and a token the LM
+    does not know is split into the fewest words it knows, if it can be (the built-in Chinese
+    LM keeps its corpus's segmentation, which is finer than jieba's: 美食节 → 美食 节).
+
+    >>> segment_keyword("美食节", "jieba", {"美食", "节"}.__contains__)
+    ['美食', '节']
+    """
+    if known is not None and keyword.strip() == keyword and known(keyword):
+        return [keyword]
+    tokens = tokenize(keyword, tokenizer)
+    if known is None:
+        return tokens
+    # Only Chinese tokens are split: a Latin word the LM lacks is one unknown word, not
+    # letters ("frisbees" is not "fris bees").
+    return [
+        piece
+        for t in tokens
+        for piece in ((_split_known(t, known) if all(map(_HAN.match, t)) else None) or [t])
+    ]
+
+
+def _split_known(token: str, known: Callable[[str], bool]) -> list[str] | None:
+    """``token`` as the fewest words ``known`` accepts (None: none covers it)."""
+    if known(token):
+        return [token]
+    n = len(token)
+    best: list[list[str] | None] = [[]] + [None] * n  # best[i]: split of token[:i]
+    for i in range(1, n + 1):
+        for j in range(i):
+            head = best[j]
+            if head is not None and known(token[j:i]):
+                if best[i] is None or len(head) + 1 < len(best[i]):  # type: ignore[arg-type]
+                    best[i] = [*head, token[j:i]]
+    return best[n]
 
 
 def detokenize(tokens: Sequence[str], tokenizer: Tokenizer = None) -> str:
@@ -160,6 +241,7 @@ def detokenize(tokens: Sequence[str], tokenizer: Tokenizer = None) -> str:
 
 
 _FINAL = ".!?…。！？"
+_PAUSES = ",;:，、；：—"
 _CLOSING = "\"')]”’」』"
 
 
@@ -180,7 +262,9 @@ def as_sentence(text: str) -> str:
         if not (c in _CLOSING or c in "\"'(["):
             break
     if text.rstrip(_CLOSING)[-1:] not in _FINAL:
-        text += "。" if _CJK.match(text[-1]) else "."
+        cjk = bool(_CJK.match(text[-1]))
+        text = text.rstrip(_PAUSES) or text  # "…，" ends as "…。", not "…，。"
+        text += "。" if cjk else "."
     return text
 
 

@@ -270,6 +270,8 @@ struct Settings {
     blocked: Vec<u32>,
     keep: usize,
     free_order: bool,
+    /// Per input: tokens of each keyword (empty: one each); see `Task::units`.
+    units: Vec<Vec<usize>>,
     seed: u64,
     best: bool,
     trace: bool,
@@ -305,7 +307,7 @@ impl Settings {
 }
 
 /// Runs CGMH chains: `inputs[i]` the initial words (ids), `fixed[i]` the keyword flags,
-/// `forms[i]` each keyword's admissible ids, `priors[i]` its soft terms.
+/// `forms[i]` each keyword token's admissible ids, `priors[i]` its soft terms.
 #[pyfunction]
 fn cgmh_run<'py>(
     py: Python<'py>,
@@ -316,9 +318,13 @@ fn cgmh_run<'py>(
     priors: Vec<Vec<Bound<'py, PyAny>>>,
     settings: Settings,
 ) -> PyResult<Bound<'py, PyList>> {
-    if fixed.len() != inputs.len() || priors.len() != inputs.len() || forms.len() != inputs.len() {
+    if fixed.len() != inputs.len()
+        || priors.len() != inputs.len()
+        || forms.len() != inputs.len()
+        || settings.units.len() != inputs.len()
+    {
         return Err(pyo3::exceptions::PyValueError::new_err(
-            "fixed, forms and priors must have one entry per input",
+            "fixed, forms, priors and settings['units'] must have one entry per input",
         ));
     }
     let config = settings.config().map_err(to_py)?;
@@ -345,10 +351,12 @@ fn cgmh_run<'py>(
         .zip(fixed)
         .zip(forms)
         .zip(&priors)
-        .map(|(((tokens, fixed), forms), ps)| Task {
+        .zip(&settings.units)
+        .map(|((((tokens, fixed), forms), ps), units)| Task {
             tokens,
             fixed,
             forms,
+            units: units.clone(),
             free_order: settings.free_order,
             priors: ps.iter().map(AnyPrior::as_dyn).collect(),
         })

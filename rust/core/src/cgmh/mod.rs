@@ -322,10 +322,14 @@ pub const MAX_FREE_KEYWORDS: usize = 16;
 pub struct Task<'a> {
     pub tokens: Vec<u32>,
     pub fixed: Vec<bool>,
-    /// Admissible words of each keyword, in the order of the fixed positions (any of them
-    /// satisfies the keyword; the initial word is added if missing). Empty: the initial
-    /// words only.
+    /// Admissible words of each fixed position, in order (any of them satisfies that token of
+    /// its keyword; the initial word is added if missing). Empty: the initial words only.
     pub forms: Vec<Vec<u32>>,
+    /// Tokens of each keyword, in order: keyword `j` is the next `units[j]` fixed positions,
+    /// which must be contiguous. A keyword of several tokens (a word the tokenizer splits,
+    /// 美食节 → 美食 节) is one unbreakable unit: no move inserts inside it, removes or replaces
+    /// one of its tokens, and the reorder move moves it whole. Empty: one token each.
+    pub units: Vec<usize>,
     /// Keywords may appear in any order (and move); otherwise in their initial order.
     pub free_order: bool,
     pub priors: Vec<&'a dyn Prior>,
@@ -338,6 +342,7 @@ impl Task<'_> {
             tokens: keywords.to_vec(),
             fixed: vec![true; keywords.len()],
             forms: Vec::new(),
+            units: Vec::new(),
             free_order: false,
             priors: Vec::new(),
         }
@@ -416,16 +421,43 @@ fn check_task(t: &Task<'_>, config: &Config, i: usize) -> Result<()> {
     if t.fixed.len() != t.tokens.len() {
         return Err(Error::value(name, "must have one fixed flag per word"));
     }
-    let keywords = t.fixed.iter().filter(|&&f| f).count();
-    if !t.forms.is_empty() && t.forms.len() != keywords {
+    let fixed = t.fixed.iter().filter(|&&f| f).count();
+    if !t.forms.is_empty() && t.forms.len() != fixed {
         return Err(Error::value(
             name,
             format!(
-                "must have one form list per keyword ({keywords}), got {}",
+                "must have one form list per keyword token ({fixed}), got {}",
                 t.forms.len()
             ),
         ));
     }
+    if !t.units.is_empty() {
+        if t.units.contains(&0) || t.units.iter().sum::<usize>() != fixed {
+            return Err(Error::value(
+                name,
+                format!(
+                    "units must be token counts >= 1 summing to the keyword tokens ({fixed}), got {:?}",
+                    t.units
+                ),
+            ));
+        }
+        let positions: Vec<usize> = (0..t.fixed.len()).filter(|&i| t.fixed[i]).collect();
+        let mut start = 0;
+        for &len in &t.units {
+            if positions[start + len - 1] - positions[start] != len - 1 {
+                return Err(Error::value(
+                    name,
+                    "must hold the tokens of each keyword unit contiguously",
+                ));
+            }
+            start += len;
+        }
+    }
+    let keywords = if t.units.is_empty() {
+        fixed
+    } else {
+        t.units.len()
+    };
     if t.free_order && keywords > MAX_FREE_KEYWORDS {
         return Err(Error::value(
             name,
@@ -460,40 +492,72 @@ pub fn embeddings(kw: &[u32], x: &[u32]) -> f64 {
 /// through several markings; dividing the target by this count makes the sentence marginal
 /// exactly ρ(x)·χ(x). (f64: counts up to C(max_len, k)·k! stay exact far beyond real sizes.)
 pub fn markings(forms: &[Vec<u32>], free_order: bool, x: &[u32]) -> f64 {
-    let k = forms.len();
-    let serves = |j: usize, w: u32| forms[j].binary_search(&w).is_ok();
-    if !free_order {
-        let mut ways = vec![0.0f64; k + 1];
-        ways[0] = 1.0;
-        for &w in x {
-            for j in (0..k).rev() {
-                if serves(j, w) {
-                    ways[j + 1] += ways[j];
+    let units: Vec<Vec<Vec<u32>>> = forms.iter().map(|f| vec![f.clone()]).collect();
+    unit_markings(&units, free_order, x)
+}
+
+/// [`markings`] for keywords of several tokens: `units[j][t]` the admissible words (sorted) of
+/// token `t` of keyword `j`; a marking gives each keyword its own block of consecutive
+/// positions (blocks disjoint), in keyword order unless `free_order`.
+pub fn unit_markings(units: &[Vec<Vec<u32>>], free_order: bool, x: &[u32]) -> f64 {
+    let k = units.len();
+    let fits = |j: usize, i: usize| {
+        let u = &units[j];
+        i + u.len() <= x.len()
+            && u.iter()
+                .zip(&x[i..])
+                .all(|(f, w)| f.binary_search(w).is_ok())
+    };
+    // States: keywords placed so far, as a count (fixed order) or a subset (free order, a
+    // sum over injective assignments). Placing keyword `j` from state `s` leads to a state
+    // numbered above `s`, so single tokens can update `ways` in place, states descending.
+    let states = if free_order { 1 << k } else { k + 1 };
+    let next = |s: usize, j: usize| {
+        if free_order {
+            (s & (1 << j) == 0).then_some(s | (1 << j))
+        } else {
+            (s == j).then_some(j + 1)
+        }
+    };
+    let mut ways = vec![0.0f64; states];
+    ways[0] = 1.0;
+    // Blocks of several tokens add their ways where they end.
+    let mut pending: Vec<(usize, Vec<f64>)> = Vec::new();
+    for i in 0..=x.len() {
+        pending.retain(|(end, delta)| {
+            if *end != i {
+                return true;
+            }
+            for (w, d) in ways.iter_mut().zip(delta) {
+                *w += d;
+            }
+            false
+        });
+        if i == x.len() {
+            break;
+        }
+        let can: Vec<usize> = (0..k).filter(|&j| fits(j, i)).collect();
+        for &j in can.iter().filter(|&&j| units[j].len() > 1) {
+            let mut delta = vec![0.0f64; states];
+            for (s, &w) in ways.iter().enumerate() {
+                if let (true, Some(t)) = (w != 0.0, next(s, j)) {
+                    delta[t] += w;
                 }
             }
+            pending.push((i + units[j].len(), delta));
         }
-        return ways[k];
-    }
-    // Injective assignments: a sum over the subsets of keywords already placed.
-    let mut ways = vec![0.0f64; 1 << k];
-    ways[0] = 1.0;
-    for &w in x {
-        let can: Vec<usize> = (0..k).filter(|&j| serves(j, w)).collect();
-        if can.is_empty() {
-            continue;
-        }
-        for mask in (0..ways.len()).rev() {
-            if ways[mask] == 0.0 {
+        for s in (0..states).rev() {
+            if ways[s] == 0.0 {
                 continue;
             }
-            for &j in &can {
-                if mask & (1 << j) == 0 {
-                    ways[mask | (1 << j)] += ways[mask];
+            for &j in can.iter().filter(|&&j| units[j].len() == 1) {
+                if let Some(t) = next(s, j) {
+                    ways[t] += ways[s];
                 }
             }
         }
     }
-    ways[(1 << k) - 1]
+    ways[states - 1]
 }
 
 #[cfg(test)]

@@ -1,17 +1,20 @@
 //! One Metropolis–Hastings chain over (sentence, keyword marking).
 //!
 //! Target π(x, m) ∝ ρ(x)^(1/T) with log ρ(x) = γ·log p(x) + log λ(|x|) + Σ priors(x) − log N(x)
-//! over sentences x with min_len ≤ |x| ≤ max_len and markings m (which position holds which
-//! keyword, in one of its forms), where λ is the optional length prior and N(x) counts the
-//! markings of x (see [`super::markings`]); sentences with a blocked word outside the keyword
-//! slots have ρ = 0. Every move below is an exact MH (or Gibbs) step for that target.
+//! over sentences x with min_len ≤ |x| ≤ max_len and markings m (which block of consecutive
+//! positions holds which keyword, in one of its forms), where λ is the optional length prior
+//! and N(x) counts the markings of x (see [`super::unit_markings`]); sentences with a blocked
+//! word outside the keyword slots have ρ = 0. Every move below is an exact MH (or Gibbs) step
+//! for that target. A gap inside a keyword of several tokens is never offered: every state of
+//! length n has n + 1 − D offerable gaps, D = Σ (tokens − 1) over the keywords, a constant the
+//! insert/delete ratios use on both sides.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use rand::Rng as _;
 
-use super::{markings, Config, Index, Move, Sample, Scorer, Task};
+use super::{unit_markings, Config, Index, Move, Sample, Scorer, Task};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -23,13 +26,15 @@ pub struct Chain<'a, S: Scorer + ?Sized> {
     scorer: &'a S,
     task: &'a Task<'a>,
     config: &'a Config,
-    /// Each keyword's admissible words (sorted), in the task's keyword order.
-    forms: Vec<Vec<u32>>,
+    /// Admissible words (sorted) of each token of each keyword, in the task's keyword order.
+    forms: Vec<Vec<Vec<u32>>>,
     /// Every keyword form (sorted): only these words can change the marking count, and they
     /// are exempt from `Config::blocked`.
     form_words: Vec<u32>,
-    /// Keywords with at least two forms (the `Reform` move's choices).
-    reformable: Vec<u32>,
+    /// (keyword, token) pairs with at least two forms (the `Reform` move's choices).
+    reformable: Vec<(u32, usize)>,
+    /// Gaps inside keyword units (Σ tokens − 1), never offered to insert or reorder.
+    inner_gaps: usize,
     /// Move weights for this task (moves it cannot make at 0), and their sum.
     moves: [f64; Move::COUNT],
     moves_sum: f64,
@@ -107,7 +112,7 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
             .zip(&task.fixed)
             .filter(|(_, &f)| f)
             .map(|(&w, _)| w);
-        let forms: Vec<Vec<u32>> = initial
+        let token_forms: Vec<Vec<u32>> = initial
             .enumerate()
             .map(|(j, w)| {
                 let mut f = task.forms.get(j).cloned().unwrap_or_default();
@@ -117,12 +122,24 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
                 f
             })
             .collect();
-        let mut form_words: Vec<u32> = forms.iter().flatten().copied().collect();
+        let units = if task.units.is_empty() {
+            vec![1; token_forms.len()]
+        } else {
+            task.units.clone()
+        };
+        let mut rest = token_forms.into_iter();
+        let forms: Vec<Vec<Vec<u32>>> = units
+            .iter()
+            .map(|&len| rest.by_ref().take(len).collect())
+            .collect();
+        let mut form_words: Vec<u32> = forms.iter().flatten().flatten().copied().collect();
         form_words.sort_unstable();
         form_words.dedup();
-        let reformable: Vec<u32> = (0..forms.len() as u32)
-            .filter(|&j| forms[j as usize].len() > 1)
+        let reformable: Vec<(u32, usize)> = (0..forms.len())
+            .flat_map(|j| (0..forms[j].len()).map(move |t| (j as u32, t)))
+            .filter(|&(j, t)| forms[j as usize][t].len() > 1)
             .collect();
+        let inner_gaps = units.iter().map(|&len| len - 1).sum();
         let mut moves = config.moves;
         if reformable.is_empty() {
             moves[Move::Reform as usize] = 0.0;
@@ -137,14 +154,17 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
                 "leave no move this input can make (reform needs a keyword with two forms, reorder a free keyword order)",
             ));
         }
-        let mut next_slot = 0;
+        // Keyword j's tokens all hold slot j.
+        let mut owner = units
+            .iter()
+            .enumerate()
+            .flat_map(|(j, &len)| std::iter::repeat_n(j as u32, len));
         let slot = task
             .fixed
             .iter()
             .map(|&f| {
                 if f {
-                    next_slot += 1;
-                    next_slot - 1
+                    owner.next().unwrap_or(FREE)
                 } else {
                     FREE
                 }
@@ -157,6 +177,7 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
             forms,
             form_words,
             reformable,
+            inner_gaps,
             moves,
             moves_sum,
             x: task.tokens.clone(),
@@ -183,7 +204,7 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
     }
 
     fn log_markings(&self, x: &[u32]) -> f64 {
-        markings(&self.forms, self.task.free_order, x).ln()
+        unit_markings(&self.forms, self.task.free_order, x).ln()
     }
 
     fn is_form(&self, w: u32) -> bool {
@@ -328,6 +349,14 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         self.slot.iter().position(|&s| s == keyword).unwrap_or(0)
     }
 
+    /// The `r`-th gap of a sentence with these slots that is not inside a keyword unit.
+    fn nth_gap(slot: &[u32], r: usize) -> usize {
+        (0..=slot.len())
+            .filter(|&g| g == 0 || g == slot.len() || slot[g - 1] != slot[g] || slot[g] == FREE)
+            .nth(r)
+            .unwrap_or(slot.len())
+    }
+
     fn accept(log_a: f64, rng: &mut Rng) -> bool {
         log_a >= 0.0 || rng.random::<f64>() < log_a.exp()
     }
@@ -424,14 +453,16 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         }
     }
 
-    /// Insert a word at a uniform gap (of |x| + 1), drawn from top-K ∝ target (mixed with
-    /// ε-uniform); the reverse move is a delete of that (editable) position.
+    /// Insert a word at a uniform gap (of the |x| + 1 − D outside keyword units), drawn from
+    /// top-K ∝ target (mixed with ε-uniform); the reverse move is a delete of that (editable)
+    /// position.
     fn insert(&mut self, temp: f64, rng: &mut Rng) -> Result<bool> {
         let len = self.x.len();
         if len >= self.config.max_len {
             return Ok(false);
         }
-        let gap = rng.random_range(0..=len);
+        let gaps = len + 1 - self.inner_gaps;
+        let gap = Self::nth_gap(&self.slot, rng.random_range(0..gaps));
         let mut y = std::mem::take(&mut self.scratch);
         y.clear();
         y.extend_from_slice(&self.x[..gap]);
@@ -455,7 +486,7 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         let log_q = self.log_q((j < k).then_some(j), self.cands[j], lse, temp);
         let free_y = (self.free() + 1) as f64;
         let log_a = self.cand_lt[j] / temp - self.lt / temp + p_del.ln() - free_y.ln() - p_ins.ln()
-            + ((len + 1) as f64).ln()
+            + (gaps as f64).ln()
             - log_q;
         if Self::accept(log_a, rng) {
             y[gap] = self.cands[j];
@@ -503,24 +534,44 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         y.clear();
         y.extend_from_slice(&self.x[..pos]);
         y.extend_from_slice(&self.x[pos + 1..]);
-        let lt_y = check_logprob(self.scorer.sentence_logprob(&y)?)
+        let (p_ins, p_del) = (
+            self.moves[Move::Insert as usize],
+            self.moves[Move::Delete as usize],
+        );
+        // The reverse insert offers the |x| − 1 + 1 − D gaps of y.
+        let gaps_y = (len - self.inner_gaps) as f64;
+        let log_q_ratio = p_ins.ln() - gaps_y.ln() + log_q - p_del.ln() + (free as f64).ln();
+        self.propose_whole(y, log_q_ratio, temp, rng, |slot| {
+            slot.remove(pos);
+        })
+    }
+
+    /// MH step to the whole sentence `y` (scored in full) with log proposal ratio
+    /// `log_q_ratio`; on acceptance `y` becomes the state and `relabel` updates the keyword
+    /// slots. `y`'s buffer goes back to the scratch space otherwise.
+    fn propose_whole(
+        &mut self,
+        y: Vec<u32>,
+        log_q_ratio: f64,
+        temp: f64,
+        rng: &mut Rng,
+        relabel: impl FnOnce(&mut Vec<u32>),
+    ) -> Result<bool> {
+        let scored = self
+            .scorer
+            .sentence_logprob(&y)
+            .and_then(check_logprob)
             .and_then(|lp| Ok((lp, self.log_target(&y, lp)?)));
-        let (logp_y, lt_y) = match lt_y {
+        let (logp_y, lt_y) = match scored {
             Ok(v) => v,
             Err(e) => {
                 self.scratch = y;
                 return Err(e);
             }
         };
-        let (p_ins, p_del) = (
-            self.moves[Move::Insert as usize],
-            self.moves[Move::Delete as usize],
-        );
-        let log_a = (lt_y - self.lt) / temp + p_ins.ln() - (len as f64).ln() + log_q - p_del.ln()
-            + (free as f64).ln();
-        if Self::accept(log_a, rng) {
+        if Self::accept((lt_y - self.lt) / temp + log_q_ratio, rng) {
             self.scratch = std::mem::replace(&mut self.x, y);
-            self.slot.remove(pos);
+            relabel(&mut self.slot);
             self.logp = logp_y;
             self.lt = lt_y;
             Ok(true)
@@ -530,13 +581,14 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         }
     }
 
-    /// Switch a keyword (uniform among those with two or more forms) to a form drawn ∝ the
-    /// target: a Gibbs step on that position, accepted by construction.
+    /// Switch a keyword token (uniform among those with two or more forms) to a form drawn ∝
+    /// the target: a Gibbs step on that position, accepted by construction.
     fn reform(&mut self, temp: f64, rng: &mut Rng) -> Result<bool> {
-        let keyword = self.reformable[rng.random_range(0..self.reformable.len())];
-        let pos = self.position_of(keyword);
+        let (keyword, token) = self.reformable[rng.random_range(0..self.reformable.len())];
+        let pos = self.position_of(keyword) + token;
         self.cands.clear();
-        self.cands.extend_from_slice(&self.forms[keyword as usize]);
+        self.cands
+            .extend_from_slice(&self.forms[keyword as usize][token]);
         let x = std::mem::take(&mut self.x);
         let scored = self.score_cands(&x, pos);
         self.x = x;
@@ -550,43 +602,31 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         Ok(true)
     }
 
-    /// Move a uniform keyword to a uniform gap of the sentence without it: the same two
-    /// choices undo it, so the proposal is symmetric.
+    /// Move a uniform keyword (its whole unit) to a uniform gap of the sentence without it,
+    /// among the |x| − D outside the other units: the same two choices undo it, so the
+    /// proposal is symmetric.
     fn reorder(&mut self, temp: f64, rng: &mut Rng) -> Result<bool> {
-        let len = self.x.len();
-        if len < 2 {
+        let gaps = self.x.len() - self.inner_gaps;
+        if gaps < 2 {
             return Ok(false);
         }
         let keyword = rng.random_range(0..self.forms.len()) as u32;
         let pos = self.position_of(keyword);
-        let gap = rng.random_range(0..len);
+        let size = self.forms[keyword as usize].len();
+        let mut slot = self.slot.clone();
+        let unit: Vec<u32> = slot.drain(pos..pos + size).collect();
+        let gap = Self::nth_gap(&slot, rng.random_range(0..gaps));
         if gap == pos {
             return Ok(true);
         }
         let mut y = std::mem::take(&mut self.scratch);
         y.clone_from(&self.x);
-        let w = y.remove(pos);
-        y.insert(gap, w);
-        let scored = check_logprob(self.scorer.sentence_logprob(&y)?)
-            .and_then(|lp| Ok((lp, self.log_target(&y, lp)?)));
-        let (logp_y, lt_y) = match scored {
-            Ok(v) => v,
-            Err(e) => {
-                self.scratch = y;
-                return Err(e);
-            }
-        };
-        if Self::accept((lt_y - self.lt) / temp, rng) {
-            self.scratch = std::mem::replace(&mut self.x, y);
-            let s = self.slot.remove(pos);
-            self.slot.insert(gap, s);
-            self.logp = logp_y;
-            self.lt = lt_y;
-            Ok(true)
-        } else {
-            self.scratch = y;
-            Ok(false)
-        }
+        let words: Vec<u32> = y.drain(pos..pos + size).collect();
+        y.splice(gap..gap, words);
+        self.propose_whole(y, 0.0, temp, rng, move |labels| {
+            slot.splice(gap..gap, unit);
+            *labels = slot;
+        })
     }
 
     /// One MH step at temperature `temp`: draws a move, returns (move, accepted).

@@ -189,6 +189,7 @@ fn replace_alone_samples_the_target() {
         tokens: vec![0, 1, 2],
         fixed: vec![false; 3],
         forms: vec![],
+        units: vec![],
         free_order: false,
         priors: vec![],
     };
@@ -204,6 +205,7 @@ fn replace_alone_with_a_keyword() {
         tokens: vec![0, 1, 0],
         fixed: vec![false, true, false],
         forms: vec![],
+        units: vec![],
         free_order: false,
         priors: vec![],
     };
@@ -226,6 +228,7 @@ fn insert_delete_alone_sample_the_target() {
         tokens: vec![2],
         fixed: vec![false],
         forms: vec![],
+        units: vec![],
         free_order: false,
         priors: vec![],
     };
@@ -257,6 +260,7 @@ fn all_moves_mixed_sample_the_target() {
         tokens: vec![0, 2],
         fixed: vec![false, false],
         forms: vec![],
+        units: vec![],
         free_order: false,
         priors: vec![],
     };
@@ -312,6 +316,7 @@ fn priors_enter_the_target() {
         tokens: vec![1],
         fixed: vec![false],
         forms: vec![],
+        units: vec![],
         free_order: false,
         priors: vec![&prior],
     };
@@ -449,15 +454,8 @@ fn target_forms(
     hi: usize,
     extra: impl Fn(&[u32]) -> f64,
 ) -> HashMap<Vec<u32>, f64> {
-    enumerate(lm.v as u32, lo, hi)
-        .into_iter()
-        .filter(|x| markings(forms, free, x) > 0.0)
-        .map(|x| {
-            let p = (lm.sentence_logprob(&x).unwrap() + extra(&x)).exp();
-            (x, p)
-        })
-        .filter(|(_, p)| *p > 0.0)
-        .collect()
+    let units: Vec<Vec<Vec<u32>>> = forms.iter().map(|f| vec![f.clone()]).collect();
+    target_units(lm, &units, free, lo, hi, extra)
 }
 
 fn keyword_task(keywords: &[u32], forms: Vec<Vec<u32>>, free_order: bool) -> Task<'static> {
@@ -570,4 +568,125 @@ fn kept_states_are_distinct_and_best_first() {
             }
         }
     }
+}
+
+/// ρ(x)·χ(x) by enumeration for keyword units: x holds disjoint blocks spelling each unit
+/// (in unit order unless `free`), times e^{extra(x)}.
+fn target_units(
+    lm: &Toy,
+    units: &[Vec<Vec<u32>>],
+    free: bool,
+    lo: usize,
+    hi: usize,
+    extra: impl Fn(&[u32]) -> f64,
+) -> HashMap<Vec<u32>, f64> {
+    enumerate(lm.v as u32, lo, hi)
+        .into_iter()
+        .filter(|x| unit_markings(units, free, x) > 0.0)
+        .map(|x| {
+            let p = (lm.sentence_logprob(&x).unwrap() + extra(&x)).exp();
+            (x, p)
+        })
+        .filter(|(_, p)| *p > 0.0)
+        .collect()
+}
+
+#[test]
+fn two_token_keyword_samples_the_target_in_fixed_order() {
+    // Keyword units [1 2] and [0] (0 may also be written 2, so a form can sit next to the
+    // unit's own 2), fixed order; every move including reform. The unit's words may also
+    // appear as free words elsewhere (a second [1 2]: two markings).
+    let lm = Toy::new(3, 18);
+    let task = Task {
+        tokens: vec![1, 2, 0],
+        fixed: vec![true; 3],
+        forms: vec![vec![], vec![], vec![2]],
+        units: vec![2, 1],
+        free_order: false,
+        priors: vec![],
+    };
+    let mut config = toy_config([0.4, 0.3, 0.3], 2, 5);
+    config.moves[Move::Reform as usize] = 0.2;
+    config.steps = 150;
+    let units = [vec![vec![1], vec![2]], vec![vec![0, 2]]];
+    check(
+        &lm,
+        &task,
+        &config,
+        &target_units(&lm, &units, false, 3, 5, |_| 0.0),
+        40_000,
+    );
+}
+
+#[test]
+fn two_token_keyword_moves_whole_in_free_order() {
+    // Units [2 0] and [1] in any order, reorder moving the unit whole; a length prior and a
+    // blocked word (3) as in the English defaults.
+    let lm = Toy::new(4, 19);
+    let task = Task {
+        tokens: vec![1, 2, 0],
+        fixed: vec![true; 3],
+        forms: vec![],
+        units: vec![1, 2],
+        free_order: true,
+        priors: vec![],
+    };
+    let mut config = toy_config([0.3, 0.25, 0.25], 2, 5);
+    config.moves[Move::Reorder as usize] = 0.2;
+    config.blocked = vec![3];
+    config.length = Some(LengthPrior {
+        target: 5,
+        per_word: 0.4,
+    });
+    config.steps = 150;
+    let units = [vec![vec![1]], vec![vec![2], vec![0]]];
+    let t = target_units(&lm, &units, true, 3, 5, |x| {
+        if x.contains(&3) {
+            f64::NEG_INFINITY
+        } else {
+            -0.4 * (5 - x.len()) as f64
+        }
+    });
+    check(&lm, &task, &config, &t, 40_000);
+}
+
+#[test]
+fn unit_markings_count_disjoint_blocks() {
+    let units = [vec![vec![1], vec![2]], vec![vec![2]]];
+    assert_eq!(unit_markings(&units, false, &[1, 2, 2]), 1.0);
+    assert_eq!(unit_markings(&units, false, &[2, 1, 2]), 0.0); // blocks may not share a 2
+    assert_eq!(unit_markings(&units, true, &[2, 1, 2]), 1.0);
+    assert_eq!(unit_markings(&units, true, &[1, 2, 1, 2, 2]), 4.0);
+    assert_eq!(unit_markings(&units, false, &[1, 2, 1, 2, 2]), 3.0);
+    // Single-token units agree with `markings`.
+    let forms = [vec![1, 3], vec![2]];
+    let single: Vec<Vec<Vec<u32>>> = forms.iter().map(|f| vec![f.clone()]).collect();
+    for x in enumerate(4, 1, 4) {
+        for free in [false, true] {
+            assert_eq!(unit_markings(&single, free, &x), markings(&forms, free, &x));
+        }
+    }
+}
+
+#[test]
+fn units_are_checked() {
+    let lm = Toy::new(3, 20);
+    let config = Config::default();
+    let bad = |units: Vec<usize>, fixed: Vec<bool>| Task {
+        tokens: vec![0, 1, 2],
+        fixed,
+        forms: vec![],
+        units,
+        free_order: true,
+        priors: vec![],
+    };
+    for task in [
+        bad(vec![2, 2], vec![true; 3]),
+        bad(vec![0, 3], vec![true; 3]),
+        bad(vec![2], vec![true, false, true]),
+    ] {
+        let e = run(&lm, &[task], 1, &config, 0, false).unwrap_err();
+        assert!(e.to_string().contains("unit"), "{e}");
+    }
+    assert!(run(&lm, &[bad(vec![1, 2], vec![true; 3])], 1, &config, 0, false).is_ok());
 }

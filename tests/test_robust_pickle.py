@@ -92,3 +92,21 @@ def test_nn_modules() -> None:
         assert type(back) is type(module)
         for a, b in zip(module.state_dict().values(), back.state_dict().values()):
             torch.testing.assert_close(a, b)
+
+
+def test_causal_state_after_float32_steps() -> None:
+    from kexue.attention import CausalState, orthogonal_random_matrix
+
+    rng = np.random.default_rng(0)
+    w = orthogonal_random_matrix(16, 8, seed=1, dtype=np.float32)
+    state = CausalState(feature_map="favor+", projection=w)
+    q, k = (rng.normal(size=(1, 2, 5, 8)).astype(np.float32) for _ in range(2))
+    v = rng.normal(size=(1, 2, 5, 16)).astype(np.float32)
+    for t in range(3):  # float32 tokens one by one: the native decoder holds buffered tokens
+        state.update(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1])
+    assert state._decoder is not None  # the float32 decoder is in use
+    back = pickle.loads(pickle.dumps(state))
+    for t in range(3, 5):
+        a = state.update(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1])
+        b = back.update(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1])
+        np.testing.assert_array_equal(a, b)

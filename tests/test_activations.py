@@ -35,7 +35,12 @@ def mp_slope(x: float, b: float) -> float:
 finite_floats = st.floats(allow_nan=False, allow_infinity=False, width=32)
 
 
-@given(hnp.arrays(np.float32, st.integers(0, 50), elements=finite_floats), st.floats(0, 100))
+# b = 0 or in float32's normal range: with a subnormal b (below 1.2e-38) the outputs for x < 0
+# are subnormal themselves, where float32 keeps no relative precision to compare.
+float32_b = st.one_of(st.just(0.0), st.floats(float(np.finfo(np.float32).tiny), 100))
+
+
+@given(hnp.arrays(np.float32, st.integers(0, 50), elements=finite_floats), float32_b)
 def test_float32_matches_mpmath_to_a_few_ulp(x: np.ndarray, b: float) -> None:
     b = float(np.float32(b))  # the float32 kernel computes with b rounded to float32
     got = squareplus(x, b)

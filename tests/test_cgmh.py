@@ -310,15 +310,15 @@ class ShortScorer(ToyBigram):
 
 
 @pytest.mark.parametrize(
-    "scorer, match",
+    "scorer, exc, match",
     [
-        (NaNScorer, "invalid log-probability"),
-        (RaisingScorer, "fell over"),
-        (ShortScorer, "expected 8"),
+        (NaNScorer, ValueError, "invalid log-probability"),
+        (RaisingScorer, RuntimeError, "fell over"),  # the scorer's own exception, unchanged
+        (ShortScorer, ValueError, "expected 8"),
     ],
 )
-def test_bad_scorer_is_a_clear_error(scorer, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_scorer_is_a_clear_error(scorer, exc, match):
+    with pytest.raises(exc, match=match):
         cgmh.generate(["cat"], scorer(WORDS), steps=20)
     with pytest.raises(TypeError, match="scorer"):
         cgmh.generate(["cat"], object(), steps=20)

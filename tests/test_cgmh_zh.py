@@ -141,8 +141,10 @@ def test_cli_lang_and_mixed_keywords(capsys):
 
     with pytest.raises(SystemExit, match="mix Chinese"):
         cli.main(["generate", "广州", "food"])
-    with pytest.raises(SystemExit, match="--lang"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as usage:  # a usage error: exit 2, one line on stderr
         cli.main(["generate", "广州", "--lang", "zh", "--lm", "x.kxlm"])
+    assert usage.value.code == 2 and "--lang" in capsys.readouterr().err
 
 
 def test_pipelines_take_lang():

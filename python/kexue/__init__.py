@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 from . import _native
-from ._dispatch import torch_fallback
+from ._dispatch import check_int, torch_fallback
 
 __version__: str = _native.__version__
 
 __all__ = ["__version__", "get_num_threads", "set_num_threads", "torch_fallback"]
+
+
+MAX_THREADS = 1 << 12  # far beyond any machine; more would exhaust the process's threads
 
 
 def set_num_threads(n: int) -> None:
@@ -27,9 +30,7 @@ def set_num_threads(n: int) -> None:
     1
     >>> kexue.set_num_threads(0)
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be an int >= 0, got {n!r}")
-    _native.set_num_threads(n)
+    _native.set_num_threads(check_int(n, "n", low=0, high=MAX_THREADS))
 
 
 def get_num_threads() -> int:

@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import math
 import numbers
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -143,14 +144,47 @@ def check_scalar(
 
 def check_int(value: Any, name: str, *, low: int, high: int | None = None) -> int:
     """An int (Python or numpy, not bool) within ``[low, high]``: ``TypeError`` for another
-    type, ``ValueError`` naming the bounds otherwise."""
+    type, ``ValueError`` naming the bounds otherwise. Without ``high`` the bound is the
+    largest native integer, 2**64 - 1 (beyond it the bindings could only say "int too big
+    to convert")."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     value = int(value)
+    if high is None and value > _NATIVE_MAX:
+        raise ValueError(f"{name} must be at most 2**64 - 1, got {value}")
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value
+
+
+_NATIVE_MAX = 2**64 - 1
+
+
+def _machine_bytes() -> int | None:
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            swaps = (int(line.split()[1]) * 1024 for line in f if line.startswith("SwapTotal:"))
+            swap = next(swaps, 0)
+    except OSError:
+        swap = 0
+    return ram + swap
+
+
+def check_request(nbytes: int, name: str) -> None:
+    """``MemoryError`` naming ``name`` when ``nbytes`` exceed the machine's memory (RAM +
+    swap): torch allocates such a request lazily and the process is killed later, when the
+    pages are touched, where numpy and kexue's Rust kernels raise ``MemoryError``."""
+    limit = _machine_bytes()
+    if limit is not None and nbytes > limit:
+        raise MemoryError(
+            f"{name}: cannot allocate {nbytes / 2**30:.1f} GiB; "
+            f"this machine has {limit / 2**30:.1f} GiB of memory"
+        )
 
 
 def unwrap_0d(result: np.ndarray) -> Any:

@@ -8,6 +8,7 @@ __version__: str
 
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
+def _panic_in_kernel() -> None: ...  # raises RuntimeError: tests the panic boundary
 
 # --- losses / activations ---------------------------------------------------------------
 

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._dispatch import Kernel, _force_torch, check_float, check_scalar, is_tensor
+from ._dispatch import Kernel, _force_torch, check_float, check_int, check_scalar, is_tensor
 
 __all__ = [
     "FEATURE_MAPS",
@@ -102,15 +102,8 @@ def orthogonal_random_matrix(
         >>> bool(np.allclose(w @ w.T, 4 * np.eye(4)))
         True
     """
-    for name, value in (("m", m), ("d", d), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if m < 1:
-        raise ValueError(f"m must be a positive number of features, got {m}")
-    if d < 1:
-        raise ValueError(f"d must be a positive dimension, got {d}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    m, d = check_int(m, "m", low=1), check_int(d, "d", low=1)
+    seed = check_int(seed, "seed", low=0)
     names = {0: "chi", 1: "sqrt", "chi": "chi", "sqrt": "sqrt"}
     if isinstance(scaling, bool) or scaling not in names:
         raise ValueError(f"scaling must be 'chi' (0) or 'sqrt' (1), got {scaling!r}")
@@ -442,10 +435,7 @@ def _apply_map(
 def _check_method(method: str, chunk_size: int) -> None:
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-        raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_int(chunk_size, "chunk_size", low=1)
 
 
 def linear_attention(
@@ -896,6 +886,13 @@ class CausalState:
             is_query=is_query,
             offset=self.key_offset,
         )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles the state itself: the float32 decoder's buffered tokens are folded into
+        ``kv`` first, and the decoder (a native cache) is rebuilt on the next step."""
+        state = dict(self.__dict__)
+        state["_kv"], state["_scale"], state["_decoder"] = self.kv, self.scale, None
+        return state
 
     def copy(self) -> CausalState:
         """An independent copy (the projection is shared: it is never modified)."""

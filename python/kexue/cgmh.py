@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from . import _native, scorers
-from ._dispatch import check_int
+from ._dispatch import check_int, check_request
 from .text import (
     Tokenizer,
     as_sentence,
@@ -268,8 +268,10 @@ def _run(
     steps = check_int(steps, "steps", low=1)
     top_k = check_int(top_k, "top_k", low=1)
     seed = check_int(seed, "seed", low=0, high=2**64 - 1)
-    min_len = check_int(min_len, "min_len", low=1)
-    max_len = check_int(max_len, "max_len", low=1)
+    min_len = check_int(min_len, "min_len", low=1, high=2**32)
+    max_len = check_int(max_len, "max_len", low=1, high=2**32)
+    # Each chain's result holds its sentences: refuse what the machine cannot hold.
+    check_request(n * len(inputs) * (256 + 16 * max_len), "n")
     anneal_t = _anneal(anneal)
     if select is None:
         select = "best" if anneal_t else "last"
@@ -376,6 +378,15 @@ def _results(
     return out
 
 
+def _check_keyword(word: str, name: str) -> None:
+    """A keyword must be a word the LM can hold and write: not a reserved symbol, and valid
+    text (a lone surrogate cannot be encoded as UTF-8)."""
+    if word in ("<s>", "</s>", "<unk>"):
+        raise ValueError(f"{name} must not hold the reserved symbol {word!r}")
+    if any("\ud800" <= c <= "\udfff" for c in word):
+        raise ValueError(f"{name} must be valid text, got {word!r} (a lone surrogate)")
+
+
 def _keyword_units(
     keywords: object, tokenizer: Tokenizer, name: str, lm: Any = None
 ) -> list[list[str]]:
@@ -393,6 +404,8 @@ def _keyword_units(
         toks = segment_keyword(k, tokenizer, known)
         if not toks:
             raise ValueError(f"{name} must not hold empty strings, got {k!r}")
+        for t in toks:
+            _check_keyword(t, name)
         units.append(toks)
     if not units:
         raise ValueError(f"{name} must hold at least one keyword")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -38,10 +40,6 @@ def _load_lm(args: argparse.Namespace):
     from .lm import NgramLM
     from .scorers import NgramScorer
 
-    if args.lm and args.corpus:
-        raise SystemExit("kexue generate: give --lm or --corpus, not both")
-    if args.lang and (args.lm or args.corpus):
-        raise SystemExit("kexue generate: --lang picks a built-in LM; not with --lm or --corpus")
     if args.lm:
         lm = _lm_load(args.lm)
         lm.tokenizer = args.tokenizer
@@ -74,12 +72,13 @@ def _generate(args: argparse.Namespace) -> int:
     from .cgmh import generate_many, plot_trace
 
     if args.input:
-        with open(args.input, encoding="utf-8") as f:
-            sets = [line.split() for line in f if line.strip()]
+        from .lm import split_words
+
+        sets = [split_words(line) for line in _text_lines(args.input) if line.strip()]
+        if not sets:
+            raise ValueError(f"{args.input}: has no keyword sets (every line is blank)")
     else:
         sets = [args.words]
-    if not sets or not sets[0]:
-        raise SystemExit("kexue generate: give keywords or --input FILE")
     lm = _load_lm(args)
     run = generate_many
     if args.hf:  # neural target, n-gram proposals: one neural sentence score per step
@@ -139,8 +138,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _lm_load(path: str):  # binary by its magic, else ARPA
-    from .lm import NgramLM
+    from .lm import NgramLM, _regular_file
 
+    _regular_file(path)  # a FIFO would block the read below
     with open(path, "rb") as f:
         magic = f.read(8)
     return NgramLM.load(path) if magic == b"KEXUELM\0" else NgramLM.load_arpa(path)
@@ -163,10 +163,13 @@ def _lm_build(args: argparse.Namespace) -> int:
 
 
 def _lm_ppl(args: argparse.Namespace) -> int:
+    from .lm import split_words
+
     lm = _lm_load(args.model)
-    with open(args.text, encoding="utf-8-sig") as f:
-        lines = f.read().splitlines()
-    ids = [s.split() for s in lines]
+    lines = [line.rstrip("\r\n") for line in _text_lines(args.text)]
+    if not lines:
+        raise ValueError(f"{args.text}: is empty (no sentences to score)")
+    ids = [split_words(s) for s in lines]
     oov = sum(1 for words in ids for w in words if w not in _vocab_set(lm))
     tokens = sum(len(words) + 1 for words in ids)
     scores = lm.logprob(lines)
@@ -181,13 +184,48 @@ def _vocab_set(lm) -> frozenset:
 
 def _lm_score(args: argparse.Namespace) -> int:
     lm = _lm_load(args.model)
-    for line in sys.stdin:
+    for line in _text_lines(getattr(sys.stdin, "buffer", sys.stdin), "stdin"):
         print(f"{lm.score(line.rstrip(chr(10))):.6f}")
     return 0
 
 
+def _text_lines(source, name: str | None = None):
+    """Lines of UTF-8 text from a path or a binary stream; bad bytes are a ValueError naming
+    the source and the line (a leading BOM is dropped)."""
+    if isinstance(source, str):
+        from .lm import _regular_file
+
+        _regular_file(source)
+        with open(source, "rb") as f:
+            yield from _text_lines(f, source)
+        return
+    for i, raw in enumerate(source, 1):
+        if isinstance(raw, str):  # a text stream (stdin replaced in tests)
+            yield raw
+            continue
+        try:
+            yield raw.decode("utf-8-sig" if i == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{name}: line {i}: invalid UTF-8 at byte {e.start}") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit 2), pointing at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # On every (sub)command, so that it may come anywhere; SUPPRESS keeps a subcommand's
+        # default from overwriting a --debug given before it.
+        default = False if self.prog == "kexue" else argparse.SUPPRESS
+        self.add_argument("--debug", action="store_true", default=default,
+                          help="show the full traceback of an error")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kexue", description=__doc__)
+    parser = _Parser(prog="kexue", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kexue {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -275,13 +313,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Usage errors found before any work starts (exit 2), reported by the subcommand."""
+    words = ["kexue", args.command, getattr(args, "lm_command", None)]
+    parser = _Parser(prog=" ".join(w for w in words if w), add_help=False)
+    at_least = {"n": 1, "steps": 1, "top_k": 1, "min_len": 1, "max_len": 1, "repeat": 1,
+                "size": 1, "min_count": 1}  # fmt: skip
+    for name, low in at_least.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    if getattr(args, "seed", None) is not None and not 0 <= args.seed < 2**64:
+        parser.error(f"--seed must be between 0 and 2**64 - 1, got {args.seed}")
+    order = getattr(args, "order", None)
+    if order is not None and not 1 <= order <= 7:
+        parser.error(f"--order must be between 1 and 7, got {order}")
+    if args.command == "generate":
+        if args.lm and args.corpus:
+            parser.error("give --lm or --corpus, not both")
+        if getattr(args, "lang", None) and (args.lm or args.corpus):
+            parser.error("--lang picks a built-in LM; not with --lm or --corpus")
+        if not args.input and not args.words:
+            parser.error("give keywords or --input FILE")
+        if args.input and args.words:
+            parser.error("give keywords or --input FILE, not both")
+    for name in ("plot", "output"):
+        path = getattr(args, name, None)
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder is not None and not os.path.isdir(folder):
+            parser.error(f"--{name} {path}: the folder {folder} does not exist")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command: an error is one line on stderr and exit status 1 (2 for usage
+    errors, 130 for Ctrl-C); ``--debug`` shows the traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return args.run(args)
+    _check_args(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("kexue: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly. Python flushes stdout at exit,
+        # which would fail again, so it is pointed at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a process killed by SIGPIPE
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"kexue: error: {e} ({type(e).__name__}; --debug shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -39,8 +39,11 @@ Conventions (those of ``kenlm`` and ``lmplz``):
 
 from __future__ import annotations
 
+import copyreg
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -48,9 +51,9 @@ import numpy as np
 
 from . import _native, text
 from ._dispatch import check_int
-from .text import Tokenizer, tokenize
+from .text import Tokenizer, split_words, tokenize
 
-__all__ = ["NgramLM"]
+__all__ = ["NgramLM", "split_words"]
 
 LN10 = float(np.log(10.0))
 MAX_ORDER: int = _native.LM_MAX_ORDER
@@ -100,7 +103,8 @@ class NgramLM:
         self.tokenizer = tokenizer
         self._vocab: tuple[str, ...] | None = None
         self._reverse: NgramLM | None = None
-        self._source: tuple[str, str, bool] | None = None  # (path, sha256, mmap) from load()
+        # (path, sha256, mmap, file stamp) from load()
+        self._source: tuple[str, str, bool, tuple[int, ...]] | None = None
 
     # --- construction ---------------------------------------------------------------------
 
@@ -215,15 +219,21 @@ class NgramLM:
 
         With ``mmap`` (the default) the file is memory-mapped and its tables are used in
         place: every process that loads the same file (Dask / Ray workers on one machine)
-        shares one copy in the page cache. Files are only ever replaced by
-        :meth:`save`'s rename, never rewritten in place; rewriting a loaded file in place
-        with another program is undefined, as for KenLM's mmap loading. ``mmap=False`` reads
-        the file into private memory instead."""
+        shares one copy in the page cache. :meth:`save` replaces a file by a rename, which
+        leaves models mapped from the old file intact. A file rewritten or truncated in place
+        by another program (``cp new.kxlm loaded.kxlm``) would crash a plain mmap reader
+        (SIGBUS, as with KenLM); here every call first checks the file's size and
+        modification time and raises ``OSError`` ("rewritten or truncated since it was
+        loaded") instead: load it again. (A rewrite during a call can still fault; replace
+        model files, do not rewrite them.) ``mmap=False`` reads the file into private memory
+        instead. Only regular files are read: a FIFO, device or directory is an ``OSError``."""
         path = os.path.abspath(os.fspath(path))
+        stamp = _regular_file(path)
         digest = _sha256(path)
         model, reverse = _native.lm_load(path, mmap)
         lm = cls(model, reverse, lowercase=lowercase, tokenizer=tokenizer)
-        lm._source = (path, digest, mmap)  # pickled by reference: see __getstate__
+        if _regular_file(path) == stamp:  # else it changed while loading: pickle by content
+            lm._source = (path, digest, mmap, stamp)  # pickled by reference: see __getstate__
         return lm
 
     def save_arpa(self, path: str | os.PathLike[str]) -> None:
@@ -245,12 +255,13 @@ class NgramLM:
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        """A model read by :meth:`load` pickles as its file's path and SHA-256 (a few hundred
-        bytes, so broadcasting it to workers is cheap; unpickling re-reads the file and
-        raises ``ValueError`` if its content changed); any other model as its binary image."""
+        """A model read by :meth:`load` pickles as its file's path and the SHA-256 it had when
+        loaded (a few hundred bytes, so broadcasting it to workers is cheap; unpickling
+        re-reads the file and raises ``ValueError`` if its content changed); any other model,
+        or a loaded one whose file has since been replaced or deleted, as its binary image."""
         state: dict[str, Any] = {"lowercase": self.lowercase, "tokenizer": self.tokenizer}
-        if self._source is not None:
-            state["path"], state["sha256"], state["mmap"] = self._source
+        if self._source is not None and _stamp(self._source[0]) == self._source[3]:
+            state["path"], state["sha256"], state["mmap"], _ = self._source
         else:
             state["model"] = bytes(_native.lm_to_bytes(self._model, self._reverse_native))
         return state
@@ -258,8 +269,12 @@ class NgramLM:
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "path" in state:
             path, digest, mmap = state["path"], state["sha256"], state["mmap"]
+            stamp = _regular_file(path)
             if _sha256(path) != digest:
-                raise ValueError(f"{path}: the LM file changed since this model was pickled")
+                raise ValueError(
+                    f"{path}: the LM file changed since this model was loaded and pickled "
+                    "(its SHA-256 differs); pickle the model again"
+                )
             model, reverse = _native.lm_load(path, mmap)
         else:
             model, reverse = _native.lm_from_bytes(state["model"])
@@ -267,7 +282,7 @@ class NgramLM:
             self, model, reverse, lowercase=state["lowercase"], tokenizer=state["tokenizer"]
         )
         if "path" in state:
-            self._source = (path, digest, mmap)
+            self._source = (path, digest, mmap, stamp)
 
     # --- properties -----------------------------------------------------------------------
 
@@ -367,7 +382,7 @@ class NgramLM:
         if not batch:
             raise ValueError("sentences must not be empty")
         total = float(self._model.score_batch(batch).sum()) * LN10
-        tokens = sum(len(s.split()) + 1 for s in batch)
+        tokens = sum(len(split_words(s)) + 1 for s in batch)
         return float(np.exp(-total / tokens))
 
     def next_logprobs(
@@ -378,12 +393,47 @@ class NgramLM:
         ``context`` starts after ``<s>`` when ``bos``. A candidate outside the vocabulary
         scores as ``<unk>`` (as in ``kenlm``); when ``<unk>`` was counted as a word it can be
         likely, so filter candidates by :attr:`vocab` where that matters."""
-        ctx = self._prep(context).split()
+        ctx = split_words(self._prep(context))
         if candidates is not None:
             if isinstance(candidates, str):
                 raise TypeError("candidates must be a sequence of words, not a str")
             candidates = [self._prep(c) for c in candidates]
         return self._model.next_scores(ctx, candidates, bos=bool(bos)) * LN10
+
+
+def _model_from_bytes(data: bytes) -> _native.NgramModel:
+    return _native.lm_from_bytes(data)[0]
+
+
+def _reduce_model(model: _native.NgramModel) -> tuple:
+    return _model_from_bytes, (bytes(_native.lm_to_bytes(model)),)
+
+
+copyreg.pickle(_native.NgramModel, _reduce_model)  # NgramLM.native pickles by content
+
+
+def _stamp(path: str) -> tuple[int, ...] | None:
+    """What changes when a file is replaced or rewritten: device, inode, size, mtime."""
+    try:
+        return _key(os.stat(path))
+    except OSError:
+        return None
+
+
+def _key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _regular_file(path: str) -> tuple[int, ...]:
+    """The stamp of ``path``; ``OSError`` unless it is a regular file (opening a FIFO would
+    block, and a device or directory is never a model)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else (
+            "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or other special file"
+        )  # fmt: skip
+        raise OSError(errno.EINVAL, f"{path}: is {kind}, not a regular file")
+    return _key(st)
 
 
 def _sha256(path: str) -> str:

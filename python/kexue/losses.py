@@ -262,6 +262,12 @@ def sparse_multilabel_categorical_crossentropy(
     y_pred = check_float(y_pred, "y_pred")
     if y_pred.ndim < 1:
         raise ValueError("y_pred must have at least 1 dimension (the classes), got a 0-d array")
+    if not is_tensor(y_true_indices):  # uint64 beyond int64 would read as negative below
+        raw = np.asarray(y_true_indices)
+        if raw.dtype.kind == "u" and raw.size and int(raw.max()) >= y_pred.shape[-1]:
+            raise ValueError(
+                f"y_true_indices must be in [0, {y_pred.shape[-1]}), got {int(raw.max())}"
+            )
     idx = _like(y_true_indices, y_pred, "y_true_indices", dtype=_int64(y_pred), integer=True)
     if idx.ndim != y_pred.ndim or tuple(idx.shape[:-1]) != tuple(y_pred.shape[:-1]):
         raise ValueError(

@@ -45,7 +45,7 @@ import numpy as np
 from . import get_num_threads, scorers
 from ._dispatch import check_int
 from .cgmh import generate_many
-from .lm import NgramLM
+from .lm import NgramLM, split_words
 
 __all__ = ["generate_batch", "perplexity_batch", "row_seeds"]
 
@@ -61,7 +61,7 @@ def row_seeds(seed: int, index: Sequence[int] | np.ndarray) -> np.ndarray:
     >>> bool((row_seeds(0, [2, 3]) == a[2:]).all())  # a row's seed needs only its index
     True
     """
-    seed = check_int(seed, "seed", low=0)
+    seed = check_int(seed, "seed", low=0, high=2**64 - 1)
     idx = np.asarray(index)
     if idx.size and (idx.dtype.kind not in "iu" or idx.min() < 0):
         raise ValueError("the row index must hold ints >= 0 (give index_col or seed_col)")
@@ -173,7 +173,7 @@ def perplexity_batch(
             raise TypeError(f"text_col must hold str, row {i} is {type(t).__name__}")
     prepped = [lm._prep(t) for t in texts]
     logprob = np.asarray(lm.logprob(prepped), dtype=np.float64) if texts else np.zeros(0)
-    tokens = np.array([len(t.split()) + 1 for t in prepped], dtype=np.int64)
+    tokens = np.array([len(split_words(t)) + 1 for t in prepped], dtype=np.int64)
     ppl = np.exp(-logprob / np.maximum(tokens, 1))
     take = None
     if max_perplexity is not None:
@@ -220,7 +220,7 @@ def _column(cols: Any, key: object, name: str) -> Any:
 
 def _keywords(cell: Any, row: int) -> list[str]:
     if isinstance(cell, str):
-        words = cell.split()
+        words = split_words(cell)
     elif isinstance(cell, (list, tuple, np.ndarray)) and all(isinstance(w, str) for w in cell):
         words = [str(w) for w in cell]
     else:

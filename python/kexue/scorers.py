@@ -76,6 +76,10 @@ class NgramScorer:
         self.vocab_size = len(self._words)
         self.lowercase = bool(getattr(lm, "lowercase", False))
 
+    def __reduce__(self) -> tuple:  # the native sampler object is rebuilt from the models
+        state = (self._forward, self._backward, self.lowercase, self.text_tokenizer)
+        return _ngram_scorer, state
+
     def word_id(self, word: str) -> int | None:
         i = self._index.get(word.lower() if self.lowercase else word)
         return None if i is None or self._words[i] in _SPECIAL else i
@@ -115,6 +119,12 @@ class NgramScorer:
         if self._backward is None:
             return None
         return self._next(self._backward, self._text(ids[pos + 1 :])[::-1])
+
+
+def _ngram_scorer(forward: Any, backward: Any, lowercase: bool, tokenizer: Any) -> NgramScorer:
+    scorer = NgramScorer(forward, backward)
+    scorer.lowercase, scorer.text_tokenizer = lowercase, tokenizer
+    return scorer
 
 
 def _models(lm: Any) -> tuple[Any, Any]:

@@ -85,6 +85,17 @@ def _jieba(text: str) -> list[str]:
 _NAMED = {"words": WORDS, "jieba": _jieba}
 
 
+def split_words(text: str) -> list[str]:
+    """The words of ``text`` as the Rust side splits them: separated by what
+    ``str.isspace()`` accepts (Unicode White_Space and the ASCII separators U+001C–U+001F)
+    and by NUL, which the binary format reserves.
+
+    >>> split_words("a b\\tc\\x1cd\\x00e\\u3000f")
+    ['a', 'b', 'c', 'd', 'e', 'f']
+    """
+    return text.replace("\0", " ").split()
+
+
 def tokenize(text: str, tokenizer: Tokenizer = None) -> list[str]:
     """Splits ``text`` into tokens (see the module doc for the tokenizers).
 
@@ -99,9 +110,9 @@ def tokenize(text: str, tokenizer: Tokenizer = None) -> list[str]:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if tokenizer is None or tokenizer == "whitespace":
-        return text.split()
+        return split_words(text)
     if tokenizer == "chars":
-        return [c for c in text if not c.isspace()]
+        return split_words(" ".join(text))
     if isinstance(tokenizer, str) and tokenizer in _NAMED:
         return _NAMED[tokenizer](text)
     if callable(tokenizer):

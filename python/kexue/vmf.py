@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._dispatch import Kernel, _force_torch, check_float, check_int, is_tensor
+from ._dispatch import Kernel, _force_torch, check_float, check_int, check_request, is_tensor
 
 __all__ = [
     "VonMisesFisher",
@@ -360,6 +360,8 @@ def _rsample_torch(mu: Any, kappa: Any, n: Any, seed: int, corrected: bool) -> A
     rows, n = _rows(mu, kappa, n)
     d, dtype = _check_d(mu.shape[-1]), mu.dtype
     count = rows if rows is not None else (n if n is not None else 1)
+    # The samples and the few (count, d) intermediates of the reparameterisation below.
+    check_request(6 * count * d * mu.element_size(), "n")
     k_rows = kappa.reshape(-1).detach().to(torch.float64)
     if mu.device.type == "cpu" and not _force_torch.get():
         k_np = k_rows.contiguous().numpy()
@@ -532,6 +534,10 @@ class VonMisesFisher:
 _TORCH_CLASS: list = []
 
 
+def _torch_vmf(mu: Any, kappa: Any) -> Any:
+    return torch_distribution()(mu, kappa)
+
+
 def torch_distribution() -> type:
     """The torch class behind ``VonMisesFisher(tensor, ...)``, a
     ``torch.distributions.Distribution`` (created on first use so kexue imports without torch).
@@ -615,6 +621,9 @@ def torch_distribution() -> type:
 
         def kl_uniform(self) -> Any:
             return kl_to_uniform(self.dim, self.concentration)
+
+        def __reduce__(self) -> tuple:  # the class is local: pickle rebuilds it by function
+            return _torch_vmf, (self.loc, self.concentration)
 
     _TORCH_CLASS.append(TorchVonMisesFisher)
     return TorchVonMisesFisher

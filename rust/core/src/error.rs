@@ -13,7 +13,7 @@ pub enum Error {
     #[error("{name} {expected}")]
     Type { name: String, expected: String },
     /// A file exists but its content is not what was expected (maps to `ValueError`).
-    #[error("{path}: line {line}: {message}", path = .path.display())]
+    #[error("{path}{}: {message}", at_line(*.line), path = .path.display())]
     Format {
         path: PathBuf,
         line: usize,
@@ -26,6 +26,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An allocation the machine cannot satisfy (maps to `MemoryError`); `what` names the
+    /// request (an argument or the structure being built).
+    #[error("{what}: cannot allocate {} ({bytes} bytes)", human_bytes(*.bytes))]
+    Memory { what: String, bytes: u128 },
+    /// The work was cancelled by [`crate::cancel`] (the bindings raise the caller's
+    /// `KeyboardInterrupt`).
+    #[error("interrupted")]
+    Interrupted,
+    /// An error raised by caller-supplied code (a Python callback) that must reach the caller
+    /// unchanged; the bindings downcast it back to the exception it carries.
+    #[error("{0}")]
+    Callback(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Error {
@@ -54,11 +66,35 @@ impl Error {
         }
     }
 
+    /// Allocating `bytes` for `what` failed or would exceed the machine.
+    pub fn memory(what: impl Into<String>, bytes: u128) -> Self {
+        Error::Memory {
+            what: what.into(),
+            bytes,
+        }
+    }
+
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
             source,
         }
+    }
+}
+
+fn at_line(line: usize) -> String {
+    match line {
+        0 => String::new(),
+        n => format!(": line {n}"),
+    }
+}
+
+fn human_bytes(bytes: u128) -> String {
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    if gib >= 1.0 {
+        format!("{gib:.1} GiB")
+    } else {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
     }
 }
 
@@ -84,5 +120,12 @@ mod tests {
         assert_eq!(e.to_string(), "b must be a finite number >= 0, got NaN");
         let e = Error::format("model.arpa", 12, "expected 3 fields");
         assert_eq!(e.to_string(), "model.arpa: line 12: expected 3 fields");
+        let e = Error::format("model.bin", 0, "corrupt");
+        assert_eq!(e.to_string(), "model.bin: corrupt");
+        let e = Error::memory("n", 3 << 30);
+        assert_eq!(
+            e.to_string(),
+            "n: cannot allocate 3.0 GiB (3221225472 bytes)"
+        );
     }
 }

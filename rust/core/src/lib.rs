@@ -4,10 +4,12 @@
 //! bindings crate maps [`Error`] to Python exceptions at the boundary.
 
 pub mod attention;
+pub mod cancel;
 pub mod cgmh;
 pub mod error;
 pub mod lm;
 pub mod losses;
+pub mod memory;
 pub mod multitask;
 pub mod parallel;
 pub mod rng;

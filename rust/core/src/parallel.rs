@@ -83,6 +83,15 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// `rayon::in_place_scope` in the kexue pool: `f` runs on the calling thread, the jobs it
+/// spawns on the pool's threads.
+pub fn in_place_scope<'scope, R>(f: impl FnOnce(&rayon::Scope<'scope>) -> R) -> R {
+    match current() {
+        Some(pool) => pool.in_place_scope(f),
+        None => rayon::in_place_scope(f),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

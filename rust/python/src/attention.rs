@@ -33,10 +33,6 @@ fn typed<'py, T: Element>(
     Ok(a)
 }
 
-fn zeros<'py, T: Element>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<T>> {
-    PyArrayDyn::<T>::zeros(py, shape, false)
-}
-
 fn check_4d(name: &str, shape: &[usize]) -> PyResult<()> {
     if shape.len() == 4 {
         Ok(())
@@ -168,8 +164,8 @@ fn attention_features_forward<'py>(
         let xs = slice(&x, "x")?;
         let mut shape = x.shape().to_vec();
         *shape.last_mut().expect("checked above") = s.out_dim();
-        let out = zeros(py, &shape);
-        let maxes = zeros::<f64>(py, &x.shape()[..x.ndim() - 1]);
+        let out = arrays::zeros(py, &shape, "output")?;
+        let maxes = arrays::zeros::<f64>(py, &x.shape()[..x.ndim() - 1], "output")?;
         {
             let mut o = out.readwrite();
             let os = o.as_slice_mut()?;
@@ -206,7 +202,7 @@ fn attention_features_backward<'py>(
         let phi = typed(phi, "phi", "x", x.ndim())?;
         let grad = typed(grad, "grad", "x", x.ndim())?;
         let (xs, ps, gs) = (slice(&x, "x")?, slice(&phi, "phi")?, slice(&grad, "grad")?);
-        let out = zeros(py, x.shape());
+        let out = arrays::zeros(py, x.shape(), "output")?;
         {
             let mut o = out.readwrite();
             let os = o.as_slice_mut()?;
@@ -432,9 +428,9 @@ fn backward_impl<'py, T: Real + Element>(
         eps,
     };
     let (dq, dk, dv) = (
-        zeros::<T>(py, q.shape()),
-        zeros::<T>(py, k.shape()),
-        zeros::<T>(py, v.shape()),
+        arrays::zeros::<T>(py, q.shape(), "output")?,
+        arrays::zeros::<T>(py, k.shape(), "output")?,
+        arrays::zeros::<T>(py, v.shape(), "output")?,
     );
     {
         let (mut a, mut b, mut c) = (dq.readwrite(), dk.readwrite(), dv.readwrite());

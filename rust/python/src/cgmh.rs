@@ -8,18 +8,15 @@ use kexue_core::cgmh::priors::{BowCosine, EditPenalty};
 use std::collections::HashMap;
 
 use kexue_core::cgmh::{self, Config, LengthPrior, Move, Prior, Scorer, Task};
+use kexue_core::lm::Model;
 use kexue_core::Error;
 use numpy::{PyArray1, PyReadonlyArray1, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::arrays::detached;
-use crate::errors::to_py;
+use crate::errors::{from_py, to_py};
 use crate::lm::PyModel;
-
-fn py_err(what: &str, e: PyErr) -> Error {
-    Error::value(what, format!("raised {e}"))
-}
 
 /// A Python object with `vocab_size`, `sentence_logprob(ids)`, `forward_logprobs(ids, pos)`,
 /// `backward_logprobs(ids, pos)` (array or None) and optionally
@@ -59,9 +56,13 @@ impl PyScorer {
         what: &str,
         out: &mut [T],
     ) -> kexue_core::Result<()> {
-        let a: PyReadonlyArray1<'py, T> = got
-            .extract()
-            .map_err(|_| Error::type_("lm", format!("{what} must return a 1-d numpy array")))?;
+        let a: PyReadonlyArray1<'py, T> = got.extract().map_err(|_| {
+            let dtype = T::get_dtype(got.py());
+            Error::type_(
+                "lm",
+                format!("{what} must return a 1-d {dtype} numpy array"),
+            )
+        })?;
         let s = a
             .as_slice()
             .map_err(|_| Error::value("lm", format!("{what} must return a contiguous array")))?;
@@ -87,7 +88,7 @@ impl Scorer for PyScorer {
                 .bind(py)
                 .call_method1("sentence_logprob", (x.to_vec(),))
                 .and_then(|v| v.extract::<f64>())
-                .map_err(|e| py_err("lm.sentence_logprob", e))
+                .map_err(from_py)
         })
     }
 
@@ -107,7 +108,7 @@ impl Scorer for PyScorer {
                 .obj
                 .bind(py)
                 .call_method1("replace_logprobs", (x.to_vec(), pos, cands))
-                .map_err(|e| py_err("lm.replace_logprobs", e))?;
+                .map_err(from_py)?;
             Self::fill(&got, "replace_logprobs", out)
         })
     }
@@ -118,7 +119,7 @@ impl Scorer for PyScorer {
                 .obj
                 .bind(py)
                 .call_method1("forward_logprobs", (x.to_vec(), pos))
-                .map_err(|e| py_err("lm.forward_logprobs", e))?;
+                .map_err(from_py)?;
             Self::fill(&got, "forward_logprobs", out)
         })
     }
@@ -134,7 +135,7 @@ impl Scorer for PyScorer {
                 .obj
                 .bind(py)
                 .call_method1("backward_logprobs", (x.to_vec(), pos))
-                .map_err(|e| py_err("lm.backward_logprobs", e))?;
+                .map_err(from_py)?;
             if got.is_none() {
                 return Ok(false);
             }
@@ -149,6 +150,8 @@ impl Scorer for PyScorer {
 #[pyclass(module = "kexue._native", name = "CgmhNgram", frozen)]
 struct PyNgram {
     inner: Arc<Ngram>,
+    /// The models behind `inner`, whose mapped files every run checks first.
+    models: Vec<Arc<Model>>,
 }
 
 #[pymethods]
@@ -156,10 +159,13 @@ impl PyNgram {
     #[new]
     #[pyo3(signature = (forward, backward = None))]
     fn new(py: Python<'_>, forward: &PyModel, backward: Option<&PyModel>) -> PyResult<Self> {
-        let (f, b) = (forward.model().clone(), backward.map(|b| b.model().clone()));
+        let f = forward.checked()?.clone();
+        let b = backward.map(|b| b.checked().cloned()).transpose()?;
+        let models = [Some(f.clone()), b.clone()].into_iter().flatten().collect();
         let inner = detached(py, || Ngram::new(f, b))?;
         Ok(PyNgram {
             inner: Arc::new(inner),
+            models,
         })
     }
 
@@ -201,7 +207,7 @@ impl Prior for PyPrior {
                 .bind(py)
                 .call1((x.to_vec(),))
                 .and_then(|v| v.extract::<f64>())
-                .map_err(|e| py_err("prior", e))
+                .map_err(from_py)
         })
     }
 }
@@ -325,7 +331,13 @@ fn cgmh_run<'py>(
     let native = lm
         .getattr("_cgmh_native")
         .ok()
-        .and_then(|n| Some(n.downcast::<PyNgram>().ok()?.get().inner.clone()));
+        .and_then(|n| n.downcast_into::<PyNgram>().ok());
+    if let Some(n) = &native {
+        for m in &n.get().models {
+            m.check_file().map_err(to_py)?;
+        }
+    }
+    let native = native.map(|n| n.get().inner.clone());
     let scorer = match native {
         Some(ngram) => AnyScorer::Native(ngram),
         None => AnyScorer::Py(PyScorer::new(lm)?),

@@ -24,11 +24,20 @@ fn get_num_threads() -> usize {
     kexue_core::parallel::num_threads()
 }
 
+/// Panics inside a kernel run, to test that the boundary turns it into `RuntimeError`.
+#[pyfunction]
+fn _panic_in_kernel(py: Python<'_>) -> PyResult<()> {
+    arrays::detached(py, || -> kexue_core::Result<()> {
+        panic!("forced by a test")
+    })
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_in_kernel, m)?)?;
     losses::register(m)?;
     lm::register(m)?;
     vmf::register(m)?;

@@ -8,7 +8,7 @@ use numpy::PyArray1;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
-use crate::arrays::detached;
+use crate::arrays::{detached, detached_sized};
 use crate::errors::to_py;
 
 /// Training sentences being collected (see `kexue.lm.NgramLM.build`).
@@ -86,17 +86,17 @@ type TokenArrays<'py> = (
 /// A back-off n-gram model (what an ARPA file holds). Scores are log10.
 ///
 /// Other bindings of this crate (CGMH) take a model argument as `&PyModel` and share the
-/// Rust [`Model`] through [`PyModel::model`] without copying it.
+/// Rust [`Model`] through [`PyModel::checked`] without copying it.
 #[pyclass(module = "kexue._native", name = "NgramModel", frozen)]
 pub struct PyModel {
     inner: Arc<Model>,
 }
 
 impl PyModel {
-    /// The shared Rust model (cheap to clone; `Model` is `Send + Sync`).
-    #[allow(dead_code)] // the API other bindings (CGMH) use
-    pub fn model(&self) -> &Arc<Model> {
-        &self.inner
+    /// The model, once its memory-mapped file (if any) is checked to be unchanged.
+    pub fn checked(&self) -> PyResult<&Arc<Model>> {
+        self.inner.check_file().map_err(to_py)?;
+        Ok(&self.inner)
     }
 }
 
@@ -148,7 +148,7 @@ impl PyModel {
         eos: bool,
         f32_sum: bool,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-        let model = &self.inner;
+        let model = self.checked()?;
         // Borrowed, not copied: CPython keeps each str's UTF-8 form (the text itself for
         // ASCII), and the list keeps the strings alive while the GIL is released.
         let sentences = sentences
@@ -156,7 +156,8 @@ impl PyModel {
             .map(|s| s.to_str())
             .collect::<PyResult<Vec<&str>>>()?;
         let mut out = vec![0.0; sentences.len()];
-        detached(py, || {
+        // Sentences are scored ~10 µs each on one thread.
+        detached_sized(py, sentences.len() * 64, || {
             model.score_batch(&sentences, bos, eos, f32_sum, &mut out)
         })?;
         Ok(PyArray1::from_vec(py, out))
@@ -170,14 +171,14 @@ impl PyModel {
         sentence: &str,
         bos: bool,
         eos: bool,
-    ) -> TokenArrays<'py> {
-        let m = &self.inner;
+    ) -> PyResult<TokenArrays<'py>> {
+        let m = self.checked()?;
         let scores = m.token_scores(&m.ids(sentence), bos, eos);
-        (
+        Ok((
             PyArray1::from_iter(py, scores.iter().map(|s| f64::from(s.log10))),
             PyArray1::from_iter(py, scores.iter().map(|s| s.ngram_len as i64)),
             PyArray1::from_iter(py, scores.iter().map(|s| s.oov)),
-        )
+        ))
     }
 
     /// log10 p(w | context) for each candidate word, or for every vocabulary id when
@@ -191,7 +192,7 @@ impl PyModel {
         candidates: Option<Vec<String>>,
         bos: bool,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-        let m = &self.inner;
+        let m = self.checked()?;
         let v = m.vocab();
         let ctx: Vec<u32> = bos
             .then_some(lm::BOS)
@@ -203,7 +204,7 @@ impl PyModel {
             None => (0..v.len() as u32).collect(),
         };
         let mut out = vec![0.0; ids.len()];
-        detached(py, || {
+        detached_sized(py, ids.len(), || {
             let state = m.state_from_context(&ctx);
             m.next_scores(&state, &ids, &mut out)
         })?;
@@ -215,7 +216,7 @@ impl PyModel {
 
     /// Writes the model as ARPA (temporary file, then rename).
     fn save_arpa(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        let m = &self.inner;
+        let m = self.checked()?;
         detached(py, || lm::write_arpa(m, &path))
     }
 }
@@ -245,7 +246,8 @@ fn lm_save(
     backward: Option<&PyModel>,
 ) -> PyResult<()> {
     same_vocab(forward, backward)?;
-    let (f, b) = (&forward.inner, backward.map(|b| &*b.inner));
+    let f = forward.checked()?;
+    let b = backward.map(PyModel::checked).transpose()?.map(|b| &**b);
     detached(py, || lm::save(&path, f, b))
 }
 
@@ -266,7 +268,9 @@ fn lm_to_bytes<'py>(
     backward: Option<&PyModel>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     same_vocab(forward, backward)?;
-    let bytes = lm::to_bytes(&forward.inner, backward.map(|b| &*b.inner));
+    let f = forward.checked()?;
+    let b = backward.map(PyModel::checked).transpose()?.map(|b| &**b);
+    let bytes = lm::to_bytes(f, b);
     Ok(PyBytes::new(py, &bytes))
 }
 

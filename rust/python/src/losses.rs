@@ -98,16 +98,11 @@ fn split_last(shape: &[usize], name: &str, min_ndim: usize) -> PyResult<(Vec<usi
     Ok((lead.to_vec(), last))
 }
 
-/// A new zero-filled array (small outputs, or outputs a kernel may leave partly untouched).
-fn zeros<'py, T: Element>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<T>> {
-    PyArrayDyn::zeros(py, shape, false)
-}
-
 /// The mutable data of an array created in this call (numpy arrays are shared through
 /// `&Bound`, so the mutable view necessarily comes from a shared reference).
 #[allow(clippy::mut_from_ref)]
 fn data<'a, T: Element>(a: &'a Bound<'_, PyArrayDyn<T>>) -> &'a mut [T] {
-    // SAFETY: only called on arrays just created by `zeros`, which nothing else references.
+    // SAFETY: only called on arrays just created by `arrays::zeros`, which nothing else references.
     unsafe { a.as_slice_mut() }.expect("a new array is contiguous")
 }
 
@@ -129,7 +124,7 @@ fn mlce_forward<'py>(
         let a = mlce::Dense { y_pred: slice(&s, "y_pred")?, y_true: slice(&t, "y_true")?,
             mask: opt_slice(&m, "mask")?, cols, eps };
         let rows: usize = lead.iter().product();
-        let (loss, stats) = (zeros(py, &lead), zeros::<f64>(py, &[rows, mlce::STATS]));
+        let (loss, stats) = (arrays::zeros(py, &lead, "output")?, arrays::zeros::<f64>(py, &[rows, mlce::STATS], "output")?);
         let (l, st) = (data(&loss), data(&stats));
         detached(py, || mlce::dense_forward(a, l, st))?;
         Ok((loss.into_any(), stats.into_any()))
@@ -178,7 +173,7 @@ fn sparse_mlce_forward<'py>(
         let a = mlce::Sparse { y_pred: slice(&s, "y_pred")?, y_true: slice(&t, "y_true")?,
             cols, k, mask_zero };
         let rows: usize = lead.iter().product();
-        let (loss, stats) = (zeros(py, &lead), zeros::<f64>(py, &[rows, mlce::STATS]));
+        let (loss, stats) = (arrays::zeros(py, &lead, "output")?, arrays::zeros::<f64>(py, &[rows, mlce::STATS], "output")?);
         let (l, st) = (data(&loss), data(&stats));
         detached(py, || mlce::sparse_forward(a, l, st))?;
         Ok((loss.into_any(), stats.into_any()))
@@ -301,11 +296,11 @@ fn gp_scores_backward<'py>(
         let a = gp_scores_args!(qa, ka, rb, cb, m, rope, tril);
         let g = typed(grad, "grad", "q dtype", Some(&[a.batch, a.heads, a.len, a.len]))?;
         let g = slice(&g, "grad")?;
-        let (dq, dk) = (zeros(py, qa.shape()), zeros(py, qa.shape()));
+        let (dq, dk) = (arrays::zeros(py, qa.shape(), "output")?, arrays::zeros(py, qa.shape(), "output")?);
         let (dqs, dks) = (data(&dq), data(&dk));
         let result = if a.bias.is_some() {
             let shape = [a.batch, a.heads, a.len];
-            let (dr, dc) = (zeros(py, &shape), zeros(py, &shape));
+            let (dr, dc) = (arrays::zeros(py, &shape, "output")?, arrays::zeros(py, &shape, "output")?);
             let (drs, dcs) = (data(&dr), data(&dc));
             detached(py, || gp::scores_backward(a, g, dqs, dks, Some((drs, dcs))))?;
             (dq, dk, dr.into_any(), dc.into_any())
@@ -362,7 +357,7 @@ fn gp_kl_backward<'py>(
         let g = typed(grad, "grad", "s dtype", Some(&[rows]))?;
         let a = gp::Kl { s: slice(&sa, "s")?, t: slice(&ta, "t")?, mask: opt_slice(&m, "mask")?, cols };
         let g = slice(&g, "grad")?;
-        let (ds, dt) = (zeros(py, sa.shape()), zeros(py, sa.shape()));
+        let (ds, dt) = (arrays::zeros(py, sa.shape(), "output")?, arrays::zeros(py, sa.shape(), "output")?);
         let (dss, dts) = (data(&ds), data(&dt));
         detached(py, || gp::kl_backward(a, g, dss, dts))?;
         Ok((ds.into_any(), dt.into_any()))
@@ -395,7 +390,7 @@ fn nxm_forward<'py>(
         let t = same_as(y_true, "y_true", &s, "y_pred")?;
         let a = nxm::Nxm { y_pred: slice(&s, "y_pred")?, y_true: slice(&t, "y_true")?, n, m, form };
         let rows: usize = lead.iter().product();
-        let (loss, stats) = (zeros(py, &lead), zeros::<f64>(py, &[rows, m]));
+        let (loss, stats) = (arrays::zeros(py, &lead, "output")?, arrays::zeros::<f64>(py, &[rows, m], "output")?);
         let (l, st) = (data(&loss), data(&stats));
         detached(py, || nxm::forward(a, l, st))?;
         Ok((loss.into_any(), stats.into_any()))

@@ -1,18 +1,19 @@
 //! Bindings of `kexue_core::vmf`.
 
-use kexue_core::vmf;
+use kexue_core::{memory, vmf};
 use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods, ToPyArray};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::arrays::{detached, filled, slice, typed, with_float_array, FloatArray};
+use crate::errors::to_py;
 
 /// The most elements one sampling call may allocate (2^36: 512 GiB of float64), so that a
 /// huge `n` or `d` is refused before any allocation is tried.
 const MAX_ELEMENTS: usize = 1 << 36;
 
 fn checked_elements(n: usize, d: usize) -> PyResult<usize> {
-    vmf::check_d(d).map_err(crate::errors::to_py)?;
+    vmf::check_d(d).map_err(to_py)?;
     n.checked_mul(d)
         .filter(|&e| e <= MAX_ELEMENTS)
         .ok_or_else(|| PyValueError::new_err(format!("n·d = {n}·{d} exceeds 2^36 elements")))
@@ -26,7 +27,7 @@ fn vmf_evaluate<'py>(
     d: usize,
     kappa: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let q = vmf::Quantity::parse(quantity).map_err(crate::errors::to_py)?;
+    let q = vmf::Quantity::parse(quantity).map_err(to_py)?;
     with_float_array!(FloatArray::extract(kappa, "kappa")?, k => {
         let ks = slice(&k, "kappa")?;
         Ok(filled(py, k.shape(), |out| vmf::evaluate(q, d, ks, out))?.into_any())
@@ -88,10 +89,11 @@ fn vmf_sample_wood<'py>(
     let kappa = typed::<f64>(kappa, "kappa", "a float64 numpy array")?;
     let ks = slice(&kappa, "kappa")?.to_vec();
     let elements = checked_elements(n, d)?;
-    let (mut w, mut eps) = (vec![0f64; n], vec![0f64; n]);
+    let zeros = |len| memory::filled(len, 0f64, "n").map_err(to_py);
+    let (mut w, mut eps) = (zeros(n)?, zeros(n)?);
     macro_rules! run {
         ($t:ty) => {{
-            let mut g = vec![<$t>::default(); elements];
+            let mut g = memory::filled(elements, <$t>::default(), "n").map_err(to_py)?;
             detached(py, || {
                 vmf::sample_wood(d, &ks, seed, &mut w, &mut eps, &mut g)
             })?;

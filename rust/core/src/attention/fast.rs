@@ -597,6 +597,9 @@ fn head(
     copy(s64, &mut st, &mut z);
     let mut c0 = 0;
     while c0 < n {
+        if crate::cancel::requested() {
+            return true; // forms::causal_forward reports the interrupt
+        }
         let mut l = c.min(n - c0);
         let (qs, ks) = match mapper {
             None => (&q[c0 * m..(c0 + l) * m], &k[c0 * m..(c0 + l) * m]),

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use super::features::{Mapper, Spec};
 use super::gemm::{gemm, Mat};
 use super::Real;
-use crate::{Error, Result};
+use crate::{cancel, Error, Result};
 
 /// How a causal pass is scheduled; all give the same result up to rounding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,6 +264,9 @@ impl<T: Real> Head<'_, T> {
         let mut kb = vec![T::zero(); if self.kmax.is_some() { c * m } else { 0 }];
         let mut c0 = 0;
         while c0 < n {
+            if cancel::requested() {
+                return true; // causal_forward reports the interrupt
+            }
             let mut l = c.min(n - c0);
             let mut ks = &self.k[c0 * m..(c0 + l) * m];
             if let Some(kmax) = self.kmax {
@@ -374,6 +377,9 @@ impl<T: Real> Head<'_, T> {
         let mut vf = vec![1.0f64; w];
         let mut y = vec![0.0f64; w];
         for (tok, (o, den)) in o.chunks_exact_mut(dv).zip(den.iter_mut()).enumerate() {
+            if tok % 256 == 0 && cancel::requested() {
+                return true; // causal_forward reports the interrupt
+            }
             vf[..dv]
                 .iter_mut()
                 .zip(&self.v[tok * dv..(tok + 1) * dv])
@@ -425,6 +431,9 @@ impl<T: Real> Head<'_, T> {
             (Some(_), None) => (start - c).exp(),
         };
         for i in 0..n {
+            if i % 64 == 0 && cancel::requested() {
+                return true; // causal_forward reports the interrupt
+            }
             let qi = &self.q[i * m..(i + 1) * m];
             if let Some(kmax) = self.kmax {
                 *scale = scale.max(kmax[i]);
@@ -724,6 +733,7 @@ pub fn causal_forward_mapped<T: Real>(
     }
     let mapper = maps.map(|(sq, sk)| Mapper::new(sq, sk));
     let run = |(b, ((o, den), state)): HeadTask<T>| -> Result<()> {
+        cancel::check()?;
         let (q, k, v) = x.head(b);
         let (mut fresh, mut fresh_scale) = (Vec::new(), f64::NEG_INFINITY);
         let (s64, scale) = state.unwrap_or_else(|| {
@@ -784,15 +794,16 @@ pub fn causal_forward_mapped<T: Real>(
             .zip(out.den.chunks_mut(n))
             .zip(states)
             .enumerate()
-            .try_for_each(run)
+            .try_for_each(run)?;
     } else {
         out.o
             .par_chunks_mut(n * dv)
             .zip(out.den.par_chunks_mut(n))
             .zip(states.into_par_iter())
             .enumerate()
-            .try_for_each(run)
+            .try_for_each(run)?;
     }
+    cancel::check() // heads cut short by an interrupt returned early
 }
 
 fn finite_or_err(finite: bool) -> Result<()> {

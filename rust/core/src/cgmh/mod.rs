@@ -397,6 +397,11 @@ pub fn run<S: Scorer + ?Sized>(
         .len()
         .checked_mul(chains)
         .ok_or_else(|| Error::value("n", "times the number of inputs overflows"))?;
+    // What the results hold: each sample's sentences (best and last) and its trace.
+    let per_chain = std::mem::size_of::<Sample>() as u128
+        + 8 * config.max_len as u128
+        + 9 * config.steps as u128 * u128::from(config.trace);
+    crate::memory::check_bytes(total as u128 * per_chain, "n")?;
     parallel::install(|| {
         (0..total)
             .into_par_iter()

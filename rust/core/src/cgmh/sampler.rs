@@ -78,9 +78,15 @@ impl PartialEq for Ranked {
 impl Eq for Ranked {}
 
 fn check_logprob(v: f64) -> Result<f64> {
+    check_score(v, "lm")
+}
+
+/// `v` from `source` (the LM, or a soft term such as a paraphrase similarity), which the
+/// error names.
+fn check_score(v: f64, source: &str) -> Result<f64> {
     if v.is_nan() || v == f64::INFINITY {
         Err(Error::value(
-            "lm",
+            source,
             format!("returned an invalid log-probability ({v}); expected a number <= 0 or -inf"),
         ))
     } else {
@@ -214,7 +220,7 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
     fn log_target(&self, x: &[u32], logp: f64) -> Result<f64> {
         let mut lt = self.config.gamma * logp - self.log_markings(x) + self.length_term(x.len());
         for p in &self.task.priors {
-            lt += check_logprob(p.log_score(x)?)?;
+            lt += check_score(p.log_score(x)?, "a prior (soft term)")?;
         }
         Ok(lt)
     }
@@ -703,6 +709,7 @@ pub fn run_chain<S: Scorer + ?Sized>(
         out.trace_accepted.reserve(cap);
     }
     for t in 0..config.steps {
+        crate::cancel::check()?;
         let (action, accepted) = chain.step(config.temperature(t), rng)?;
         out.proposed[action as usize] += 1;
         out.accepted[action as usize] += u64::from(accepted);

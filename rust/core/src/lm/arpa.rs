@@ -7,7 +7,7 @@ use std::path::Path;
 use super::model::{sorted, Model, ProbBackoff, Table, MAX_ORDER};
 use super::vocab::{Vocab, BOS, EOS, UNK};
 use super::write_atomically;
-use crate::{Error, Result};
+use crate::{memory, Error, Result};
 
 /// Writes `model` as ARPA (temporary file, then rename). Numbers are printed with the
 /// shortest representation that reads back to the same `f32`, so a round trip is exact.
@@ -97,17 +97,36 @@ impl<'a> Lines<'a> {
     }
 }
 
-fn parse_weight(field: &str, what: &str, lines: &Lines) -> Result<f32> {
+/// A log10 probability: at most 0 (a probability of at most 1); `-inf` (probability 0) is
+/// allowed, as `<s>` sometimes has it. KenLM refuses positive ones too.
+fn parse_prob(field: &str, lines: &Lines) -> Result<f32> {
     match field.parse::<f32>() {
-        Ok(v) if !v.is_nan() => Ok(v),
-        _ => Err(lines.err(format!("{what} {field:?} is not a number"))),
+        Ok(v) if v <= 0.0 => Ok(v),
+        Ok(v) if v > 0.0 => Err(lines.err(format!(
+            "log10 probability {field} is positive (a probability above 1)"
+        ))),
+        _ => Err(lines.err(format!("probability {field:?} is not a number"))),
+    }
+}
+
+/// A log10 back-off weight: finite and at most 0 (interpolated Kneser–Ney back-offs are at
+/// most 1; a larger one gives distributions that sum to more than 1).
+fn parse_backoff(field: &str, lines: &Lines) -> Result<f32> {
+    match field.parse::<f32>() {
+        Ok(v) if v.is_finite() && v <= 0.0 => Ok(v),
+        Ok(v) if v.is_finite() => Err(lines.err(format!(
+            "log10 back-off {field} is positive (a back-off weight above 1)"
+        ))),
+        Ok(_) => Err(lines.err(format!("back-off {field:?} is not finite"))),
+        _ => Err(lines.err(format!("back-off {field:?} is not a number"))),
     }
 }
 
 /// Reads an ARPA file (as written by lmplz, SRILM or [`write_arpa`]). Words of higher-order
 /// n-grams must be unigrams; a missing `<unk>` gets log10 p = -100 (as KenLM does).
 pub fn read_arpa(path: &Path) -> Result<Model> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = super::open_regular(path)?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut lines = Lines {
         path,
         reader: BufReader::with_capacity(1 << 20, file),
@@ -132,7 +151,19 @@ pub fn read_arpa(path: &Path) -> Result<Model> {
                 ))
             });
             match parsed {
-                Some((n, c)) if n == counts.len() + 1 && n <= MAX_ORDER => counts.push(c),
+                Some((n, c)) if n == counts.len() + 1 && n <= MAX_ORDER => {
+                    // Each n-gram line holds at least a digit and n one-byte words, spaced,
+                    // and a newline: a count the file cannot hold is refused before
+                    // anything is allocated for it.
+                    let least = (2 * n as u128 + 2) * c as u128;
+                    if least > u128::from(file_len) {
+                        return Err(lines.err(format!(
+                            "ngram {n}={c} cannot be right: {c} {n}-gram lines take at least \
+                             {least} bytes, the file has {file_len}"
+                        )));
+                    }
+                    counts.push(c)
+                }
                 _ => {
                     return Err(lines.err(format!(
                         "expected \"ngram {}=COUNT\" (orders 1 to {MAX_ORDER}), got {line:?}",
@@ -163,15 +194,17 @@ pub fn read_arpa(path: &Path) -> Result<Model> {
             let line = lines.next_nonblank(&header)?;
             if line.trim() != header {
                 return Err(lines.err(format!(
-                    "expected {header} after {} {}-grams, got {:?}",
+                    "expected {header} after {} {}-grams, got {:?} (is the header's count right?)",
                     counts[n - 2],
                     n - 1,
                     truncate(&line)
                 )));
             }
         }
-        let mut keys: Vec<u32> = Vec::with_capacity(if n > 1 { counts[n - 1] * n } else { 0 });
-        let mut weights: Vec<ProbBackoff> = Vec::with_capacity(counts[n - 1]);
+        let what = format!("{n}-grams");
+        let mut keys: Vec<u32> =
+            memory::with_capacity(if n > 1 { counts[n - 1] * n } else { 0 }, &what)?;
+        let mut weights: Vec<ProbBackoff> = memory::with_capacity(counts[n - 1], &what)?;
         for _ in 0..counts[n - 1] {
             let line = lines.next_nonblank(&format!("a {n}-gram"))?;
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -183,9 +216,9 @@ pub fn read_arpa(path: &Path) -> Result<Model> {
                     truncate(&line)
                 )));
             }
-            let prob = parse_weight(fields[0], "probability", &lines)?;
+            let prob = parse_prob(fields[0], &lines)?;
             let backoff = match fields.get(n + 1) {
-                Some(f) => parse_weight(f, "back-off", &lines)?,
+                Some(f) => parse_backoff(f, &lines)?,
                 None => 0.0,
             };
             let pb = ProbBackoff { prob, backoff };

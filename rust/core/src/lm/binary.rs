@@ -12,7 +12,6 @@
 //! aligned buffer, or memory-mapped and shared between processes): no parsing, no hashing,
 //! no second copy.
 
-use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::Path;
@@ -20,7 +19,7 @@ use std::sync::Arc;
 
 use memmap2::{Mmap, MmapOptions};
 
-use super::model::{Model, Table, MAX_ORDER, TAG_GROUP};
+use super::model::{MappedFile, Model, Table, MAX_ORDER, TAG_GROUP};
 use super::storage::{as_bytes, as_bytes_mut, huge_zeroed, Array, Pod};
 use super::vocab::Vocab;
 use super::write_atomically;
@@ -142,15 +141,23 @@ pub fn save(path: &Path, forward: &Model, backward: Option<&Model>) -> Result<()
 /// loading the same file share its pages; otherwise it is read into private memory (in huge
 /// pages where the system allows: faster queries, no sharing).
 pub fn load(path: &Path, mapped: bool) -> Result<(Model, Option<Model>)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = super::open_regular(path)?;
     if mapped && cfg!(target_endian = "little") {
         // SAFETY: the map is read-only and kexue never rewrites a file in place (saves go
-        // through a temporary file and a rename); another program truncating or rewriting a
-        // mapped file is undefined behaviour for every mmap reader (KenLM's included).
+        // through a temporary file and a rename). Another program truncating or rewriting a
+        // mapped file would fault the next read of a vanished page (SIGBUS); every query
+        // first checks the file's size and modification time (`Model::check_file`) and
+        // refuses a changed file instead.
         let map = unsafe { MmapOptions::new().populate().map(&file) };
         let map = map.map_err(|e| Error::io(path, e))?;
         let len = map.len();
-        return decode(&Arc::new(map), 0..len, path);
+        let (mut forward, mut backward) = decode(&Arc::new(map), 0..len, path)?;
+        let mapped = MappedFile::new(file, path)?;
+        forward.mapped = mapped.clone();
+        if let Some(b) = &mut backward {
+            b.mapped = mapped;
+        }
+        return Ok((forward, backward));
     }
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let len = usize::try_from(len).map_err(|_| Error::format(path, 0, "is too large to read"))?;

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::model::{Model, ProbBackoff, Table, MAX_ORDER};
 use super::vocab::{Corpus, Vocab, BOS, EOS};
-use crate::{Error, Result};
+use crate::{cancel, Error, Result};
 
 /// How to estimate a model.
 #[derive(Clone, Debug, PartialEq)]
@@ -105,7 +105,7 @@ pub fn build(
 }
 
 fn estimate(corpus: &Corpus, opts: &BuildOptions, reverse: bool) -> Result<Model> {
-    let counted = count(corpus, opts.order, reverse);
+    let counted = count(corpus, opts.order, reverse)?;
     let discounts = counted
         .iter()
         .map(|c| discounts(c, opts.discount_fallback))
@@ -225,13 +225,15 @@ fn raw_grams(corpus: &Corpus, order: usize, reverse: bool) -> Vec<Vec<u32>> {
 
 /// Adjusted counts of every order (index n - 1): raw counts at the highest order and for
 /// `<s>`-started n-grams, continuation counts (distinct left extensions) elsewhere.
-fn count(corpus: &Corpus, order: usize, reverse: bool) -> Vec<Counted> {
+fn count(corpus: &Corpus, order: usize, reverse: bool) -> Result<Vec<Counted>> {
     let vocab_len = corpus.vocab().len();
     let mut raw = raw_grams(corpus, order, reverse);
+    cancel::check()?;
     let mut out: Vec<Counted> = Vec::with_capacity(order);
     let top = std::mem::take(&mut raw[order - 1]);
     out.push(sort_count_dyn(order, top, vocab_len));
     for n in (1..order).rev() {
+        cancel::check()?;
         let upper = out.last().expect("the highest order is counted first");
         let bos_started = sort_count_dyn(n, std::mem::take(&mut raw[n - 1]), vocab_len);
         let merged = merge_continuation(upper, &bos_started);
@@ -249,7 +251,7 @@ fn count(corpus: &Corpus, order: usize, reverse: bool) -> Vec<Counted> {
         keys: (0..vocab_len as u32).collect(),
         counts,
     };
-    out
+    Ok(out)
 }
 
 /// Continuation counts of the suffixes of `upper` (its keys' prefixes), merged with the raw
@@ -383,6 +385,7 @@ pub(crate) fn interpolate(
     prob[BOS as usize] = 1.0;
     let mut weights: Vec<Vec<ProbBackoff>> = Vec::with_capacity(order);
     for n in 2..=order {
+        cancel::check()?;
         let lower = &counted[n - 2];
         let cur = &counted[n - 1];
         let d = &discounts[n - 1];
@@ -453,6 +456,7 @@ pub(crate) fn interpolate(
     );
     let mut weights = weights.into_iter();
     let unigrams = weights.next().expect("order >= 1");
+    cancel::check()?;
     let tables = counted[1..]
         .iter()
         .zip(weights)
@@ -571,7 +575,7 @@ mod tests {
         // "a b" twice and "c b": bigram "a b" raw 2 at the top order; unigram b has two
         // distinct left words (a, c); "<s> a" keeps its raw count 2.
         let c = corpus(&["a b", "a b", "c b"]);
-        let counted = count(&c, 2, false);
+        let counted = count(&c, 2, false).unwrap();
         let v = c.vocab();
         let (a, b) = (v.id("a"), v.id("b"));
         let top = &counted[1];
@@ -580,7 +584,7 @@ mod tests {
         assert_eq!(counted[0].counts[b as usize], 2);
         assert_eq!(counted[0].counts[a as usize], 1);
         assert_eq!(counted[0].counts[BOS as usize], 0);
-        let c3 = count(&c, 3, false);
+        let c3 = count(&c, 3, false).unwrap();
         let i = find(&c3[1], &[a, BOS]);
         assert_eq!(c3[1].counts[i], 2);
     }

@@ -1,6 +1,11 @@
 //! The queryable back-off model: unigrams indexed by id, higher orders in open-addressing
 //! hash tables keyed by a 64-bit hash of the n-gram (KenLM's "probing" layout).
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
 use rayon::prelude::*;
 
 use super::storage::Array;
@@ -344,6 +349,43 @@ pub struct Model {
     pub(crate) vocab: Vocab,
     pub(crate) unigrams: Array<ProbBackoff>,
     pub(crate) tables: Vec<Table>,
+    /// The file whose memory map holds the tables, if any.
+    pub(crate) mapped: MappedFile,
+}
+
+/// The file a memory-mapped model reads its tables from, with its size and modification time
+/// when it was mapped. Another program rewriting or truncating a mapped file in place would
+/// make the next read of a vanished page kill the process (SIGBUS), so every query entry
+/// point calls [`Model::check_file`] first and gets an error instead. (A rename over the
+/// path, as [`super::save`] does, leaves the mapped file intact: nothing to detect.)
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MappedFile(Option<Arc<Stamp>>);
+
+#[derive(Debug)]
+pub(crate) struct Stamp {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl MappedFile {
+    pub(crate) fn new(file: File, path: &Path) -> Result<Self> {
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        Ok(MappedFile(Some(Arc::new(Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            file,
+            path: path.to_path_buf(),
+        }))))
+    }
+}
+
+/// Models compare by content; where the tables live does not matter.
+impl PartialEq for MappedFile {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Model {
@@ -406,7 +448,28 @@ impl Model {
             vocab,
             unigrams,
             tables,
+            mapped: MappedFile::default(),
         }
+    }
+
+    /// For a memory-mapped model, an error when its file changed size or modification time
+    /// since it was mapped (see [`MappedFile`]); a window remains while a call runs, so files
+    /// should be replaced, not rewritten.
+    pub fn check_file(&self) -> Result<()> {
+        let MappedFile(Some(f)) = &self.mapped else {
+            return Ok(());
+        };
+        let meta = f.file.metadata().map_err(|e| Error::io(&f.path, e))?;
+        if meta.len() == f.len && meta.modified().ok() == f.modified {
+            return Ok(());
+        }
+        Err(Error::io(
+            &f.path,
+            std::io::Error::other(
+                "the memory-mapped model file was rewritten or truncated since it was loaded \
+                 (replace model files, as save() does, instead of writing over them); load it again",
+            ),
+        ))
     }
 
     pub fn vocab(&self) -> &Vocab {

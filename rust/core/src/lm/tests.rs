@@ -214,3 +214,61 @@ fn batched_scoring_equals_one_by_one() {
         }
     }
 }
+
+#[test]
+fn hostile_arpa_headers_are_errors_before_allocating() {
+    let (m, _) = model(3, false);
+    let p = tmp("hostile.arpa");
+    write_arpa(&m, &p).unwrap();
+    let text = std::fs::read_to_string(&p).unwrap();
+    for (n, count) in [
+        (1, "99999999999999"),
+        (2, "18446744073709551615"),
+        (3, "9999"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("ngram {n}=")))
+            .unwrap();
+        let bad = tmp(&format!("hostile{n}.arpa"));
+        std::fs::write(&bad, text.replacen(line, &format!("ngram {n}={count}"), 1)).unwrap();
+        let e = read_arpa(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "line {}: ngram {n}={count} cannot be right",
+                n + 1
+            )),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn saves_follow_symlinks_and_refuse_special_files() {
+    let (m, _) = model(2, false);
+    let target = tmp("target.kxlm");
+    save(&target, &m, None).unwrap();
+    let link = tmp("link.kxlm");
+    let _ = std::fs::remove_file(&link);
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let (m3, _) = model(3, false);
+        save(&link, &m3, None).unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(load(&target, false).unwrap().0, m3);
+    }
+    let dir = tmp("a-directory");
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in [save(&dir, &m, None), write_arpa(&m, &dir)] {
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("is a directory, not a regular file"));
+    }
+    let e = load(&dir, true).unwrap_err().to_string();
+    assert!(e.contains("is a directory, not a regular file"), "{e}");
+}

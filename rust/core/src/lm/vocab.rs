@@ -242,7 +242,14 @@ impl Vocab {
     }
 }
 
-/// The tokens of one line: split on Unicode whitespace, as Python's `str.split()` and
+/// Whether `c` separates words: what Python's `str.isspace` accepts (Unicode White_Space and
+/// the information separators U+001C–U+001F) and NUL, which the binary format reserves. One
+/// rule with `kexue.lm.split_words`.
+pub fn is_separator(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\0' | '\u{1c}'..='\u{1f}')
+}
+
+/// The tokens of one line, split by [`is_separator`], as Python's `str.split()` and
 /// `kenlm.Model.score` do (lmplz splits on ASCII space, tab and CR only; the two agree on
 /// text without other whitespace characters).
 pub fn tokens(line: &str) -> Tokens<'_> {
@@ -325,10 +332,14 @@ fn space_mask(block: &[u8]) -> u64 {
     })
 }
 
-/// ASCII separators: what `char::is_whitespace` accepts below 0x80, and NUL.
+/// ASCII separators: what Python's `str.isspace` accepts below 0x80 (`char::is_whitespace`'s
+/// and the information separators U+001C–U+001F), and NUL; one rule with
+/// `kexue.lm.split_words`.
 const fn ascii_separators() -> [bool; 128] {
     let mut t = [false; 128];
-    let seps = [b' ', b'\t', b'\n', 0x0b, 0x0c, b'\r', 0];
+    let seps = [
+        b' ', b'\t', b'\n', 0x0b, 0x0c, b'\r', 0x1c, 0x1d, 0x1e, 0x1f, 0,
+    ];
     let mut i = 0;
     while i < seps.len() {
         t[seps[i] as usize] = true;
@@ -354,7 +365,7 @@ impl<'a> Tokens<'a> {
             (SEPARATOR[b as usize], 1)
         } else {
             match self.line[i..].chars().next() {
-                Some(c) => (c.is_whitespace(), c.len_utf8()),
+                Some(c) => (is_separator(c), c.len_utf8()),
                 None => (false, 1),
             }
         }
@@ -575,7 +586,7 @@ mod tests {
                         _ => char::from(rng.random_range(0x21u8..0x7f)),
                     })
                     .collect();
-                let want: Vec<&str> = line.split_whitespace().collect();
+                let want: Vec<&str> = line.split(is_separator).filter(|t| !t.is_empty()).collect();
                 assert_eq!(tokens(&line).collect::<Vec<_>>(), want, "{line:?}");
                 for (start, end) in tokens(&line).spans() {
                     assert_eq!(
@@ -590,10 +601,7 @@ mod tests {
             let line = format!("a{c}b");
             let other = c != ' ' && (c.is_whitespace() || c < ' ');
             assert!(has_other_whitespace(line.as_bytes()) || !other, "{c:?}");
-            let want: Vec<&str> = line
-                .split(|c: char| c.is_whitespace() || c == '\0')
-                .filter(|t| !t.is_empty())
-                .collect();
+            let want: Vec<&str> = line.split(is_separator).filter(|t| !t.is_empty()).collect();
             assert_eq!(tokens(&line).collect::<Vec<_>>(), want);
         }
         let long = "a".repeat(64) + " " + &"b".repeat(64);
@@ -614,12 +622,10 @@ mod tests {
     #[test]
     fn tokens_split_on_unicode_whitespace() {
         let line = "\u{a0}a  b\tc\u{3000}dé\0e\u{2028}\r\n ";
-        let want: Vec<&str> = line
-            .split(|c: char| c.is_whitespace() || c == '\0')
-            .filter(|t| !t.is_empty())
-            .collect();
+        let want: Vec<&str> = line.split(is_separator).filter(|t| !t.is_empty()).collect();
         assert_eq!(tokens(line).collect::<Vec<_>>(), want);
         assert_eq!(want, ["a", "b", "c", "dé", "e"]);
+        assert_eq!(tokens("a\u{1c}b\u{1f}c").count(), 3); // as Python's str.split()
         assert_eq!(tokens("").count(), 0);
         assert_eq!(tokens(" \u{85} ").count(), 0);
     }

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use super::{check_d, check_kappa};
 use crate::parallel::MIN_CHUNK;
 use crate::rng::{self, Rng};
-use crate::{Error, Result};
+use crate::{cancel, Error, Result};
 
 /// How `w` is drawn for one (d, κ).
 #[derive(Clone)]
@@ -258,12 +258,15 @@ pub fn sample<T: Float + Send + Sync>(
         .with_min_len(min_rows(d))
         .enumerate()
         .for_each(|(r, row)| {
+            if cancel::requested() {
+                return; // the output is discarded: check() below reports the interrupt
+            }
             let mut rng = rng::stream(seed, r as u64);
             let (omw, opw, _) = methods[pick(r, methods.len())].draw(&mut rng);
             let mr = pick(r, inv.len());
             compose(&mu[mr * d..(mr + 1) * d], inv[mr], omw, opw, row, &mut rng);
         });
-    Ok(())
+    cancel::check()
 }
 
 /// The parts of a reparameterised sample for autodiff front ends, always by Wood's sampler:
@@ -290,6 +293,9 @@ pub fn sample_wood<T: Float + Send + Sync>(
         .with_min_len(min_rows(d))
         .enumerate()
         .for_each(|(r, (row, (wr, er)))| {
+            if cancel::requested() {
+                return;
+            }
             let mut rng = rng::stream(seed, r as u64);
             let (omw, opw, e) = methods[pick(r, methods.len())].draw(&mut rng);
             *wr = if omw < 1.0 { 1.0 - omw } else { opw - 1.0 };
@@ -299,7 +305,7 @@ pub fn sample_wood<T: Float + Send + Sync>(
                 *o = T::from(v).unwrap_or_else(T::zero);
             }
         });
-    Ok(())
+    cancel::check()
 }
 
 #[cfg(test)]

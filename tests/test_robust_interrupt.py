@@ -1,0 +1,181 @@
+"""Ctrl-C stops long native work promptly: SIGINT sent to a child process in the middle of a
+call that would run for many seconds must raise ``KeyboardInterrupt`` in that call within a
+fraction of a second (the bindings check for signals every 50 ms and the kernels poll a
+shared flag between chunks, chains and steps).
+
+The bound asserted is loose (the machine is shared); the latency is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+if sys.platform == "win32":
+    pytest.skip("SIGINT to a child process is POSIX-only", allow_module_level=True)
+
+# Seconds between SIGINT and the KeyboardInterrupt the child reports; the uninterrupted calls
+# below take well over ten seconds.
+BOUND = 1.5
+
+PRELUDE = """
+import sys, time
+import numpy as np
+import kexue
+
+def run(call):
+    print("ready", flush=True)
+    start = time.monotonic()
+    try:
+        call()
+    except KeyboardInterrupt:
+        print(f"interrupted {time.monotonic():.6f} {time.monotonic() - start:.3f}", flush=True)
+        sys.exit(0)
+    print(f"finished {time.monotonic() - start:.3f}", flush=True)
+"""
+
+
+def interrupt_child(body: str, delay: float = 0.5, env: dict | None = None) -> float:
+    """Runs PRELUDE + body in a child; SIGINT ``delay`` s after it prints ``ready``; returns
+    the seconds from the signal to the child catching KeyboardInterrupt."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(body)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", line + proc.stderr.read()
+        time.sleep(delay)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    words = out.split()
+    assert words[0] == "interrupted", out + err
+    latency = float(words[1]) - sent
+    print(f"latency {latency:.3f} s")
+    return latency
+
+
+def test_ngram_build_is_interruptible(tmp_path) -> None:
+    latency = interrupt_child(
+        """
+        from kexue import _native
+        rng = np.random.default_rng(0)
+        words = np.array([f"w{i}" for i in range(20000)])
+        text = "\\n".join(" ".join(s) for s in words[rng.integers(0, 20000, (400000, 12))])
+        corpus = _native.NgramCorpus()
+        corpus.add_text(text.encode(), "corpus", 1)
+        def build():
+            for _ in range(20):  # one build takes about a second: twenty, so SIGINT lands in one
+                corpus.build(5, True, 1, True)
+        run(build)
+        """
+    )
+    assert latency < BOUND
+
+
+def test_generate_many_is_interruptible() -> None:
+    latency = interrupt_child(
+        """
+        from kexue.cgmh import generate_many
+        from kexue.lm import NgramLM
+        lm = NgramLM.build(["the cat sat on the mat", "a dog saw the cat"] * 20, order=3,
+                           progress=False, discount_fallback=True)
+        run(lambda: generate_many([["cat"], ["dog"]] * 4, lm, n=4, steps=10**9))
+        """
+    )
+    assert latency < BOUND
+
+
+def test_generate_with_a_python_scorer_is_interruptible() -> None:
+    """The signal arrives while worker threads call back into Python."""
+    latency = interrupt_child(
+        """
+        from kexue.cgmh import generate
+        from kexue.lm import NgramLM
+        from kexue.scorers import NgramScorer
+        lm = NgramLM.build(["the cat sat on the mat", "a dog saw the cat"] * 20, order=3,
+                           progress=False, discount_fallback=True)
+        scorer = NgramScorer(lm)
+        scorer._cgmh_native = None  # the Python road: callbacks under the GIL
+        run(lambda: generate(["cat"], scorer, n=2, steps=10**9, length=None))
+        """
+    )
+    assert latency < BOUND
+
+
+def test_sample_vmf_is_interruptible() -> None:
+    latency = interrupt_child(
+        """
+        from kexue.vmf import sample_vmf
+        kexue.set_num_threads(1)
+        mu = np.ones(512, np.float32)
+        def many():
+            for _ in range(100):  # each call about a second
+                sample_vmf(mu, 5.0, 400_000, seed=0)
+        run(many)
+        """
+    )
+    assert latency < BOUND
+
+
+@pytest.mark.parametrize("method", ["scan", "quadratic"])
+def test_linear_attention_is_interruptible(method) -> None:
+    latency = interrupt_child(
+        f"""
+        from kexue.attention import linear_attention
+        kexue.set_num_threads(1)
+        rng = np.random.default_rng(0)
+        n, d = (40000, 16) if {method!r} == "quadratic" else (500_000, 64)
+        q = np.abs(rng.standard_normal((1, 1, n, d), np.float32))
+        v = rng.standard_normal((1, 1, n, d), np.float32)
+        def many():
+            for _ in range(10):  # each call a second or more
+                linear_attention(q, q, v, causal=True, feature_map="identity", method={method!r})
+        run(many)
+        """
+    )
+    assert latency < BOUND
+
+
+def test_cli_exits_130_with_one_line(tmp_path) -> None:
+    sets = tmp_path / "sets.txt"
+    sets.write_text("cat\ndog\n" * 50)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\na dog saw the cat\n" * 20)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kexue.cli", "generate", "--input", str(sets), "--corpus",
+         str(corpus), "--order", "3", "--steps", "100000000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(3)  # imports and the LM build, then the chains
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        latency = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    print(f"latency {latency:.3f} s")
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
+    assert lines == ["kexue: interrupted"], err
+    assert latency < BOUND + 1

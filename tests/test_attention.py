@@ -386,9 +386,9 @@ def test_bad_input_is_a_clear_error():
         linear_attention(q, k, v, causal=True, projection=w[:, :3])
     with pytest.raises(ValueError, match="positive number of features"):
         linear_attention(q, k, v, causal=True, projection=w[:0])
-    with pytest.raises(ValueError, match="m must be a positive"):
+    with pytest.raises(ValueError, match="m must be >= 1"):
         orthogonal_random_matrix(0, 4, seed=0)
-    with pytest.raises(ValueError, match="m must be a positive"):
+    with pytest.raises(ValueError, match="m must be >= 1"):
         orthogonal_random_matrix(-3, 4, seed=0)
     with pytest.raises(ValueError, match="m·d"):
         orthogonal_random_matrix(2**40, 4, seed=0)

@@ -24,6 +24,14 @@ if sys.platform == "win32":
 # below take well over ten seconds.
 BOUND = 1.5
 
+
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default. A test run started in the
+    background of a non-interactive shell inherits SIGINT ignored, and a Python started
+    with SIGINT ignored never installs its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 PRELUDE = """
 import sys, time
 import numpy as np
@@ -50,6 +58,7 @@ def interrupt_child(body: str, delay: float = 0.5, env: dict | None = None) -> f
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
+        preexec_fn=_default_sigint,
     )
     try:
         line = proc.stdout.readline()
@@ -163,6 +172,7 @@ def test_cli_exits_130_with_one_line(tmp_path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )  # fmt: skip
     try:
         time.sleep(3)  # imports and the LM build, then the chains

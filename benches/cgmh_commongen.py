@@ -113,6 +113,8 @@ def main() -> None:
     for name, r in rows.items():
         print(f"| {name} | " + " | ".join(f"{r[c]:.2f}" if c != "s/set" else
                                           f"{r[c]:.4f}" for c in cols) + " |")  # fmt: skip
+    if not args.examples:
+        return
     step = max(1, len(dev) // args.examples)
     print(f"\nexamples (every {step}-th set): concepts → built-in LM | train LM | human")
     for i in range(0, len(dev), step)[: args.examples]:

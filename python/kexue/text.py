@@ -229,10 +229,8 @@ def detokenize(tokens: Sequence[str], tokenizer: Tokenizer = None) -> str:
             quote_open = not quote_open
         elif prev == '"' and quote_open:
             space = False
-        if t in _NO_SPACE_BEFORE or prev in _NO_SPACE_AFTER or (_is_cjk(t) and _is_cjk(prev)):
+        if t in _NO_SPACE_BEFORE or prev in _NO_SPACE_AFTER or _is_cjk(t) or _is_cjk(prev):
             space = False
-        if t and prev and _is_cjk(t) != _is_cjk(prev) and (_is_cjk(t) or _is_cjk(prev)):
-            space = not (t in _NO_SPACE_BEFORE or _CJK.match(t[0]) or _CJK.match(prev[-1]))
         if space:
             out.append(" ")
         out.append(t)

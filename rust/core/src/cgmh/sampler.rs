@@ -278,7 +278,9 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         // N(x) only changes when the slot holds a keyword form, so others share one value.
         y[pos] = FREE;
         let mut cache: Vec<(u32, f64)> = Vec::new();
-        let shared = self.length_term(y.len()) - self.log_markings(&y);
+        // Every candidate gives the same length.
+        let length = self.length_term(y.len());
+        let shared = length - self.log_markings(&y);
         for j in 0..n {
             let (c, lp) = (self.cands[j], check_logprob(self.cand_lp[j])?);
             y[pos] = c;
@@ -291,7 +293,7 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
                 match cache.iter().find(|(w, _)| *w == c) {
                     Some(&(_, v)) => v,
                     None => {
-                        let v = self.length_term(y.len()) - self.log_markings(&y);
+                        let v = length - self.log_markings(&y);
                         cache.push((c, v));
                         v
                     }

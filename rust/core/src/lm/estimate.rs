@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 
 use super::model::{Model, ProbBackoff, Table, MAX_ORDER};
+use super::sort;
 use super::vocab::{Corpus, Vocab, BOS, EOS};
 use crate::{cancel, Error, Result};
 
@@ -114,13 +115,13 @@ fn estimate(corpus: &Corpus, opts: &BuildOptions, reverse: bool) -> Result<Model
 }
 
 /// Sorts keys of stride `K` in place and merges equal ones into counts.
-fn sort_count<const K: usize>(mut flat: Vec<u32>) -> Counted {
+fn sort_count<const K: usize>(mut flat: Vec<u32>) -> Result<Counted> {
     debug_assert_eq!(flat.len() % K, 0);
     // SAFETY: `[u32; K]` has the size of K `u32`s and their alignment, and `flat.len()` is a
     // multiple of K, so the slice reinterprets exactly the vector's elements.
     let grams: &mut [[u32; K]] =
         unsafe { std::slice::from_raw_parts_mut(flat.as_mut_ptr().cast(), flat.len() / K) };
-    grams.par_sort_unstable();
+    sort::par_sort(grams)?;
     let mut keys = Vec::with_capacity(grams.len() * K);
     let mut counts: Vec<u64> = Vec::with_capacity(grams.len());
     for (i, g) in grams.iter().enumerate() {
@@ -133,15 +134,15 @@ fn sort_count<const K: usize>(mut flat: Vec<u32>) -> Counted {
             counts.push(1);
         }
     }
-    Counted { n: K, keys, counts }
+    Ok(Counted { n: K, keys, counts })
 }
 
 /// Sorts and counts keys of stride `n` over ids below `vocab_len`. When a key fits in 128
 /// bits it is packed into a `u128` first (same order, much cheaper comparisons).
-fn sort_count_dyn(n: usize, flat: Vec<u32>, vocab_len: usize) -> Counted {
+fn sort_count_dyn(n: usize, flat: Vec<u32>, vocab_len: usize) -> Result<Counted> {
     let bits = (usize::BITS - vocab_len.saturating_sub(1).leading_zeros()).max(1);
     if n > 1 && bits as usize * n <= 128 {
-        return sort_count_packed(n, &flat, bits);
+        return sort_count_packed(n, flat, bits);
     }
     match n {
         1 => sort_count::<1>(flat),
@@ -154,7 +155,7 @@ fn sort_count_dyn(n: usize, flat: Vec<u32>, vocab_len: usize) -> Counted {
     }
 }
 
-fn sort_count_packed(n: usize, flat: &[u32], bits: u32) -> Counted {
+fn sort_count_packed(n: usize, flat: Vec<u32>, bits: u32) -> Result<Counted> {
     let mut packed: Vec<u128> = flat
         .par_chunks_exact(n)
         .map(|g| {
@@ -162,7 +163,8 @@ fn sort_count_packed(n: usize, flat: &[u32], bits: u32) -> Counted {
                 .fold(0u128, |acc, &w| (acc << bits) | u128::from(w))
         })
         .collect();
-    packed.par_sort_unstable();
+    drop(flat); // the sort's merge buffer takes its place
+    sort::par_sort(&mut packed)?;
     let mask = (1u128 << bits) - 1;
     let mut keys = Vec::with_capacity(packed.len() * n);
     let mut counts: Vec<u64> = Vec::with_capacity(packed.len());
@@ -180,7 +182,7 @@ fn sort_count_packed(n: usize, flat: &[u32], bits: u32) -> Counted {
             counts.push(1);
         }
     }
-    Counted { n, keys, counts }
+    Ok(Counted { n, keys, counts })
 }
 
 /// Raw counts of the n-grams lmplz counts: every `order`-gram of `<s> words </s>`, and for
@@ -231,11 +233,11 @@ fn count(corpus: &Corpus, order: usize, reverse: bool) -> Result<Vec<Counted>> {
     cancel::check()?;
     let mut out: Vec<Counted> = Vec::with_capacity(order);
     let top = std::mem::take(&mut raw[order - 1]);
-    out.push(sort_count_dyn(order, top, vocab_len));
+    out.push(sort_count_dyn(order, top, vocab_len)?);
     for n in (1..order).rev() {
         cancel::check()?;
         let upper = out.last().expect("the highest order is counted first");
-        let bos_started = sort_count_dyn(n, std::mem::take(&mut raw[n - 1]), vocab_len);
+        let bos_started = sort_count_dyn(n, std::mem::take(&mut raw[n - 1]), vocab_len)?;
         let merged = merge_continuation(upper, &bos_started);
         out.push(merged);
     }
@@ -512,7 +514,7 @@ pub fn from_counts(
         }
         flat.push((y, x, *c));
     }
-    flat.par_sort_unstable();
+    sort::par_sort(&mut flat)?;
     let mut keys = Vec::with_capacity(flat.len() * 2);
     let mut counts: Vec<u64> = Vec::with_capacity(flat.len());
     let mut last = None;

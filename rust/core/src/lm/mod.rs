@@ -20,6 +20,7 @@ mod arpa;
 mod binary;
 mod estimate;
 mod model;
+mod sort;
 mod storage;
 mod vocab;
 

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::storage::Array;
 use super::vocab::{eq_mask16, tokens, Vocab, BOS, EOS, UNK};
-use crate::{Error, Result};
+use crate::{cancel, Error, Result};
 
 /// Highest supported order.
 pub const MAX_ORDER: usize = 7;
@@ -674,13 +674,14 @@ impl Model {
         check_out_len(out, sentences.len())?;
         out.par_chunks_mut(64)
             .zip(sentences.par_chunks(64))
-            .for_each(|(out, part)| {
+            .try_for_each(|(out, part)| {
+                cancel::check()?;
                 let (mut ids, mut ends) = (Vec::new(), vec![0]);
                 self.vocab.ids_batch(part, &mut ids, &mut ends);
                 let ids: Vec<&[u32]> = ends.windows(2).map(|w| &ids[w[0]..w[1]]).collect();
                 self.score_many(&ids, bos, eos, f32_sum, out);
-            });
-        Ok(())
+                Ok(())
+            })
     }
 
     /// log10 scores of many id sentences (as [`Model::score_ids`]) in parallel (rayon).
@@ -694,8 +695,11 @@ impl Model {
         check_out_len(out, sentences.len())?;
         out.par_chunks_mut(64)
             .zip(sentences.par_chunks(64))
-            .for_each(|(out, part)| self.score_many(part, bos, eos, false, out));
-        Ok(())
+            .try_for_each(|(out, part)| {
+                cancel::check()?;
+                self.score_many(part, bos, eos, false, out);
+                Ok(())
+            })
     }
 
     /// Sentence scores (as [`Model::score_ids`], or [`Model::score_ids_f32`] when `f32_sum`).

@@ -11,7 +11,7 @@ use num_traits::Float;
 use rayon::prelude::*;
 
 use super::common::{check_len, check_logit, from_f64, rows_per_task, to_f64};
-use crate::{Error, Result};
+use crate::{cancel, Error, Result};
 
 /// Shapes and inputs of the score kernel.
 #[derive(Clone, Copy)]
@@ -188,7 +188,7 @@ pub fn scores_forward<T: Float + Send + Sync>(a: Scores<'_, T>, out: &mut [T]) -
     let scale = from_f64::<T>(1.0 / (d as f64).sqrt());
     out.par_chunks_mut(a.heads * l * l)
         .enumerate()
-        .for_each(|(b, out)| {
+        .try_for_each(|(b, out)| {
             let valid = a.valid(b);
             let (mut qr, mut kr) = (vec![T::zero(); l * d], vec![T::zero(); l * d]);
             for hq in 0..a.qk_heads {
@@ -200,6 +200,7 @@ pub fn scores_forward<T: Float + Send + Sync>(a: Scores<'_, T>, out: &mut [T]) -
                     0..a.heads
                 };
                 for i in 0..l {
+                    cancel::check()?;
                     for j in 0..l {
                         let s = if a.kept(&valid, i, j) {
                             dot(&qr[i * d..(i + 1) * d], &kr[j * d..(j + 1) * d])
@@ -226,8 +227,8 @@ pub fn scores_forward<T: Float + Send + Sync>(a: Scores<'_, T>, out: &mut [T]) -
                     }
                 }
             }
-        });
-    Ok(())
+            Ok(())
+        })
 }
 
 /// Gradients of the scores: `dq`, `dk` (`(B, L, Hq, d)`) and, with biases, `d_row_bias`,
@@ -260,7 +261,7 @@ pub fn scores_backward<T: Float + Send + Sync>(
     dq.par_chunks_mut(per_b.max(1))
         .zip(dk.par_chunks_mut(per_b.max(1)))
         .enumerate()
-        .for_each(|(b, (dq, dk))| {
+        .try_for_each(|(b, (dq, dk))| {
             let valid = a.valid(b);
             let (mut qr, mut kr) = (vec![T::zero(); l * d], vec![T::zero(); l * d]);
             let (mut gq, mut gk) = (vec![T::zero(); l * d], vec![T::zero(); l * d]);
@@ -279,6 +280,7 @@ pub fn scores_backward<T: Float + Send + Sync>(
                 for h in heads {
                     let g = &grad[(b * a.heads + h) * l * l..][..l * l];
                     for i in 0..l {
+                        cancel::check()?;
                         let (qi, gqi) = (&qr[i * d..(i + 1) * d], &mut gq[i * d..(i + 1) * d]);
                         for j in 0..l {
                             if !a.kept(&valid, i, j) {
@@ -314,7 +316,8 @@ pub fn scores_backward<T: Float + Send + Sync>(
                     }
                 }
             }
-        });
+            Ok::<_, Error>(())
+        })?;
     if let Some((drb, dcb)) = dbias {
         let n = a.batch.saturating_mul(a.heads).saturating_mul(l);
         check_len("d_row_bias", drb.len(), 1, n)?;
@@ -322,7 +325,8 @@ pub fn scores_backward<T: Float + Send + Sync>(
         drb.par_chunks_mut(l.max(1))
             .zip(dcb.par_chunks_mut(l.max(1)))
             .enumerate()
-            .for_each(|(bh, (drb, dcb))| {
+            .try_for_each(|(bh, (drb, dcb))| {
+                cancel::check()?;
                 let valid = a.valid(bh / a.heads);
                 let g = &grad[bh * l * l..][..l * l];
                 drb.iter_mut()
@@ -336,7 +340,8 @@ pub fn scores_backward<T: Float + Send + Sync>(
                         }
                     }
                 }
-            });
+                Ok::<_, Error>(())
+            })?;
     }
     Ok(())
 }
@@ -390,6 +395,7 @@ pub fn kl_forward<T: Float + Send + Sync>(a: Kl<'_, T>, out: &mut [T]) -> Result
     out.par_chunks_mut(per)
         .enumerate()
         .try_for_each(|(task, out)| {
+            cancel::check()?;
             for (i, o) in out.iter_mut().enumerate() {
                 let r = task * per + i;
                 let mut sum = 0.0;
@@ -425,7 +431,8 @@ pub fn kl_backward<T: Float + Send + Sync>(
     ds.par_chunks_mut(a.cols)
         .zip(dt.par_chunks_mut(a.cols))
         .enumerate()
-        .for_each(|(r, (ds, dt))| {
+        .try_for_each(|(r, (ds, dt))| {
+            cancel::check()?;
             let g = grad[r];
             for c in 0..a.cols {
                 let at = r * a.cols + c;
@@ -448,8 +455,8 @@ pub fn kl_backward<T: Float + Send + Sync>(
                 ds[c] = g * gs;
                 dt[c] = g * gt;
             }
-        });
-    Ok(())
+            Ok(())
+        })
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use super::common::{
     any_bad_logit, check_len, check_logit, exp_in, from_f64, lse0_parts, rows_per_task, to_f64,
     write_exp, Lse0, Real,
 };
-use crate::{Error, Result};
+use crate::{cancel, Error, Result};
 
 /// Su's `K.epsilon()`: soft labels within this of 0 or 1 count as hard.
 pub const EPS_DEFAULT: f64 = 1e-7;
@@ -233,6 +233,7 @@ fn forward_rows<T: Real>(
         .zip(stats.par_chunks_mut(STATS * per))
         .enumerate()
         .try_for_each(|(task, (loss, stats))| {
+            cancel::check()?;
             let mut buf = Vec::new();
             for (i, (l, st)) in loss.iter_mut().zip(stats.chunks_mut(STATS)).enumerate() {
                 let parts = row(task * per + i, &mut buf)?;
@@ -266,10 +267,13 @@ pub fn dense_backward<T: Real>(
     if a.cols == 0 {
         return Ok(());
     }
-    out.par_chunks_mut(a.cols).enumerate().for_each(|(r, out)| {
-        a.backward_row(r, &stats[STATS * r..STATS * (r + 1)], grad_loss[r], out)
-    });
-    Ok(())
+    out.par_chunks_mut(a.cols)
+        .enumerate()
+        .try_for_each(|(r, out)| {
+            cancel::check()?;
+            a.backward_row(r, &stats[STATS * r..STATS * (r + 1)], grad_loss[r], out);
+            Ok(())
+        })
 }
 
 /// Shapes and options of the sparse form: `y_true` holds `k` positive class indices per
@@ -365,6 +369,7 @@ pub fn sparse_backward<T: Real>(
     out.par_chunks_mut(a.cols).enumerate().try_for_each_init(
         || Vec::with_capacity(a.k),
         |pos, (r, out)| {
+            cancel::check()?;
             let s = a.row(r, pos)?;
             let st = &stats[STATS * r..STATS * (r + 1)];
             let g = grad_loss[r].widen();

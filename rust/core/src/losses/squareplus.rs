@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::error::check_finite_at_least;
 use crate::parallel::MIN_CHUNK;
-use crate::{Error, Result};
+use crate::{cancel, Error, Result};
 
 /// `b = 4·ln²2`: SquarePlus equals softplus at 0, and this is the smallest `b` for which
 /// SquarePlus stays above softplus everywhere (max |difference| 0.10387).
@@ -112,8 +112,11 @@ pub fn forward<T: Float + Send + Sync>(x: &[T], b: f64, out: &mut [T]) -> Result
     let b = T::from(b).expect("a finite f64 converts to any float");
     out.par_chunks_mut(MIN_CHUNK)
         .zip(x.par_chunks(MIN_CHUNK))
-        .for_each(|(o, x)| forward_chunk(x, b, o));
-    Ok(())
+        .try_for_each(|(o, x)| {
+            cancel::check()?;
+            forward_chunk(x, b, o);
+            Ok(())
+        })
 }
 
 /// Writes `grad * SquarePlus'(x)` into `out` (the vector-Jacobian product), in parallel.
@@ -125,8 +128,11 @@ pub fn backward<T: Float + Send + Sync>(x: &[T], grad: &[T], b: f64, out: &mut [
     let b = T::from(b).expect("a finite f64 converts to any float");
     out.par_chunks_mut(MIN_CHUNK)
         .zip(x.par_chunks(MIN_CHUNK).zip(grad.par_chunks(MIN_CHUNK)))
-        .for_each(|(o, (x, g))| backward_chunk(x, g, b, o));
-    Ok(())
+        .try_for_each(|(o, (x, g))| {
+            cancel::check()?;
+            backward_chunk(x, g, b, o);
+            Ok(())
+        })
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use num_traits::Float;
 use rayon::prelude::*;
 
 use crate::parallel::MIN_CHUNK;
-use crate::{Error, Result};
+use crate::{cancel, Error, Result};
 
 /// Largest number of tasks accepted: `G` has K² entries and the solvers are O(K³).
 pub const MAX_TASKS: usize = 4096;
@@ -511,8 +511,11 @@ fn gram_with<T: Float + Send + Sync + 'static>(
     let blocks = p.div_ceil(block);
     let partials: Vec<Vec<f64>> = (0..blocks)
         .into_par_iter()
-        .map(|b| kernel.block(j, k, p, b * block, ((b + 1) * block).min(p)))
-        .collect();
+        .map(|b| {
+            cancel::check()?;
+            Ok(kernel.block(j, k, p, b * block, ((b + 1) * block).min(p)))
+        })
+        .collect::<Result<_>>()?;
     let mut lower = vec![0.0f64; pairs];
     for part in &partials {
         for (l, x) in lower.iter_mut().zip(part) {
@@ -610,16 +613,17 @@ pub fn combine<T: Float + Send + Sync>(j: &[T], k: usize, w: &[f64], out: &mut [
     let avx2 = std::arch::is_x86_feature_detected!("avx2");
     out.par_chunks_mut(MIN_CHUNK)
         .enumerate()
-        .for_each(|(c, chunk)| {
+        .try_for_each(|(c, chunk)| {
+            cancel::check()?;
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: the CPU reports AVX2.
                 unsafe { combine_chunk_avx2(j, p, &rows, c * MIN_CHUNK, chunk) };
-                return;
+                return Ok(());
             }
             combine_chunk(j, p, &rows, c * MIN_CHUNK, chunk);
-        });
-    Ok(())
+            Ok(())
+        })
 }
 
 #[cfg(test)]

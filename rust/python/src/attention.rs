@@ -8,38 +8,23 @@ use kexue_core::attention::Real;
 use numpy::{
     Element, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::arrays::{self, detached, slice, with_float_array, FloatArray};
-use crate::errors::to_py;
+use crate::arrays::{
+    array, array_mut, checked, detached, int, on_caller, slice, with_float_array, Dtype, Float,
+    FloatArray, Out, Shape,
+};
+use crate::errors::{Error, Result};
 
-/// An array with the dtype of `like` (named `like_name`) and `ndim` dimensions.
-fn typed<'py, T: Element>(
-    obj: &Bound<'py, PyAny>,
-    name: &str,
-    like_name: &str,
-    ndim: usize,
-) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
-    let expected = format!("a numpy array with the dtype of {like_name}");
-    let a = arrays::typed(obj, name, &expected)?;
-    if a.ndim() != ndim {
-        return Err(PyValueError::new_err(format!(
-            "{name} must have {ndim} dimensions, got shape {:?}",
-            a.shape()
-        )));
-    }
-    Ok(a)
-}
-
-fn check_4d(name: &str, shape: &[usize]) -> PyResult<()> {
+fn check_4d(name: &str, shape: &[usize]) -> Result<()> {
     if shape.len() == 4 {
         Ok(())
     } else {
-        Err(PyValueError::new_err(format!(
-            "{name} must have 4 dimensions (batch, heads, seq, dim), got shape {shape:?}"
-        )))
+        Err(Error::value(
+            name,
+            format!("must have 4 dimensions (batch, heads, seq, dim), got shape {shape:?}"),
+        ))
     }
 }
 
@@ -48,18 +33,20 @@ fn qkv_dims<T: Element>(
     q: &PyReadonlyArrayDyn<'_, T>,
     k: &PyReadonlyArrayDyn<'_, T>,
     v: &PyReadonlyArrayDyn<'_, T>,
-) -> PyResult<Dims> {
+) -> Result<Dims> {
     let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
     check_4d("q", qs)?;
     if ks[..2] != qs[..2] || ks[3] != qs[3] {
-        return Err(PyValueError::new_err(format!(
-            "k must have shape (batch, heads, seq, features) matching q {qs:?}, got {ks:?}"
-        )));
+        return Err(Error::value(
+            "k",
+            format!("must have shape (batch, heads, seq, features) matching q {qs:?}, got {ks:?}"),
+        ));
     }
     if vs[..3] != ks[..3] {
-        return Err(PyValueError::new_err(format!(
-            "v must have the batch, heads and seq of k {ks:?}, got {vs:?}"
-        )));
+        return Err(Error::value(
+            "v",
+            format!("must have the batch, heads and seq of k {ks:?}, got {vs:?}"),
+        ));
     }
     Ok(Dims {
         bh: qs[0] * qs[1],
@@ -70,28 +57,19 @@ fn qkv_dims<T: Element>(
     })
 }
 
-fn scaling(name: &str) -> PyResult<Scaling> {
-    match name {
-        "chi" => Ok(Scaling::Chi),
-        "sqrt" => Ok(Scaling::Sqrt),
-        _ => Err(PyValueError::new_err(format!(
-            "scaling must be 'chi' or 'sqrt', got {name:?}"
-        ))),
-    }
-}
-
 /// An `m × d` orthogonal random projection (float64) drawn from `seed`.
 #[pyfunction]
 fn attention_orthogonal_random<'py>(
     py: Python<'py>,
-    m: usize,
-    d: usize,
-    seed: u64,
+    m: &Bound<'py, PyAny>,
+    d: &Bound<'py, PyAny>,
+    seed: &Bound<'py, PyAny>,
     scaling_name: &str,
-) -> PyResult<Bound<'py, PyArray2<f64>>> {
-    let s = scaling(scaling_name)?;
+) -> Result<Bound<'py, PyArray2<f64>>> {
+    let (m, d, seed): (usize, usize, u64) = (int(m, "m")?, int(d, "d")?, int(seed, "seed")?);
+    let s: Scaling = scaling_name.parse()?;
     let w = detached(py, || projection::orthogonal_random(m, d, seed, s))?;
-    numpy::PyArray1::from_vec(py, w).reshape([m, d])
+    Ok(numpy::PyArray1::from_vec(py, w).reshape([m, d])?)
 }
 
 fn spec<'a, T: Real + Element>(
@@ -100,15 +78,16 @@ fn spec<'a, T: Real + Element>(
     projection: Option<&'a PyReadonlyArrayDyn<'_, T>>,
     is_query: bool,
     offset: Option<f64>,
-) -> PyResult<Spec<'a, T>> {
-    let map = FeatureMap::parse(feature_map).map_err(crate::errors::to_py)?;
+) -> Result<Spec<'a, T>> {
+    let map = FeatureMap::parse(feature_map)?;
     let projection = match projection {
         Some(w) => {
             let shape = w.shape();
             if shape.len() != 2 || shape[1] != d {
-                return Err(PyValueError::new_err(format!(
-                    "projection must have shape (m, {d}), got {shape:?}"
-                )));
+                return Err(Error::value(
+                    "projection",
+                    format!("must have shape (m, {d}), got {shape:?}"),
+                ));
             }
             Some((slice(w, "projection")?, shape[0]))
         }
@@ -116,9 +95,7 @@ fn spec<'a, T: Real + Element>(
     };
     if let Some(c) = offset {
         if !c.is_finite() {
-            return Err(PyValueError::new_err(format!(
-                "offset must be finite, got {c}"
-            )));
+            return Err(Error::value("offset", format!("must be finite, got {c}")));
         }
     }
     Ok(Spec {
@@ -130,11 +107,11 @@ fn spec<'a, T: Real + Element>(
     })
 }
 
-fn last_dim(shape: &[usize]) -> PyResult<usize> {
+fn last_dim(shape: &[usize]) -> Result<usize> {
     shape
         .last()
         .copied()
-        .ok_or_else(|| PyValueError::new_err("x must have at least 1 dimension"))
+        .ok_or_else(|| Error::value("x", "must have at least 1 dimension"))
 }
 
 /// Feature map φ of the last axis of `x`: shape `x.shape[:-1] + (features,)`. With
@@ -151,35 +128,29 @@ fn attention_features_forward<'py>(
     is_query: bool,
     offset: Option<f64>,
     row_max: bool,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(x, "x")?, x => {
-        let w = projection.map(|p| typed(p, "projection", "x", 2)).transpose()?;
+        let w = projection.map(|p| array(p, "projection", Dtype::Of("x"), Shape::Ndim(2))).transpose()?;
         let d = last_dim(x.shape())?;
         let s = spec(feature_map, d, w.as_ref(), is_query, offset)?;
         if row_max && !s.running() {
-            return Err(PyValueError::new_err(
-                "row_max needs keys of 'favor+', 'favor+hyperbolic' or 'exp' without an offset",
+            return Err(Error::value(
+                "row_max",
+                "needs keys of 'favor+', 'favor+hyperbolic' or 'exp' without an offset",
             ));
         }
         let xs = slice(&x, "x")?;
         let mut shape = x.shape().to_vec();
         *shape.last_mut().expect("checked above") = s.out_dim();
-        let out = arrays::zeros(py, &shape, "output")?;
-        let maxes = arrays::zeros::<f64>(py, &x.shape()[..x.ndim() - 1], "output")?;
-        {
-            let mut o = out.readwrite();
-            let os = o.as_slice_mut()?;
-            if row_max {
-                let mut mx = maxes.readwrite();
-                let ms = mx.as_slice_mut()?;
-                detached(py, || s.forward_row_max(xs, os, ms))?;
-            } else {
-                detached(py, || s.forward(xs, os))?;
-            }
-        }
+        let mut out = Out::zeros(py, &shape)?;
+        let os = out.slice();
         if row_max {
+            let mut maxes = Out::<f64>::zeros(py, &x.shape()[..x.ndim() - 1])?;
+            let ms = maxes.slice();
+            detached(py, || s.forward_row_max(xs, os, ms))?;
             return Ok(PyTuple::new(py, [out.into_any(), maxes.into_any()])?.into_any());
         }
+        detached(py, || s.forward(xs, os))?;
         Ok(out.into_any())
     })
 }
@@ -194,20 +165,17 @@ fn attention_features_backward<'py>(
     is_query: bool,
     phi: &Bound<'py, PyAny>,
     grad: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(x, "x")?, x => {
-        let w = projection.map(|p| typed(p, "projection", "x", 2)).transpose()?;
+        let w = projection.map(|p| array(p, "projection", Dtype::Of("x"), Shape::Ndim(2))).transpose()?;
         let d = last_dim(x.shape())?;
         let s = spec(feature_map, d, w.as_ref(), is_query, None)?;
-        let phi = typed(phi, "phi", "x", x.ndim())?;
-        let grad = typed(grad, "grad", "x", x.ndim())?;
+        let phi = array(phi, "phi", Dtype::Of("x"), Shape::Ndim(x.ndim()))?;
+        let grad = array(grad, "grad", Dtype::Of("x"), Shape::Ndim(x.ndim()))?;
         let (xs, ps, gs) = (slice(&x, "x")?, slice(&phi, "phi")?, slice(&grad, "grad")?);
-        let out = arrays::zeros(py, x.shape(), "output")?;
-        {
-            let mut o = out.readwrite();
-            let os = o.as_slice_mut()?;
-            detached(py, || s.backward(xs, ps, gs, os))?;
-        }
+        let mut out = Out::zeros(py, x.shape())?;
+        let os = out.slice();
+        detached(py, || s.backward(xs, ps, gs, os))?;
         Ok(out.into_any())
     })
 }
@@ -218,30 +186,7 @@ type MapArgs<'a, 'py> = (&'a str, Option<&'a Bound<'py, PyAny>>, Option<f64>);
 /// A causal state array and its stabilisers (`(B, H)` float64), when given.
 type StateArgs<'a, 'py> = (&'a Bound<'py, PyAny>, Option<&'a Bound<'py, PyAny>>);
 
-/// A C-contiguous float64 array of shape `want`, writable.
-fn state_array<'py>(
-    obj: &Bound<'py, PyAny>,
-    name: &str,
-    want: &[usize],
-) -> PyResult<numpy::PyReadwriteArrayDyn<'py, f64>> {
-    let a = obj
-        .downcast::<PyArrayDyn<f64>>()
-        .map_err(|_| PyTypeError::new_err(format!("{name} must be a float64 numpy array")))?;
-    if a.shape() != want {
-        return Err(PyValueError::new_err(format!(
-            "{name} must have shape {want:?}, got {:?}",
-            a.shape()
-        )));
-    }
-    if !a.is_c_contiguous() {
-        return Err(PyValueError::new_err(format!(
-            "{name} must be a C-contiguous array"
-        )));
-    }
-    Ok(a.try_readwrite()?)
-}
-
-fn forward_impl<'py, T: Real + Element>(
+fn forward_impl<'py, T: Real + Float>(
     py: Python<'py>,
     q: PyReadonlyArrayDyn<'py, T>,
     k: &Bound<'py, PyAny>,
@@ -249,10 +194,10 @@ fn forward_impl<'py, T: Real + Element>(
     eps: f64,
     causal: Option<(Method, Option<StateArgs<'_, 'py>>)>,
     map: Option<MapArgs<'_, 'py>>,
-) -> PyResult<Bound<'py, PyTuple>> {
+) -> Result<Bound<'py, PyTuple>> {
     check_4d("q", q.shape())?;
-    let k = typed::<T>(k, "k", "q", 4)?;
-    let v = typed::<T>(v, "v", "q", 4)?;
+    let k = array::<T>(k, "k", Dtype::Of("q"), Shape::Ndim(4))?;
+    let v = array::<T>(v, "v", Dtype::Of("q"), Shape::Ndim(4))?;
     let dims = qkv_dims(&q, &k, &v)?;
     let x = Inputs {
         dims,
@@ -261,7 +206,7 @@ fn forward_impl<'py, T: Real + Element>(
         v: slice(&v, "v")?,
     };
     let w = match map {
-        Some((_, Some(p), _)) => Some(typed::<T>(p, "projection", "q", 2)?),
+        Some((_, Some(p), _)) => Some(array::<T>(p, "projection", Dtype::Of("q"), Shape::Ndim(2))?),
         _ => None,
     };
     let specs = match map {
@@ -274,15 +219,14 @@ fn forward_impl<'py, T: Real + Element>(
     let maps = specs.as_ref().map(|(a, b)| (a, b));
     let features = maps.map_or(dims.m, |(sq, _)| sq.out_dim());
     let qs = q.shape();
-    // SAFETY: every form writes every element of `o` and `den` before they are returned; on
-    // error they are dropped unread. (No zero-fill: a fresh zeroed array costs page faults.)
-    let o = unsafe { PyArrayDyn::<T>::new(py, &[qs[0], qs[1], qs[2], dims.dv][..], false) };
-    let den = unsafe { PyArrayDyn::<T>::new(py, &qs[..3], false) };
+    // Every form writes every element of `o` and `den`. (No zero-fill: a fresh zeroed array
+    // costs page faults.)
+    let mut o = Out::<T>::new(py, &[qs[0], qs[1], qs[2], dims.dv])?;
+    let mut den = Out::<T>::new(py, &qs[..3])?;
     {
-        let (mut ow, mut dw) = (o.readwrite(), den.readwrite());
         let out = Outputs {
-            o: ow.as_slice_mut()?,
-            den: dw.as_slice_mut()?,
+            o: o.slice(),
+            den: den.slice(),
         };
         match causal {
             None => detached(py, || forms::non_causal_forward(&x, eps, out))?,
@@ -290,13 +234,19 @@ fn forward_impl<'py, T: Real + Element>(
                 let (mut kv, mut scale) = match state {
                     Some((kv, scale)) => {
                         let want = [qs[0], qs[1], features, dims.dv + 1];
-                        let kv = state_array(kv, "state", &want)?;
+                        let kv = array_mut::<f64>(kv, "state", Dtype::Own, Shape::Exact(&want))?;
                         let scale = match scale {
-                            Some(c) => Some(state_array(c, "scale", &want[..2])?),
+                            Some(c) => Some(array_mut::<f64>(
+                                c,
+                                "scale",
+                                Dtype::Own,
+                                Shape::Exact(&want[..2]),
+                            )?),
                             // The stabiliser of a state is needed where it moves.
                             None if specs.as_ref().is_some_and(|(_, k)| k.running()) => {
-                                return Err(PyValueError::new_err(
-                                    "scale is required with a state for this feature map",
+                                return Err(Error::value(
+                                    "scale",
+                                    "is required with a state for this feature map",
                                 ))
                             }
                             None => None,
@@ -322,7 +272,7 @@ fn forward_impl<'py, T: Real + Element>(
             }
         }
     }
-    PyTuple::new(py, [o.into_any(), den.into_any()])
+    Ok(PyTuple::new(py, [o.into_any(), den.into_any()])?)
 }
 
 /// Causal linear attention on feature-mapped `(B, H, N, M)` q, k and `(B, H, N, Dv)` v;
@@ -338,10 +288,10 @@ fn attention_causal_forward<'py>(
     v: &Bound<'py, PyAny>,
     eps: f64,
     method: &str,
-    chunk_size: usize,
+    chunk_size: &Bound<'py, PyAny>,
     state: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyTuple>> {
-    let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
+) -> Result<Bound<'py, PyTuple>> {
+    let method = Method::parse(method, int(chunk_size, "chunk_size")?)?;
     let state = state.map(|s| (s, None));
     with_float_array!(FloatArray::extract(q, "q")?, q => {
         forward_impl(py, q, k, v, eps, Some((method, state)), None)
@@ -365,11 +315,11 @@ fn attention_causal_mapped_forward<'py>(
     key_offset: Option<f64>,
     eps: f64,
     method: &str,
-    chunk_size: usize,
+    chunk_size: &Bound<'py, PyAny>,
     state: Option<&Bound<'py, PyAny>>,
     scale: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyTuple>> {
-    let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
+) -> Result<Bound<'py, PyTuple>> {
+    let method = Method::parse(method, int(chunk_size, "chunk_size")?)?;
     let map = Some((feature_map, projection, key_offset));
     let state = state.map(|s| (s, scale));
     with_float_array!(FloatArray::extract(q, "q")?, q => {
@@ -385,12 +335,12 @@ fn attention_noncausal_forward<'py>(
     k: &Bound<'py, PyAny>,
     v: &Bound<'py, PyAny>,
     eps: f64,
-) -> PyResult<Bound<'py, PyTuple>> {
+) -> Result<Bound<'py, PyTuple>> {
     with_float_array!(FloatArray::extract(q, "q")?, q => forward_impl(py, q, k, v, eps, None, None))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn backward_impl<'py, T: Real + Element>(
+fn backward_impl<'py, T: Real + Float>(
     py: Python<'py>,
     q: PyReadonlyArrayDyn<'py, T>,
     k: &Bound<'py, PyAny>,
@@ -401,18 +351,18 @@ fn backward_impl<'py, T: Real + Element>(
     grad_den: &Bound<'py, PyAny>,
     method: Option<Method>,
     eps: f64,
-) -> PyResult<Bound<'py, PyTuple>> {
+) -> Result<Bound<'py, PyTuple>> {
     check_4d("q", q.shape())?;
-    let k = typed::<T>(k, "k", "q", 4)?;
-    let v = typed::<T>(v, "v", "q", 4)?;
+    let k = array::<T>(k, "k", Dtype::Of("q"), Shape::Ndim(4))?;
+    let v = array::<T>(v, "v", Dtype::Of("q"), Shape::Ndim(4))?;
     let dims = qkv_dims(&q, &k, &v)?;
     let (o, go) = (
-        typed::<T>(o, "o", "q", 4)?,
-        typed::<T>(grad_o, "grad_o", "q", 4)?,
+        array::<T>(o, "o", Dtype::Of("q"), Shape::Ndim(4))?,
+        array::<T>(grad_o, "grad_o", Dtype::Of("q"), Shape::Ndim(4))?,
     );
     let (den, gden) = (
-        typed::<T>(den, "den", "q", 3)?,
-        typed::<T>(grad_den, "grad_den", "q", 3)?,
+        array::<T>(den, "den", Dtype::Of("q"), Shape::Ndim(3))?,
+        array::<T>(grad_den, "grad_den", Dtype::Of("q"), Shape::Ndim(3))?,
     );
     let x = Inputs {
         dims,
@@ -427,24 +377,26 @@ fn backward_impl<'py, T: Real + Element>(
         gden: slice(&gden, "grad_den")?,
         eps,
     };
-    let (dq, dk, dv) = (
-        arrays::zeros::<T>(py, q.shape(), "output")?,
-        arrays::zeros::<T>(py, k.shape(), "output")?,
-        arrays::zeros::<T>(py, v.shape(), "output")?,
+    let (mut dq, mut dk, mut dv) = (
+        Out::<T>::zeros(py, q.shape())?,
+        Out::<T>::zeros(py, k.shape())?,
+        Out::<T>::zeros(py, v.shape())?,
     );
     {
-        let (mut a, mut b, mut c) = (dq.readwrite(), dk.readwrite(), dv.readwrite());
         let gout = GradsOut {
-            dq: a.as_slice_mut()?,
-            dk: b.as_slice_mut()?,
-            dv: c.as_slice_mut()?,
+            dq: dq.slice(),
+            dk: dk.slice(),
+            dv: dv.slice(),
         };
         match method {
             Some(m) => detached(py, || forms::causal_backward(&x, m, &g, gout))?,
             None => detached(py, || forms::non_causal_backward(&x, &g, gout))?,
         }
     }
-    PyTuple::new(py, [dq.into_any(), dk.into_any(), dv.into_any()])
+    Ok(PyTuple::new(
+        py,
+        [dq.into_any(), dk.into_any(), dv.into_any()],
+    )?)
 }
 
 /// Gradients `(dq, dk, dv)` of [`attention_causal_forward`] (zero initial state) with `eps`.
@@ -461,10 +413,10 @@ fn attention_causal_backward<'py>(
     grad_o: &Bound<'py, PyAny>,
     grad_den: &Bound<'py, PyAny>,
     method: &str,
-    chunk_size: usize,
+    chunk_size: &Bound<'py, PyAny>,
     eps: f64,
-) -> PyResult<Bound<'py, PyTuple>> {
-    let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
+) -> Result<Bound<'py, PyTuple>> {
+    let method = Method::parse(method, int(chunk_size, "chunk_size")?)?;
     with_float_array!(FloatArray::extract(q, "q")?, q => {
         backward_impl(py, q, k, v, o, den, grad_o, grad_den, Some(method), eps)
     })
@@ -484,7 +436,7 @@ fn attention_noncausal_backward<'py>(
     grad_o: &Bound<'py, PyAny>,
     grad_den: &Bound<'py, PyAny>,
     eps: f64,
-) -> PyResult<Bound<'py, PyTuple>> {
+) -> Result<Bound<'py, PyTuple>> {
     with_float_array!(FloatArray::extract(q, "q")?, q => {
         backward_impl(py, q, k, v, o, den, grad_o, grad_den, None, eps)
     })
@@ -505,11 +457,7 @@ struct AttentionDecoder {
 
 /// The elements of `x` when it is a C-contiguous float32 array of shape `shape`.
 fn token<'py>(x: &Bound<'py, PyAny>, shape: &[usize]) -> Option<PyReadonlyArrayDyn<'py, f32>> {
-    let a = x.downcast::<PyArrayDyn<f32>>().ok()?;
-    if a.shape() != shape || !a.is_c_contiguous() {
-        return None;
-    }
-    a.try_readonly().ok()
+    array(x, "x", Dtype::Own, Shape::Exact(shape)).ok()
 }
 
 #[pymethods]
@@ -529,50 +477,40 @@ impl AttentionDecoder {
         projection: Option<&Bound<'_, PyAny>>,
         key_offset: Option<f64>,
         eps: f64,
-        d: usize,
+        d: &Bound<'_, PyAny>,
         state: &Bound<'_, PyAny>,
         scale: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
+    ) -> Result<Self> {
+        let d = int(d, "d")?;
         let w = projection
-            .map(|p| arrays::typed::<f32>(p, "projection", "a float32 numpy array"))
+            .map(|p| array::<f32>(p, "projection", Dtype::Own, Shape::Ndim(2)))
             .transpose()?;
         let (sq, sk) = (
             spec(feature_map, d, w.as_ref(), true, key_offset)?,
             spec(feature_map, d, w.as_ref(), false, key_offset)?,
         );
-        let st = state
-            .downcast::<PyArrayDyn<f64>>()
-            .map_err(|_| PyTypeError::new_err("state must be a float64 numpy array"))?;
+        let st = checked::<f64>(state, "state", Dtype::Own, Shape::Ndim(4))?;
         let shape = st.shape().to_vec();
         let m = sq.out_dim();
-        if shape.len() != 4 || shape[2] != m || shape[3] < 2 || !st.is_c_contiguous() {
-            return Err(PyValueError::new_err(format!(
-                "state must be a C-contiguous (batch, heads, {m}, dv + 1) array, got shape \
-                 {shape:?}"
-            )));
+        if shape[2] != m || shape[3] < 2 {
+            return Err(Error::value(
+                "state",
+                format!("must have shape (batch, heads, {m}, dv + 1), got {shape:?}"),
+            ));
         }
-        let own;
         let sc = match scale {
-            Some(c) => c
-                .downcast::<PyArrayDyn<f64>>()
-                .map_err(|_| PyTypeError::new_err("scale must be a float64 numpy array"))?,
+            Some(c) => checked::<f64>(c, "scale", Dtype::Own, Shape::Exact(&shape[..2]))?,
             None => {
-                own = PyArrayDyn::<f64>::zeros(py, &shape[..2], false);
-                own.readwrite().as_slice_mut()?.fill(f64::NEG_INFINITY);
-                &own
+                let mut own = Out::<f64>::new(py, &shape[..2])?;
+                own.slice().fill(f64::NEG_INFINITY);
+                own.into_array()
             }
         };
-        if sc.shape() != &shape[..2] || !sc.is_c_contiguous() {
-            return Err(PyValueError::new_err(format!(
-                "scale must be a C-contiguous (batch, heads) array, got shape {:?}",
-                sc.shape()
-            )));
-        }
-        let core = Decoder::new(&sq, &sk, shape[0] * shape[1], shape[3] - 1, eps).map_err(to_py)?;
+        let core = Decoder::new(&sq, &sk, shape[0] * shape[1], shape[3] - 1, eps)?;
         Ok(AttentionDecoder {
             core,
-            state: st.clone().unbind(),
-            scale: sc.clone().unbind(),
+            state: st.unbind(),
+            scale: sc.unbind(),
             shape: [shape[0], shape[1], d, shape[3] - 1],
         })
     }
@@ -585,7 +523,7 @@ impl AttentionDecoder {
         q: &Bound<'py, PyAny>,
         k: &Bound<'py, PyAny>,
         v: &Bound<'py, PyAny>,
-    ) -> PyResult<Option<Bound<'py, PyArrayDyn<f32>>>> {
+    ) -> Result<Option<Bound<'py, PyArrayDyn<f32>>>> {
         let [b, h, d, dv] = self.shape;
         let (Some(q), Some(k), Some(v)) = (
             token(q, &[b, h, d]),
@@ -595,11 +533,10 @@ impl AttentionDecoder {
             return Ok(None);
         };
         let (qs, ks, vs) = (slice(&q, "q")?, slice(&k, "k")?, slice(&v, "v")?);
-        // SAFETY: a successful step writes every element of `o`; on error it is dropped unread.
-        let o = unsafe { PyArrayDyn::<f32>::new(py, &[b, h, dv][..], false) };
+        // a successful step writes every element of `o`
+        let mut o = Out::<f32>::new(py, &[b, h, dv])?;
         {
-            let mut ow = o.readwrite();
-            let os = ow.as_slice_mut()?;
+            let os = o.slice();
             let mut state = match self.core.needs_state() {
                 true => Some((
                     self.state.bind(py).try_readwrite()?,
@@ -619,16 +556,15 @@ impl AttentionDecoder {
                 detached(py, || core.step(qs, ks, vs, st, os))?;
             } else {
                 // decoding a few heads: no hand-off to the pool's threads
-                py.allow_threads(|| core.step(qs, ks, vs, st, os))
-                    .map_err(to_py)?;
+                on_caller(py, || core.step(qs, ks, vs, st, os))?;
             }
         }
-        Ok(Some(o))
+        Ok(Some(o.into_array()))
     }
 
     /// Adds the buffered tokens into the state array, which the decoder reads again before
     /// its next step (so the caller may change it in between).
-    fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
+    fn flush(&mut self, py: Python<'_>) -> Result<()> {
         let mut state = self.state.bind(py).try_readwrite()?;
         let mut scale = self.scale.bind(py).try_readwrite()?;
         let st = State {
@@ -636,7 +572,7 @@ impl AttentionDecoder {
             scale: scale.as_slice_mut()?,
         };
         let core = &mut self.core;
-        py.allow_threads(|| core.flush(st)).map_err(to_py)
+        on_caller(py, || core.flush(st))
     }
 }
 

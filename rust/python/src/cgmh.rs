@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use kexue_core::cgmh::ngram::Ngram;
-use kexue_core::cgmh::priors::{BowCosine, EditPenalty};
+use kexue_core::cgmh::priors::{BowCosine, EditPenalty, PriorKind};
 use std::collections::HashMap;
 
 use kexue_core::cgmh::{self, Config, LengthPrior, Move, Prior, Scorer, Task};
@@ -14,8 +14,8 @@ use numpy::{PyArray1, PyReadonlyArray1, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::arrays::detached;
-use crate::errors::{from_py, to_py};
+use crate::arrays::{detached, int, ints, on_caller};
+use crate::errors::{self, from_py};
 use crate::lm::PyModel;
 
 /// A Python object with `vocab_size`, `sentence_logprob(ids)`, `forward_logprobs(ids, pos)`,
@@ -28,20 +28,22 @@ struct PyScorer {
 }
 
 impl PyScorer {
-    fn new(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+    fn new(obj: &Bound<'_, PyAny>) -> errors::Result<Self> {
         let vocab: usize = obj
             .getattr("vocab_size")
             .and_then(|v| v.extract())
             .map_err(|_| {
-                pyo3::exceptions::PyTypeError::new_err(
-                    "lm must be a scorer with an int vocab_size (see kexue.scorers)",
+                errors::Error::type_(
+                    "lm",
+                    "must be a scorer with an int vocab_size (see kexue.scorers)",
                 )
             })?;
         for m in ["sentence_logprob", "forward_logprobs", "backward_logprobs"] {
             if !obj.hasattr(m)? {
-                return Err(pyo3::exceptions::PyTypeError::new_err(format!(
-                    "lm must be a scorer with a {m} method (see kexue.scorers)"
-                )));
+                return Err(errors::Error::type_(
+                    "lm",
+                    format!("must be a scorer with a {m} method (see kexue.scorers)"),
+                ));
             }
         }
         Ok(PyScorer {
@@ -158,7 +160,7 @@ struct PyNgram {
 impl PyNgram {
     #[new]
     #[pyo3(signature = (forward, backward = None))]
-    fn new(py: Python<'_>, forward: &PyModel, backward: Option<&PyModel>) -> PyResult<Self> {
+    fn new(py: Python<'_>, forward: &PyModel, backward: Option<&PyModel>) -> errors::Result<Self> {
         let f = forward.checked()?.clone();
         let b = backward.map(|b| b.checked().cloned()).transpose()?;
         let models = [Some(f.clone()), b.clone()].into_iter().flatten().collect();
@@ -183,12 +185,17 @@ impl PyNgram {
     fn sample(
         &self,
         py: Python<'_>,
-        count: usize,
-        seed: u64,
-        max_len: usize,
-    ) -> Vec<(Vec<u32>, f64)> {
-        let inner = self.inner.clone();
-        py.allow_threads(move || inner.sample(count, seed, max_len))
+        count: &Bound<'_, PyAny>,
+        seed: &Bound<'_, PyAny>,
+        max_len: &Bound<'_, PyAny>,
+    ) -> errors::Result<Vec<(Vec<u32>, f64)>> {
+        let (count, seed, max_len) = (
+            int(count, "count")?,
+            int(seed, "seed")?,
+            int(max_len, "max_len")?,
+        );
+        let inner = &self.inner;
+        on_caller(py, || Ok(inner.sample(count, seed, max_len)))
     }
 }
 
@@ -219,26 +226,26 @@ enum AnyPrior {
 }
 
 impl AnyPrior {
-    fn extract(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
-        if let Ok((kind, source, weight)) = obj.extract::<(String, Vec<u32>, f64)>() {
+    fn extract(obj: &Bound<'_, PyAny>) -> errors::Result<Self> {
+        if let Ok((kind, source, weight)) = obj.extract::<(String, Bound<'_, PyAny>, f64)>() {
             if !weight.is_finite() {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "prior weight must be finite, got {weight}"
-                )));
+                return Err(errors::Error::value(
+                    "priors",
+                    format!("weights must be finite, got {weight}"),
+                ));
             }
-            return match kind.as_str() {
-                "cosine" => Ok(AnyPrior::Cosine(BowCosine::new(&source, weight))),
-                "edit" => Ok(AnyPrior::Edit(EditPenalty::new(&source, weight))),
-                _ => Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "prior kind must be 'cosine' or 'edit', got {kind:?}"
-                ))),
-            };
+            let source: Vec<u32> = ints(&source, "priors source ids")?;
+            return Ok(match kind.parse()? {
+                PriorKind::Cosine => AnyPrior::Cosine(BowCosine::new(&source, weight)),
+                PriorKind::Edit => AnyPrior::Edit(EditPenalty::new(&source, weight)),
+            });
         }
         if obj.is_callable() {
             return Ok(AnyPrior::Py(PyPrior(obj.clone().unbind())));
         }
-        Err(pyo3::exceptions::PyTypeError::new_err(
-            "priors must be (kind, source ids, weight) tuples or callables ids -> float",
+        Err(errors::Error::type_(
+            "priors",
+            "must be (kind, source ids, weight) tuples or callables ids -> float",
         ))
     }
 
@@ -255,52 +262,56 @@ impl AnyPrior {
 /// Sampler settings, read from the dict `kexue.cgmh` builds (one key per field).
 #[derive(FromPyObject)]
 #[pyo3(from_item_all)]
-struct Settings {
-    chains: usize,
-    steps: usize,
-    top_k: usize,
+struct Settings<'py> {
+    chains: Bound<'py, PyAny>,
+    steps: Bound<'py, PyAny>,
+    top_k: Bound<'py, PyAny>,
     moves: HashMap<String, f64>,
-    min_len: usize,
-    max_len: usize,
+    min_len: Bound<'py, PyAny>,
+    max_len: Bound<'py, PyAny>,
     gamma: f64,
-    length: Option<(usize, f64)>,
+    length: Option<(Bound<'py, PyAny>, f64)>,
     anneal: Option<(f64, f64)>,
     index: String,
     explore: f64,
-    blocked: Vec<u32>,
-    keep: usize,
+    blocked: Bound<'py, PyAny>,
+    keep: Bound<'py, PyAny>,
     free_order: bool,
     /// Per input: tokens of each keyword (empty: one each); see `Task::units`.
-    units: Vec<Vec<usize>>,
-    seed: u64,
+    units: Bound<'py, PyAny>,
+    seed: Bound<'py, PyAny>,
     best: bool,
     trace: bool,
 }
 
-impl Settings {
-    fn config(&self) -> kexue_core::Result<Config> {
+impl Settings<'_> {
+    fn config(&self) -> errors::Result<Config> {
         let mut moves = [0.0; Move::COUNT];
         for (name, &w) in &self.moves {
             moves[name.parse::<Move>()? as usize] = w;
         }
-        let mut blocked = self.blocked.clone();
+        let mut blocked: Vec<u32> = ints(&self.blocked, "settings['blocked']")?;
         blocked.sort_unstable();
         blocked.dedup();
         Ok(Config {
-            steps: self.steps,
-            top_k: self.top_k,
+            steps: int(&self.steps, "settings['steps']")?,
+            top_k: int(&self.top_k, "settings['top_k']")?,
             moves,
-            min_len: self.min_len,
-            max_len: self.max_len,
+            min_len: int(&self.min_len, "settings['min_len']")?,
+            max_len: int(&self.max_len, "settings['max_len']")?,
             gamma: self.gamma,
-            length: self
-                .length
-                .map(|(target, per_word)| LengthPrior { target, per_word }),
+            length: match &self.length {
+                Some((target, per_word)) => Some(LengthPrior {
+                    target: int(target, "settings['length'][0]")?,
+                    per_word: *per_word,
+                }),
+                None => None,
+            },
             anneal: self.anneal,
             index: self.index.parse()?,
             explore: self.explore,
             blocked,
-            keep: self.keep,
+            keep: int(&self.keep, "settings['keep']")?,
             trace: self.trace,
         })
     }
@@ -312,29 +323,38 @@ impl Settings {
 fn cgmh_run<'py>(
     py: Python<'py>,
     lm: &Bound<'py, PyAny>,
-    inputs: Vec<Vec<u32>>,
+    inputs: &Bound<'py, PyAny>,
     fixed: Vec<Vec<bool>>,
-    forms: Vec<Vec<Vec<u32>>>,
+    forms: &Bound<'py, PyAny>,
     priors: Vec<Vec<Bound<'py, PyAny>>>,
-    settings: Settings,
-) -> PyResult<Bound<'py, PyList>> {
+    settings: &Bound<'py, PyAny>,
+) -> errors::Result<Bound<'py, PyList>> {
+    let settings: Settings<'py> = settings
+        .downcast::<PyDict>()
+        .map_err(|_| errors::Error::type_("settings", "must be a dict (see kexue.cgmh)"))?
+        .extract()
+        .map_err(|e| errors::Error::type_("settings", format!("is incomplete: {e}")))?;
+    let inputs: Vec<Vec<u32>> = ints(inputs, "inputs")?;
+    let forms: Vec<Vec<Vec<u32>>> = ints(forms, "forms")?;
+    let units: Vec<Vec<usize>> = ints(&settings.units, "settings['units']")?;
     if fixed.len() != inputs.len()
         || priors.len() != inputs.len()
         || forms.len() != inputs.len()
-        || settings.units.len() != inputs.len()
+        || units.len() != inputs.len()
     {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "fixed, forms, priors and settings['units'] must have one entry per input",
+        return Err(errors::Error::value(
+            "fixed",
+            "forms, priors and settings['units'] must have one entry per input",
         ));
     }
-    let config = settings.config().map_err(to_py)?;
+    let config = settings.config()?;
     let native = lm
         .getattr("_cgmh_native")
         .ok()
         .and_then(|n| n.downcast_into::<PyNgram>().ok());
     if let Some(n) = &native {
         for m in &n.get().models {
-            m.check_file().map_err(to_py)?;
+            m.check_file()?;
         }
     }
     let native = native.map(|n| n.get().inner.clone());
@@ -345,13 +365,13 @@ fn cgmh_run<'py>(
     let priors: Vec<Vec<AnyPrior>> = priors
         .iter()
         .map(|ps| ps.iter().map(AnyPrior::extract).collect())
-        .collect::<PyResult<_>>()?;
+        .collect::<errors::Result<_>>()?;
     let tasks: Vec<Task<'_>> = inputs
         .into_iter()
         .zip(fixed)
         .zip(forms)
         .zip(&priors)
-        .zip(&settings.units)
+        .zip(&units)
         .map(|((((tokens, fixed), forms), ps), units)| Task {
             tokens,
             fixed,
@@ -361,7 +381,9 @@ fn cgmh_run<'py>(
             priors: ps.iter().map(AnyPrior::as_dyn).collect(),
         })
         .collect();
-    let (n, seed, best) = (settings.chains, settings.seed, settings.best);
+    let n = int(&settings.chains, "settings['chains']")?;
+    let seed = int(&settings.seed, "settings['seed']")?;
+    let best = settings.best;
     let samples = detached(py, || match &scorer {
         AnyScorer::Native(ngram) => cgmh::run(&**ngram, &tasks, n, &config, seed, best),
         AnyScorer::Py(s) => cgmh::run(s, &tasks, n, &config, seed, best),

@@ -14,8 +14,8 @@ mod vmf;
 
 /// Sizes the thread pool used by every kernel; 0 restores the default.
 #[pyfunction]
-fn set_num_threads(n: usize) -> PyResult<()> {
-    kexue_core::parallel::set_num_threads(n).map_err(errors::to_py)
+fn set_num_threads(n: &Bound<'_, PyAny>) -> errors::Result<()> {
+    Ok(kexue_core::parallel::set_num_threads(arrays::int(n, "n")?)?)
 }
 
 /// Number of threads a kernel started now would use.
@@ -26,7 +26,7 @@ fn get_num_threads() -> usize {
 
 /// Panics inside a kernel run, to test that the boundary turns it into `RuntimeError`.
 #[pyfunction]
-fn _panic_in_kernel(py: Python<'_>) -> PyResult<()> {
+fn _panic_in_kernel(py: Python<'_>) -> errors::Result<()> {
     arrays::detached(py, || -> kexue_core::Result<()> {
         panic!("forced by a test")
     })

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use kexue_core::lm::{self, BuildOptions, Corpus, Model};
 use numpy::PyArray1;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyString, PyTuple};
 
-use crate::arrays::{detached, detached_sized};
-use crate::errors::to_py;
+use crate::arrays::{detached, detached_sized, int};
+use crate::errors::{Error, Result};
 
 /// Training sentences being collected (see `kexue.lm.NgramLM.build`).
 #[pyclass(module = "kexue._native", name = "NgramCorpus")]
@@ -33,8 +33,9 @@ impl PyCorpus {
         py: Python<'_>,
         text: &[u8],
         source: PathBuf,
-        first_line: usize,
-    ) -> PyResult<usize> {
+        first_line: &Bound<'_, PyAny>,
+    ) -> Result<usize> {
+        let first_line = int(first_line, "first_line")?;
         let corpus = &mut self.inner;
         detached(py, || corpus.add_text(text, &source, first_line))
     }
@@ -56,18 +57,18 @@ impl PyCorpus {
     }
 
     /// Estimates the forward model and, when `backward`, the backward one.
-    #[pyo3(signature = (order, backward = false, min_count = 1, discount_fallback = false))]
+    #[pyo3(signature = (order, backward = false, min_count = None, discount_fallback = false))]
     fn build(
         &self,
         py: Python<'_>,
-        order: usize,
+        order: &Bound<'_, PyAny>,
         backward: bool,
-        min_count: u64,
+        min_count: Option<&Bound<'_, PyAny>>,
         discount_fallback: bool,
-    ) -> PyResult<(PyModel, Option<PyModel>)> {
+    ) -> Result<(PyModel, Option<PyModel>)> {
         let opts = BuildOptions {
-            order,
-            min_count,
+            order: int(order, "order")?,
+            min_count: min_count.map_or(Ok(1), |c| int(c, "min_count"))?,
             discount_fallback,
         };
         let corpus = &self.inner;
@@ -94,8 +95,8 @@ pub struct PyModel {
 
 impl PyModel {
     /// The model, once its memory-mapped file (if any) is checked to be unchanged.
-    pub fn checked(&self) -> PyResult<&Arc<Model>> {
-        self.inner.check_file().map_err(to_py)?;
+    pub fn checked(&self) -> Result<&Arc<Model>> {
+        self.inner.check_file()?;
         Ok(&self.inner)
     }
 }
@@ -147,7 +148,7 @@ impl PyModel {
         bos: bool,
         eos: bool,
         f32_sum: bool,
-    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    ) -> Result<Bound<'py, PyArray1<f64>>> {
         let model = self.checked()?;
         // Borrowed, not copied: CPython keeps each str's UTF-8 form (the text itself for
         // ASCII), and the list keeps the strings alive while the GIL is released.
@@ -171,7 +172,7 @@ impl PyModel {
         sentence: &str,
         bos: bool,
         eos: bool,
-    ) -> PyResult<TokenArrays<'py>> {
+    ) -> Result<TokenArrays<'py>> {
         let m = self.checked()?;
         let scores = m.token_scores(&m.ids(sentence), bos, eos);
         Ok((
@@ -191,7 +192,7 @@ impl PyModel {
         context: Vec<String>,
         candidates: Option<Vec<String>>,
         bos: bool,
-    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    ) -> Result<Bound<'py, PyArray1<f64>>> {
         let m = self.checked()?;
         let v = m.vocab();
         let ctx: Vec<u32> = bos
@@ -215,7 +216,7 @@ impl PyModel {
     }
 
     /// Writes the model as ARPA (temporary file, then rename).
-    fn save_arpa(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    fn save_arpa(&self, py: Python<'_>, path: PathBuf) -> Result<()> {
         let m = self.checked()?;
         detached(py, || lm::write_arpa(m, &path))
     }
@@ -223,14 +224,15 @@ impl PyModel {
 
 /// Reads an ARPA file (lmplz, SRILM or kexue output).
 #[pyfunction]
-fn lm_read_arpa(py: Python<'_>, path: PathBuf) -> PyResult<PyModel> {
+fn lm_read_arpa(py: Python<'_>, path: PathBuf) -> Result<PyModel> {
     Ok(detached(py, || lm::read_arpa(&path))?.into())
 }
 
-fn same_vocab(forward: &PyModel, backward: Option<&PyModel>) -> PyResult<()> {
+fn same_vocab(forward: &PyModel, backward: Option<&PyModel>) -> Result<()> {
     match backward {
-        Some(b) if b.inner.vocab() != forward.inner.vocab() => Err(to_py(
-            kexue_core::Error::value("backward", "must share the forward model's vocabulary"),
+        Some(b) if b.inner.vocab() != forward.inner.vocab() => Err(Error::value(
+            "backward",
+            "must share the forward model's vocabulary",
         )),
         _ => Ok(()),
     }
@@ -244,7 +246,7 @@ fn lm_save(
     path: PathBuf,
     forward: &PyModel,
     backward: Option<&PyModel>,
-) -> PyResult<()> {
+) -> Result<()> {
     same_vocab(forward, backward)?;
     let f = forward.checked()?;
     let b = backward.map(PyModel::checked).transpose()?.map(|b| &**b);
@@ -254,7 +256,7 @@ fn lm_save(
 /// Loads a binary model file: (forward, backward or None); memory-mapped when `mmap`.
 #[pyfunction]
 #[pyo3(signature = (path, mmap = true))]
-fn lm_load(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<(PyModel, Option<PyModel>)> {
+fn lm_load(py: Python<'_>, path: PathBuf, mmap: bool) -> Result<(PyModel, Option<PyModel>)> {
     let (f, b) = detached(py, || lm::load(&path, mmap))?;
     Ok((f.into(), b.map(PyModel::from)))
 }
@@ -266,7 +268,7 @@ fn lm_to_bytes<'py>(
     py: Python<'py>,
     forward: &PyModel,
     backward: Option<&PyModel>,
-) -> PyResult<Bound<'py, PyBytes>> {
+) -> Result<Bound<'py, PyBytes>> {
     same_vocab(forward, backward)?;
     let f = forward.checked()?;
     let b = backward.map(PyModel::checked).transpose()?.map(|b| &**b);
@@ -276,19 +278,61 @@ fn lm_to_bytes<'py>(
 
 /// Parses a binary image: (forward, backward or None).
 #[pyfunction]
-fn lm_from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<(PyModel, Option<PyModel>)> {
+fn lm_from_bytes(py: Python<'_>, data: &[u8]) -> Result<(PyModel, Option<PyModel>)> {
     let (f, b) = detached(py, || lm::from_bytes(data, std::path::Path::new("<bytes>")))?;
     Ok((f.into(), b.map(PyModel::from)))
+}
+
+/// The `(words..., count)` rows of a count table; a count out of range is named by its
+/// words (`bigram_counts[('of', 'the')]`).
+fn count_rows(
+    table: &Bound<'_, PyAny>,
+    name: &str,
+    words: usize,
+) -> Result<Vec<(Vec<String>, u64)>> {
+    let shape = if words == 1 {
+        "(word, count)"
+    } else {
+        "(word1, word2, count)"
+    };
+    let bad = || Error::type_(name, format!("must be an iterable of {shape} tuples"));
+    let mut out = Vec::new();
+    for row in table.try_iter().map_err(|_| bad())? {
+        let row = row?;
+        let row = row.downcast::<PyTuple>().map_err(|_| bad())?;
+        if row.len() != words + 1 {
+            return Err(bad());
+        }
+        let key = match words {
+            1 => row.get_item(0)?.repr()?,
+            _ => row.get_slice(0, words).repr()?,
+        };
+        let count: u64 = int(&row.get_item(words)?, &format!("{name}[{key}]"))?;
+        let words = (0..words)
+            .map(|i| row.get_item(i)?.extract::<String>())
+            .collect::<PyResult<Vec<_>>>()?;
+        out.push((words, count));
+    }
+    Ok(out)
 }
 
 /// A bigram model from (word, count) and (word1, word2, count) tables.
 #[pyfunction]
 fn lm_from_counts(
     py: Python<'_>,
-    unigrams: Vec<(String, u64)>,
-    bigrams: Vec<(String, String, u64)>,
-    eos_count: u64,
-) -> PyResult<PyModel> {
+    unigram_counts: &Bound<'_, PyAny>,
+    bigram_counts: &Bound<'_, PyAny>,
+    eos_count: &Bound<'_, PyAny>,
+) -> Result<PyModel> {
+    let unigrams: Vec<(String, u64)> = count_rows(unigram_counts, "unigram_counts", 1)?
+        .into_iter()
+        .map(|(mut w, c)| (w.swap_remove(0), c))
+        .collect();
+    let bigrams: Vec<(String, String, u64)> = count_rows(bigram_counts, "bigram_counts", 2)?
+        .into_iter()
+        .map(|(w, c)| (w[0].clone(), w[1].clone(), c))
+        .collect();
+    let eos_count = int(eos_count, "eos_count")?;
     Ok(detached(py, || lm::from_counts(&unigrams, &bigrams, eos_count))?.into())
 }
 

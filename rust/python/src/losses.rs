@@ -2,11 +2,13 @@
 
 use kexue_core::losses::global_pointer as gp;
 use kexue_core::losses::{mlce, nxm, squareplus};
-use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
+use numpy::{Element, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use crate::arrays::{self, detached, filled, same_as, slice, with_float_array, FloatArray};
+use crate::arrays::{
+    array, detached, filled, optional, slice, with_float_array, Dtype, FloatArray, Out, Shape,
+};
+use crate::errors::{Error, Result};
 
 /// SquarePlus of a C-contiguous float array, as a new array of the same shape and dtype.
 #[pyfunction]
@@ -14,10 +16,10 @@ fn squareplus_forward<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     b: f64,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(x, "x")?, x => {
         let xs = slice(&x, "x")?;
-        Ok(filled(py, x.shape(), |out| squareplus::forward(xs, b, out))?.into_any())
+        filled(py, x.shape(), |out| squareplus::forward(xs, b, out))
     })
 }
 
@@ -28,11 +30,11 @@ fn squareplus_backward<'py>(
     x: &Bound<'py, PyAny>,
     grad: &Bound<'py, PyAny>,
     b: f64,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(x, "x")?, x => {
-        let grad = same_as(grad, "grad", &x, "x")?;
+        let grad = array(grad, "grad", Dtype::Of("x"), Shape::Exact(x.shape()))?;
         let (xs, gs) = (slice(&x, "x")?, slice(&grad, "grad")?);
-        Ok(filled(py, x.shape(), |out| squareplus::backward(xs, gs, b, out))?.into_any())
+        filled(py, x.shape(), |out| squareplus::backward(xs, gs, b, out))
     })
 }
 
@@ -50,60 +52,23 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 // --- multi-label CE, GlobalPointer, n×m loss ------------------------------------------
 
-/// A read-only numpy array of exactly dtype `T` and, when given, shape `shape`.
-fn typed<'py, T: Element>(
-    obj: &Bound<'py, PyAny>,
-    name: &str,
-    dtype: &str,
-    shape: Option<&[usize]>,
-) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
-    let a = arrays::typed(obj, name, &format!("a {dtype} numpy array"))?;
-    if let Some(shape) = shape {
-        if a.shape() != shape {
-            return Err(PyValueError::new_err(format!(
-                "{name} must have shape {shape:?}, got {:?}",
-                a.shape()
-            )));
-        }
-    }
-    Ok(a)
-}
-
-fn optional<'py, T: Element>(
-    obj: Option<&Bound<'py, PyAny>>,
-    name: &str,
-    dtype: &str,
-    shape: Option<&[usize]>,
-) -> PyResult<Option<PyReadonlyArrayDyn<'py, T>>> {
-    obj.filter(|o| !o.is_none())
-        .map(|o| typed(o, name, dtype, shape))
-        .transpose()
-}
-
 fn opt_slice<'a, T: Element>(
     a: &'a Option<PyReadonlyArrayDyn<'_, T>>,
     name: &str,
-) -> PyResult<Option<&'a [T]>> {
+) -> Result<Option<&'a [T]>> {
     a.as_ref().map(|a| slice(a, name)).transpose()
 }
 
 /// `(leading shape, last dimension)` of an array with at least `min_ndim` dimensions.
-fn split_last(shape: &[usize], name: &str, min_ndim: usize) -> PyResult<(Vec<usize>, usize)> {
+fn split_last(shape: &[usize], name: &str, min_ndim: usize) -> Result<(Vec<usize>, usize)> {
     if shape.len() < min_ndim {
-        return Err(PyValueError::new_err(format!(
-            "{name} must have at least {min_ndim} dimension(s), got shape {shape:?}"
-        )));
+        return Err(Error::value(
+            name,
+            format!("must have at least {min_ndim} dimension(s), got shape {shape:?}"),
+        ));
     }
     let (&last, lead) = shape.split_last().expect("min_ndim >= 1");
     Ok((lead.to_vec(), last))
-}
-
-/// The mutable data of an array created in this call (numpy arrays are shared through
-/// `&Bound`, so the mutable view necessarily comes from a shared reference).
-#[allow(clippy::mut_from_ref)]
-fn data<'a, T: Element>(a: &'a Bound<'_, PyArrayDyn<T>>) -> &'a mut [T] {
-    // SAFETY: only called on arrays just created by `arrays::zeros`, which nothing else references.
-    unsafe { a.as_slice_mut() }.expect("a new array is contiguous")
 }
 
 /// Per-row loss and the `[L_neg, L_pos]` statistics backward needs, for dense labels
@@ -116,16 +81,16 @@ fn mlce_forward<'py>(
     y_true: &Bound<'py, PyAny>,
     mask: Option<&Bound<'py, PyAny>>,
     eps: f64,
-) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+) -> Result<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     with_float_array!(FloatArray::extract(y_pred, "y_pred")?, s => {
         let (lead, cols) = split_last(s.shape(), "y_pred", 1)?;
-        let t = same_as(y_true, "y_true", &s, "y_pred")?;
-        let m = optional::<u8>(mask, "mask", "uint8", Some(s.shape()))?;
+        let t = array(y_true, "y_true", Dtype::Of("y_pred"), Shape::Exact(s.shape()))?;
+        let m = optional::<u8>(mask, "mask", Dtype::Own, Shape::Exact(s.shape()))?;
         let a = mlce::Dense { y_pred: slice(&s, "y_pred")?, y_true: slice(&t, "y_true")?,
             mask: opt_slice(&m, "mask")?, cols, eps };
         let rows: usize = lead.iter().product();
-        let (loss, stats) = (arrays::zeros(py, &lead, "output")?, arrays::zeros::<f64>(py, &[rows, mlce::STATS], "output")?);
-        let (l, st) = (data(&loss), data(&stats));
+        let (mut loss, mut stats) = (Out::new(py, &lead)?, Out::<f64>::new(py, &[rows, mlce::STATS])?);
+        let (l, st) = (loss.slice(), stats.slice());
         detached(py, || mlce::dense_forward(a, l, st))?;
         Ok((loss.into_any(), stats.into_any()))
     })
@@ -142,18 +107,18 @@ fn mlce_backward<'py>(
     eps: f64,
     stats: &Bound<'py, PyAny>,
     grad_loss: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(y_pred, "y_pred")?, s => {
         let (lead, cols) = split_last(s.shape(), "y_pred", 1)?;
-        let t = same_as(y_true, "y_true", &s, "y_pred")?;
-        let m = optional::<u8>(mask, "mask", "uint8", Some(s.shape()))?;
+        let t = array(y_true, "y_true", Dtype::Of("y_pred"), Shape::Exact(s.shape()))?;
+        let m = optional::<u8>(mask, "mask", Dtype::Own, Shape::Exact(s.shape()))?;
         let rows: usize = lead.iter().product();
-        let st = typed::<f64>(stats, "stats", "float64", Some(&[rows, mlce::STATS]))?;
-        let g = typed(grad_loss, "grad_loss", "y_pred dtype", Some(&lead))?;
+        let st = array::<f64>(stats, "stats", Dtype::Own, Shape::Exact(&[rows, mlce::STATS]))?;
+        let g = array(grad_loss, "grad_loss", Dtype::Of("y_pred"), Shape::Exact(&lead))?;
         let a = mlce::Dense { y_pred: slice(&s, "y_pred")?, y_true: slice(&t, "y_true")?,
             mask: opt_slice(&m, "mask")?, cols, eps };
         let (st, g) = (slice(&st, "stats")?, slice(&g, "grad_loss")?);
-        Ok(filled(py, s.shape(), |out| mlce::dense_backward(a, st, g, out))?.into_any())
+        filled(py, s.shape(), |out| mlce::dense_backward(a, st, g, out))
     })
 }
 
@@ -165,27 +130,28 @@ fn sparse_mlce_forward<'py>(
     y_pred: &Bound<'py, PyAny>,
     y_true: &Bound<'py, PyAny>,
     mask_zero: bool,
-) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+) -> Result<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     with_float_array!(FloatArray::extract(y_pred, "y_pred")?, s => {
         let (lead, cols) = split_last(s.shape(), "y_pred", 1)?;
-        let t = typed::<i64>(y_true, "y_true", "int64", None)?;
+        let t = array::<i64>(y_true, "y_true", Dtype::Own, Shape::Any)?;
         let k = sparse_k(t.shape(), &lead)?;
         let a = mlce::Sparse { y_pred: slice(&s, "y_pred")?, y_true: slice(&t, "y_true")?,
             cols, k, mask_zero };
         let rows: usize = lead.iter().product();
-        let (loss, stats) = (arrays::zeros(py, &lead, "output")?, arrays::zeros::<f64>(py, &[rows, mlce::STATS], "output")?);
-        let (l, st) = (data(&loss), data(&stats));
+        let (mut loss, mut stats) = (Out::new(py, &lead)?, Out::<f64>::new(py, &[rows, mlce::STATS])?);
+        let (l, st) = (loss.slice(), stats.slice());
         detached(py, || mlce::sparse_forward(a, l, st))?;
         Ok((loss.into_any(), stats.into_any()))
     })
 }
 
-fn sparse_k(shape: &[usize], lead: &[usize]) -> PyResult<usize> {
+fn sparse_k(shape: &[usize], lead: &[usize]) -> Result<usize> {
     match shape.split_last() {
         Some((&k, l)) if l == lead => Ok(k),
-        _ => Err(PyValueError::new_err(format!(
-            "y_true must have shape {lead:?} + (k,) to match y_pred, got {shape:?}"
-        ))),
+        _ => Err(Error::value(
+            "y_true",
+            format!("must have shape {lead:?} + (k,) to match y_pred, got {shape:?}"),
+        )),
     }
 }
 
@@ -199,18 +165,18 @@ fn sparse_mlce_backward<'py>(
     mask_zero: bool,
     stats: &Bound<'py, PyAny>,
     grad_loss: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(y_pred, "y_pred")?, s => {
         let (lead, cols) = split_last(s.shape(), "y_pred", 1)?;
-        let t = typed::<i64>(y_true, "y_true", "int64", None)?;
+        let t = array::<i64>(y_true, "y_true", Dtype::Own, Shape::Any)?;
         let k = sparse_k(t.shape(), &lead)?;
         let rows: usize = lead.iter().product();
-        let st = typed::<f64>(stats, "stats", "float64", Some(&[rows, mlce::STATS]))?;
-        let g = typed(grad_loss, "grad_loss", "y_pred dtype", Some(&lead))?;
+        let st = array::<f64>(stats, "stats", Dtype::Own, Shape::Exact(&[rows, mlce::STATS]))?;
+        let g = array(grad_loss, "grad_loss", Dtype::Of("y_pred"), Shape::Exact(&lead))?;
         let a = mlce::Sparse { y_pred: slice(&s, "y_pred")?, y_true: slice(&t, "y_true")?,
             cols, k, mask_zero };
         let (st, g) = (slice(&st, "stats")?, slice(&g, "grad_loss")?);
-        Ok(filled(py, s.shape(), |out| mlce::sparse_backward(a, st, g, out))?.into_any())
+        filled(py, s.shape(), |out| mlce::sparse_backward(a, st, g, out))
     })
 }
 
@@ -220,9 +186,10 @@ macro_rules! gp_scores_args {
     ($q:ident, $k:ident, $rb:ident, $cb:ident, $m:ident, $rope:expr, $tril:expr) => {{
         let shape = $q.shape();
         let &[batch, len, qk_heads, head_size] = shape else {
-            return Err(PyValueError::new_err(format!(
-                "q must have shape (batch, length, heads, head_size), got {shape:?}"
-            )));
+            return Err(Error::value(
+                "q",
+                format!("must have shape (batch, length, heads, head_size), got {shape:?}"),
+            ));
         };
         let heads = $rb
             .as_ref()
@@ -233,7 +200,7 @@ macro_rules! gp_scores_args {
             bias: match (opt_slice(&$rb, "row_bias")?, opt_slice(&$cb, "col_bias")?) {
                 (Some(r), Some(c)) => Some((r, c)),
                 (None, None) => None,
-                _ => return Err(PyValueError::new_err("row_bias and col_bias go together")),
+                _ => return Err(Error::value("row_bias", "and col_bias go together")),
             },
             mask: opt_slice(&$m, "mask")?,
             batch,
@@ -260,15 +227,15 @@ fn gp_scores_forward<'py>(
     mask: Option<&Bound<'py, PyAny>>,
     rope: bool,
     tril: bool,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(q, "q")?, qa => {
-        let ka = same_as(k, "k", &qa, "q")?;
-        let rb = optional(row_bias, "row_bias", "q dtype", None)?;
-        let cb = optional(col_bias, "col_bias", "q dtype", rb.as_ref().map(|b| b.shape()))?;
-        let m = optional::<u8>(mask, "mask", "uint8", None)?;
+        let ka = array(k, "k", Dtype::Of("q"), Shape::Exact(qa.shape()))?;
+        let rb = optional(row_bias, "row_bias", Dtype::Of("q"), Shape::Any)?;
+        let cb = optional(col_bias, "col_bias", Dtype::Of("q"), rb.as_ref().map_or(Shape::Any, |b| Shape::Exact(b.shape())))?;
+        let m = optional::<u8>(mask, "mask", Dtype::Own, Shape::Any)?;
         let a = gp_scores_args!(qa, ka, rb, cb, m, rope, tril);
         let shape = [a.batch, a.heads, a.len, a.len];
-        Ok(filled(py, &shape, |out| gp::scores_forward(a, out))?.into_any())
+        filled(py, &shape, |out| gp::scores_forward(a, out))
     })
 }
 
@@ -287,26 +254,26 @@ fn gp_scores_backward<'py>(
     rope: bool,
     tril: bool,
     grad: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(q, "q")?, qa => {
-        let ka = same_as(k, "k", &qa, "q")?;
-        let rb = optional(row_bias, "row_bias", "q dtype", None)?;
-        let cb = optional(col_bias, "col_bias", "q dtype", rb.as_ref().map(|b| b.shape()))?;
-        let m = optional::<u8>(mask, "mask", "uint8", None)?;
+        let ka = array(k, "k", Dtype::Of("q"), Shape::Exact(qa.shape()))?;
+        let rb = optional(row_bias, "row_bias", Dtype::Of("q"), Shape::Any)?;
+        let cb = optional(col_bias, "col_bias", Dtype::Of("q"), rb.as_ref().map_or(Shape::Any, |b| Shape::Exact(b.shape())))?;
+        let m = optional::<u8>(mask, "mask", Dtype::Own, Shape::Any)?;
         let a = gp_scores_args!(qa, ka, rb, cb, m, rope, tril);
-        let g = typed(grad, "grad", "q dtype", Some(&[a.batch, a.heads, a.len, a.len]))?;
+        let g = array(grad, "grad", Dtype::Of("q"), Shape::Exact(&[a.batch, a.heads, a.len, a.len]))?;
         let g = slice(&g, "grad")?;
-        let (dq, dk) = (arrays::zeros(py, qa.shape(), "output")?, arrays::zeros(py, qa.shape(), "output")?);
-        let (dqs, dks) = (data(&dq), data(&dk));
+        let (mut dq, mut dk) = (Out::new(py, qa.shape())?, Out::new(py, qa.shape())?);
+        let (dqs, dks) = (dq.slice(), dk.slice());
         let result = if a.bias.is_some() {
             let shape = [a.batch, a.heads, a.len];
-            let (dr, dc) = (arrays::zeros(py, &shape, "output")?, arrays::zeros(py, &shape, "output")?);
-            let (drs, dcs) = (data(&dr), data(&dc));
+            let (mut dr, mut dc) = (Out::new(py, &shape)?, Out::new(py, &shape)?);
+            let (drs, dcs) = (dr.slice(), dc.slice());
             detached(py, || gp::scores_backward(a, g, dqs, dks, Some((drs, dcs))))?;
-            (dq, dk, dr.into_any(), dc.into_any())
+            (dq.into_any(), dk.into_any(), dr.into_any(), dc.into_any())
         } else {
             detached(py, || gp::scores_backward(a, g, dqs, dks, None))?;
-            (dq, dk, py.None().into_bound(py), py.None().into_bound(py))
+            (dq.into_any(), dk.into_any(), py.None().into_bound(py), py.None().into_bound(py))
         };
         Ok(result.into_pyobject(py)?.into_any())
     })
@@ -321,22 +288,23 @@ fn gp_kl_forward<'py>(
     s: &Bound<'py, PyAny>,
     t: &Bound<'py, PyAny>,
     mask: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(s, "s")?, sa => {
-        let ta = same_as(t, "t", &sa, "s")?;
-        let m = optional::<u8>(mask, "mask", "uint8", Some(sa.shape()))?;
+        let ta = array(t, "t", Dtype::Of("s"), Shape::Exact(sa.shape()))?;
+        let m = optional::<u8>(mask, "mask", Dtype::Own, Shape::Exact(sa.shape()))?;
         let (rows, cols) = first_and_rest(sa.shape(), "s")?;
         let a = gp::Kl { s: slice(&sa, "s")?, t: slice(&ta, "t")?, mask: opt_slice(&m, "mask")?, cols };
-        Ok(filled(py, &[rows], |out| gp::kl_forward(a, out))?.into_any())
+        filled(py, &[rows], |out| gp::kl_forward(a, out))
     })
 }
 
-fn first_and_rest(shape: &[usize], name: &str) -> PyResult<(usize, usize)> {
+fn first_and_rest(shape: &[usize], name: &str) -> Result<(usize, usize)> {
     match shape.split_first() {
         Some((&rows, rest)) => Ok((rows, rest.iter().product())),
-        None => Err(PyValueError::new_err(format!(
-            "{name} must have at least 1 dimension, got a 0-d array"
-        ))),
+        None => Err(Error::value(
+            name,
+            "must have at least 1 dimension, got a 0-d array",
+        )),
     }
 }
 
@@ -349,29 +317,19 @@ fn gp_kl_backward<'py>(
     t: &Bound<'py, PyAny>,
     mask: Option<&Bound<'py, PyAny>>,
     grad: &Bound<'py, PyAny>,
-) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+) -> Result<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     with_float_array!(FloatArray::extract(s, "s")?, sa => {
-        let ta = same_as(t, "t", &sa, "s")?;
-        let m = optional::<u8>(mask, "mask", "uint8", Some(sa.shape()))?;
+        let ta = array(t, "t", Dtype::Of("s"), Shape::Exact(sa.shape()))?;
+        let m = optional::<u8>(mask, "mask", Dtype::Own, Shape::Exact(sa.shape()))?;
         let (rows, cols) = first_and_rest(sa.shape(), "s")?;
-        let g = typed(grad, "grad", "s dtype", Some(&[rows]))?;
+        let g = array(grad, "grad", Dtype::Of("s"), Shape::Exact(&[rows]))?;
         let a = gp::Kl { s: slice(&sa, "s")?, t: slice(&ta, "t")?, mask: opt_slice(&m, "mask")?, cols };
         let g = slice(&g, "grad")?;
-        let (ds, dt) = (arrays::zeros(py, sa.shape(), "output")?, arrays::zeros(py, sa.shape(), "output")?);
-        let (dss, dts) = (data(&ds), data(&dt));
+        let (mut ds, mut dt) = (Out::new(py, sa.shape())?, Out::new(py, sa.shape())?);
+        let (dss, dts) = (ds.slice(), dt.slice());
         detached(py, || gp::kl_backward(a, g, dss, dts))?;
         Ok((ds.into_any(), dt.into_any()))
     })
-}
-
-fn nxm_form(form: &str) -> PyResult<nxm::Form> {
-    match form {
-        "analogy" => Ok(nxm::Form::Analogy),
-        "centered" => Ok(nxm::Form::Centered),
-        _ => Err(PyValueError::new_err(format!(
-            "form must be 'analogy' or 'centered', got {form:?}"
-        ))),
-    }
 }
 
 /// n×m loss per sample of `y_pred (..., n, m)` and label weights of the same shape, with
@@ -383,21 +341,21 @@ fn nxm_forward<'py>(
     y_pred: &Bound<'py, PyAny>,
     y_true: &Bound<'py, PyAny>,
     form: &str,
-) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-    let form = nxm_form(form)?;
+) -> Result<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let form: nxm::Form = form.parse()?;
     with_float_array!(FloatArray::extract(y_pred, "y_pred")?, s => {
         let (lead, n, m) = split_nm(s.shape())?;
-        let t = same_as(y_true, "y_true", &s, "y_pred")?;
+        let t = array(y_true, "y_true", Dtype::Of("y_pred"), Shape::Exact(s.shape()))?;
         let a = nxm::Nxm { y_pred: slice(&s, "y_pred")?, y_true: slice(&t, "y_true")?, n, m, form };
         let rows: usize = lead.iter().product();
-        let (loss, stats) = (arrays::zeros(py, &lead, "output")?, arrays::zeros::<f64>(py, &[rows, m], "output")?);
-        let (l, st) = (data(&loss), data(&stats));
+        let (mut loss, mut stats) = (Out::new(py, &lead)?, Out::<f64>::new(py, &[rows, m])?);
+        let (l, st) = (loss.slice(), stats.slice());
         detached(py, || nxm::forward(a, l, st))?;
         Ok((loss.into_any(), stats.into_any()))
     })
 }
 
-fn split_nm(shape: &[usize]) -> PyResult<(Vec<usize>, usize, usize)> {
+fn split_nm(shape: &[usize]) -> Result<(Vec<usize>, usize, usize)> {
     let (rest, m) = split_last(shape, "y_pred", 2)?;
     let (lead, n) = split_last(&rest, "y_pred", 1)?;
     Ok((lead, n, m))
@@ -413,17 +371,17 @@ fn nxm_backward<'py>(
     form: &str,
     stats: &Bound<'py, PyAny>,
     grad_loss: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let form = nxm_form(form)?;
+) -> Result<Bound<'py, PyAny>> {
+    let form: nxm::Form = form.parse()?;
     with_float_array!(FloatArray::extract(y_pred, "y_pred")?, s => {
         let (lead, n, m) = split_nm(s.shape())?;
-        let t = same_as(y_true, "y_true", &s, "y_pred")?;
+        let t = array(y_true, "y_true", Dtype::Of("y_pred"), Shape::Exact(s.shape()))?;
         let rows: usize = lead.iter().product();
-        let st = typed::<f64>(stats, "stats", "float64", Some(&[rows, m]))?;
-        let g = typed(grad_loss, "grad_loss", "y_pred dtype", Some(&lead))?;
+        let st = array::<f64>(stats, "stats", Dtype::Own, Shape::Exact(&[rows, m]))?;
+        let g = array(grad_loss, "grad_loss", Dtype::Of("y_pred"), Shape::Exact(&lead))?;
         let a = nxm::Nxm { y_pred: slice(&s, "y_pred")?, y_true: slice(&t, "y_true")?, n, m, form };
         let (st, g) = (slice(&st, "stats")?, slice(&g, "grad_loss")?);
-        Ok(filled(py, s.shape(), |out| nxm::backward(a, st, g, out))?.into_any())
+        filled(py, s.shape(), |out| nxm::backward(a, st, g, out))
     })
 }
 

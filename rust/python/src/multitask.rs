@@ -2,54 +2,55 @@
 
 use kexue_core::multitask;
 use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::arrays::{detached, filled, slice, typed, with_float_array, FloatArray};
+use crate::arrays::{
+    array, detached, filled, int, ints, slice, with_float_array, Dtype, FloatArray, Shape,
+};
+use crate::errors::{Error, Result};
 
 /// `(K, P)` of a 2-D array named `name`.
-fn rows_cols(shape: &[usize], name: &str) -> PyResult<(usize, usize)> {
+fn rows_cols(shape: &[usize], name: &str) -> Result<(usize, usize)> {
     match shape {
         [k, p] => Ok((*k, *p)),
-        _ => Err(PyValueError::new_err(format!(
-            "{name} must have 2 dimensions (K, P), got shape {shape:?}"
-        ))),
+        _ => Err(Error::value(
+            name,
+            format!("must have 2 dimensions (K, P), got shape {shape:?}"),
+        )),
     }
 }
 
 /// A float64 K×K matrix as (values, K).
-fn square<'py>(g: &Bound<'py, PyAny>) -> PyResult<(PyReadonlyArrayDyn<'py, f64>, usize)> {
-    let a = typed::<f64>(g, "G", "a float64 numpy array")?;
+fn square<'py>(g: &Bound<'py, PyAny>) -> Result<(PyReadonlyArrayDyn<'py, f64>, usize)> {
+    let a = array::<f64>(g, "G", Dtype::Own, Shape::Any)?;
     let (k, k2) = rows_cols(a.shape(), "G")?;
     if k != k2 {
-        return Err(PyValueError::new_err(format!(
-            "G must be square (K, K), got shape {:?}",
-            a.shape()
-        )));
+        return Err(Error::value(
+            "G",
+            format!("must be square (K, K), got shape {:?}", a.shape()),
+        ));
     }
     Ok((a, k))
 }
 
-fn vector<'py>(py: Python<'py>, w: Vec<f64>) -> PyResult<Bound<'py, PyAny>> {
-    Ok(filled(py, &[w.len()], |out: &mut [f64]| {
+fn vector<'py>(py: Python<'py>, w: Vec<f64>) -> Result<Bound<'py, PyAny>> {
+    filled(py, &[w.len()], |out: &mut [f64]| {
         out.copy_from_slice(&w);
         Ok(())
-    })?
-    .into_any())
+    })
 }
 
 /// `J Jᵀ` as a (K, K) float64 array, accumulated in f64 in a fixed order.
 #[pyfunction]
-fn multitask_gram<'py>(py: Python<'py>, j: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+fn multitask_gram<'py>(py: Python<'py>, j: &Bound<'py, PyAny>) -> Result<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(j, "J")?, a => {
         let (k, _) = rows_cols(a.shape(), "J")?;
         let values = slice(&a, "J")?;
         let g = detached(py, || multitask::gram(values, k))?;
-        Ok(filled(py, &[k, k], |out: &mut [f64]| {
+        filled(py, &[k, k], |out: &mut [f64]| {
             out.copy_from_slice(&g);
             Ok(())
-        })?
-        .into_any())
+        })
     })
 }
 
@@ -59,16 +60,16 @@ fn multitask_combine<'py>(
     py: Python<'py>,
     j: &Bound<'py, PyAny>,
     weights: Vec<f64>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(j, "J")?, a => {
         let (k, p) = rows_cols(a.shape(), "J")?;
         let values = slice(&a, "J")?;
         if weights.len() != k {
-            return Err(PyValueError::new_err(format!(
-                "weights must have K = {k} elements, got {}", weights.len()
-            )));
+            return Err(Error::value(
+                "weights", format!("must have K = {k} elements, got {}", weights.len()),
+            ));
         }
-        Ok(filled(py, &[p], |out| multitask::combine(values, k, &weights, out))?.into_any())
+        filled(py, &[p], |out| multitask::combine(values, k, &weights, out))
     })
 }
 
@@ -77,7 +78,7 @@ fn multitask_combine<'py>(
 fn multitask_mgda_weights<'py>(
     py: Python<'py>,
     g: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     let (a, k) = square(g)?;
     let values = slice(&a, "G")?;
     vector(py, detached(py, || multitask::mgda(values, k))?)
@@ -88,8 +89,9 @@ fn multitask_mgda_weights<'py>(
 fn multitask_primary_auxiliary_weights<'py>(
     py: Python<'py>,
     g: &Bound<'py, PyAny>,
-    primary: Vec<usize>,
-) -> PyResult<Bound<'py, PyAny>> {
+    primary: &Bound<'py, PyAny>,
+) -> Result<Bound<'py, PyAny>> {
+    let primary: Vec<usize> = ints(primary, "primary")?;
     let (a, k) = square(g)?;
     let values = slice(&a, "G")?;
     vector(
@@ -103,7 +105,7 @@ fn multitask_primary_auxiliary_weights<'py>(
 fn multitask_gradnorm_sum_weights<'py>(
     py: Python<'py>,
     g: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     let (a, k) = square(g)?;
     let values = slice(&a, "G")?;
     vector(py, detached(py, || multitask::gradnorm_sum(values, k))?)
@@ -111,8 +113,8 @@ fn multitask_gradnorm_sum_weights<'py>(
 
 /// PCGrad's seeded K×K projection orders (row i: the order for task i), flattened.
 #[pyfunction]
-fn multitask_pcgrad_orders(k: usize, seed: u64) -> PyResult<Vec<usize>> {
-    multitask::pcgrad_orders(k, seed).map_err(crate::errors::to_py)
+fn multitask_pcgrad_orders(k: &Bound<'_, PyAny>, seed: &Bound<'_, PyAny>) -> Result<Vec<usize>> {
+    Ok(multitask::pcgrad_orders(int(k, "k")?, int(seed, "seed")?)?)
 }
 
 /// PCGrad weights in Gram form for flattened K×K `orders`.
@@ -120,8 +122,9 @@ fn multitask_pcgrad_orders(k: usize, seed: u64) -> PyResult<Vec<usize>> {
 fn multitask_pcgrad_weights<'py>(
     py: Python<'py>,
     g: &Bound<'py, PyAny>,
-    orders: Vec<usize>,
-) -> PyResult<Bound<'py, PyAny>> {
+    orders: &Bound<'py, PyAny>,
+) -> Result<Bound<'py, PyAny>> {
+    let orders: Vec<usize> = ints(orders, "orders")?;
     let (a, k) = square(g)?;
     let values = slice(&a, "G")?;
     vector(py, detached(py, || multitask::pcgrad(values, k, &orders))?)

@@ -1,22 +1,23 @@
 //! Bindings of `kexue_core::vmf`.
 
-use kexue_core::{memory, vmf};
-use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods, ToPyArray};
-use pyo3::exceptions::PyValueError;
+use kexue_core::vmf;
+use numpy::PyUntypedArrayMethods;
 use pyo3::prelude::*;
 
-use crate::arrays::{detached, filled, slice, typed, with_float_array, FloatArray};
-use crate::errors::to_py;
+use crate::arrays::{
+    array, detached, filled, int, slice, with_float_array, Dtype, FloatArray, Out, Shape,
+};
+use crate::errors::{Error, Result};
 
 /// The most elements one sampling call may allocate (2^36: 512 GiB of float64), so that a
 /// huge `n` or `d` is refused before any allocation is tried.
 const MAX_ELEMENTS: usize = 1 << 36;
 
-fn checked_elements(n: usize, d: usize) -> PyResult<usize> {
-    vmf::check_d(d).map_err(to_py)?;
+fn checked_elements(n: usize, d: usize) -> Result<usize> {
+    vmf::check_d(d)?;
     n.checked_mul(d)
         .filter(|&e| e <= MAX_ELEMENTS)
-        .ok_or_else(|| PyValueError::new_err(format!("n·d = {n}·{d} exceeds 2^36 elements")))
+        .ok_or_else(|| Error::value("n", format!("times d must be at most 2^36, got {n}·{d}")))
 }
 
 /// `quantity(d, kappa)` elementwise, same shape and dtype as `kappa`.
@@ -24,13 +25,14 @@ fn checked_elements(n: usize, d: usize) -> PyResult<usize> {
 fn vmf_evaluate<'py>(
     py: Python<'py>,
     quantity: &str,
-    d: usize,
+    d: &Bound<'py, PyAny>,
     kappa: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let q = vmf::Quantity::parse(quantity).map_err(to_py)?;
+) -> Result<Bound<'py, PyAny>> {
+    let q = vmf::Quantity::parse(quantity)?;
+    let d = int(d, "d")?;
     with_float_array!(FloatArray::extract(kappa, "kappa")?, k => {
         let ks = slice(&k, "kappa")?;
-        Ok(filled(py, k.shape(), |out| vmf::evaluate(q, d, ks, out))?.into_any())
+        filled(py, k.shape(), |out| vmf::evaluate(q, d, ks, out))
     })
 }
 
@@ -40,16 +42,17 @@ fn vmf_log_bessel_i<'py>(
     py: Python<'py>,
     nu: f64,
     x: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     with_float_array!(FloatArray::extract(x, "x")?, a => {
         let xs = slice(&a, "x")?;
-        Ok(filled(py, a.shape(), |out| vmf::log_bessel_i(nu, xs, out))?.into_any())
+        filled(py, a.shape(), |out| vmf::log_bessel_i(nu, xs, out))
     })
 }
 
 /// Maximum-likelihood kappa for mean resultant length `rbar`.
 #[pyfunction]
-fn vmf_kappa_mle(py: Python<'_>, d: usize, rbar: f64) -> PyResult<f64> {
+fn vmf_kappa_mle(py: Python<'_>, d: &Bound<'_, PyAny>, rbar: f64) -> Result<f64> {
+    let d = int(d, "d")?;
     detached(py, || vmf::kappa_mle(d, rbar))
 }
 
@@ -59,20 +62,21 @@ fn vmf_sample<'py>(
     py: Python<'py>,
     mu: &Bound<'py, PyAny>,
     kappa: &Bound<'py, PyAny>,
-    n: usize,
-    seed: u64,
-) -> PyResult<Bound<'py, PyAny>> {
-    let kappa = typed::<f64>(kappa, "kappa", "a float64 numpy array")?;
+    n: &Bound<'py, PyAny>,
+    seed: &Bound<'py, PyAny>,
+) -> Result<Bound<'py, PyAny>> {
+    let (n, seed): (usize, u64) = (int(n, "n")?, int(seed, "seed")?);
+    let kappa = array::<f64>(kappa, "kappa", Dtype::Own, Shape::Any)?;
     let ks = slice(&kappa, "kappa")?;
     with_float_array!(FloatArray::extract(mu, "mu")?, m => {
         let shape = m.shape();
         if shape.len() != 2 {
-            return Err(PyValueError::new_err(format!("mu must be 2-D, got shape {shape:?}")));
+            return Err(Error::value("mu", format!("must be 2-D, got shape {shape:?}")));
         }
         let d = shape[1];
         checked_elements(n, d)?;
         let ms = slice(&m, "mu")?;
-        Ok(filled(py, &[n, d], |out| vmf::sample(ms, d, ks, seed, out))?.into_any())
+        filled(py, &[n, d], |out| vmf::sample(ms, d, ks, seed, out))
     })
 }
 
@@ -80,32 +84,27 @@ fn vmf_sample<'py>(
 #[pyfunction]
 fn vmf_sample_wood<'py>(
     py: Python<'py>,
-    d: usize,
+    d: &Bound<'py, PyAny>,
     kappa: &Bound<'py, PyAny>,
-    n: usize,
-    seed: u64,
+    n: &Bound<'py, PyAny>,
+    seed: &Bound<'py, PyAny>,
     double: bool,
-) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-    let kappa = typed::<f64>(kappa, "kappa", "a float64 numpy array")?;
+) -> Result<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let (d, n, seed): (usize, usize, u64) = (int(d, "d")?, int(n, "n")?, int(seed, "seed")?);
+    let kappa = array::<f64>(kappa, "kappa", Dtype::Own, Shape::Any)?;
     let ks = slice(&kappa, "kappa")?.to_vec();
-    let elements = checked_elements(n, d)?;
-    let zeros = |len| memory::filled(len, 0f64, "n").map_err(to_py);
-    let (mut w, mut eps) = (zeros(n)?, zeros(n)?);
+    checked_elements(n, d)?;
+    let (mut w, mut eps) = (Out::<f64>::new(py, &[n])?, Out::<f64>::new(py, &[n])?);
     macro_rules! run {
         ($t:ty) => {{
-            let mut g = memory::filled(elements, <$t>::default(), "n").map_err(to_py)?;
-            detached(py, || {
-                vmf::sample_wood(d, &ks, seed, &mut w, &mut eps, &mut g)
-            })?;
-            let g = PyArray1::from_vec(py, g).reshape([n, d])?.into_any();
-            (
-                w.to_pyarray(py).into_any(),
-                eps.to_pyarray(py).into_any(),
-                g,
-            )
+            let mut g = Out::<$t>::new(py, &[n, d])?;
+            let (ws, es, gs) = (w.slice(), eps.slice(), g.slice());
+            detached(py, || vmf::sample_wood(d, &ks, seed, ws, es, gs))?;
+            g.into_any()
         }};
     }
-    Ok(if double { run!(f64) } else { run!(f32) })
+    let g = if double { run!(f64) } else { run!(f32) };
+    Ok((w.into_any(), eps.into_any(), g))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

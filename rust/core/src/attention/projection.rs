@@ -17,6 +17,20 @@ pub enum Scaling {
     Sqrt,
 }
 
+impl std::str::FromStr for Scaling {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "chi" => Ok(Scaling::Chi),
+            "sqrt" => Ok(Scaling::Sqrt),
+            _ => Err(Error::value(
+                "scaling",
+                format!("must be 'chi' or 'sqrt', got {s:?}"),
+            )),
+        }
+    }
+}
+
 /// Rows largest per allocation: `m·d` f64 are returned, refuse absurd requests early.
 const MAX_ELEMENTS: usize = 1 << 30;
 

@@ -1,7 +1,30 @@
 //! Built-in soft terms of the target for paraphrase and error correction.
 
 use super::Prior;
-use crate::Result;
+use crate::{Error, Result};
+
+/// The built-in soft terms, by the names the bindings take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PriorKind {
+    /// [`BowCosine`]
+    Cosine,
+    /// [`EditPenalty`]
+    Edit,
+}
+
+impl std::str::FromStr for PriorKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cosine" => Ok(PriorKind::Cosine),
+            "edit" => Ok(PriorKind::Edit),
+            _ => Err(Error::value(
+                "priors",
+                format!("kinds must be 'cosine' or 'edit', got {s:?}"),
+            )),
+        }
+    }
+}
 
 /// `weight · cos(bag of words of x, bag of words of source)`: the simple default similarity
 /// for paraphrase (Miao et al. use sentence embeddings; a pluggable embedding prior lives in

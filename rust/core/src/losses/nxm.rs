@@ -17,12 +17,26 @@ use num_traits::Float;
 use rayon::prelude::*;
 
 use super::common::{check_len, exp_in, from_f64, rows_per_task, to_f64, Lse0};
-use crate::{Error, Result};
+use crate::{cancel, Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Form {
     Analogy,
     Centered,
+}
+
+impl std::str::FromStr for Form {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "analogy" => Ok(Form::Analogy),
+            "centered" => Ok(Form::Centered),
+            _ => Err(Error::value(
+                "form",
+                format!("must be 'analogy' or 'centered', got {s:?}"),
+            )),
+        }
+    }
 }
 
 /// Shapes of the n×m loss: `rows` samples of `n × m` logits and label weights.
@@ -152,6 +166,7 @@ pub fn forward<T: Float + Send + Sync>(
         .zip(stats.par_chunks_mut(per * a.m))
         .enumerate()
         .try_for_each(|(task, (loss, stats))| {
+            cancel::check()?;
             let (mut c, mut e) = (vec![0.0; a.block()], vec![0.0; a.block()]);
             for (i, (l, st)) in loss.iter_mut().zip(stats.chunks_mut(a.m)).enumerate() {
                 *l = from_f64(a.forward_block(task * per + i, &mut c, &mut e, st)?);
@@ -178,6 +193,7 @@ pub fn backward<T: Float + Send + Sync>(
     out.par_chunks_mut(a.block()).enumerate().try_for_each_init(
         || (vec![0.0; n * m], vec![0.0; n * m], vec![0.0; n * m]),
         |(c, e, w), (r, out)| {
+            cancel::check()?;
             a.offsets(r, c, e)?;
             let t = &a.y_true[r * n * m..(r + 1) * n * m];
             let s = &a.y_pred[r * n * m..(r + 1) * n * m];

@@ -243,6 +243,35 @@ def test_mapped_model_rewritten_in_place_is_an_error_not_sigbus(
     assert np.all(np.isfinite(expected))
 
 
+def test_mapped_model_rewritten_during_a_call_is_refused(tmp_path, model_file) -> None:
+    """The rule for a file rewritten while a call runs (documented at ``PyModel::checked``):
+    the file is checked again when the call ends, and a result computed meanwhile is refused
+    with OSError, never returned. The rewrite happens inside the call, from the similarity
+    callback of a natively sampled paraphrase, and writes the same bytes, so the tables stay
+    readable and only the check can tell. (A truncation during a call stays undefined, as for
+    any reader of a memory map: replace files by rename, or load with ``mmap=False``.)"""
+    from kexue.cgmh import paraphrase
+
+    lm = NgramLM.load(model_file)  # mmap
+    data = open(model_file, "rb").read()
+    calls = []
+
+    def similarity(text: str) -> list[float]:
+        calls.append(text)
+        if len(calls) == 2:  # the first call embeds the source, before the native run
+            with open(model_file, "r+b") as f:
+                f.write(data)
+            st = os.stat(model_file)
+            os.utime(model_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+        return [1.0, float(len(text))]
+
+    with pytest.raises(OSError, match="rewritten or truncated since it was loaded"):
+        paraphrase("the cat sat on the mat", lm, similarity=similarity, steps=20, seed=0)
+    assert len(calls) >= 2
+    with pytest.raises(OSError, match="rewritten or truncated since it was loaded"):
+        lm.logprob(LINES[:1])
+
+
 def test_mapped_model_survives_replacement_by_rename(tmp_path, model_file) -> None:
     lm = NgramLM.load(model_file)
     before = lm.logprob(LINES)

@@ -1,9 +1,66 @@
 # Type stubs of the Rust extension; the public, documented API is in the Python modules.
-from typing import Any, TypedDict
+# CI checks them against the built module (`python -m mypy.stubtest kexue._native`): the
+# names, parameters and defaults here are those of the bindings.
+from typing import Any, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "AttentionDecoder",
+    "CgmhNgram",
+    "LM_MAX_ORDER",
+    "MLCE_EPS_DEFAULT",
+    "MULTITASK_MAX_TASKS",
+    "NgramCorpus",
+    "NgramModel",
+    "SQUAREPLUS_B_DEFAULT",
+    "SQUAREPLUS_B_SOFTPLUS_MINIMAX",
+    "SQUAREPLUS_B_SOFTPLUS_UPPER",
+    "__version__",
+    "_panic_in_kernel",
+    "attention_causal_backward",
+    "attention_causal_forward",
+    "attention_causal_mapped_forward",
+    "attention_features_backward",
+    "attention_features_forward",
+    "attention_noncausal_backward",
+    "attention_noncausal_forward",
+    "attention_orthogonal_random",
+    "cgmh_run",
+    "get_num_threads",
+    "gp_kl_backward",
+    "gp_kl_forward",
+    "gp_scores_backward",
+    "gp_scores_forward",
+    "lm_from_bytes",
+    "lm_from_counts",
+    "lm_load",
+    "lm_read_arpa",
+    "lm_save",
+    "lm_to_bytes",
+    "mlce_backward",
+    "mlce_forward",
+    "multitask_combine",
+    "multitask_gradnorm_sum_weights",
+    "multitask_gram",
+    "multitask_mgda_weights",
+    "multitask_pcgrad_orders",
+    "multitask_pcgrad_weights",
+    "multitask_primary_auxiliary_weights",
+    "nxm_backward",
+    "nxm_forward",
+    "set_num_threads",
+    "sparse_mlce_backward",
+    "sparse_mlce_forward",
+    "squareplus_backward",
+    "squareplus_forward",
+    "vmf_evaluate",
+    "vmf_kappa_mle",
+    "vmf_log_bessel_i",
+    "vmf_sample",
+    "vmf_sample_wood",
+]
 __version__: str
 
 def set_num_threads(n: int) -> None: ...
@@ -60,8 +117,9 @@ def nxm_backward(y_pred: _F, y_true: _F, form: str, stats: _F, grad_loss: _F) ->
 
 LM_MAX_ORDER: int
 
+@final
 class NgramCorpus:
-    def __init__(self, skip_symbols: bool = False) -> None: ...
+    def __new__(cls, skip_symbols: bool = False) -> NgramCorpus: ...
     def add_text(self, text: bytes, source: str, first_line: int) -> int: ...
     def add_sentences(self, sentences: list[str]) -> None: ...
     def __len__(self) -> int: ...
@@ -70,10 +128,11 @@ class NgramCorpus:
         self,
         order: int,
         backward: bool = False,
-        min_count: int = 1,
+        min_count: int | None = None,  # None: 1
         discount_fallback: bool = False,
     ) -> tuple[NgramModel, NgramModel | None]: ...
 
+@final
 class NgramModel:
     @property
     def order(self) -> int: ...
@@ -99,22 +158,25 @@ def lm_load(path: str, mmap: bool = True) -> tuple[NgramModel, NgramModel | None
 def lm_to_bytes(forward: NgramModel, backward: NgramModel | None = None) -> bytes: ...
 def lm_from_bytes(data: bytes) -> tuple[NgramModel, NgramModel | None]: ...
 def lm_from_counts(
-    unigrams: list[tuple[str, int]], bigrams: list[tuple[str, str, int]], eos_count: int
+    unigram_counts: list[tuple[str, int]],
+    bigram_counts: list[tuple[str, str, int]],
+    eos_count: int,
 ) -> NgramModel: ...
 
 # --- cgmh -------------------------------------------------------------------------------
 
+@final
 class CgmhNgram:
     """A forward n-gram model (and backward twin), shared with the Rust loop."""
 
-    def __init__(self, forward: NgramModel, backward: NgramModel | None = None) -> None: ...
+    def __new__(cls, forward: NgramModel, backward: NgramModel | None = None) -> CgmhNgram: ...
     @property
     def vocab_size(self) -> int: ...
     @property
     def has_backward(self) -> bool: ...
     def sample(self, count: int, seed: int, max_len: int) -> list[tuple[list[int], float]]: ...
 
-class CgmhSettings(TypedDict):
+class _CgmhSettings(TypedDict):
     chains: int
     steps: int
     top_k: int
@@ -140,7 +202,7 @@ def cgmh_run(
     fixed: list[list[bool]],
     forms: list[list[list[int]]],
     priors: list[list[Any]],
-    settings: CgmhSettings,
+    settings: _CgmhSettings,
 ) -> list[dict[str, Any]]: ...
 
 # --- attention --------------------------------------------------------------------------
@@ -221,9 +283,10 @@ def attention_noncausal_backward(
     npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]
 ]: ...
 
+@final
 class AttentionDecoder:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         feature_map: str,
         projection: npt.NDArray[np.float32] | None,
         key_offset: float | None,
@@ -231,7 +294,7 @@ class AttentionDecoder:
         d: int,
         state: npt.NDArray[np.float64],
         scale: npt.NDArray[np.float64] | None = None,
-    ) -> None: ...
+    ) -> AttentionDecoder: ...
     def step(
         self, q: npt.NDArray[np.float32], k: npt.NDArray[np.float32], v: npt.NDArray[np.float32]
     ) -> npt.NDArray[np.float32] | None: ...
@@ -257,16 +320,16 @@ def vmf_sample_wood(
 
 MULTITASK_MAX_TASKS: int
 
-def multitask_gram(J: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]: ...
+def multitask_gram(j: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]: ...
 def multitask_combine(
-    J: npt.NDArray[np.floating[Any]], weights: list[float]
+    j: npt.NDArray[np.floating[Any]], weights: list[float]
 ) -> npt.NDArray[np.floating[Any]]: ...
-def multitask_mgda_weights(G: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
+def multitask_mgda_weights(g: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
 def multitask_primary_auxiliary_weights(
-    G: npt.NDArray[np.float64], primary: list[int]
+    g: npt.NDArray[np.float64], primary: list[int]
 ) -> npt.NDArray[np.float64]: ...
-def multitask_gradnorm_sum_weights(G: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
+def multitask_gradnorm_sum_weights(g: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
 def multitask_pcgrad_orders(k: int, seed: int) -> list[int]: ...
 def multitask_pcgrad_weights(
-    G: npt.NDArray[np.float64], orders: list[int]
+    g: npt.NDArray[np.float64], orders: list[int]
 ) -> npt.NDArray[np.float64]: ...

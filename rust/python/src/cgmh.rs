@@ -195,7 +195,11 @@ impl PyNgram {
             int(max_len, "max_len")?,
         );
         let inner = &self.inner;
-        on_caller(py, || Ok(inner.sample(count, seed, max_len)))
+        let check_files = || self.models.iter().try_for_each(|m| m.check_file());
+        check_files()?;
+        let samples = on_caller(py, || Ok(inner.sample(count, seed, max_len)))?;
+        check_files()?;
+        Ok(samples)
     }
 }
 
@@ -352,11 +356,10 @@ fn cgmh_run<'py>(
         .getattr("_cgmh_native")
         .ok()
         .and_then(|n| n.downcast_into::<PyNgram>().ok());
-    if let Some(n) = &native {
-        for m in &n.get().models {
-            m.check_file()?;
-        }
-    }
+    // Mapped model files are checked before and after the run (see `PyModel::checked`).
+    let models: Vec<Arc<Model>> = native.iter().flat_map(|n| n.get().models.clone()).collect();
+    let check_files = || models.iter().try_for_each(|m| m.check_file());
+    check_files()?;
     let native = native.map(|n| n.get().inner.clone());
     let scorer = match native {
         Some(ngram) => AnyScorer::Native(ngram),
@@ -388,6 +391,7 @@ fn cgmh_run<'py>(
         AnyScorer::Native(ngram) => cgmh::run(&**ngram, &tasks, n, &config, seed, best),
         AnyScorer::Py(s) => cgmh::run(s, &tasks, n, &config, seed, best),
     })?;
+    check_files()?;
     let out = PyList::empty(py);
     for s in samples {
         let d = PyDict::new(py);

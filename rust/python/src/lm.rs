@@ -95,6 +95,13 @@ pub struct PyModel {
 
 impl PyModel {
     /// The model, once its memory-mapped file (if any) is checked to be unchanged.
+    ///
+    /// The rule for a mapped file changed by another program: every call checks the file
+    /// (size and modification time) before it reads the tables, and a query or generation
+    /// checks it again after, so a result computed while the file was rewritten in place is
+    /// refused (`OSError`), never returned. A file truncated during a call remains undefined
+    /// (SIGBUS, as for any reader of a memory map, KenLM's included): replace model files by
+    /// rename, as `save()` does, or load them with `mmap=False`.
     pub fn checked(&self) -> Result<&Arc<Model>> {
         self.inner.check_file()?;
         Ok(&self.inner)
@@ -161,6 +168,7 @@ impl PyModel {
         detached_sized(py, sentences.len() * 64, || {
             model.score_batch(&sentences, bos, eos, f32_sum, &mut out)
         })?;
+        self.checked()?;
         Ok(PyArray1::from_vec(py, out))
     }
 
@@ -175,6 +183,7 @@ impl PyModel {
     ) -> Result<TokenArrays<'py>> {
         let m = self.checked()?;
         let scores = m.token_scores(&m.ids(sentence), bos, eos);
+        self.checked()?;
         Ok((
             PyArray1::from_iter(py, scores.iter().map(|s| f64::from(s.log10))),
             PyArray1::from_iter(py, scores.iter().map(|s| s.ngram_len as i64)),
@@ -209,6 +218,7 @@ impl PyModel {
             let state = m.state_from_context(&ctx);
             m.next_scores(&state, &ids, &mut out)
         })?;
+        self.checked()?;
         if candidates.is_none() {
             out[lm::BOS as usize] = f64::NEG_INFINITY;
         }

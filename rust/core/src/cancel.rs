@@ -29,6 +29,17 @@ pub fn check() -> Result<()> {
     }
 }
 
+/// [`check`] at every 65536th `i`: for sequential loops over millions of items, which a
+/// check per item would slow and a check per loop would not stop in time.
+#[inline]
+pub fn check_every(i: usize) -> Result<()> {
+    if i % (1 << 16) == 0 {
+        check()
+    } else {
+        Ok(())
+    }
+}
+
 /// Cancellation requested for as long as this value lives.
 pub struct Request(());
 

@@ -260,7 +260,7 @@ pub fn read_arpa(path: &Path) -> Result<Model> {
                 };
             }
         } else {
-            let (keys, weights) = sorted(n, keys, weights);
+            let (keys, weights) = sorted(n, keys, weights)?;
             if let Some(i) =
                 (1..weights.len()).find(|&i| keys[(i - 1) * n..i * n] == keys[i * n..(i + 1) * n])
             {

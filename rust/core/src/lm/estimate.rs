@@ -125,6 +125,7 @@ fn sort_count<const K: usize>(mut flat: Vec<u32>) -> Result<Counted> {
     let mut keys = Vec::with_capacity(grams.len() * K);
     let mut counts: Vec<u64> = Vec::with_capacity(grams.len());
     for (i, g) in grams.iter().enumerate() {
+        cancel::check_every(i)?;
         if i > 0 && grams[i - 1] == *g {
             if let Some(c) = counts.last_mut() {
                 *c += 1;
@@ -169,6 +170,7 @@ fn sort_count_packed(n: usize, flat: Vec<u32>, bits: u32) -> Result<Counted> {
     let mut keys = Vec::with_capacity(packed.len() * n);
     let mut counts: Vec<u64> = Vec::with_capacity(packed.len());
     for (i, &p) in packed.iter().enumerate() {
+        cancel::check_every(i)?;
         if i > 0 && packed[i - 1] == p {
             if let Some(c) = counts.last_mut() {
                 *c += 1;
@@ -198,6 +200,9 @@ fn raw_grams(corpus: &Corpus, order: usize, reverse: bool) -> Vec<Vec<u32>> {
             let mut out = vec![Vec::new(); order];
             let mut t = Vec::new();
             for &(a, b) in part {
+                if cancel::requested() {
+                    break; // `count` returns the error
+                }
                 t.clear();
                 t.push(BOS);
                 if reverse {
@@ -238,7 +243,7 @@ fn count(corpus: &Corpus, order: usize, reverse: bool) -> Result<Vec<Counted>> {
         cancel::check()?;
         let upper = out.last().expect("the highest order is counted first");
         let bos_started = sort_count_dyn(n, std::mem::take(&mut raw[n - 1]), vocab_len)?;
-        let merged = merge_continuation(upper, &bos_started);
+        let merged = merge_continuation(upper, &bos_started)?;
         out.push(merged);
     }
     out.reverse();
@@ -258,13 +263,14 @@ fn count(corpus: &Corpus, order: usize, reverse: bool) -> Result<Vec<Counted>> {
 
 /// Continuation counts of the suffixes of `upper` (its keys' prefixes), merged with the raw
 /// counts of the `<s>`-started n-grams (disjoint: no suffix starts with `<s>`).
-fn merge_continuation(upper: &Counted, bos: &Counted) -> Counted {
+fn merge_continuation(upper: &Counted, bos: &Counted) -> Result<Counted> {
     let n = upper.n - 1;
     let mut keys = Vec::with_capacity(upper.keys.len() / 2 + bos.keys.len());
     let mut counts = Vec::with_capacity(upper.len() / 2 + bos.len());
     let mut j = 0;
     let mut last: Option<&[u32]> = None;
     for i in 0..upper.len() {
+        cancel::check_every(i)?;
         let p = &upper.key(i)[..n];
         if last == Some(p) {
             if let Some(c) = counts.last_mut() {
@@ -285,7 +291,7 @@ fn merge_continuation(upper: &Counted, bos: &Counted) -> Counted {
         keys.extend_from_slice(bos.key(j));
         counts.push(bos.counts[j]);
     }
-    Counted { n, keys, counts }
+    Ok(Counted { n, keys, counts })
 }
 
 /// The three discounts of one order from its count-of-counts (Chen & Goodman eq. 26), index
@@ -394,15 +400,20 @@ pub(crate) fn interpolate(
         let ctx: Vec<u32> = (0..cur.len())
             .into_par_iter()
             .with_min_len(4096)
-            .map(|i| find(lower, &cur.key(i)[1..]) as u32)
+            .map(|i| match cancel::requested() {
+                true => 0, // checked below
+                false => find(lower, &cur.key(i)[1..]) as u32,
+            })
             .collect();
+        cancel::check()?;
         let mut denom: Vec<u64> = match context_totals.get(n - 2) {
             Some(t) => t.clone(),
             None => vec![0; lower.len()],
         };
         let mut sums = vec![0u64; lower.len()];
         let mut buckets = vec![[0u32; 4]; lower.len()];
-        for (&c, &x) in cur.counts.iter().zip(&ctx) {
+        for (i, (&c, &x)) in cur.counts.iter().zip(&ctx).enumerate() {
+            cancel::check_every(i)?;
             sums[x as usize] += c;
             buckets[x as usize][c.min(3) as usize] += u32::from(c > 0);
         }
@@ -438,6 +449,7 @@ pub(crate) fn interpolate(
         let mut next = Vec::with_capacity(cur.len());
         let mut j = 0;
         for (i, (&c, &x)) in cur.counts.iter().zip(&ctx).enumerate() {
+            cancel::check_every(i)?;
             let suffix = &cur.key(i)[..n - 1];
             while lower.key(j) < suffix {
                 j += 1;

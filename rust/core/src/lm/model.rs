@@ -97,17 +97,19 @@ pub(crate) fn sorted(
     n: usize,
     keys: Vec<u32>,
     weights: Vec<ProbBackoff>,
-) -> (Vec<u32>, Vec<ProbBackoff>) {
+) -> Result<(Vec<u32>, Vec<ProbBackoff>)> {
     let key = |i: u32| &keys[i as usize * n..(i as usize + 1) * n];
     let mut perm: Vec<u32> = (0..weights.len() as u32).collect();
-    perm.sort_unstable_by(|&a, &b| (&key(a)[1..], key(a)[0]).cmp(&(&key(b)[1..], key(b)[0])));
+    super::sort::par_sort_by(&mut perm, |&a, &b| {
+        (&key(a)[1..], key(a)[0]).cmp(&(&key(b)[1..], key(b)[0]))
+    })?;
     let mut k = Vec::with_capacity(keys.len());
     let mut w = Vec::with_capacity(weights.len());
     for &i in &perm {
         k.extend_from_slice(key(i));
         w.push(weights[i as usize]);
     }
-    (k, w)
+    Ok((k, w))
 }
 
 fn fmix64(mut x: u64) -> u64 {
@@ -145,7 +147,7 @@ impl Table {
     /// Builds the hash table of `keys` (stride `n`, newest word first) with their weights.
     /// Fails only if two distinct n-grams share a 64-bit hash (odds ~ entries² / 2⁶⁵).
     pub fn new(n: usize, keys: Vec<u32>, weights: Vec<ProbBackoff>) -> Result<Table> {
-        let (keys, weights) = sorted(n, keys, weights);
+        let (keys, weights) = sorted(n, keys, weights)?;
         Self::from_sorted(n, keys, weights)
     }
 
@@ -162,7 +164,8 @@ impl Table {
             };
             size
         ];
-        for (key, w) in keys.chunks_exact(n).zip(&weights) {
+        for (at, (key, w)) in keys.chunks_exact(n).zip(&weights).enumerate() {
+            cancel::check_every(at)?;
             let h = key_hash(key);
             let mut i = bucket(h, size);
             while slots[i].key != 0 {

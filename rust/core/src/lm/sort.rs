@@ -6,6 +6,8 @@
 //! Every merge is itself split into pieces of [`RUN`] output elements, found by binary search
 //! (the "co-rank" of the piece's start), so each round is fully parallel down to the last.
 
+use std::cmp::Ordering;
+
 use rayon::prelude::*;
 
 use crate::{cancel, memory, Result};
@@ -15,9 +17,18 @@ const RUN: usize = 1 << 16;
 
 /// Sorts `v` (ascending); `Err(Interrupted)` on cancellation, leaving `v` permuted.
 pub(crate) fn par_sort<T: Ord + Copy + Send + Sync>(v: &mut [T]) -> Result<()> {
+    par_sort_by(v, T::cmp)
+}
+
+/// [`par_sort`] by the order `cmp`.
+pub(crate) fn par_sort_by<T: Copy + Send + Sync>(
+    v: &mut [T],
+    cmp: impl Fn(&T, &T) -> Ordering + Sync,
+) -> Result<()> {
+    let le = |a: &T, b: &T| cmp(a, b) != Ordering::Greater;
     v.par_chunks_mut(RUN).try_for_each(|run| {
         cancel::check()?;
-        run.sort_unstable();
+        run.sort_unstable_by(&cmp);
         Ok(())
     })?;
     if v.len() <= RUN {
@@ -28,9 +39,9 @@ pub(crate) fn par_sort<T: Ord + Copy + Send + Sync>(v: &mut [T]) -> Result<()> {
     let mut sorted_in_v = true;
     while width < v.len() {
         if sorted_in_v {
-            merge_round(v, &mut buf, width)?;
+            merge_round(v, &mut buf, width, &le)?;
         } else {
-            merge_round(&buf, v, width)?;
+            merge_round(&buf, v, width, &le)?;
         }
         sorted_in_v = !sorted_in_v;
         width *= 2;
@@ -42,7 +53,12 @@ pub(crate) fn par_sort<T: Ord + Copy + Send + Sync>(v: &mut [T]) -> Result<()> {
 }
 
 /// Merges each pair of adjacent sorted runs of `width` in `src` into `dst`.
-fn merge_round<T: Ord + Copy + Send + Sync>(src: &[T], dst: &mut [T], width: usize) -> Result<()> {
+fn merge_round<T: Copy + Send + Sync>(
+    src: &[T],
+    dst: &mut [T],
+    width: usize,
+    le: &(impl Fn(&T, &T) -> bool + Sync),
+) -> Result<()> {
     dst.par_chunks_mut(2 * width)
         .zip(src.par_chunks(2 * width))
         .try_for_each(|(dst, src)| {
@@ -52,8 +68,9 @@ fn merge_round<T: Ord + Copy + Send + Sync>(src: &[T], dst: &mut [T], width: usi
                 .try_for_each(|(piece, out)| {
                     cancel::check()?;
                     let start = piece * RUN;
-                    let (i, j) = (co_rank(start, a, b), co_rank(start + out.len(), a, b));
-                    merge(&a[i..j], &b[start - i..start + out.len() - j], out);
+                    let end = start + out.len();
+                    let (i, j) = (co_rank(start, a, b, le), co_rank(end, a, b, le));
+                    merge(&a[i..j], &b[start - i..end - j], out, le);
                     Ok(())
                 })
         })
@@ -61,12 +78,12 @@ fn merge_round<T: Ord + Copy + Send + Sync>(src: &[T], dst: &mut [T], width: usi
 
 /// How many of the first `k` elements of the merge of sorted `a` and `b` come from `a`
 /// (ties taken from `a` first).
-fn co_rank<T: Ord>(k: usize, a: &[T], b: &[T]) -> usize {
+fn co_rank<T>(k: usize, a: &[T], b: &[T], le: impl Fn(&T, &T) -> bool) -> usize {
     let (mut lo, mut hi) = (k.saturating_sub(b.len()), k.min(a.len()));
     while lo < hi {
         let i = (lo + hi) / 2;
         // with i from `a`, b[k - i - 1] is taken; if a[i] sorts before it, take more of `a`
-        if a[i] <= b[k - i - 1] {
+        if le(&a[i], &b[k - i - 1]) {
             lo = i + 1;
         } else {
             hi = i;
@@ -76,10 +93,10 @@ fn co_rank<T: Ord>(k: usize, a: &[T], b: &[T]) -> usize {
 }
 
 /// Merges sorted `a` and `b` into `out` (`a.len() + b.len()` long).
-fn merge<T: Ord + Copy>(a: &[T], b: &[T], out: &mut [T]) {
+fn merge<T: Copy>(a: &[T], b: &[T], out: &mut [T], le: impl Fn(&T, &T) -> bool) {
     let (mut i, mut j) = (0, 0);
     for o in out.iter_mut() {
-        if j == b.len() || (i < a.len() && a[i] <= b[j]) {
+        if j == b.len() || (i < a.len() && le(&a[i], &b[j])) {
             *o = a[i];
             i += 1;
         } else {

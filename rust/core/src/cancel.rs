@@ -33,7 +33,7 @@ pub fn check() -> Result<()> {
 /// check per item would slow and a check per loop would not stop in time.
 #[inline]
 pub fn check_every(i: usize) -> Result<()> {
-    if i % (1 << 16) == 0 {
+    if i.is_multiple_of(1 << 16) {
         check()
     } else {
         Ok(())

@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 if sys.platform == "win32":
@@ -189,3 +190,65 @@ def test_cli_exits_130_with_one_line(tmp_path) -> None:
     lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
     assert lines == ["kexue: interrupted"], err
     assert latency < BOUND + 1
+
+
+# One call each, running for seconds on one thread (several times BOUND on this machine), so
+# the interrupt is seen by the kernel's own polling, not between calls.
+
+
+def test_global_pointer_scores_is_interruptible() -> None:
+    latency = interrupt_child(
+        """
+        from kexue import _native
+        kexue.set_num_threads(1)
+        q = np.random.default_rng(0).standard_normal((1, 4000, 1, 512), np.float32)
+        run(lambda: [_native.gp_scores_forward(q, q, None, None, None, False, False)
+                     for _ in range(20)])
+        """
+    )
+    assert latency < BOUND
+
+
+def test_multitask_gram_is_interruptible() -> None:
+    latency = interrupt_child(
+        """
+        from kexue import _native
+        kexue.set_num_threads(1)
+        j = np.random.default_rng(0).standard_normal((256, 200_000), np.float32)
+        run(lambda: [_native.multitask_gram(j) for _ in range(20)])
+        """
+    )
+    assert latency < BOUND
+
+
+def test_ngram_score_batch_is_interruptible() -> None:
+    latency = interrupt_child(
+        """
+        from kexue.lm import NgramLM
+        kexue.set_num_threads(1)
+        lm = NgramLM.build(["the cat sat on the mat", "a dog saw the cat"] * 20, order=3,
+                           progress=False, discount_fallback=True)
+        sentences = ["the cat sat on the mat and a dog saw the cat"] * 4_000_000
+        run(lambda: [lm.native.score_batch(sentences) for _ in range(20)])
+        """
+    )
+    assert latency < BOUND
+
+
+def test_one_large_ngram_build_is_interruptible(tmp_path) -> None:
+    """One build of a corpus of millions of n-grams (counting, the sorts, Kneser-Ney, the
+    hash tables all poll), interrupted at a few points of it."""
+    corpus = tmp_path / "corpus.txt"
+    rng = np.random.default_rng(0)
+    words = np.array([f"w{i}" for i in range(20000)])
+    corpus.write_text("\n".join(" ".join(s) for s in words[rng.integers(0, 20000, (300_000, 12))]))
+    for delay in (0.5, 2.0, 4.0):
+        latency = interrupt_child(
+            f"""
+            from kexue.lm import NgramLM
+            kexue.set_num_threads(1)
+            run(lambda: NgramLM.build({str(corpus)!r}, order=5, progress=False, backward=True))
+            """,
+            delay=delay,
+        )
+        assert latency < BOUND

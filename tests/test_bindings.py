@@ -1,18 +1,42 @@
 """Every binding of the extension, fed garbage: it may raise an Exception, never panic or crash.
 
 A Rust panic surfaces as ``pyo3_runtime.PanicException``, a ``BaseException`` that is not an
-``Exception``; catching only ``Exception`` lets it fail the test.
+``Exception``: the fuzz fails naming the call. The fuzz itself runs in a child process
+(``test_fuzz_in_a_child_process``), so that a signal ending a call (SIGSEGV, SIGBUS, SIGABRT
+from an abort) is reported as such instead of ending the test run.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from kexue import _native
+
+CHILD = os.environ.get("KEXUE_FUZZ_CHILD") == "1"
+in_child = pytest.mark.skipif(not CHILD, reason="run in a child by test_fuzz_in_a_child_process")
+
+
+def test_fuzz_in_a_child_process() -> None:
+    if CHILD:
+        pytest.skip("this is the child")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env={**os.environ, "KEXUE_FUZZ_CHILD": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    report = proc.stdout[-4000:] + proc.stderr[-4000:]  # faulthandler names the call
+    assert proc.returncode >= 0, f"signal {-proc.returncode} ended a binding call:\n{report}"
+    assert proc.returncode == 0, report
+
 
 GARBAGE = [
     None,
@@ -56,6 +80,7 @@ def arity(fn: object) -> int:
         return 3
 
 
+@in_child
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_no_panic_on_garbage(name: str, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # bindings that write files write here
@@ -70,8 +95,8 @@ def test_no_panic_on_garbage(name: str, tmp_path, monkeypatch) -> None:
 
 # What garbage may raise: a wrong type or value, a file that is not there or not a model, a
 # request too large. Not OverflowError: an int out of range gets kexue's message (naming the
-# argument and its range), never pyo3's "int too big to convert". A RuntimeError would be a panic caught at the boundary (a bug); a
-# PanicException (a BaseException) or a signal would end the test run.
+# argument and its range), never pyo3's "int too big to convert". Not RuntimeError: that is a
+# panic caught at the boundary (a bug).
 EXPECTED = (TypeError, ValueError, OSError, MemoryError)
 
 
@@ -96,6 +121,10 @@ def feed_garbage(fn: object, rng: random.Random, arity: int, calls: int) -> None
             assert message and "internal error" not in message, (fn, args, e)
             files = {a for a in args if isinstance(a, str) and a}
             assert any(n in message.lower() for n in names | files), (fn, args, e)
+        except BaseException as e:
+            if type(e).__name__ == "PanicException":
+                pytest.fail(f"a Rust panic reached Python: {fn}{tuple(args)!r}: {e}")
+            raise
 
 
 def test_a_panic_becomes_an_ordinary_exception() -> None:
@@ -140,6 +169,7 @@ CLASSES = sorted(
 )
 
 
+@in_child
 @pytest.mark.parametrize("name", CLASSES)
 def test_no_panic_on_garbage_methods(name: str, tmp_path, monkeypatch) -> None:
     """Constructors and every public method of a valid instance, fed garbage."""

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from kexue import cli, pipelines
+from kexue import _native, cli, pipelines
 from kexue.cgmh import generate, generate_many
 from kexue.lm import NgramLM
 from kexue.vmf import sample_vmf
@@ -64,6 +64,38 @@ def test_bad_keywords_are_value_errors(lm, keywords, message) -> None:
 def test_integer_arguments_out_of_range_name_the_argument(lm, call, message) -> None:
     with pytest.raises(ValueError, match=message):
         call(lm)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: _native.vmf_sample(np.ones((1, 3)), np.ones(1), 2, 2**64),
+            r"^seed must be between 0 and 2\*\*64 - 1, got 18446744073709551616$",
+        ),
+        (lambda: _native.NgramCorpus().build(-1), r"^order must be between 0 and 2\*\*64 - 1"),
+        (
+            lambda: _native.lm_from_counts([("the", -1)], [], 1),
+            r"^unigram_counts\['the'\] must be between 0 and 2\*\*64 - 1, got -1$",
+        ),
+        (
+            lambda: _native.lm_from_counts([("a", 1)], [("a", "b", 2**70)], 1),
+            r"^bigram_counts\[\('a', 'b'\)\] must be between 0 and 2\*\*64 - 1",
+        ),
+        (lambda: _native.multitask_pcgrad_orders(3, -5), r"^seed must be between 0 and"),
+        (
+            lambda: _native.multitask_primary_auxiliary_weights(np.eye(2), [0, -1]),
+            r"^primary\[1\] must be between 0 and",
+        ),
+        (lambda: _native.set_num_threads(True), r"^n must be an int, got bool$"),
+        (lambda: _native.set_num_threads(1.5), r"^n must be an int, got float$"),
+    ],
+)
+def test_native_integer_arguments_get_kexues_message(call, message) -> None:
+    """Direct calls of the bindings: one rule for every integer argument (the conversion
+    layer), never pyo3's "int too big to convert" or "can't convert negative int"."""
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:

@@ -249,6 +249,7 @@ fn forward_impl<'py, T: Real + Element>(
     eps: f64,
     causal: Option<(Method, Option<StateArgs<'_, 'py>>)>,
     map: Option<MapArgs<'_, 'py>>,
+    kmax: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     check_4d("q", q.shape())?;
     let k = typed::<T>(k, "k", "q", 4)?;
@@ -274,6 +275,8 @@ fn forward_impl<'py, T: Real + Element>(
     let maps = specs.as_ref().map(|(a, b)| (a, b));
     let features = maps.map_or(dims.m, |(sq, _)| sq.out_dim());
     let qs = q.shape();
+    let kmax = kmax.map(|a| kmax_array(a, &k.shape()[..3])).transpose()?;
+    let kmax = kmax.as_ref().map(|a| slice(a, "kmax")).transpose()?;
     // SAFETY: every form writes every element of `o` and `den` before they are returned; on
     // error they are dropped unread. (No zero-fill: a fresh zeroed array costs page faults.)
     let o = unsafe { PyArrayDyn::<T>::new(py, &[qs[0], qs[1], qs[2], dims.dv][..], false) };
@@ -294,7 +297,9 @@ fn forward_impl<'py, T: Real + Element>(
                         let scale = match scale {
                             Some(c) => Some(state_array(c, "scale", &want[..2])?),
                             // The stabiliser of a state is needed where it moves.
-                            None if specs.as_ref().is_some_and(|(_, k)| k.running()) => {
+                            None if kmax.is_some()
+                                || specs.as_ref().is_some_and(|(_, k)| k.running()) =>
+                            {
                                 return Err(PyValueError::new_err(
                                     "scale is required with a state for this feature map",
                                 ))
@@ -316,8 +321,9 @@ fn forward_impl<'py, T: Real + Element>(
                     }),
                     None => None,
                 };
-                detached(py, || {
-                    forms::causal_forward_mapped(&x, maps, eps, method, st, out)
+                detached(py, || match kmax {
+                    Some(kmax) => forms::causal_forward_scaled(&x, kmax, eps, method, st, out),
+                    None => forms::causal_forward_mapped(&x, maps, eps, method, st, out),
                 })?
             }
         }
@@ -325,11 +331,30 @@ fn forward_impl<'py, T: Real + Element>(
     PyTuple::new(py, [o.into_any(), den.into_any()])
 }
 
+/// `kmax` as a float64 `(B, H, N)` array of the keys' batch, heads and length.
+fn kmax_array<'py>(
+    a: &Bound<'py, PyAny>,
+    want: &[usize],
+) -> PyResult<PyReadonlyArrayDyn<'py, f64>> {
+    let a = a
+        .downcast::<PyArrayDyn<f64>>()
+        .map_err(|_| PyTypeError::new_err("kmax must be a float64 numpy array"))?;
+    if a.shape() != want {
+        return Err(PyValueError::new_err(format!(
+            "kmax must have shape {want:?} (the keys' batch, heads, seq), got {:?}",
+            a.shape()
+        )));
+    }
+    Ok(a.try_readonly()?)
+}
+
 /// Causal linear attention on feature-mapped `(B, H, N, M)` q, k and `(B, H, N, Dv)` v;
 /// returns `(o, den)`. `state` (`(B, H, M, Dv + 1)` float64), when given, is the initial
-/// state and is overwritten with the final one.
+/// state and is overwritten with the final one. With `kmax` (`(B, H, N)` float64: each key
+/// row stabilised by its own largest logit), the keys are taken under the running maximum of
+/// `kmax`, and a state needs its `scale`.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, eps, method, chunk_size, state=None))]
+#[pyo3(signature = (q, k, v, eps, method, chunk_size, state=None, kmax=None, scale=None))]
 #[allow(clippy::too_many_arguments)]
 fn attention_causal_forward<'py>(
     py: Python<'py>,
@@ -340,11 +365,13 @@ fn attention_causal_forward<'py>(
     method: &str,
     chunk_size: usize,
     state: Option<&Bound<'py, PyAny>>,
+    kmax: Option<&Bound<'py, PyAny>>,
+    scale: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
-    let state = state.map(|s| (s, None));
+    let state = state.map(|s| (s, scale));
     with_float_array!(FloatArray::extract(q, "q")?, q => {
-        forward_impl(py, q, k, v, eps, Some((method, state)), None)
+        forward_impl(py, q, k, v, eps, Some((method, state)), None, kmax)
     })
 }
 
@@ -373,7 +400,7 @@ fn attention_causal_mapped_forward<'py>(
     let map = Some((feature_map, projection, key_offset));
     let state = state.map(|s| (s, scale));
     with_float_array!(FloatArray::extract(q, "q")?, q => {
-        forward_impl(py, q, k, v, eps, Some((method, state)), map)
+        forward_impl(py, q, k, v, eps, Some((method, state)), map, None)
     })
 }
 
@@ -386,7 +413,9 @@ fn attention_noncausal_forward<'py>(
     v: &Bound<'py, PyAny>,
     eps: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    with_float_array!(FloatArray::extract(q, "q")?, q => forward_impl(py, q, k, v, eps, None, None))
+    with_float_array!(FloatArray::extract(q, "q")?, q => {
+        forward_impl(py, q, k, v, eps, None, None, None)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -401,6 +430,7 @@ fn backward_impl<'py, T: Real + Element>(
     grad_den: &Bound<'py, PyAny>,
     method: Option<Method>,
     eps: f64,
+    kmax: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     check_4d("q", q.shape())?;
     let k = typed::<T>(k, "k", "q", 4)?;
@@ -420,6 +450,8 @@ fn backward_impl<'py, T: Real + Element>(
         k: slice(&k, "k")?,
         v: slice(&v, "v")?,
     };
+    let kmax = kmax.map(|a| kmax_array(a, &k.shape()[..3])).transpose()?;
+    let kmax = kmax.as_ref().map(|a| slice(a, "kmax")).transpose()?;
     let g = Grads {
         o: slice(&o, "o")?,
         den: slice(&den, "den")?,
@@ -440,16 +472,17 @@ fn backward_impl<'py, T: Real + Element>(
             dv: c.as_slice_mut()?,
         };
         match method {
-            Some(m) => detached(py, || forms::causal_backward(&x, m, &g, gout))?,
+            Some(m) => detached(py, || forms::causal_backward(&x, kmax, m, &g, gout))?,
             None => detached(py, || forms::non_causal_backward(&x, &g, gout))?,
         }
     }
     PyTuple::new(py, [dq.into_any(), dk.into_any(), dv.into_any()])
 }
 
-/// Gradients `(dq, dk, dv)` of [`attention_causal_forward`] (zero initial state) with `eps`.
+/// Gradients `(dq, dk, dv)` of [`attention_causal_forward`] (zero initial state) with `eps`
+/// and `kmax`.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, o, den, grad_o, grad_den, method, chunk_size, eps=0.0))]
+#[pyo3(signature = (q, k, v, o, den, grad_o, grad_den, method, chunk_size, eps=0.0, kmax=None))]
 #[allow(clippy::too_many_arguments)]
 fn attention_causal_backward<'py>(
     py: Python<'py>,
@@ -463,10 +496,11 @@ fn attention_causal_backward<'py>(
     method: &str,
     chunk_size: usize,
     eps: f64,
+    kmax: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let method = Method::parse(method, chunk_size).map_err(crate::errors::to_py)?;
     with_float_array!(FloatArray::extract(q, "q")?, q => {
-        backward_impl(py, q, k, v, o, den, grad_o, grad_den, Some(method), eps)
+        backward_impl(py, q, k, v, o, den, grad_o, grad_den, Some(method), eps, kmax)
     })
 }
 
@@ -486,7 +520,7 @@ fn attention_noncausal_backward<'py>(
     eps: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
     with_float_array!(FloatArray::extract(q, "q")?, q => {
-        backward_impl(py, q, k, v, o, den, grad_o, grad_den, None, eps)
+        backward_impl(py, q, k, v, o, den, grad_o, grad_den, None, eps, None)
     })
 }
 

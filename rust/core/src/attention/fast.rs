@@ -110,11 +110,12 @@ pub(crate) fn gemm16(
             }
         };
     }
+    let blocks = tile_blocks();
     for r0 in (0..rows).step_by(R) {
         let rr = R.min(rows - r0);
         let mut j0 = 0;
         while j0 < cols {
-            let nb = NB.min((cols - j0) / L);
+            let nb = blocks.min((cols - j0) / L);
             dispatch!(
                 rr,
                 nb,
@@ -129,6 +130,22 @@ pub(crate) fn gemm16(
             );
             j0 += nb * L;
         }
+    }
+}
+
+/// Most column blocks in one tile on this CPU: AVX-512's 32 registers hold the `4 × 4`-block
+/// tile's accumulators, while AVX2's 16 (and NEON's 32 of 128 bits) hold a `4 × 1`-block one
+/// (wider, they spilled to the stack: the f32 backward ran 1.7× slower on AVX2).
+fn tile_blocks() -> usize {
+    static BLOCKS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BLOCKS.get_or_init(blocks_for_target)
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx2+fma"))]
+fn blocks_for_target() -> usize {
+    match_target! {
+        "x86_64+avx512f" => NB,
+        _ => 1,
     }
 }
 
@@ -833,6 +850,9 @@ fn back_head(
     };
     // Forward sweep: ∂q_t = Σ_{s≤t in chunk} (g'_t·v'_s) k_s + S_prev g'_t.
     for c0 in (0..n).step_by(c) {
+        if crate::cancel::requested() {
+            return; // forms::causal_backward reports the interrupt
+        }
         let l = c.min(n - c0);
         let ks = &k[c0 * m..(c0 + l) * m];
         grad_rows(g, c0, l, dv, wp, &mut gp);
@@ -853,6 +873,9 @@ fn back_head(
     s64.fill(0.0);
     st.fill(0.0);
     for c0 in (0..n).step_by(c).rev() {
+        if crate::cancel::requested() {
+            return;
+        }
         let l = c.min(n - c0);
         let (qs, ks) = (&q[c0 * m..(c0 + l) * m], &k[c0 * m..(c0 + l) * m]);
         grad_rows(g, c0, l, dv, wp, &mut gp);

@@ -459,10 +459,18 @@ fn backward_impl<'py, T: Real + Element>(
         gden: slice(&gden, "grad_den")?,
         eps,
     };
+    // Causal: uninitialised (a fresh zeroed array costs page faults), since every causal
+    // backward writes every element, and on error (an interrupt) the arrays are dropped
+    // unread. (The non-causal one leaves dk, dv unwritten when there are no queries.)
+    let alloc = if method.is_some() {
+        arrays::empty::<T>
+    } else {
+        arrays::zeros::<T>
+    };
     let (dq, dk, dv) = (
-        arrays::zeros::<T>(py, q.shape(), "output")?,
-        arrays::zeros::<T>(py, k.shape(), "output")?,
-        arrays::zeros::<T>(py, v.shape(), "output")?,
+        alloc(py, q.shape(), "output")?,
+        alloc(py, k.shape(), "output")?,
+        alloc(py, v.shape(), "output")?,
     );
     {
         let (mut a, mut b, mut c) = (dq.readwrite(), dk.readwrite(), dv.readwrite());

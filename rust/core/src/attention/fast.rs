@@ -828,7 +828,7 @@ fn back_head(
     let mut st = vec![0.0f32; w * m];
     let mut r = vec![0.0f32; m * wp];
     let mut delta = vec![0.0f32; w * m];
-    let load_v = |c0: usize, l: usize, vp: &mut [f32], vt: &mut [f32]| {
+    let load_v = |c0: usize, l: usize, vp: &mut [f32]| {
         for (row, vs) in vp
             .chunks_exact_mut(wp)
             .zip(v[c0 * dv..(c0 + l) * dv].chunks_exact(dv))
@@ -836,7 +836,6 @@ fn back_head(
             row[..dv].copy_from_slice(vs);
             row[dv] = 1.0;
         }
-        transpose_any(vp, wp, l, vt, cp);
     };
     // rows `t` of the inputs the sweeps read (`q` first, which the forward sweep does not)
     let rows_of = |t: std::ops::Range<usize>| {
@@ -856,7 +855,8 @@ fn back_head(
         let l = c.min(n - c0);
         let ks = &k[c0 * m..(c0 + l) * m];
         grad_rows(g, c0, l, dv, wp, &mut gp);
-        load_v(c0, l, &mut vp, &mut vt);
+        load_v(c0, l, &mut vp);
+        transpose_any(&vp, wp, l, &mut vt, cp);
         let next = (c0 + l).min(n)..(c0 + l + c).min(n);
         let ahead = rows_of(next);
         for i0 in (0..l).step_by(R) {
@@ -880,7 +880,7 @@ fn back_head(
         let (qs, ks) = (&q[c0 * m..(c0 + l) * m], &k[c0 * m..(c0 + l) * m]);
         grad_rows(g, c0, l, dv, wp, &mut gp);
         transpose_any(&gp, wp, l, &mut gt, cp);
-        load_v(c0, l, &mut vp, &mut vt);
+        load_v(c0, l, &mut vp); // (the reverse sweep reads v' by rows only)
         transpose_any(qs, m, l, &mut qt, cp);
         let ahead = rows_of(c0.saturating_sub(c)..c0);
         for s0 in (0..l).step_by(R) {

@@ -174,27 +174,35 @@ def test_huge_inputs_give_no_nan_or_inf():
 
 
 def test_future_keys_leave_past_outputs_bitwise_equal():
-    # the running maximum jumps at the edited key; earlier outputs must not move at all
+    # the running maximum jumps at the edited key; earlier outputs must not move at all, on
+    # the numpy road, the autograd road (tensors that need a gradient) and the pure-torch one
+    from kexue import torch_fallback
+
     d, m, n, t0 = 64, 256, 150, 97
     q, k, v = inputs(d, 1.0, n=n, seed=3)
     w = orthogonal_random_matrix(m, d, seed=2)
     k2, v2 = k.copy(), v.copy()
     k2[:, :, t0:] *= 3.0
     v2[:, :, t0:] += 5.0
+
+    def run_on(road, x, wd, **kw):
+        if road == "numpy":
+            return linear_attention(*x, causal=True, projection=wd, **kw)
+        xt = [torch.tensor(a, requires_grad=True) for a in x]
+        with torch_fallback() if road == "torch" else contextlib.nullcontext():
+            return linear_attention(*xt, causal=True, projection=wd, **kw).detach().numpy()
+
     for dtype in (np.float32, np.float64):
         a = [x.astype(dtype) for x in (q, k, v)]
         b = [x.astype(dtype) for x in (q, k2, v2)]
         wd = w.astype(dtype)
-        for method in METHODS[:3]:
-            for chunk in (16, 64):
-                oa = linear_attention(
-                    *a, causal=True, projection=wd, method=method, chunk_size=chunk
-                )
-                ob = linear_attention(
-                    *b, causal=True, projection=wd, method=method, chunk_size=chunk
-                )
-                np.testing.assert_array_equal(oa[:, :, :t0], ob[:, :, :t0])
-                assert not np.array_equal(oa[:, :, t0:], ob[:, :, t0:])
+        for road in ("numpy", "autograd", "torch"):
+            for method in METHODS[:3]:
+                for chunk in (16, 64):
+                    kw = {"method": method, "chunk_size": chunk}
+                    oa, ob = run_on(road, a, wd, **kw), run_on(road, b, wd, **kw)
+                    np.testing.assert_array_equal(oa[:, :, :t0], ob[:, :, :t0])
+                    assert not np.array_equal(oa[:, :, t0:], ob[:, :, t0:])
 
 
 def test_causal_state_token_by_token_is_one_pass_on_any_thread_count():
@@ -365,32 +373,6 @@ def test_huge_inputs_on_the_torch_road_give_no_nan_or_inf():
                     assert all(np.isfinite(g).all() for g in grads), (fmap, causal)
 
 
-def test_gradient_roads_are_bitwise_causal():
-    # the running maximum jumps at the edited key (scaled ×3): earlier outputs must not move
-    from kexue import torch_fallback
-
-    d, m, n, t0 = 64, 256, 150, 97
-    q, k, v = inputs(d, 1.0, n=n, seed=3)
-    w = orthogonal_random_matrix(m, d, seed=2)
-    k2, v2 = k.copy(), v.copy()
-    k2[:, :, t0:] *= 3.0
-    v2[:, :, t0:] += 5.0
-    for dtype in (np.float32, np.float64):
-        wd = w.astype(dtype)
-        for fallback in (False, True):
-            for method, chunk in (("chunked", 16), ("chunked", 64), ("scan", 64)):
-                outs = []
-                for kk, vv in ((k, v), (k2, v2)):
-                    xt = [torch.tensor(a.astype(dtype), requires_grad=True) for a in (q, kk, vv)]
-                    with torch_fallback() if fallback else contextlib.nullcontext():
-                        o = linear_attention(
-                            *xt, causal=True, projection=wd, method=method, chunk_size=chunk
-                        )
-                    outs.append(o.detach().numpy())
-                np.testing.assert_array_equal(outs[0][:, :, :t0], outs[1][:, :, :t0])
-                assert not np.array_equal(outs[0][:, :, t0:], outs[1][:, :, t0:])
-
-
 def test_gradients_across_cuts_of_the_running_maximum():
     # keys whose largest logits jump by more than the chunked pass's slack: the Rust road cuts
     # its chunks there (forward and backward alike), the torch road does not; float64
@@ -479,3 +461,24 @@ def test_causal_state_on_the_torch_road_follows_the_running_maximum():
         got = torch.cat(parts, 2).numpy()
         assert relative(got, want) <= 1e-3, scale
         assert np.isfinite(state.scale).all()
+
+
+def test_padded_keys_do_not_move_the_running_maximum():
+    # huge `exp` logits at padded positions would otherwise underflow every real key
+    q, k, v = inputs(16, 0.5, n=30, seed=12)
+    w = orthogonal_random_matrix(16, 16, seed=3) / 4
+    mask = np.ones((1, 30), bool)
+    mask[:, 5:12] = False
+    k_pad = k.copy()
+    k_pad[:, :, 5:12] *= 1000.0
+    want = linear_attention(q, k, v, causal=True, feature_map="exp", projection=w, mask=mask)
+    assert np.abs(want[:, :, 12:]).mean() > 0.1
+    for dtype in (np.float32, np.float64):
+        x = [a.astype(dtype) for a in (q, k_pad, v)]
+        wd = w.astype(dtype)
+        for road, (o, _) in zip(
+            ("rust", "torch"), train_roads(x, wd, "exp", causal=True, mask=mask)
+        ):
+            assert relative(o, want) <= 1e-5, (road, dtype.__name__)
+        o = linear_attention(*x, causal=True, feature_map="exp", projection=wd, mask=mask)
+        assert relative(o, want) <= 1e-5, dtype.__name__

@@ -464,15 +464,21 @@ def _check_mask(mask: Any, x: Any, name: str) -> Any:
     return mask
 
 
-def _where(mask: Any, x: Any) -> Any:
-    """``x`` with the rows of masked-out positions set to 0 (a select, so no NaN leaks)."""
+def _where(mask: Any, x: Any, fill: float = 0.0) -> Any:
+    """``x`` with the rows of masked-out positions set to ``fill`` (a select, so no NaN
+    leaks)."""
     if mask is None:
         return x
     if is_tensor(x):
         import torch
 
-        return torch.where(mask[:, None, :, None], x, x.new_zeros(()))
-    return np.where(mask[:, None, :, None], x, x.dtype.type(0))
+        return torch.where(mask[:, None, :, None], x, x.new_full((), fill))
+    return np.where(mask[:, None, :, None], x, x.dtype.type(fill))
+
+
+#: The key logit of a padded position: below any real one, and finite (a stabiliser of -inf
+#: would make ``exp(-inf - -inf)``).
+_PADDED = -1e30
 
 
 def _apply_map(
@@ -561,8 +567,11 @@ def linear_attention(
     if key_offset is not None or feature_map not in (*_FAVOR, "exp"):
         phk = _apply_map(feature_map, k, projection, is_query=False, key_offset=key_offset)
     elif causal:
-        # each key under its own largest logit; the pass follows their running maximum
+        # each key under its own largest logit; the pass follows their running maximum, which
+        # padded keys do not raise
         phk, kmax = _row_max_keys(k, projection, feature_map)
+        if mask is not None:
+            kmax = _where(mask, kmax[..., None], _PADDED)[..., 0]
     else:
         phk = _sequence_max_keys(k, projection, feature_map, mask)
     phk = _where(mask, phk)

@@ -544,6 +544,9 @@ fn scan(
     };
     let (buf, phi) = buf.split_at_mut(need - mapper.map_or(0, |_| 2 * m));
     for t in 0..n {
+        if t % 256 == 0 && crate::cancel::requested() {
+            return true; // forms::causal_forward reports the interrupt
+        }
         let (qt, kt) = match mapper {
             None => (&q[t * m..(t + 1) * m], &k[t * m..(t + 1) * m]),
             Some(mp) => {

@@ -1255,6 +1255,37 @@ mod tests {
         assert!(max_diff(&split(&reference, d.dv, t0, d.nq), &second) < 1e-12);
     }
 
+    /// Asserts `analytic` (the gradients w.r.t. `q`, `k`, `v`) against central differences
+    /// of `loss` at every `step`-th element.
+    fn check_gradients(
+        c: &Case,
+        loss: impl Fn(&Case) -> f64,
+        analytic: [&[f64]; 3],
+        step: usize,
+        what: &str,
+    ) {
+        for (which, analytic) in analytic.into_iter().enumerate() {
+            for i in (0..analytic.len()).step_by(step) {
+                let bump = |h: f64| {
+                    let mut p = Case {
+                        q: c.q.clone(),
+                        k: c.k.clone(),
+                        v: c.v.clone(),
+                        ..*c
+                    };
+                    [&mut p.q, &mut p.k, &mut p.v][which][i] += h;
+                    loss(&p)
+                };
+                let fd = (bump(1e-6) - bump(-1e-6)) / 2e-6;
+                assert!(
+                    (analytic[i] - fd).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{what} input {which}[{i}]: {} vs {fd}",
+                    analytic[i]
+                );
+            }
+        }
+    }
+
     #[test]
     fn backward_under_the_running_maximum_matches_finite_differences() {
         // logits that jump by more than SLACK (the chunked passes cut there) in both heads
@@ -1296,27 +1327,8 @@ mod tests {
                 dv: &mut dv,
             };
             causal_backward(&c.inputs(), Some(&kmax), method, &grads, gout).unwrap();
-            for (which, analytic) in [(0, &dq), (1, &dk), (2, &dv)] {
-                for i in 0..analytic.len() {
-                    let bump = |h: f64| {
-                        let mut p = Case {
-                            q: c.q.clone(),
-                            k: c.k.clone(),
-                            v: c.v.clone(),
-                            ..c
-                        };
-                        [&mut p.q, &mut p.k, &mut p.v][which][i] += h;
-                        loss(&p).0
-                    };
-                    let fd = (bump(1e-6) - bump(-1e-6)) / 2e-6;
-                    let tol = 1e-6 * (1.0 + fd.abs());
-                    assert!(
-                        (analytic[i] - fd).abs() < tol,
-                        "{method:?} input {which}[{i}]: {} vs {fd}",
-                        analytic[i]
-                    );
-                }
-            }
+            let what = format!("{method:?}");
+            check_gradients(&c, |p| loss(p).0, [&dq, &dk, &dv], 1, &what);
         }
     }
 
@@ -1368,26 +1380,8 @@ mod tests {
                 } else {
                     non_causal_backward(&c.inputs(), &grads, gout).unwrap();
                 }
-                for (which, analytic) in [(0, &dq), (1, &dk), (2, &dv)] {
-                    for i in (0..analytic.len()).step_by(5) {
-                        let bump = |h: f64| {
-                            let mut p = Case {
-                                q: c.q.clone(),
-                                k: c.k.clone(),
-                                v: c.v.clone(),
-                                ..c
-                            };
-                            [&mut p.q, &mut p.k, &mut p.v][which][i] += h;
-                            loss(&p).0
-                        };
-                        let fd = (bump(1e-6) - bump(-1e-6)) / 2e-6;
-                        assert!(
-                            (analytic[i] - fd).abs() < 1e-6,
-                            "causal={causal} {method:?} input {which}[{i}]: {} vs {fd}",
-                            analytic[i]
-                        );
-                    }
-                }
+                let what = format!("causal={causal} {method:?}");
+                check_gradients(&c, |p| loss(p).0, [&dq, &dk, &dv], 5, &what);
             }
         }
     }

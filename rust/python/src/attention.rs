@@ -241,6 +241,7 @@ fn state_array<'py>(
     Ok(a.try_readwrite()?)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn forward_impl<'py, T: Real + Element>(
     py: Python<'py>,
     q: PyReadonlyArrayDyn<'py, T>,

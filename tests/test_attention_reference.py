@@ -45,23 +45,28 @@ def softmax_reference(q, k, v, *, causal):
     return (w / w.sum(-1, keepdims=True)) @ v
 
 
-def favor_reference(q, k, v, w, *, causal, hyperbolic=False):
-    """FAVOR+ from the paper in float64: no stabiliser, no eps."""
-    q, k, v, w = (np.asarray(x, np.float64) for x in (q, k, v, w))
+def favor_paper(q, k, v, w, *, causal, hyperbolic=False):
+    """FAVOR+ from the paper on float64 tensors (differentiable): no stabiliser, no eps."""
     d, m = q.shape[-1], w.shape[0]
 
     def phi(x):
         x = x * d**-0.25
         u = x @ w.T
-        base = np.exp(-(x * x).sum(-1, keepdims=True) / 2)
+        base = torch.exp(-(x * x).sum(-1, keepdim=True) / 2)
         if hyperbolic:
-            return base * np.concatenate([np.exp(u), np.exp(-u)], -1) / np.sqrt(2 * m)
-        return base * np.exp(u) / np.sqrt(m)
+            return base * torch.cat([torch.exp(u), torch.exp(-u)], -1) / np.sqrt(2 * m)
+        return base * torch.exp(u) / np.sqrt(m)
 
-    a = phi(q) @ np.swapaxes(phi(k), -1, -2)
+    a = phi(q) @ phi(k).transpose(-1, -2)
     if causal:
-        a = np.tril(a)
-    return (a @ v) / a.sum(-1, keepdims=True)
+        a = torch.tril(a)
+    return (a @ v) / a.sum(-1, keepdim=True)
+
+
+def favor_reference(q, k, v, w, *, causal, hyperbolic=False):
+    """:func:`favor_paper` of arrays, in float64."""
+    x = (torch.from_numpy(np.asarray(a, np.float64)) for a in (q, k, v, w))
+    return favor_paper(*x, causal=causal, hyperbolic=hyperbolic).numpy()
 
 
 def inputs(d, scale, *, n=40, heads=2, seed=0):
@@ -306,24 +311,10 @@ def train_roads(x, w, fmap, **kw):
     return out
 
 
-def reference_grads(x, w, *, causal, hyperbolic=False):
-    """The float64 paper FAVOR+ (no stabiliser, no eps) differentiated by torch autograd."""
+def reference_grads(x, w, *, causal):
+    """Outputs and input gradients (of ``(o·g).sum()``) of :func:`favor_paper` in float64."""
     xt = [torch.tensor(np.asarray(a, np.float64), requires_grad=True) for a in x]
-    wt = torch.from_numpy(np.asarray(w, np.float64))
-    d, m = x[0].shape[-1], w.shape[0]
-
-    def phi(z):
-        z = z * d**-0.25
-        u = z @ wt.T
-        base = torch.exp(-(z * z).sum(-1, keepdim=True) / 2)
-        if hyperbolic:
-            return base * torch.cat([torch.exp(u), torch.exp(-u)], -1) / np.sqrt(2 * m)
-        return base * torch.exp(u) / np.sqrt(m)
-
-    a = phi(xt[0]) @ phi(xt[1]).transpose(-1, -2)
-    if causal:
-        a = torch.tril(a)
-    o = (a @ xt[2]) / a.sum(-1, keepdim=True)
+    o = favor_paper(*xt, torch.from_numpy(np.asarray(w, np.float64)), causal=causal)
     g = torch.from_numpy(np.random.default_rng(0).standard_normal(x[2].shape))
     (o * g).sum().backward()
     return o.detach().numpy(), [a.grad.numpy() for a in xt]
@@ -425,14 +416,8 @@ def test_linear_attention_module_trains_against_the_references(fallback):
             p(x64).view(1, n, heads, d).transpose(1, 2)
             for p in (layer64.q_proj, layer64.k_proj, layer64.v_proj)
         )
-        w = layer64.projection
-
-        def phi(z, w=w):
-            z = z * d**-0.25
-            return torch.exp(z @ w.T - (z * z).sum(-1, keepdim=True) / 2)
-
-        a = torch.tril(phi(q) @ phi(k).transpose(-1, -2))
-        o = ((a @ v) / a.sum(-1, keepdim=True)).transpose(1, 2).reshape(1, n, -1)
+        o = favor_paper(q, k, v, layer64.projection, causal=True)
+        o = o.transpose(1, 2).reshape(1, n, -1)
         want = layer64.out_proj(o)
         want.sum().backward()
         assert relative(got.detach().numpy(), want.detach().numpy()) <= 1e-3

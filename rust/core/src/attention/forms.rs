@@ -1256,16 +1256,10 @@ mod tests {
     }
 
     /// Asserts `analytic` (the gradients w.r.t. `q`, `k`, `v`) against central differences
-    /// of `loss` at every `step`-th element.
-    fn check_gradients(
-        c: &Case,
-        loss: impl Fn(&Case) -> f64,
-        analytic: [&[f64]; 3],
-        step: usize,
-        what: &str,
-    ) {
+    /// of `loss`.
+    fn check_gradients(c: &Case, loss: impl Fn(&Case) -> f64, analytic: [&[f64]; 3], what: &str) {
         for (which, analytic) in analytic.into_iter().enumerate() {
-            for i in (0..analytic.len()).step_by(step) {
+            for i in 0..analytic.len() {
                 let bump = |h: f64| {
                     let mut p = Case {
                         q: c.q.clone(),
@@ -1287,8 +1281,9 @@ mod tests {
     }
 
     #[test]
-    fn backward_under_the_running_maximum_matches_finite_differences() {
-        // logits that jump by more than SLACK (the chunked passes cut there) in both heads
+    fn backward_matches_finite_differences() {
+        // causal with given features, with features under the running maximum of logits that
+        // jump by more than SLACK (the chunked passes cut there) in both heads, and non-causal
         let c = case(2, 9, 3, 2);
         let d = c.dims;
         let kmax = [
@@ -1297,76 +1292,36 @@ mod tests {
         ];
         let go = random(d.bh * d.nq * d.dv, 4, false);
         let gden = random(d.bh * d.nq, 5, false);
-        for method in [Method::Chunked(4), Method::Scan, Method::Quadratic] {
-            let loss = |c: &Case| {
-                let mut o = vec![0.0; go.len()];
-                let mut den = vec![0.0; gden.len()];
-                let out = Outputs {
-                    o: &mut o,
-                    den: &mut den,
+        let methods = [Method::Chunked(4), Method::Scan, Method::Quadratic];
+        for (causal, kmax) in [(true, None), (true, Some(&kmax[..])), (false, None)] {
+            for method in methods.into_iter().take(if causal { 3 } else { 1 }) {
+                let loss = |c: &Case| {
+                    let mut o = vec![0.0; go.len()];
+                    let mut den = vec![0.0; gden.len()];
+                    let out = Outputs {
+                        o: &mut o,
+                        den: &mut den,
+                    };
+                    match (causal, kmax) {
+                        (false, _) => non_causal_forward(&c.inputs(), 1e-3, out),
+                        (true, None) => causal_forward(&c.inputs(), 1e-3, method, None, out),
+                        (true, Some(kmax)) => {
+                            causal_forward_scaled(&c.inputs(), kmax, 1e-3, method, None, out)
+                        }
+                    }
+                    .unwrap();
+                    let l: f64 = o.iter().zip(&go).map(|(a, b)| a * b).sum();
+                    let l = l + den.iter().zip(&gden).map(|(a, b)| a * b).sum::<f64>();
+                    (l, o, den)
                 };
-                causal_forward_scaled(&c.inputs(), &kmax, 1e-3, method, None, out).unwrap();
-                let l: f64 = o.iter().zip(&go).map(|(a, b)| a * b).sum();
-                let l = l + den.iter().zip(&gden).map(|(a, b)| a * b).sum::<f64>();
-                (l, o, den)
-            };
-            let (_, o, den) = loss(&c);
-            let grads = Grads {
-                o: &o,
-                den: &den,
-                go: &go,
-                gden: &gden,
-                eps: 1e-3,
-            };
-            let mut dq = vec![0.0; c.q.len()];
-            let mut dk = vec![0.0; c.k.len()];
-            let mut dv = vec![0.0; c.v.len()];
-            let gout = GradsOut {
-                dq: &mut dq,
-                dk: &mut dk,
-                dv: &mut dv,
-            };
-            causal_backward(&c.inputs(), Some(&kmax), method, &grads, gout).unwrap();
-            let what = format!("{method:?}");
-            check_gradients(&c, |p| loss(p).0, [&dq, &dk, &dv], 1, &what);
-        }
-    }
-
-    #[test]
-    fn backward_matches_finite_differences() {
-        for causal in [true, false] {
-            let c = case(2, 9, 3, 2);
-            let d = c.dims;
-            let go = random(d.bh * d.nq * d.dv, 4, false);
-            let gden = random(d.bh * d.nq, 5, false);
-            let loss = |c: &Case| {
-                let mut o = vec![0.0; go.len()];
-                let mut den = vec![0.0; gden.len()];
-                let out = Outputs {
-                    o: &mut o,
-                    den: &mut den,
+                let (_, o, den) = loss(&c);
+                let grads = Grads {
+                    o: &o,
+                    den: &den,
+                    go: &go,
+                    gden: &gden,
+                    eps: 1e-3,
                 };
-                if causal {
-                    causal_forward(&c.inputs(), 1e-3, Method::Scan, None, out).unwrap();
-                } else {
-                    non_causal_forward(&c.inputs(), 1e-3, out).unwrap();
-                }
-                let l: f64 = o.iter().zip(&go).map(|(a, b)| a * b).sum();
-                (
-                    l + den.iter().zip(&gden).map(|(a, b)| a * b).sum::<f64>(),
-                    o,
-                    den,
-                )
-            };
-            let (_, o, den) = loss(&c);
-            let grads = Grads {
-                o: &o,
-                den: &den,
-                go: &go,
-                gden: &gden,
-                eps: 1e-3,
-            };
-            for method in [Method::Scan, Method::Chunked(4)] {
                 let mut dq = vec![0.0; c.q.len()];
                 let mut dk = vec![0.0; c.k.len()];
                 let mut dv = vec![0.0; c.v.len()];
@@ -1376,12 +1331,12 @@ mod tests {
                     dv: &mut dv,
                 };
                 if causal {
-                    causal_backward(&c.inputs(), None, method, &grads, gout).unwrap();
+                    causal_backward(&c.inputs(), kmax, method, &grads, gout).unwrap();
                 } else {
                     non_causal_backward(&c.inputs(), &grads, gout).unwrap();
                 }
-                let what = format!("causal={causal} {method:?}");
-                check_gradients(&c, |p| loss(p).0, [&dq, &dk, &dv], 5, &what);
+                let what = format!("causal={causal} kmax={} {method:?}", kmax.is_some());
+                check_gradients(&c, |p| loss(p).0, [&dq, &dk, &dv], &what);
             }
         }
     }

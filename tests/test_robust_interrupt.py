@@ -143,19 +143,30 @@ def test_sample_vmf_is_interruptible() -> None:
     assert latency < BOUND
 
 
-@pytest.mark.parametrize("method", ["scan", "quadratic"])
-def test_linear_attention_is_interruptible(method) -> None:
+@pytest.mark.parametrize(
+    ("method", "backward"),
+    [("scan", False), ("quadratic", False), ("chunked", True), ("scan", True)],
+)
+def test_linear_attention_is_interruptible(method, backward) -> None:
     latency = interrupt_child(
         f"""
+        from kexue import _native
         from kexue.attention import linear_attention
         kexue.set_num_threads(1)
         rng = np.random.default_rng(0)
         n, d = (40000, 16) if {method!r} == "quadratic" else (500_000, 64)
         q = np.abs(rng.standard_normal((1, 1, n, d), np.float32))
         v = rng.standard_normal((1, 1, n, d), np.float32)
+        o, den = _native.attention_causal_forward(q, q, v, 1e-6, "chunked", 64)
+        g = np.zeros_like(den)
+        def call():
+            if {backward}:
+                _native.attention_causal_backward(q, q, v, o, den, v, g, {method!r}, 64, 1e-6)
+            else:
+                linear_attention(q, q, v, causal=True, feature_map="identity", method={method!r})
         def many():
             for _ in range(10):  # each call a second or more
-                linear_attention(q, q, v, causal=True, feature_map="identity", method={method!r})
+                call()
         run(many)
         """
     )

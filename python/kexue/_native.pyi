@@ -236,6 +236,8 @@ def attention_causal_forward(
     method: str,
     chunk_size: int,
     state: npt.NDArray[np.float64] | None = None,
+    kmax: npt.NDArray[np.float64] | None = None,
+    scale: npt.NDArray[np.float64] | None = None,
 ) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]]: ...
 def attention_causal_mapped_forward(
     q: npt.NDArray[np.floating[Any]],
@@ -261,6 +263,7 @@ def attention_causal_backward(
     method: str,
     chunk_size: int,
     eps: float = 0.0,
+    kmax: npt.NDArray[np.float64] | None = None,
 ) -> tuple[
     npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]
 ]: ...

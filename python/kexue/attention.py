@@ -13,25 +13,30 @@ heads); CPU torch tensors go through Rust forward *and* backward; other devices 
 
 Stabilisers and ``eps``: the features are exponentials, so each side is shifted by a
 stabiliser that cancels in the ratio. Queries use their own per-token max. Keys of the
-``exp``-family maps (FAVOR+, ``exp``) in a causal pass that maps inside Rust (numpy inputs,
-tensors without gradient, :class:`CausalState`) use the *running maximum* ``c_t`` of the key
-logits seen so far: when a key raises it, the state is rescaled, ``S ← S·e^{c_{t−1}−c_t}``,
-``z ← z·e^{c_{t−1}−c_t}`` (the online-softmax trick; per token in the recurrence and the
-float32 decoder, per chunk in the chunked form, whose chunks end where the maximum jumps, so
-that outputs up to ``t`` still depend on nothing after ``t``, bitwise: a chunk ends before a
-key more than 8 above its stabiliser). The largest key feature seen is then ``1/√m`` (at most
-``e^8/√m`` inside a chunk): nothing overflows, and nothing underflows that matters. The stabiliser
-is exact because the rescaling multiplies numerator and denominator alike and ``eps`` is
+``exp``-family maps (FAVOR+, ``exp``) without a ``key_offset`` use, in causal attention, the
+*running maximum* ``c_t`` of the key logits seen so far (``ωᵀk' − |k'|²/2`` for FAVOR+): when a
+key raises it, the state is rescaled, ``S ← S·e^{c_{t−1}−c_t}``, ``z ← z·e^{c_{t−1}−c_t}``
+(the online-softmax trick). Every road does this. Passes that map inside Rust (numpy inputs,
+tensors without gradient, :class:`CausalState`) rescale per token in the recurrence and the
+float32 decoder, and per chunk in the chunked form, whose chunks end where the maximum jumps
+(a chunk ends before a key more than 8 above its stabiliser). The gradient road (CPU tensors
+that need a gradient) maps each key under its own largest logit, and the Rust pass then
+follows those logits' running maximum with the same chunks, forward and backward (the
+stabilisers are constants to the gradient: the outputs do not depend on them). The pure-torch
+road weighs key ``s`` in query ``t``'s sum by ``e^{c_s−c_t} ≤ 1`` inside fixed chunks and
+brings the carried state to ``c_t``. In each case ``c_t`` depends on keys up to ``t`` only, so
+outputs up to ``t`` depend on nothing after ``t``, bitwise. The largest key feature seen is
+``1/√m`` (at most ``e^8/√m`` inside a chunk): nothing overflows, whatever the scale of the
+inputs, and only keys ``e^{-87}`` (float32) below the largest one seen underflow, where their
+share of the sums is below float32's rounding anyway.
+
+The stabiliser is exact: rescaling multiplies numerator and denominator alike, and ``eps`` is
 relative: the denominator is ``(1 + eps)·φ(q)ᵀz``, so ``eps`` changes every output by the
 factor ``1/(1 + eps)`` whatever ``m``, ``D`` or the scale of the inputs (the absolute ``+ eps``
 it replaces swamped the whole estimate: FAVOR+ key features are around ``e^(−D/2)`` under a
-fixed bound). A causal state carries its stabiliser (:attr:`CausalState.scale`).
-Elsewhere (gradients, masks, the pure-torch road, a given ``key_offset``) keys use one
-constant: ``key_offset``, or for FAVOR+ ``max_i |ω_i|²/2`` (it bounds every key feature by 1,
-depends on no other key, and is exact with the relative ``eps``; it underflows float32 only for
-keys far larger than attention inputs are, and outputs are then 0), or for ``exp`` the
-sequence maximum (``exp`` keys have no bound; exact, but not bitwise causal). Non-causal
-attention uses the sequence maximum.
+fixed bound). A causal state carries its stabiliser (:attr:`CausalState.scale`). A given
+``key_offset`` is one constant stabiliser for every key (as are the maps other than FAVOR+ and
+``exp``, which need none). Non-causal attention uses the sequence maximum.
 The global max of google-research / performer-pytorch instead leaks future keys into past
 outputs. Where the denominator is 0 (every feature product 0: padding, ``relu``) the output is
 0.
@@ -297,8 +302,26 @@ def favor_features(
 # --- attention kernels ---------------------------------------------------------------------
 
 
-def _torch_scan(q: Any, k: Any, v: Any, state: Any, *, eps: float, chunk_size: int) -> tuple:
-    """Chunked causal linear attention in torch ops, from and to ``state`` (or zeros)."""
+def _torch_scan(
+    q: Any,
+    k: Any,
+    v: Any,
+    state: Any,
+    *,
+    eps: float,
+    chunk_size: int,
+    kmax: Any = None,
+    scale: Any = None,
+) -> tuple:
+    """Chunked causal linear attention in torch ops, from and to ``state`` (or zeros): returns
+    ``(o, den, state, scale)``.
+
+    With ``kmax`` (each key row stabilised by its own largest logit, ``(B, H, N)``) the keys
+    are taken under the running maximum ``r_t`` of ``kmax``, per query: inside a chunk key
+    ``s`` enters query ``t``'s sum with the weight ``exp(kmax_s − r_t) ≤ 1`` (zero above the
+    diagonal) and the carried state with ``exp(r_before − r_t)``; the state leaves the chunk
+    under the chunk's last ``r``. ``r_t`` depends on keys up to ``t`` only, so the form stays
+    bitwise causal; ``scale`` (``(B, H)``) is the given state's stabiliser (``−∞``: empty)."""
     import torch
 
     b, h, n, m = q.shape
@@ -307,21 +330,41 @@ def _torch_scan(q: Any, k: Any, v: Any, state: Any, *, eps: float, chunk_size: i
     s = q.new_zeros(b, h, m, dv + 1) if state is None else state.to(q.dtype)
     c = max(1, min(chunk_size, n))
     keep = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+    if kmax is not None:
+        kmax = kmax.detach().to(q.dtype)
+        before = q.new_full((b, h, 1), -math.inf) if scale is None else scale.to(q.dtype)[..., None]
     ys = []
     for c0 in range(0, n, c):
         qc, kc, vc = q[..., c0 : c0 + c, :], k[..., c0 : c0 + c, :], vp[..., c0 : c0 + c, :]
         length = qc.shape[-2]
         a = qc @ kc.transpose(-1, -2)
+        inter = qc @ s
+        if kmax is not None:
+            top = kmax[..., c0 : c0 + length]
+            r = torch.maximum(torch.cummax(top, -1).values, before)
+            gap = torch.where(keep[:length, :length], top[..., None, :] - r[..., None], -math.inf)
+            a = a * torch.exp(gap)
+            inter = inter * torch.exp(before - r)[..., None]
+            end = r[..., -1:]
+            s = (
+                s * torch.exp(before - end)[..., None]
+                + (kc * torch.exp(top - end)[..., None]).transpose(-1, -2) @ vc
+            )
+            before = end
+        else:
+            s = s + kc.transpose(-1, -2) @ vc
         a = torch.where(keep[:length, :length], a, a.new_zeros(()))
-        ys.append(a @ vc + qc @ s)
-        s = s + kc.transpose(-1, -2) @ vc
+        ys.append(a @ vc + inter)
     y = torch.cat(ys, -2) if ys else q.new_zeros(b, h, 0, dv + 1)
     den = y[..., dv] * (1 + eps)
-    return _divide(y[..., :dv], den), den, s
+    new_scale = None if kmax is None else before[..., 0]
+    return _divide(y[..., :dv], den), den, s, new_scale
 
 
-def _torch_causal(q: Any, k: Any, v: Any, *, eps: float, method: str, chunk_size: int) -> tuple:
-    o, den, _ = _torch_scan(q, k, v, None, eps=eps, chunk_size=chunk_size)
+def _torch_causal(
+    q: Any, k: Any, v: Any, kmax: Any, *, eps: float, method: str, chunk_size: int
+) -> tuple:
+    o, den, _, _ = _torch_scan(q, k, v, None, eps=eps, chunk_size=chunk_size, kmax=kmax)
     return o, den
 
 
@@ -342,13 +385,21 @@ def _divide(y: Any, den: Any) -> Any:
     return torch.where(zero[..., None], y.new_zeros(()), y / torch.where(zero, 1, den)[..., None])
 
 
+def _causal_backward(
+    inputs: tuple, outputs: tuple, grads: tuple, *, eps: float, method: str, chunk_size: int
+) -> tuple:
+    q, k, v, kmax = inputs
+    grad = _native.attention_causal_backward(
+        q, k, v, *outputs, *grads, method, chunk_size, eps, kmax
+    )
+    return (*grad, None)  # the stabilisers are constants: the outputs do not depend on them
+
+
 _causal = Kernel(
-    lambda q, k, v, *, eps, method, chunk_size: _native.attention_causal_forward(
-        q, k, v, eps, method, chunk_size
+    lambda q, k, v, kmax, *, eps, method, chunk_size: _native.attention_causal_forward(
+        q, k, v, eps, method, chunk_size, None, kmax
     ),
-    lambda inputs, outputs, grads, *, eps, method, chunk_size: _native.attention_causal_backward(
-        *inputs, *outputs, *grads, method, chunk_size, eps
-    ),
+    _causal_backward,
     torch_forward=_torch_causal,
 )
 
@@ -413,15 +464,21 @@ def _check_mask(mask: Any, x: Any, name: str) -> Any:
     return mask
 
 
-def _where(mask: Any, x: Any) -> Any:
-    """``x`` with the rows of masked-out positions set to 0 (a select, so no NaN leaks)."""
+def _where(mask: Any, x: Any, fill: float = 0.0) -> Any:
+    """``x`` with the rows of masked-out positions set to ``fill`` (a select, so no NaN
+    leaks)."""
     if mask is None:
         return x
     if is_tensor(x):
         import torch
 
-        return torch.where(mask[:, None, :, None], x, x.new_zeros(()))
-    return np.where(mask[:, None, :, None], x, x.dtype.type(0))
+        return torch.where(mask[:, None, :, None], x, x.new_full((), fill))
+    return np.where(mask[:, None, :, None], x, x.dtype.type(fill))
+
+
+#: The key logit of a padded position: below any real one, and finite (a stabiliser of -inf
+#: would make ``exp(-inf - -inf)``).
+_PADDED = -1e30
 
 
 def _apply_map(
@@ -459,8 +516,7 @@ def linear_attention(
             (``Nq == Nk`` when causal, both ``>= 1``).
         v: ``(B, H, Nk, Dv)``.
         causal: position ``t`` attends to keys ``<= t`` only; outputs up to ``t`` do not depend
-            on anything after ``t`` (bitwise, for finite inputs; for ``exp`` keys on the
-            gradient road or with a mask only up to rounding, see the module doc).
+            on anything after ``t`` (bitwise, for finite inputs; see the module doc).
         feature_map: one of :data:`FEATURE_MAPS` or a callable applied to q and k
             (already-mapped, non-negative features: pass ``"identity"``).
         projection: ``(m, D)`` random projection, required by FAVOR+ (see
@@ -507,25 +563,36 @@ def linear_attention(
             q, k, v, feature_map, projection, key_offset, eps, method, int(chunk_size)
         )
     phq = _apply_map(feature_map, q, projection, is_query=True, key_offset=key_offset)
-    # The sequence maximum where nothing causal bounds the keys: non-causal attention, and
-    # `exp` keys (unbounded) on the gradient road (exact, but then not bitwise causal).
-    if key_offset is None and (feature_map == "exp" or (feature_map in _FAVOR and not causal)):
-        phk = _sequence_max_keys(k, projection, feature_map, mask)
-    else:
+    kmax = None
+    if key_offset is not None or feature_map not in (*_FAVOR, "exp"):
         phk = _apply_map(feature_map, k, projection, is_query=False, key_offset=key_offset)
+    elif causal:
+        # each key under its own largest logit; the pass follows their running maximum, which
+        # padded keys do not raise
+        phk, kmax = _row_max_keys(k, projection, feature_map)
+        if mask is not None:
+            kmax = _where(mask, kmax[..., None], _PADDED)[..., 0]
+    else:
+        phk = _sequence_max_keys(k, projection, feature_map, mask)
     phk = _where(mask, phk)
     if causal:
-        o, _ = _causal(phq, phk, v, eps=eps, method=method, chunk_size=int(chunk_size))
+        o, _ = _causal(phq, phk, v, kmax, eps=eps, method=method, chunk_size=int(chunk_size))
     else:
         o, _ = _noncausal(phq, phk, v, eps=eps)
     return _where(mask, o)
 
 
+def _row_max_keys(k: Any, projection: Any, fmap: str) -> tuple:
+    """``(features, largest logits)`` of keys each stabilised by its own largest logit (so
+    each row's largest feature is ``1/√m``)."""
+    projection = _like(_check_projection(projection, k.shape[-1], fmap), k)
+    return _features(k, projection, feature_map=fmap, is_query=False, offset=None, row_max=True)
+
+
 def _sequence_max_keys(k: Any, projection: Any, fmap: str, mask: Any) -> Any:
     """Key features under the largest key logit of each sequence (non-causal attention): the
     largest feature of a sequence is ``1/√m`` whatever the scale of its keys."""
-    projection = _like(_check_projection(projection, k.shape[-1], fmap), k)
-    phk, top = _features(k, projection, feature_map=fmap, is_query=False, offset=None, row_max=True)
+    phk, top = _row_max_keys(k, projection, fmap)
     if is_tensor(k):
         import torch
 
@@ -842,20 +909,31 @@ class CausalState:
 
     def _update_mapped_first(self, q: Any, k: Any, v: Any, torch_road: bool) -> Any:
         """The update for callable maps and the torch road: features first, then the state."""
-        phq, phk = self._features(q, True), self._features(k, False)
+        fmap = self.feature_map
+        running = not callable(fmap) and self.key_offset is None and fmap in (*_FAVOR, "exp")
+        if running and torch_road:
+            phk, kmax = _row_max_keys(k, self._projection(k), fmap)
+        else:
+            phk, kmax = self._features(k, False), None
+        phq = self._features(q, True)
         want = (q.shape[0], q.shape[1], phq.shape[-1], v.shape[-1] + 1)
         if torch_road:
             import torch
 
             self._check_shape(want)
-            kv = None if self.kv is None else torch.as_tensor(self.kv, device=q.device)
-            # the torch road maps keys under the constant stabiliser: the state follows it
-            offset = _fixed_key_offset(self.feature_map, self.projection, self.key_offset)
-            if kv is not None and self.scale is not None:
-                a = torch.as_tensor(np.exp(np.asarray(self.scale) - offset), device=q.device)
-                kv = kv * a.to(kv.dtype)[..., None, None]
-            o, _, self.kv = _torch_scan(phq, phk, v, kv, eps=self.eps, chunk_size=self.chunk_size)
-            self.scale = np.full(want[:2], offset)
+            # keys under a constant stabiliser where there is no running maximum to follow
+            offset = _fixed_key_offset(fmap, self.projection, self.key_offset)
+            kv = scale = None
+            if self.kv is not None:
+                kv = torch.as_tensor(self.kv, device=q.device)
+                held = np.full(want[:2], offset) if self.scale is None else self.scale
+                scale = torch.as_tensor(np.asarray(held, dtype=np.float64), device=q.device)
+                if kmax is None:
+                    kv = kv * torch.exp(scale - offset).to(kv.dtype)[..., None, None]
+            o, _, self.kv, scale = _torch_scan(
+                phq, phk, v, kv, eps=self.eps, chunk_size=self.chunk_size, kmax=kmax, scale=scale
+            )
+            self.scale = np.full(want[:2], offset) if kmax is None else scale.cpu().double().numpy()
             return o
         self._check_continues(want)
         arrays = [x.contiguous().numpy() if is_tensor(x) else x for x in (phq, phk, v)]

@@ -12,8 +12,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::arrays::{
-    array, array_mut, checked, detached, int, on_caller, slice, with_float_array, Dtype, Float,
-    FloatArray, Out, Shape,
+    array, array_mut, checked, detached, int, on_caller, optional, slice, with_float_array, Dtype,
+    Float, FloatArray, Out, Shape,
 };
 use crate::errors::{Error, Result};
 
@@ -186,6 +186,7 @@ type MapArgs<'a, 'py> = (&'a str, Option<&'a Bound<'py, PyAny>>, Option<f64>);
 /// A causal state array and its stabilisers (`(B, H)` float64), when given.
 type StateArgs<'a, 'py> = (&'a Bound<'py, PyAny>, Option<&'a Bound<'py, PyAny>>);
 
+#[allow(clippy::too_many_arguments)]
 fn forward_impl<'py, T: Real + Float>(
     py: Python<'py>,
     q: PyReadonlyArrayDyn<'py, T>,
@@ -194,6 +195,7 @@ fn forward_impl<'py, T: Real + Float>(
     eps: f64,
     causal: Option<(Method, Option<StateArgs<'_, 'py>>)>,
     map: Option<MapArgs<'_, 'py>>,
+    kmax: Option<&Bound<'py, PyAny>>,
 ) -> Result<Bound<'py, PyTuple>> {
     check_4d("q", q.shape())?;
     let k = array::<T>(k, "k", Dtype::Of("q"), Shape::Ndim(4))?;
@@ -219,6 +221,8 @@ fn forward_impl<'py, T: Real + Float>(
     let maps = specs.as_ref().map(|(a, b)| (a, b));
     let features = maps.map_or(dims.m, |(sq, _)| sq.out_dim());
     let qs = q.shape();
+    let kmax = optional::<f64>(kmax, "kmax", Dtype::Own, Shape::Exact(&k.shape()[..3]))?;
+    let kmax = kmax.as_ref().map(|a| slice(a, "kmax")).transpose()?;
     // Every form writes every element of `o` and `den`. (No zero-fill: a fresh zeroed array
     // costs page faults.)
     let mut o = Out::<T>::new(py, &[qs[0], qs[1], qs[2], dims.dv])?;
@@ -243,7 +247,9 @@ fn forward_impl<'py, T: Real + Float>(
                                 Shape::Exact(&want[..2]),
                             )?),
                             // The stabiliser of a state is needed where it moves.
-                            None if specs.as_ref().is_some_and(|(_, k)| k.running()) => {
+                            None if kmax.is_some()
+                                || specs.as_ref().is_some_and(|(_, k)| k.running()) =>
+                            {
                                 return Err(Error::value(
                                     "scale",
                                     "is required with a state for this feature map",
@@ -266,8 +272,9 @@ fn forward_impl<'py, T: Real + Float>(
                     }),
                     None => None,
                 };
-                detached(py, || {
-                    forms::causal_forward_mapped(&x, maps, eps, method, st, out)
+                detached(py, || match kmax {
+                    Some(kmax) => forms::causal_forward_scaled(&x, kmax, eps, method, st, out),
+                    None => forms::causal_forward_mapped(&x, maps, eps, method, st, out),
                 })?
             }
         }
@@ -277,9 +284,11 @@ fn forward_impl<'py, T: Real + Float>(
 
 /// Causal linear attention on feature-mapped `(B, H, N, M)` q, k and `(B, H, N, Dv)` v;
 /// returns `(o, den)`. `state` (`(B, H, M, Dv + 1)` float64), when given, is the initial
-/// state and is overwritten with the final one.
+/// state and is overwritten with the final one. With `kmax` (`(B, H, N)` float64: each key
+/// row stabilised by its own largest logit), the keys are taken under the running maximum of
+/// `kmax`, and a state needs its `scale`.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, eps, method, chunk_size, state=None))]
+#[pyo3(signature = (q, k, v, eps, method, chunk_size, state=None, kmax=None, scale=None))]
 #[allow(clippy::too_many_arguments)]
 fn attention_causal_forward<'py>(
     py: Python<'py>,
@@ -290,11 +299,13 @@ fn attention_causal_forward<'py>(
     method: &str,
     chunk_size: &Bound<'py, PyAny>,
     state: Option<&Bound<'py, PyAny>>,
+    kmax: Option<&Bound<'py, PyAny>>,
+    scale: Option<&Bound<'py, PyAny>>,
 ) -> Result<Bound<'py, PyTuple>> {
     let method = Method::parse(method, int(chunk_size, "chunk_size")?)?;
-    let state = state.map(|s| (s, None));
+    let state = state.map(|s| (s, scale));
     with_float_array!(FloatArray::extract(q, "q")?, q => {
-        forward_impl(py, q, k, v, eps, Some((method, state)), None)
+        forward_impl(py, q, k, v, eps, Some((method, state)), None, kmax)
     })
 }
 
@@ -323,7 +334,7 @@ fn attention_causal_mapped_forward<'py>(
     let map = Some((feature_map, projection, key_offset));
     let state = state.map(|s| (s, scale));
     with_float_array!(FloatArray::extract(q, "q")?, q => {
-        forward_impl(py, q, k, v, eps, Some((method, state)), map)
+        forward_impl(py, q, k, v, eps, Some((method, state)), map, None)
     })
 }
 
@@ -336,7 +347,9 @@ fn attention_noncausal_forward<'py>(
     v: &Bound<'py, PyAny>,
     eps: f64,
 ) -> Result<Bound<'py, PyTuple>> {
-    with_float_array!(FloatArray::extract(q, "q")?, q => forward_impl(py, q, k, v, eps, None, None))
+    with_float_array!(FloatArray::extract(q, "q")?, q => {
+        forward_impl(py, q, k, v, eps, None, None, None)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -351,6 +364,7 @@ fn backward_impl<'py, T: Real + Float>(
     grad_den: &Bound<'py, PyAny>,
     method: Option<Method>,
     eps: f64,
+    kmax: Option<&Bound<'py, PyAny>>,
 ) -> Result<Bound<'py, PyTuple>> {
     check_4d("q", q.shape())?;
     let k = array::<T>(k, "k", Dtype::Of("q"), Shape::Ndim(4))?;
@@ -370,6 +384,8 @@ fn backward_impl<'py, T: Real + Float>(
         k: slice(&k, "k")?,
         v: slice(&v, "v")?,
     };
+    let kmax = optional::<f64>(kmax, "kmax", Dtype::Own, Shape::Exact(&k.shape()[..3]))?;
+    let kmax = kmax.as_ref().map(|a| slice(a, "kmax")).transpose()?;
     let g = Grads {
         o: slice(&o, "o")?,
         den: slice(&den, "den")?,
@@ -377,10 +393,18 @@ fn backward_impl<'py, T: Real + Float>(
         gden: slice(&gden, "grad_den")?,
         eps,
     };
+    // Causal: uninitialised (a fresh zeroed array costs page faults), since every causal
+    // backward writes every element, and on error (an interrupt) the arrays are dropped
+    // unread. (The non-causal one leaves dk, dv unwritten when there are no queries.)
+    let alloc = if method.is_some() {
+        Out::<T>::new
+    } else {
+        Out::<T>::zeros
+    };
     let (mut dq, mut dk, mut dv) = (
-        Out::<T>::zeros(py, q.shape())?,
-        Out::<T>::zeros(py, k.shape())?,
-        Out::<T>::zeros(py, v.shape())?,
+        alloc(py, q.shape())?,
+        alloc(py, k.shape())?,
+        alloc(py, v.shape())?,
     );
     {
         let gout = GradsOut {
@@ -389,7 +413,7 @@ fn backward_impl<'py, T: Real + Float>(
             dv: dv.slice(),
         };
         match method {
-            Some(m) => detached(py, || forms::causal_backward(&x, m, &g, gout))?,
+            Some(m) => detached(py, || forms::causal_backward(&x, kmax, m, &g, gout))?,
             None => detached(py, || forms::non_causal_backward(&x, &g, gout))?,
         }
     }
@@ -399,9 +423,10 @@ fn backward_impl<'py, T: Real + Float>(
     )?)
 }
 
-/// Gradients `(dq, dk, dv)` of [`attention_causal_forward`] (zero initial state) with `eps`.
+/// Gradients `(dq, dk, dv)` of [`attention_causal_forward`] (zero initial state) with `eps`
+/// and `kmax`.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, o, den, grad_o, grad_den, method, chunk_size, eps=0.0))]
+#[pyo3(signature = (q, k, v, o, den, grad_o, grad_den, method, chunk_size, eps=0.0, kmax=None))]
 #[allow(clippy::too_many_arguments)]
 fn attention_causal_backward<'py>(
     py: Python<'py>,
@@ -415,10 +440,11 @@ fn attention_causal_backward<'py>(
     method: &str,
     chunk_size: &Bound<'py, PyAny>,
     eps: f64,
+    kmax: Option<&Bound<'py, PyAny>>,
 ) -> Result<Bound<'py, PyTuple>> {
     let method = Method::parse(method, int(chunk_size, "chunk_size")?)?;
     with_float_array!(FloatArray::extract(q, "q")?, q => {
-        backward_impl(py, q, k, v, o, den, grad_o, grad_den, Some(method), eps)
+        backward_impl(py, q, k, v, o, den, grad_o, grad_den, Some(method), eps, kmax)
     })
 }
 
@@ -438,7 +464,7 @@ fn attention_noncausal_backward<'py>(
     eps: f64,
 ) -> Result<Bound<'py, PyTuple>> {
     with_float_array!(FloatArray::extract(q, "q")?, q => {
-        backward_impl(py, q, k, v, o, den, grad_o, grad_den, None, eps)
+        backward_impl(py, q, k, v, o, den, grad_o, grad_den, None, eps, None)
     })
 }
 

@@ -110,11 +110,12 @@ pub(crate) fn gemm16(
             }
         };
     }
+    let blocks = tile_blocks();
     for r0 in (0..rows).step_by(R) {
         let rr = R.min(rows - r0);
         let mut j0 = 0;
         while j0 < cols {
-            let nb = NB.min((cols - j0) / L);
+            let nb = blocks.min((cols - j0) / L);
             dispatch!(
                 rr,
                 nb,
@@ -129,6 +130,22 @@ pub(crate) fn gemm16(
             );
             j0 += nb * L;
         }
+    }
+}
+
+/// Most column blocks in one tile on this CPU: AVX-512's 32 registers hold the `4 × 4`-block
+/// tile's accumulators, while AVX2's 16 (and NEON's 32 of 128 bits) hold a `4 × 1`-block one
+/// (wider, they spilled to the stack: the f32 backward ran 1.7× slower on AVX2).
+fn tile_blocks() -> usize {
+    static BLOCKS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BLOCKS.get_or_init(blocks_for_target)
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx2+fma"))]
+fn blocks_for_target() -> usize {
+    match_target! {
+        "x86_64+avx512f" => NB,
+        _ => 1,
     }
 }
 
@@ -527,6 +544,9 @@ fn scan(
     };
     let (buf, phi) = buf.split_at_mut(need - mapper.map_or(0, |_| 2 * m));
     for t in 0..n {
+        if t % 256 == 0 && crate::cancel::requested() {
+            return true; // forms::causal_forward reports the interrupt
+        }
         let (qt, kt) = match mapper {
             None => (&q[t * m..(t + 1) * m], &k[t * m..(t + 1) * m]),
             Some(mp) => {
@@ -811,7 +831,7 @@ fn back_head(
     let mut st = vec![0.0f32; w * m];
     let mut r = vec![0.0f32; m * wp];
     let mut delta = vec![0.0f32; w * m];
-    let load_v = |c0: usize, l: usize, vp: &mut [f32], vt: &mut [f32]| {
+    let load_v = |c0: usize, l: usize, vp: &mut [f32]| {
         for (row, vs) in vp
             .chunks_exact_mut(wp)
             .zip(v[c0 * dv..(c0 + l) * dv].chunks_exact(dv))
@@ -819,7 +839,6 @@ fn back_head(
             row[..dv].copy_from_slice(vs);
             row[dv] = 1.0;
         }
-        transpose_any(vp, wp, l, vt, cp);
     };
     // rows `t` of the inputs the sweeps read (`q` first, which the forward sweep does not)
     let rows_of = |t: std::ops::Range<usize>| {
@@ -833,10 +852,14 @@ fn back_head(
     };
     // Forward sweep: ∂q_t = Σ_{s≤t in chunk} (g'_t·v'_s) k_s + S_prev g'_t.
     for c0 in (0..n).step_by(c) {
+        if crate::cancel::requested() {
+            return; // forms::causal_backward reports the interrupt
+        }
         let l = c.min(n - c0);
         let ks = &k[c0 * m..(c0 + l) * m];
         grad_rows(g, c0, l, dv, wp, &mut gp);
-        load_v(c0, l, &mut vp, &mut vt);
+        load_v(c0, l, &mut vp);
+        transpose_any(&vp, wp, l, &mut vt, cp);
         let next = (c0 + l).min(n)..(c0 + l + c).min(n);
         let ahead = rows_of(next);
         for i0 in (0..l).step_by(R) {
@@ -853,11 +876,14 @@ fn back_head(
     s64.fill(0.0);
     st.fill(0.0);
     for c0 in (0..n).step_by(c).rev() {
+        if crate::cancel::requested() {
+            return;
+        }
         let l = c.min(n - c0);
         let (qs, ks) = (&q[c0 * m..(c0 + l) * m], &k[c0 * m..(c0 + l) * m]);
         grad_rows(g, c0, l, dv, wp, &mut gp);
         transpose_any(&gp, wp, l, &mut gt, cp);
-        load_v(c0, l, &mut vp, &mut vt);
+        load_v(c0, l, &mut vp); // (the reverse sweep reads v' by rows only)
         transpose_any(qs, m, l, &mut qt, cp);
         let ahead = rows_of(c0.saturating_sub(c)..c0);
         for s0 in (0..l).step_by(R) {

@@ -239,12 +239,59 @@ struct Head<'a, T> {
 /// jumps (a few times in a random sequence, however long).
 pub(crate) const SLACK: f64 = 8.0;
 
+/// The next chunk under the running maximum: from row `c0`, at most `c` rows; returns its
+/// length and its stabiliser, the running maximum at its first key (the larger of `scale` and
+/// that key's largest logit). The chunk ends before a key more than [`SLACK`] above it, so
+/// where it ends depends on its own and earlier keys only (causal).
+fn running_chunk(kmax: &[f64], c0: usize, c: usize, scale: f64) -> (usize, f64) {
+    let top = &kmax[c0..c0 + c];
+    let r = top[0].max(scale);
+    ((1..c).find(|&i| top[i] > r + SLACK).unwrap_or(c), r)
+}
+
 /// `s ← a·s` (the state brought to a larger stabiliser).
 pub(crate) fn rescale(s: &mut [f64], a: f64) {
     s.iter_mut().for_each(|x| *x *= a);
 }
 
 impl<T: Real> Head<'_, T> {
+    /// Key rows `c0..c0 + l` for the stabiliser `r` (`k_s·exp(kmax_s − r)`) in `kb`.
+    fn keys_under<'b>(&self, c0: usize, l: usize, r: f64, kb: &'b mut [T]) -> &'b [T] {
+        let (m, kmax) = (
+            self.m,
+            self.kmax.expect("keys under a stabiliser need kmax"),
+        );
+        let ks = &self.k[c0 * m..(c0 + l) * m];
+        for ((kb, k), &top) in kb
+            .chunks_exact_mut(m)
+            .zip(ks.chunks_exact(m))
+            .zip(&kmax[c0..])
+        {
+            let e = (top - r).exp();
+            kb.iter_mut().zip(k).for_each(|(a, &b)| *a = t(f(b) * e));
+        }
+        &kb[..l * m]
+    }
+
+    /// The chunks `(start, length, stabiliser)` of a pass from a zero state: those of
+    /// [`Self::chunked_forward`] (stabiliser 0 without `kmax`).
+    fn chunks(&self, c: usize) -> Vec<(usize, usize, f64)> {
+        let (n, c) = (self.n, c.min(self.n));
+        let mut out = Vec::with_capacity(n.div_ceil(c));
+        let (mut c0, mut scale) = (0, f64::NEG_INFINITY);
+        while c0 < n {
+            let l = c.min(n - c0);
+            let (l, r) = match self.kmax {
+                Some(kmax) => running_chunk(kmax, c0, l, scale),
+                None => (l, 0.0),
+            };
+            scale = r;
+            out.push((c0, l, r));
+            c0 += l;
+        }
+        out
+    }
+
     /// Returns false (and stops) at a chunk whose values are not all finite: `0·inf` in the
     /// masked product would leak them into earlier positions of the chunk.
     fn chunked_forward(
@@ -270,21 +317,14 @@ impl<T: Real> Head<'_, T> {
             let mut l = c.min(n - c0);
             let mut ks = &self.k[c0 * m..(c0 + l) * m];
             if let Some(kmax) = self.kmax {
-                // the stabiliser: the running maximum at the chunk's first key; the chunk ends
-                // before a key more than SLACK above it (so where is causal)
-                let top = &kmax[c0..c0 + l];
-                let r = top[0].max(*scale);
-                l = (1..l).find(|&i| top[i] > r + SLACK).unwrap_or(l);
+                let r;
+                (l, r) = running_chunk(kmax, c0, l, *scale);
                 if r > *scale {
                     rescale(s64, (*scale - r).exp());
                     st.iter_mut().zip(&*s64).for_each(|(a, &b)| *a = t(b));
                     *scale = r;
                 }
-                for ((kb, k), &top) in kb.chunks_exact_mut(m).zip(ks.chunks_exact(m)).zip(top) {
-                    let e = (top - r).exp();
-                    kb.iter_mut().zip(k).for_each(|(a, &b)| *a = t(f(b) * e));
-                }
-                ks = &kb[..l * m];
+                ks = self.keys_under(c0, l, r, &mut kb);
             }
             let qs = &self.q[c0 * m..(c0 + l) * m];
             let vs = &self.v[c0 * dv..(c0 + l) * dv];
@@ -477,21 +517,44 @@ impl<T: Real> Head<'_, T> {
         true
     }
 
+    /// Under the running maximum, the chunks and stabilisers are the forward's: a chunk's
+    /// keys enter as `k_s·exp(kmax_s − r)` (their gradient takes the same factor), the forward
+    /// sweep's `S` is rescaled as the forward's, and the reverse sweep's `R` is brought down to
+    /// each earlier chunk's stabiliser (`R ← R·exp(r_earlier − r_later)`, at most 1).
+    /// Returns early (outputs incomplete) when an interrupt is requested.
     fn chunked_backward(&self, c: usize, g: &Grads<T>, dq: &mut [T], dk: &mut [T], dvo: &mut [T]) {
-        let (n, m, dv, w) = (self.n, self.m, self.dv, self.dv + 1);
-        let c = c.min(n);
+        let (m, dv, w) = (self.m, self.dv, self.dv + 1);
+        let chunks = self.chunks(c);
+        let c = chunks.iter().map(|&(_, l, _)| l).max().unwrap_or(0);
         let mut a = vec![T::zero(); c * c];
         let mut vp = vec![T::zero(); c * w];
         let mut gp = vec![T::zero(); c * w];
         let mut dvp = vec![T::zero(); c * w];
+        let mut kb = vec![T::zero(); if self.kmax.is_some() { c * m } else { 0 }];
         let mut delta = vec![T::zero(); m * w];
         let mut s64 = vec![0.0f64; m * w];
         let mut st = vec![T::zero(); m * w];
-        let starts: Vec<usize> = (0..n).step_by(c).collect();
+        // `S` (keys) is rescaled by exp(old − new) for a new stabiliser, `R` (queries) by
+        // exp(new − old); both are zero while the stabiliser is −∞.
+        let mut scale = f64::NEG_INFINITY;
+        let rebase = |s64: &mut [f64], st: &mut [T], scale: &mut f64, r: f64, sign: f64| {
+            if r != *scale && *scale > f64::NEG_INFINITY {
+                rescale(s64, (sign * (r - *scale)).exp());
+                st.iter_mut().zip(&*s64).for_each(|(a, &b)| *a = t(b));
+            }
+            *scale = r;
+        };
         // Forward sweep: ∂q_t = Σ_{s≤t in chunk} (g'_t·v'_s) k_s + S_prev g'_t.
-        for &c0 in &starts {
-            let l = c.min(n - c0);
-            let kc = Mat::new(&self.k[c0 * m..(c0 + l) * m], l, m, m);
+        for &(c0, l, r) in &chunks {
+            if cancel::requested() {
+                return;
+            }
+            rebase(&mut s64, &mut st, &mut scale, r, -1.0);
+            let ks = match self.kmax {
+                Some(_) => self.keys_under(c0, l, r, &mut kb),
+                None => &self.k[c0 * m..(c0 + l) * m],
+            };
+            let kc = Mat::new(ks, l, m, m);
             augment(&self.v[c0 * dv..(c0 + l) * dv], dv, &mut vp[..l * w]);
             grad_prime(g, c0..c0 + l, dv, &mut gp[..l * w]);
             let (vpm, gpm) = (Mat::new(&vp, l, w, w), Mat::new(&gp, l, w, w));
@@ -506,10 +569,17 @@ impl<T: Real> Head<'_, T> {
         // Reverse sweep with R = Σ_{later} q g'ᵀ.
         s64.iter_mut().for_each(|x| *x = 0.0);
         st.iter_mut().for_each(|x| *x = T::zero());
-        for &c0 in starts.iter().rev() {
-            let l = c.min(n - c0);
+        for &(c0, l, r) in chunks.iter().rev() {
+            if cancel::requested() {
+                return;
+            }
+            rebase(&mut s64, &mut st, &mut scale, r, 1.0);
+            let ks = match self.kmax {
+                Some(_) => self.keys_under(c0, l, r, &mut kb),
+                None => &self.k[c0 * m..(c0 + l) * m],
+            };
             let qc = Mat::new(&self.q[c0 * m..(c0 + l) * m], l, m, m);
-            let kc = Mat::new(&self.k[c0 * m..(c0 + l) * m], l, m, m);
+            let kc = Mat::new(ks, l, m, m);
             augment(&self.v[c0 * dv..(c0 + l) * dv], dv, &mut vp[..l * w]);
             grad_prime(g, c0..c0 + l, dv, &mut gp[..l * w]);
             let (vpm, gpm) = (Mat::new(&vp, l, w, w), Mat::new(&gp, l, w, w));
@@ -520,6 +590,13 @@ impl<T: Real> Head<'_, T> {
             let dkc = &mut dk[c0 * m..(c0 + l) * m];
             gemm(T::one(), Mat::new(&a, l, l, l).t(), qc, T::zero(), dkc, m);
             gemm(T::one(), vpm, rt.t(), T::one(), dkc, m);
+            if let Some(kmax) = self.kmax {
+                // the gradient of the given key row, which entered as k_s·exp(kmax_s − r)
+                for (row, &top) in dkc.chunks_exact_mut(m).zip(&kmax[c0..]) {
+                    let e = t::<T>((top - r).exp());
+                    row.iter_mut().for_each(|x| *x = *x * e);
+                }
+            }
             // ∂v'_s = Σ_{t≥s} (q_t·k_s) g'_t + Rᵀ k_s
             gemm(T::one(), qc, kc.t(), T::zero(), &mut a, l);
             tril(&mut a[..l * l], l);
@@ -558,6 +635,9 @@ impl<T: Real> Head<'_, T> {
             gf.iter_mut().zip(gp.iter()).for_each(|(a, &b)| *a = f(b));
         };
         for tok in 0..n {
+            if tok % 256 == 0 && cancel::requested() {
+                return;
+            }
             load(tok, &mut vf, &mut gp, &mut gf);
             let k = &self.k[tok * m..(tok + 1) * m];
             for ((row, &ki), dqi) in s
@@ -577,6 +657,9 @@ impl<T: Real> Head<'_, T> {
         s.iter_mut().for_each(|x| *x = 0.0);
         let mut dvf = vec![0.0f64; w];
         for tok in (0..n).rev() {
+            if tok % 256 == 0 && cancel::requested() {
+                return;
+            }
             load(tok, &mut vf, &mut gp, &mut gf);
             let (q, k) = (
                 &self.q[tok * m..(tok + 1) * m],
@@ -677,6 +760,21 @@ pub fn causal_forward<T: Real>(
     causal_forward_mapped(x, None, eps, method, state, out)
 }
 
+/// [`causal_forward`] on key features each stabilised by its own largest logit `kmax`
+/// (`(bh, n)`): under the running maximum of `kmax`, whose state (with its `scale`) continues
+/// as [`causal_forward_mapped`]'s. The gradient road's form of the running maximum.
+pub fn causal_forward_scaled<T: Real>(
+    x: &Inputs<T>,
+    kmax: &[f64],
+    eps: f64,
+    method: Method,
+    state: Option<State>,
+    out: Outputs<T>,
+) -> Result<()> {
+    check_len("kmax", kmax.len(), x.dims.bh * x.dims.nk)?;
+    forward_any(x, Keys::Scaled(kmax), eps, method, state, out)
+}
+
 /// The query and key feature maps of [`causal_forward_mapped`].
 pub type Maps<'a, T> = (&'a Spec<'a, T>, &'a Spec<'a, T>);
 
@@ -694,6 +792,34 @@ pub fn causal_forward_mapped<T: Real>(
     state: Option<State>,
     out: Outputs<T>,
 ) -> Result<()> {
+    let keys = maps.map_or(Keys::Given, Keys::Mapped);
+    forward_any(x, keys, eps, method, state, out)
+}
+
+/// How a causal pass gets its features.
+#[derive(Clone, Copy)]
+enum Keys<'a, T> {
+    /// Given features.
+    Given,
+    /// Given features, key rows stabilised by their own largest logits (`(bh, n)`).
+    Scaled(&'a [f64]),
+    /// Raw `q`, `k` mapped inside the pass.
+    Mapped(Maps<'a, T>),
+}
+
+fn forward_any<T: Real>(
+    x: &Inputs<T>,
+    keys: Keys<T>,
+    eps: f64,
+    method: Method,
+    state: Option<State>,
+    out: Outputs<T>,
+) -> Result<()> {
+    let (maps, kmax_all) = match keys {
+        Keys::Given => (None, None),
+        Keys::Scaled(kmax) => (None, Some(kmax)),
+        Keys::Mapped(maps) => (Some(maps), None),
+    };
     x.check(true)?;
     check_eps(eps)?;
     let Dims {
@@ -740,23 +866,27 @@ pub fn causal_forward_mapped<T: Real>(
             fresh = vec![0.0; m * w];
             (&mut fresh, &mut fresh_scale)
         });
-        if let Some(finite) = T::forward_fast(
-            method,
-            q,
-            k,
-            v,
-            (n, m, dv),
-            mapper.as_ref(),
-            eps,
-            (&mut *s64, &mut *scale),
-            o,
-            den,
-        ) {
-            return finite_or_err(finite);
+        let given = kmax_all.map(|kmax| &kmax[b * n..(b + 1) * n]);
+        // the fast f32 pass maps keys itself or takes them as they are
+        if given.is_none() {
+            if let Some(finite) = T::forward_fast(
+                method,
+                q,
+                k,
+                v,
+                (n, m, dv),
+                mapper.as_ref(),
+                eps,
+                (&mut *s64, &mut *scale),
+                o,
+                den,
+            ) {
+                return finite_or_err(finite);
+            }
         }
         let (mut fq, mut fk, mut kmax);
         let (q, k, kmax) = match maps {
-            None => (q, k, None),
+            None => (q, k, given),
             Some((sq, sk)) => {
                 fq = vec![T::zero(); n * m];
                 sq.forward(q, &mut fq)?;
@@ -827,9 +957,12 @@ fn check_grads<T: Real>(d: Dims, g: &Grads<T>, gout: &GradsOut<T>) -> Result<()>
     check_len("dv", gout.dv.len(), d.bh * d.nk * d.dv)
 }
 
-/// Gradients of [`causal_forward`] (from a zero initial state) w.r.t. `q`, `k`, `v`.
+/// Gradients of [`causal_forward`] (from a zero initial state) w.r.t. `q`, `k`, `v`; with
+/// `kmax`, of [`causal_forward_scaled`] (the stabilisers are constants: the outputs do not
+/// depend on them). Interruptible: returns the interrupt error.
 pub fn causal_backward<T: Real>(
     x: &Inputs<T>,
+    kmax: Option<&[f64]>,
     method: Method,
     g: &Grads<T>,
     gout: GradsOut<T>,
@@ -838,6 +971,9 @@ pub fn causal_backward<T: Real>(
     let d = x.dims;
     check_grads(d, g, &gout)?;
     let Dims { nq: n, m, dv, .. } = d;
+    if let Some(kmax) = kmax {
+        check_len("kmax", kmax.len(), d.bh * n)?;
+    }
     if n == 0 {
         return Ok(());
     }
@@ -847,7 +983,11 @@ pub fn causal_backward<T: Real>(
         .zip(gout.dv.par_chunks_mut(n * dv))
         .enumerate()
         .for_each(|(b, ((dq, dk), dvo))| {
+            if cancel::requested() {
+                return;
+            }
             let (q, k, v) = x.head(b);
+            let kmax = kmax.map(|kmax| &kmax[b * n..(b + 1) * n]);
             let head = Head {
                 n,
                 m,
@@ -855,7 +995,7 @@ pub fn causal_backward<T: Real>(
                 q,
                 k,
                 v,
-                kmax: None,
+                kmax,
             };
             let rows = b * n..(b + 1) * n;
             let gh = Grads {
@@ -865,15 +1005,53 @@ pub fn causal_backward<T: Real>(
                 gden: &g.gden[rows],
                 eps: g.eps,
             };
-            if T::backward_fast(method, q, k, v, (n, m, dv), &gh, dq, dk, dvo).is_some() {
+            if kmax.is_none()
+                && T::backward_fast(method, q, k, v, (n, m, dv), &gh, dq, dk, dvo).is_some()
+            {
                 return;
             }
-            match method {
-                Method::Chunked(c) => head.chunked_backward(c, &gh, dq, dk, dvo),
-                Method::Scan | Method::Quadratic => head.scan_backward(&gh, dq, dk, dvo),
+            match (method, kmax) {
+                (Method::Chunked(c), _) => head.chunked_backward(c, &gh, dq, dk, dvo),
+                (_, Some(kmax)) => {
+                    // The same function, differentiated by the chunked schedule; only `den`
+                    // is under another stabiliser (the running maximum at each query).
+                    let (den, gden) = chunk_units(&head.chunks(DEFAULT_CHUNK), kmax, &gh);
+                    let gh = Grads {
+                        den: &den,
+                        gden: &gden,
+                        ..gh
+                    };
+                    head.chunked_backward(DEFAULT_CHUNK, &gh, dq, dk, dvo)
+                }
+                (Method::Scan | Method::Quadratic, None) => head.scan_backward(&gh, dq, dk, dvo),
             }
         });
-    Ok(())
+    cancel::check() // heads cut short by an interrupt returned early
+}
+
+/// The chunk length of a backward under the running maximum for the unchunked methods.
+const DEFAULT_CHUNK: usize = 64;
+
+/// `den` and its gradient of a scan or quadratic pass (whose query `t` takes the running
+/// maximum `c_t` of `kmax` as stabiliser) for `chunks`' stabilisers `r ≤ c_t`: `den·e^(c_t−r)`
+/// and `∂den·e^(r−c_t)` (`c_t − r ≤ SLACK`: a chunk ends before a key more than `SLACK` above
+/// its `r`).
+fn chunk_units<T: Real>(
+    chunks: &[(usize, usize, f64)],
+    kmax: &[f64],
+    g: &Grads<T>,
+) -> (Vec<T>, Vec<T>) {
+    let (mut den, mut gden) = (g.den.to_vec(), g.gden.to_vec());
+    let mut top = f64::NEG_INFINITY;
+    for &(c0, l, r) in chunks {
+        for i in c0..c0 + l {
+            top = top.max(kmax[i]);
+            let e = (top - r).exp();
+            den[i] = t(f(den[i]) * e);
+            gden[i] = t(f(gden[i]) / e);
+        }
+    }
+    (den, gden)
 }
 
 /// Non-causal linear attention: every query sees every key (`nq` and `nk` may differ).
@@ -1077,41 +1255,73 @@ mod tests {
         assert!(max_diff(&split(&reference, d.dv, t0, d.nq), &second) < 1e-12);
     }
 
+    /// Asserts `analytic` (the gradients w.r.t. `q`, `k`, `v`) against central differences
+    /// of `loss`.
+    fn check_gradients(c: &Case, loss: impl Fn(&Case) -> f64, analytic: [&[f64]; 3], what: &str) {
+        for (which, analytic) in analytic.into_iter().enumerate() {
+            for i in 0..analytic.len() {
+                let bump = |h: f64| {
+                    let mut p = Case {
+                        q: c.q.clone(),
+                        k: c.k.clone(),
+                        v: c.v.clone(),
+                        ..*c
+                    };
+                    [&mut p.q, &mut p.k, &mut p.v][which][i] += h;
+                    loss(&p)
+                };
+                let fd = (bump(1e-6) - bump(-1e-6)) / 2e-6;
+                assert!(
+                    (analytic[i] - fd).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{what} input {which}[{i}]: {} vs {fd}",
+                    analytic[i]
+                );
+            }
+        }
+    }
+
     #[test]
     fn backward_matches_finite_differences() {
-        for causal in [true, false] {
-            let c = case(2, 9, 3, 2);
-            let d = c.dims;
-            let go = random(d.bh * d.nq * d.dv, 4, false);
-            let gden = random(d.bh * d.nq, 5, false);
-            let loss = |c: &Case| {
-                let mut o = vec![0.0; go.len()];
-                let mut den = vec![0.0; gden.len()];
-                let out = Outputs {
-                    o: &mut o,
-                    den: &mut den,
+        // causal with given features, with features under the running maximum of logits that
+        // jump by more than SLACK (the chunked passes cut there) in both heads, and non-causal
+        let c = case(2, 9, 3, 2);
+        let d = c.dims;
+        let kmax = [
+            0.0, 1.0, 12.0, 3.0, 30.0, 2.0, 31.0, 45.0, 0.0, //
+            -5.0, 20.0, 19.0, 21.0, 40.0, 0.0, 1.0, 50.0, 50.5,
+        ];
+        let go = random(d.bh * d.nq * d.dv, 4, false);
+        let gden = random(d.bh * d.nq, 5, false);
+        let methods = [Method::Chunked(4), Method::Scan, Method::Quadratic];
+        for (causal, kmax) in [(true, None), (true, Some(&kmax[..])), (false, None)] {
+            for method in methods.into_iter().take(if causal { 3 } else { 1 }) {
+                let loss = |c: &Case| {
+                    let mut o = vec![0.0; go.len()];
+                    let mut den = vec![0.0; gden.len()];
+                    let out = Outputs {
+                        o: &mut o,
+                        den: &mut den,
+                    };
+                    match (causal, kmax) {
+                        (false, _) => non_causal_forward(&c.inputs(), 1e-3, out),
+                        (true, None) => causal_forward(&c.inputs(), 1e-3, method, None, out),
+                        (true, Some(kmax)) => {
+                            causal_forward_scaled(&c.inputs(), kmax, 1e-3, method, None, out)
+                        }
+                    }
+                    .unwrap();
+                    let l: f64 = o.iter().zip(&go).map(|(a, b)| a * b).sum();
+                    let l = l + den.iter().zip(&gden).map(|(a, b)| a * b).sum::<f64>();
+                    (l, o, den)
                 };
-                if causal {
-                    causal_forward(&c.inputs(), 1e-3, Method::Scan, None, out).unwrap();
-                } else {
-                    non_causal_forward(&c.inputs(), 1e-3, out).unwrap();
-                }
-                let l: f64 = o.iter().zip(&go).map(|(a, b)| a * b).sum();
-                (
-                    l + den.iter().zip(&gden).map(|(a, b)| a * b).sum::<f64>(),
-                    o,
-                    den,
-                )
-            };
-            let (_, o, den) = loss(&c);
-            let grads = Grads {
-                o: &o,
-                den: &den,
-                go: &go,
-                gden: &gden,
-                eps: 1e-3,
-            };
-            for method in [Method::Scan, Method::Chunked(4)] {
+                let (_, o, den) = loss(&c);
+                let grads = Grads {
+                    o: &o,
+                    den: &den,
+                    go: &go,
+                    gden: &gden,
+                    eps: 1e-3,
+                };
                 let mut dq = vec![0.0; c.q.len()];
                 let mut dk = vec![0.0; c.k.len()];
                 let mut dv = vec![0.0; c.v.len()];
@@ -1121,30 +1331,12 @@ mod tests {
                     dv: &mut dv,
                 };
                 if causal {
-                    causal_backward(&c.inputs(), method, &grads, gout).unwrap();
+                    causal_backward(&c.inputs(), kmax, method, &grads, gout).unwrap();
                 } else {
                     non_causal_backward(&c.inputs(), &grads, gout).unwrap();
                 }
-                for (which, analytic) in [(0, &dq), (1, &dk), (2, &dv)] {
-                    for i in (0..analytic.len()).step_by(5) {
-                        let bump = |h: f64| {
-                            let mut p = Case {
-                                q: c.q.clone(),
-                                k: c.k.clone(),
-                                v: c.v.clone(),
-                                ..c
-                            };
-                            [&mut p.q, &mut p.k, &mut p.v][which][i] += h;
-                            loss(&p).0
-                        };
-                        let fd = (bump(1e-6) - bump(-1e-6)) / 2e-6;
-                        assert!(
-                            (analytic[i] - fd).abs() < 1e-6,
-                            "causal={causal} {method:?} input {which}[{i}]: {} vs {fd}",
-                            analytic[i]
-                        );
-                    }
-                }
+                let what = format!("causal={causal} kmax={} {method:?}", kmax.is_some());
+                check_gradients(&c, |p| loss(p).0, [&dq, &dk, &dv], &what);
             }
         }
     }

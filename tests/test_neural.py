@@ -205,3 +205,41 @@ def test_bad_model_paths_are_clear_errors(tiny, ngram, tmp_path, capsys):
         HFCausalLM.from_pretrained(tiny, ngram, dtype="float99")
     with pytest.raises(ValueError, match="device"):
         HFCausalLM.from_pretrained(tiny, ngram, device="toaster")
+
+
+@pytest.mark.torch
+def test_cached_scores_equal_uncached(tiny, ngram):
+    """Edits scored from the previous sentence's key/value cache (batched, prefixes of
+    different lengths, an unchanged sentence among them) equal whole-sentence scores."""
+    lm = HFCausalLM.from_pretrained(tiny, ngram, device="cpu", dtype="float32", batch_size=5)
+    rng = np.random.default_rng(0)
+    words = "the a cat dog sat on mat log ran home bird sang tree".split()
+    xs = [list(rng.choice(words, rng.integers(1, 9))) for _ in range(12)]
+    scores, states = lm.score_words_from(xs, [None] * len(xs))
+    np.testing.assert_allclose(scores, lm.score_words(xs), rtol=0, atol=1e-5)
+    for _ in range(6):
+        ys = []
+        for x in xs:
+            y, i, w = list(x), int(rng.integers(len(x) + 1)), str(rng.choice(words))
+            edit = rng.integers(4)
+            if edit == 0 and i < len(y):
+                y[i] = w
+            elif edit == 1:
+                y.insert(i, w)
+            elif edit == 2 and len(y) > 1 and i < len(y):
+                del y[i]
+            ys.append(y)  # else unchanged
+        computed, reused = lm.tokens_scored, lm.tokens_reused
+        scores, states = lm.score_words_from(ys, states)
+        whole = sum(len(lm._ids(lm._format(y))) - 1 for y in ys)  # tokens with a probability
+        assert lm.tokens_scored - computed + lm.tokens_reused - reused == whole
+        assert lm.tokens_reused > reused
+        np.testing.assert_allclose(scores, lm.score_words(ys), rtol=0, atol=1e-5)
+        xs = ys
+    # the chains take the same path with and without the cache
+    run = {"n": 3, "steps": 30, "seed": 0, "length": None}
+    a = neural.generate_many([["cat", "dog"], ["bird"]], lm, **run)
+    lm.reuse_cache = False
+    b = neural.generate_many([["cat", "dog"], ["bird"]], lm, **run)
+    assert [[s.tokens for s in r] for r in a] == [[s.tokens for s in r] for r in b]
+    assert lm.score_words_from(xs, states)[1] == [None] * len(xs)

@@ -4,7 +4,9 @@
 an edit with the neural model (K sentences per step). Here candidates are *proposed* by the
 cheap n-gram scorer behind the neural one and *accepted* with the neural sentence probability
 and the exact proposal ratio, so each step scores one sentence per chain, all chains of all
-inputs in one padded batch. The chains sample the same target as :mod:`kexue.cgmh`,
+inputs batched. A scorer with ``score_words_from`` (:class:`~kexue.scorers.HFCausalLM`) keeps
+each chain's key/value cache, so a proposal runs the model only from its first changed token.
+The chains sample the same target as :mod:`kexue.cgmh`,
 
     π(x) ∝ p(x)^γ · λ(|x|) · [x holds a form of every keyword] · [no blocked word]
 
@@ -201,7 +203,7 @@ def generate_many(
     lists → natural-log probabilities; e.g. :class:`kexue.scorers.HFCausalLM`) whose
     ``forward_logprobs``/``backward_logprobs`` propose words. Options as in
     :func:`kexue.cgmh.generate`; ``stats``: a dict that receives ``sentences_scored``,
-    ``tokens_scored`` (when the scorer counts them) and ``score_seconds``.
+    ``tokens_scored``, ``tokens_reused`` (when the scorer counts them) and ``score_seconds``.
 
     With a tiny random GPT-2 and a byte tokenizer standing in for a real model:
 
@@ -288,6 +290,7 @@ def generate_many(
             chains.append((job, _Chain(start, np.random.default_rng([seed, i, c]), n + 1)))
     scored = {"sentences_scored": 0, "score_seconds": 0.0}
     tokens_before = getattr(lm, "tokens_scored", None)
+    reused_before = getattr(lm, "tokens_reused", None)
     incremental = getattr(lm, "score_words_from", None)
 
     def score(xs: list[list[int]], previous: list[Any]) -> tuple[np.ndarray, list[Any]]:
@@ -342,6 +345,8 @@ def generate_many(
         stats.update(scored)
         if tokens_before is not None:
             stats["tokens_scored"] = lm.tokens_scored - tokens_before
+        if reused_before is not None:
+            stats["tokens_reused"] = lm.tokens_reused - reused_before
     raw = [ch.raw() for _, ch in chains]
     return cgmh._results(raw, len(inputs), n, select == "best", distinct, ids, tokenizer, True)
 

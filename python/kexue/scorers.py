@@ -394,15 +394,48 @@ def blocked_ids(scorer: Any) -> list[int]:
     return ids
 
 
+def _batches(lengths: Sequence[int], most: int, call: float) -> list[tuple[int, int]]:
+    """Cuts ascending ``lengths`` into runs of at most ``most`` rows that minimise the sum
+    over runs of ``call`` + rows × the run's longest length (dynamic programming)."""
+    best = [0.0] + [math.inf] * len(lengths)
+    cut = [0] * (len(lengths) + 1)
+    for hi in range(1, len(lengths) + 1):
+        for lo in range(max(0, hi - most), hi):
+            cost = best[lo] + call + (hi - lo) * lengths[hi - 1]
+            if cost < best[hi]:
+                best[hi], cut[hi] = cost, lo
+    runs, hi = [], len(lengths)
+    while hi:
+        runs.append((cut[hi], hi))
+        hi = cut[hi]
+    return runs[::-1]
+
+
 class _Scored:
     """A scored token sequence, for :meth:`HFCausalLM.score_words_from`: its ids, cumulative
     log-probabilities (``cum[j]``: tokens 1..j) and the key/value cache of every position
-    but the last ([layer, head, position, dim])."""
+    but the last (:meth:`kv`: keys and values, [layer, head, position, dim])."""
 
-    __slots__ = ("cum", "ids", "keys", "values")
+    __slots__ = ("_kv", "cum", "ids")
 
-    def __init__(self, ids: tuple[int, ...], cum: np.ndarray, keys: Any, values: Any) -> None:
-        self.ids, self.cum, self.keys, self.values = ids, cum, keys, values
+    def __init__(self, ids: tuple[int, ...], cum: np.ndarray, parts: tuple) -> None:
+        # parts: (previous state, positions taken from it, batch keys, batch values, row,
+        # first, end): assembled on first use, as most proposals are rejected unused
+        self.ids, self.cum, self._kv = ids, cum, parts
+
+    def kv(self) -> tuple[Any, Any]:
+        if len(self._kv) != 2:
+            import torch
+
+            prev, p, keys, values, row, lo, hi = self._kv
+            k, v = keys[:, row, :, lo:hi], values[:, row, :, lo:hi]
+            if p:
+                pk, pv = prev.kv()
+                k, v = torch.cat([pk[:, :, :p], k], dim=2), torch.cat([pv[:, :, :p], v], dim=2)
+            else:  # a copy, not a view that would keep the whole batch's cache alive
+                k, v = k.clone(), v.clone()
+            self._kv = (k, v)
+        return self._kv
 
 
 class HFCausalLM:
@@ -488,6 +521,9 @@ class HFCausalLM:
         self._context = getattr(config, "max_position_embeddings", None)
         self.tokens_scored = self.tokens_reused = 0
         self.reuse_cache = bool(reuse_cache)
+        # the cost of one more model call, in token positions: on CPU padding costs what
+        # real tokens do, so short batches pay; an accelerator runs padding almost for free
+        self._call_tokens = 32 if self.device.type == "cpu" else 4096
         # transformers 5 renamed the forward argument past_key_values to cache
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -596,7 +632,7 @@ class HFCausalLM:
 
     def score_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Natural-log probability of each text (with start and end of sentence), batched."""
-        return self._score_ids([self._ids(t) for t in texts])
+        return self._score_ids(self._encode(texts))
 
     def score_words_from(
         self, sentences: Sequence[Sequence[str]], previous: Sequence[_Scored | None]
@@ -607,13 +643,18 @@ class HFCausalLM:
         first changed one on are run through the model. Returns the scores and each
         sentence's state (all None with ``reuse_cache=False``, or for a model whose cache is
         not one key/value tensor pair per layer: then every sentence is scored whole)."""
-        seqs = [self._ids(self._format(ws)) for ws in sentences]
+        seqs = self._encode([self._format(ws) for ws in sentences])
         if not self.reuse_cache:
             return self._score_ids(seqs), [None] * len(seqs)
         return self._score(seqs, previous, keep=True)
 
-    def _ids(self, text_: str) -> tuple[int, ...]:
-        return (self._bos, *self.tokenizer.encode(text_), self._eos)
+    def _encode(self, texts: Sequence[str]) -> list[tuple[int, ...]]:
+        """Token ids of each text, framed by start and end of sentence."""
+        if callable(self.tokenizer):  # a Hugging Face tokenizer: the batch in one call
+            rows = self.tokenizer(list(texts))["input_ids"]
+        else:
+            rows = [self.tokenizer.encode(t) for t in texts]
+        return [(self._bos, *row, self._eos) for row in rows]
 
     def _score_ids(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         return self._score(sequences, [None] * len(sequences), keep=False)[0]
@@ -645,8 +686,12 @@ class HFCausalLM:
                 # token `shared`'s probability needs the model's output at shared - 1, so
                 # the cache is reused up to there and the model runs from it on
                 todo.append((r, seq, prev, max(0, min(shared, len(seq) - 1) - 1)))
-        for lo in range(0, len(todo), self.batch_size):
-            self._forward(todo[lo : lo + self.batch_size], out, states, keep)
+        # A padded batch runs every row as far as its longest: rows go in batches of similar
+        # lengths, so that one edit near the start does not make a whole batch pay full price.
+        todo.sort(key=lambda t: len(t[1]) - t[3])
+        lengths = [len(seq) - 1 - p for _, seq, _, p in todo]
+        for lo, hi in _batches(lengths, self.batch_size, self._call_tokens):
+            self._forward(todo[lo:hi], out, states, keep)
         return out, states
 
     def _forward(self, rows: list[tuple], out: np.ndarray, states: list, keep: bool) -> None:
@@ -656,28 +701,28 @@ class HFCausalLM:
         past = [p for *_, p in rows]
         feed = [seq[p:-1] for _, seq, _, p in rows]
         width, new = max(past), max(len(f) for f in feed)
-        ids = torch.full((len(rows), new), self._eos, dtype=torch.long)
-        target = torch.full((len(rows), new), self._eos, dtype=torch.long)
-        mask = torch.zeros((len(rows), width + new), dtype=torch.long)
+        ids = np.full((len(rows), new), self._eos, dtype=np.int64)
+        target = ids.copy()
+        mask = np.zeros((len(rows), width + new), dtype=np.int64)
         for i, ((_, seq, _, p), f) in enumerate(zip(rows, feed)):
-            ids[i, : len(f)] = torch.tensor(f)
-            target[i, : len(f)] = torch.tensor(seq[p + 1 :])
+            ids[i, : len(f)] = f
+            target[i, : len(f)] = seq[p + 1 :]
             mask[i, :p] = 1
             mask[i, width : width + len(f)] = 1
+        ids, target, mask = (torch.from_numpy(a) for a in (ids, target, mask))
         kwargs: dict[str, Any] = {}
         if width:  # the rows' caches, padded to one width
             from transformers import DynamicCache
 
-            ref = next(prev for _, _, prev, p in rows if p)
-            layers, heads, _, dk = ref.keys.shape
-            keys = ref.keys.new_zeros((layers, len(rows), heads, width, dk))
-            values = ref.values.new_zeros((layers, len(rows), heads, width, ref.values.shape[-1]))
-            for i, (_, _, prev, p) in enumerate(rows):
-                if p:
-                    keys[:, i, :, :p] = prev.keys[:, :, :p]
-                    values[:, i, :, :p] = prev.values[:, :, :p]
+            ref = next(prev for _, _, prev, p in rows if p).kv()[0]
+            parts: list[list[Any]] = [[], []]
+            for _, _, prev, p in rows:  # [position, layer, head, dim], zero-padded below
+                for part, t in zip(parts, prev.kv() if p else (ref, ref)):
+                    part.append(t[:, :, :p].permute(2, 0, 1, 3))
+            keys, values = (torch.nn.utils.rnn.pad_sequence(part, batch_first=True)
+                            .permute(2, 0, 3, 1, 4) for part in parts)  # fmt: skip
             cache = DynamicCache()
-            for layer in range(layers):
+            for layer in range(keys.shape[0]):
                 cache.update(keys[layer], values[layer], layer)
             kwargs[self._cache_arg] = cache
         dev = self.device
@@ -698,14 +743,7 @@ class HFCausalLM:
             self.tokens_scored += len(f)
             self.tokens_reused += p
             if keep:  # this row's cache: the reused part, then its new positions
-                k = kv[0][:, i, :, width : width + len(f)]
-                v = kv[1][:, i, :, width : width + len(f)]
-                if p:
-                    k = torch.cat([prev.keys[:, :, :p], k], dim=2)
-                    v = torch.cat([prev.values[:, :, :p], v], dim=2)
-                else:  # a copy, not a view that would keep the whole batch's cache alive
-                    k, v = k.clone(), v.clone()
-                states[r] = _Scored(seq, cum, k, v)
+                states[r] = _Scored(seq, cum, (prev, p, *kv, i, width, width + len(f)))
 
     def _kv(self, res: Any) -> tuple[Any, Any] | None:
         """The output cache's keys and values stacked over layers ([layer, row, head,

@@ -118,7 +118,7 @@ def main() -> None:
                       "scored tokens/s": float("nan")}  # fmt: skip
         print(name, rows[name], flush=True)
     if k_full:
-        for steps in args.steps:
+        for steps in args.steps if k_full < len(dev) else ():  # else the rows above
             row(f"neural target, {steps} steps (first {k_full})", k_full, sampled(steps))
         row(f"full-K (first {k_full})", k_full,
             lambda c: cgmh.generate_many(c, hf, n=1, seed=0, anneal=True))  # fmt: skip

@@ -522,7 +522,7 @@ class HFCausalLM:
         self.tokens_scored = self.tokens_reused = 0
         self.reuse_cache = bool(reuse_cache)
         # the cost of one more model call, in token positions (a 2-layer GPT-2 on CPU: about
-        # 128; measured in benches/neural_commongen.py): on CPU padding costs what real tokens
+        # 128, timed with kexue.neural on CommonGen sets): on CPU padding costs what real tokens
         # do, so batches of similar lengths pay; an accelerator runs padding almost for free
         self._call_tokens = 128 if self.device.type == "cpu" else 4096
         # transformers 5 renamed the forward argument past_key_values to cache

@@ -12,7 +12,8 @@ those taken from a reused key/value cache included). Neural rows run with the pr
 (:meth:`~kexue.scorers.HFCausalLM.score_words_from`) and, with ``--uncached``, the first
 ``--steps`` value also without it (every sentence scored whole: the same chains, the same
 outputs). Every row uses the library
-defaults with ``n=1, seed=0, anneal=True``; the neural rows share one scorer (same target,
+defaults with ``n=1, seed=0, anneal=True`` (neural rows: ``n=--chains``, the sentence
+with the highest target kept); the neural rows share one scorer (same target,
 same length prior). The full-K mode is slow on CPU, so it runs on the first ``--full-sets``
 sets, and the neural mode is reported on that subset too.
 
@@ -44,6 +45,8 @@ def main() -> None:
     ap.add_argument("--sets", type=int, default=200)
     ap.add_argument("--full-sets", type=int, default=30)
     ap.add_argument("--steps", type=int, nargs="+", default=[200], help="neural-mode steps")
+    ap.add_argument("--chains", type=int, default=1,
+                    help="neural chains per set; the output: the highest target")  # fmt: skip
     ap.add_argument("--uncached", action="store_true",
                     help="the first --steps row without the cache too")  # fmt: skip
     ap.add_argument("--tf4", help="a folder with transformers 4.x: the beam-search row")
@@ -94,16 +97,22 @@ def main() -> None:
         print(name, rows[name], flush=True)
 
     def sampled(steps: int):
-        return lambda c: neural.generate_many(c, hf, n=1, seed=0, anneal=True, steps=steps)
+        def run(c):
+            out = neural.generate_many(c, hf, n=args.chains, seed=0, anneal=True, steps=steps)
+            return [[max(r, key=lambda s: s.log_target)] for r in out]
+
+        return run
 
     k_full = min(args.full_sets, len(dev))
+    per = f", {args.chains} chains" if args.chains > 1 else ""
     cgmh.generate_many([["warm", "up"]], None, steps=5)
     row("n-gram default", len(dev),
         lambda c: cgmh.generate_many(c, None, n=1, seed=0, anneal=True))  # fmt: skip
     for steps in args.steps:
         if args.uncached and steps == args.steps[0]:
-            row(f"neural target, {steps} steps, whole sentences", len(dev), sampled(steps), False)
-        row(f"neural target, {steps} steps", len(dev), sampled(steps))
+            row(f"neural target, {steps} steps{per}, whole sentences", len(dev), sampled(steps),
+                False)  # fmt: skip
+        row(f"neural target, {steps} steps{per}", len(dev), sampled(steps))
     if args.tf4:  # run now, so that it meets the same machine load as the rows beside it
         path = os.pathsep.join([args.tf4, os.environ.get("PYTHONPATH", "")])
         env = {**os.environ, "PYTHONPATH": path}
@@ -119,7 +128,7 @@ def main() -> None:
         print(name, rows[name], flush=True)
     if k_full:
         for steps in args.steps if k_full < len(dev) else ():  # else the rows above
-            row(f"neural target, {steps} steps (first {k_full})", k_full, sampled(steps))
+            row(f"neural target, {steps} steps{per} (first {k_full})", k_full, sampled(steps))
         row(f"full-K (first {k_full})", k_full,
             lambda c: cgmh.generate_many(c, hf, n=1, seed=0, anneal=True))  # fmt: skip
 

@@ -11,6 +11,10 @@ transformers 4.x up to 4.54 (4.55+ fetch this search from the Hub) beside kexue,
 'tokenizers<0.22'`` and ``PYTHONPATH=/tmp/tf4``.
 
     PYTHONPATH=/tmp/tf4 python benches/cgmh_beam_tf4.py --model /tmp/cg-gpt2 --sets 200
+
+``neural tokens/set``: token positions run through the model (each beam's new token per step,
+with the key/value cache), the count :mod:`kexue.neural`'s rows report. ``--json`` prints the
+row as one JSON line last (what ``benches/neural_commongen.py --tf4`` reads).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default=str(Path(__file__).parents[2] / "shared/data/commongen"))
     ap.add_argument("--show", type=int, default=10)
+    ap.add_argument("--json", action="store_true", help="print the row as JSON last")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     # the tokenizer file itself: transformers 5 names a tokenizer class that 4.x lacks
@@ -61,6 +66,14 @@ def main() -> None:
     dev = dev[: args.sets]
     concepts = [[c.rsplit("_", 1)[0] for c in d["concept_set"].split("#")] for d in dev]
     refs = [d["scene"] for d in dev]
+    fed = [0]
+    forward = model.forward
+
+    def counted(*a, **kw):  # token positions the model computes
+        fed[0] += int(kw["input_ids"].numel())
+        return forward(*a, **kw)
+
+    model.forward = counted
     outs = []
     t = time.perf_counter()
     for cs in concepts:
@@ -73,7 +86,7 @@ def main() -> None:
             )  # fmt: skip
         outs.append(tok.decode(ids[0, 1:], skip_special_tokens=True).strip())
     seconds = (time.perf_counter() - t) / len(dev)
-    row = {**score(concepts, refs, outs), "s/set": seconds}
+    row = {**score(concepts, refs, outs), "neural tokens/set": fed[0] / len(dev), "s/set": seconds}
     print(f"transformers {transformers.__version__}, {args.beams} beams, {len(dev)} sets, "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print("| row | " + " | ".join(row) + " |")
@@ -81,6 +94,8 @@ def main() -> None:
           + " | ".join(f"{v:.2f}" for v in row.values()) + " |")  # fmt: skip
     for i in range(min(args.show, len(dev))):
         print(f"{i}. {' '.join(concepts[i])} → {outs[i]}")
+    if args.json:
+        print(json.dumps({"transformers": transformers.__version__, "beams": args.beams, **row}))
 
 
 if __name__ == "__main__":

@@ -193,6 +193,31 @@ def test_cli_generate_hf(tiny, tmp_path, capsys):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("command", ["paraphrase", "correct"])
+def test_cli_paraphrase_and_correct_hf(command, tiny, ngram, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES * 3) + "\n", encoding="utf-8")
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("the cat sat on on the mat\n\nthe dog ran home\n", encoding="utf-8")
+    keep = ["--keep", "cat"] if command == "paraphrase" else []
+    assert main([command, "--input", str(inputs), "--hf", str(tiny), "--corpus", str(corpus),
+                 "--order", "3", "--n", "2", "--steps", "10", "--top-k", "5", "--device", "cpu",
+                 "--dtype", "float32", "--json", *keep]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["input"] for r in rows] == ["the cat sat on on the mat"] * 2 + [
+        "the dog ran home"
+    ] * 2
+    lm = HFCausalLM.from_pretrained(tiny, ngram, device="cpu", dtype="float32")
+    for r in rows:  # the neural LM was the target: its score of the output's words
+        assert math.isclose(r["logprob"], lm.score_words([r["tokens"]])[0], abs_tol=1e-4)
+    if keep:
+        assert all("cat" in r["tokens"] for r in rows[:2])
+    with pytest.raises(SystemExit) as e:
+        main([command, "the", "cat", "--hf", str(tmp_path / "missing")])
+    assert f"kexue {command}: --hf" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.torch
 def test_bad_model_paths_are_clear_errors(tiny, ngram, tmp_path, capsys):
     pytest.importorskip("transformers")
     for bad in [tmp_path / "missing", tmp_path, "no-such-org/no-such-model-kexue"]:
@@ -205,3 +230,60 @@ def test_bad_model_paths_are_clear_errors(tiny, ngram, tmp_path, capsys):
         HFCausalLM.from_pretrained(tiny, ngram, dtype="float99")
     with pytest.raises(ValueError, match="device"):
         HFCausalLM.from_pretrained(tiny, ngram, device="toaster")
+
+
+@pytest.mark.torch
+def test_cached_scores_equal_uncached(tiny, ngram):
+    """Edits scored from the previous sentence's key/value cache (batched, prefixes of
+    different lengths, an unchanged sentence among them) equal whole-sentence scores."""
+    lm = HFCausalLM.from_pretrained(tiny, ngram, device="cpu", dtype="float32", batch_size=5)
+    rng = np.random.default_rng(0)
+    words = "the a cat dog sat on mat log ran home bird sang tree".split()
+    xs = [list(rng.choice(words, rng.integers(1, 9))) for _ in range(12)]
+    scores, states = lm.score_words_from(xs, [None] * len(xs))
+    np.testing.assert_allclose(scores, lm.score_words(xs), rtol=0, atol=1e-5)
+    for _ in range(6):
+        ys = []
+        for x in xs:
+            y, i, w = list(x), int(rng.integers(len(x) + 1)), str(rng.choice(words))
+            edit = rng.integers(4)
+            if edit == 0 and i < len(y):
+                y[i] = w
+            elif edit == 1:
+                y.insert(i, w)
+            elif edit == 2 and len(y) > 1 and i < len(y):
+                del y[i]
+            ys.append(y)  # else unchanged
+        computed, reused = lm.tokens_scored, lm.tokens_reused
+        scores, states = lm.score_words_from(ys, states)
+        whole = sum(len(x) - 1 for x in lm._encode([lm._format(y) for y in ys]))
+        assert lm.tokens_scored - computed + lm.tokens_reused - reused == whole
+        assert lm.tokens_reused > reused
+        np.testing.assert_allclose(scores, lm.score_words(ys), rtol=0, atol=1e-5)
+        xs = ys
+    # the chains take the same path with and without the cache
+    run = {"n": 3, "steps": 30, "seed": 0, "length": None}
+    a = neural.generate_many([["cat", "dog"], ["bird"]], lm, **run)
+    lm.reuse_cache = False
+    b = neural.generate_many([["cat", "dog"], ["bird"]], lm, **run)
+    assert [[s.tokens for s in r] for r in a] == [[s.tokens for s in r] for r in b]
+    assert lm.score_words_from(xs, states)[1] == [None] * len(xs)
+
+
+def test_cli_correct_and_paraphrase_ngram(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\na dog sat on the log\n" * 5, encoding="utf-8")
+    lm = ["--corpus", str(corpus), "--order", "3"]
+    assert main(["correct", "the", "cat", "sat", "on", "on", "the", "mat", *lm, "--steps",
+                 "150"]) == 0  # fmt: skip
+    assert "on on" not in capsys.readouterr().out  # as kexue.cgmh.correct's example
+    assert main(["paraphrase", "the cat sat on the log", *lm, "--keep", "cat", "--n", "2",
+                 "--sample", "--json"]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2 and all("cat" in r["tokens"] for r in rows)
+    for bad in (["correct"], ["correct", "x", "--input", str(corpus)],
+                ["paraphrase", "x", "--lm", "a", "--corpus", "b"]):  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            main(bad)
+        assert e.value.code == 2
+    assert "give a sentence" in capsys.readouterr().err

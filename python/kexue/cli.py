@@ -59,9 +59,52 @@ def _load_hf(args: argparse.Namespace, candidates):
     try:
         return HFCausalLM.from_pretrained(args.hf, candidates, device=args.device, dtype=args.dtype)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"kexue generate: --hf: {e}") from e
+        raise SystemExit(f"kexue {args.command}: --hf: {e}") from e
     except ImportError as e:
-        raise SystemExit(f"kexue generate: --hf needs torch and transformers ({e})") from e
+        raise SystemExit(f"kexue {args.command}: --hf needs torch and transformers ({e})") from e
+
+
+def _rewrite(args: argparse.Namespace) -> int:
+    """kexue paraphrase / correct: each input sentence rewritten by kexue.cgmh's function."""
+    import json
+
+    from tqdm import tqdm
+
+    from . import cgmh
+
+    if args.input:
+        lines = [line.strip() for line in _text_lines(args.input) if line.strip()]
+        if not lines:
+            raise ValueError(f"{args.input}: has no sentences (every line is blank)")
+    else:
+        lines = [" ".join(args.sentence)]
+    lm = _load_lm(args)
+    if args.hf:  # every candidate of an edit scored by the neural LM (see kexue.cgmh)
+        from .scorers import default_lm
+
+        lm = _load_hf(args, lm if lm is not None else default_lm())
+    options = {"n": args.n, "steps": args.steps, "top_k": args.top_k,
+               "anneal": None if args.sample else True}  # fmt: skip
+    if args.weight is not None:
+        options["weight"] = args.weight
+    if args.command == "paraphrase":
+        run, options["keywords"] = cgmh.paraphrase, args.keep
+    else:
+        run = cgmh.correct
+    for i, line in enumerate(tqdm(lines, unit="sentence", disable=len(lines) < 2,
+                                  file=sys.stderr)):  # fmt: skip
+        try:
+            out = run(line, lm, seed=args.seed + i, **options)
+        except ValueError as e:  # bad sentence or settings: the message, not a traceback
+            raise SystemExit(f"kexue {args.command}: {e}") from e
+        for s in out:
+            if args.json:
+                row = {"input": line, "text": s.text, "tokens": s.tokens, "logprob": s.logprob,
+                       "acceptance": s.acceptance_rate}  # fmt: skip
+                print(json.dumps(row, ensure_ascii=False))
+            else:
+                print(s.text)
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -224,6 +267,24 @@ class _Parser(argparse.ArgumentParser):
                           help="show the full traceback of an error")  # fmt: skip
 
 
+def _model_options(p: argparse.ArgumentParser, hf_role: str) -> None:
+    """The LM options of generate, paraphrase and correct."""
+    p.add_argument("--lm", help="n-gram model: kexue binary file or .arpa")
+    p.add_argument("--corpus", help="train a Kneser-Ney LM on this text file (one sentence a line)")
+    p.add_argument("--order", type=int, default=4, help="n-gram order for --corpus (default 4)")
+    p.add_argument("--tokenizer", choices=["words", "whitespace", "chars", "jieba"],
+                   default="words", help="how --corpus text is split and output joined "
+                   "(default: words)")  # fmt: skip
+    p.add_argument(
+        "--hf", metavar="PATH_OR_ID", help=(
+            "Hugging Face causal LM (local directory, or hub id in the local cache; never "
+            f"downloads) {hf_role}"
+        ),
+    )  # fmt: skip
+    p.add_argument("--device", help="--hf device, e.g. cpu, cuda (default: cuda when present)")
+    p.add_argument("--dtype", help="--hf dtype, e.g. float32, bfloat16 (default: the model's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kexue", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kexue {__version__}")
@@ -248,17 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("words", nargs="*", metavar="WORD", help="keywords every sentence contains")
     p.add_argument("--input", help="file with one keyword set per line (whitespace-separated)")
-    p.add_argument("--lm", help="n-gram model: kexue binary file or .arpa")
-    p.add_argument("--corpus", help="train a Kneser-Ney LM on this text file (one sentence a line)")
-    p.add_argument("--order", type=int, default=4, help="n-gram order for --corpus (default 4)")
-    p.add_argument(
-        "--hf", metavar="PATH_OR_ID", help=(
-            "Hugging Face causal LM (local directory, or hub id in the local cache; never "
-            "downloads) as the target; the n-gram LM proposes the words"
-        ),
-    )  # fmt: skip
-    p.add_argument("--device", help="--hf device, e.g. cpu, cuda (default: cuda when present)")
-    p.add_argument("--dtype", help="--hf dtype, e.g. float32, bfloat16 (default: the model's)")
+    _model_options(p, "as the target; the n-gram LM proposes the words")
     p.add_argument("--n", type=int, default=3, help="sentences per keyword set (default 3)")
     p.add_argument("--steps", type=int, default=200, help="MH steps per chain (default 200)")
     p.add_argument("--seed", type=int, default=0)
@@ -281,13 +332,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--lang", choices=["en", "zh"], default=None,
         help="built-in LM (default: zh for keywords in Chinese characters, else en)",
     )  # fmt: skip
-    p.add_argument(
-        "--tokenizer", choices=["words", "whitespace", "chars", "jieba"], default="words",
-        help="how --corpus text is split and output joined (default: words)",
-    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per sentence")
     p.add_argument("--plot", metavar="PNG", help="draw log-prob and acceptance traces")
     p.set_defaults(run=_generate)
+
+    for name, what, weight in [
+        ("paraphrase", "p(x)·exp(weight·cosine of bags of words(x, sentence))", 8.0),
+        ("correct", "p(x)·exp(−weight·word edit distance(x, sentence))", 3.0),
+    ]:
+        p = commands.add_parser(
+            name, help=f"{name} sentences (MH over word edits)",
+            description=f"Searches (or with --sample, samples) {what} by Metropolis-Hastings "
+            "over word edits, from the built-in English LM unless --lm, --corpus or --hf.",
+        )  # fmt: skip
+        p.add_argument("sentence", nargs="*", metavar="WORD", help="the sentence")
+        p.add_argument("--input", help="file with one sentence per line")
+        _model_options(p, "scoring every candidate word of an edit; the n-gram LM proposes them")
+        p.add_argument("--n", type=int, default=1, help="sentences per input (default 1)")
+        p.add_argument("--steps", type=int, default=200, help="MH steps per chain (default 200)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--top-k", type=int, default=50, help="candidates per edit (default 50)")
+        p.add_argument("--weight", type=float, default=None,
+                       help=f"weight of the closeness term (default {weight:g})")  # fmt: skip
+        if name == "paraphrase":
+            p.add_argument("--keep", nargs="+", default=[], metavar="WORD",
+                           help="words every paraphrase keeps")  # fmt: skip
+        p.add_argument("--sample", action="store_true", help="sample instead of annealing")
+        p.add_argument("--json", action="store_true", help="one JSON object per sentence")
+        p.set_defaults(run=_rewrite)
 
     lm = commands.add_parser("lm", help="n-gram language model: build, perplexity, scores")
     lm_commands = lm.add_subparsers(dest="lm_command", metavar="COMMAND", required=True)
@@ -328,15 +400,17 @@ def _check_args(args: argparse.Namespace) -> None:
     order = getattr(args, "order", None)
     if order is not None and not 1 <= order <= 7:
         parser.error(f"--order must be between 1 and 7, got {order}")
-    if args.command == "generate":
+    if args.command in ("generate", "paraphrase", "correct"):
         if args.lm and args.corpus:
             parser.error("give --lm or --corpus, not both")
         if getattr(args, "lang", None) and (args.lm or args.corpus):
             parser.error("--lang picks a built-in LM; not with --lm or --corpus")
-        if not args.input and not args.words:
-            parser.error("give keywords or --input FILE")
-        if args.input and args.words:
-            parser.error("give keywords or --input FILE, not both")
+        given = args.words if args.command == "generate" else args.sentence
+        what = "keywords" if args.command == "generate" else "a sentence"
+        if not args.input and not given:
+            parser.error(f"give {what} or --input FILE")
+        if args.input and given:
+            parser.error(f"give {what} or --input FILE, not both")
     for name in ("plot", "output"):
         path = getattr(args, name, None)
         folder = os.path.dirname(os.path.abspath(path)) if path else None

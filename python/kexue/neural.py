@@ -4,7 +4,9 @@
 an edit with the neural model (K sentences per step). Here candidates are *proposed* by the
 cheap n-gram scorer behind the neural one and *accepted* with the neural sentence probability
 and the exact proposal ratio, so each step scores one sentence per chain, all chains of all
-inputs in one padded batch. The chains sample the same target as :mod:`kexue.cgmh`,
+inputs batched. A scorer with ``score_words_from`` (:class:`~kexue.scorers.HFCausalLM`) keeps
+each chain's key/value cache, so a proposal runs the model only from its first changed token.
+The chains sample the same target as :mod:`kexue.cgmh`,
 
     π(x) ∝ p(x)^γ · λ(|x|) · [x holds a form of every keyword] · [no blocked word]
 
@@ -62,6 +64,7 @@ class _Chain:
     def __init__(self, tokens: list[int], rng: np.random.Generator, keep: int) -> None:
         self.x = tokens
         self.logp = -math.inf
+        self.state: Any = None  # the scorer's record of x, reused when scoring an edit of x
         self.log_target = -math.inf
         self.rng = rng
         self.keep = keep
@@ -200,7 +203,7 @@ def generate_many(
     lists → natural-log probabilities; e.g. :class:`kexue.scorers.HFCausalLM`) whose
     ``forward_logprobs``/``backward_logprobs`` propose words. Options as in
     :func:`kexue.cgmh.generate`; ``stats``: a dict that receives ``sentences_scored``,
-    ``tokens_scored`` (when the scorer counts them) and ``score_seconds``.
+    ``tokens_scored``, ``tokens_reused`` (when the scorer counts them) and ``score_seconds``.
 
     With a tiny random GPT-2 and a byte tokenizer standing in for a real model:
 
@@ -287,18 +290,27 @@ def generate_many(
             chains.append((job, _Chain(start, np.random.default_rng([seed, i, c]), n + 1)))
     scored = {"sentences_scored": 0, "score_seconds": 0.0}
     tokens_before = getattr(lm, "tokens_scored", None)
+    reused_before = getattr(lm, "tokens_reused", None)
+    incremental = getattr(lm, "score_words_from", None)
 
-    def score(xs: list[list[int]]) -> np.ndarray:
+    def score(xs: list[list[int]], previous: list[Any]) -> tuple[np.ndarray, list[Any]]:
         t = time.perf_counter()
-        out = np.asarray(lm.score_words([[ids.word(w) for w in x] for x in xs]), np.float64)
+        words = [[ids.word(w) for w in x] for x in xs]
+        if incremental is not None:  # an edit's unchanged prefix is not scored again
+            out, states = incremental(words, previous)
+        else:
+            out, states = lm.score_words(words), previous
+        out = np.asarray(out, np.float64)
         scored["score_seconds"] += time.perf_counter() - t
         scored["sentences_scored"] += len(xs)
         if out.shape != (len(xs),) or np.isnan(out).any():
             raise ValueError(f"score_words returned {out!r} for {len(xs)} sentences")
-        return out
+        return out, states
 
-    for (job, ch), lp in zip(chains, score([ch.x for _, ch in chains])):
-        ch.logp = float(lp)
+    for (job, ch), lp, state in zip(
+        chains, *score([ch.x for _, ch in chains], [None] * len(chains))
+    ):
+        ch.logp, ch.state = float(lp), state
         ch.log_target = log_target(ch.x, ch.logp) if job.holds(ch.x) else -math.inf
         ch.remember()
 
@@ -321,17 +333,20 @@ def generate_many(
             pending.append((ch, move, y, log_ratio))
         if not pending:
             continue
-        for (ch, move, y, log_ratio), lp in zip(pending, score([p[2] for p in pending])):
+        lps, states = score([p[2] for p in pending], [p[0].state for p in pending])
+        for (ch, move, y, log_ratio), lp, state in zip(pending, lps, states):
             new = log_target(y, float(lp))
             log_a = (new - ch.log_target) / temp + log_ratio if ch.log_target > -math.inf else 0
             if math.log(ch.rng.random() or 1e-300) < log_a:
-                ch.x, ch.logp, ch.log_target = y, float(lp), new
+                ch.x, ch.logp, ch.log_target, ch.state = y, float(lp), new, state
                 ch.accepted[move] += 1
                 ch.remember()
     if stats is not None:
         stats.update(scored)
         if tokens_before is not None:
             stats["tokens_scored"] = lm.tokens_scored - tokens_before
+        if reused_before is not None:
+            stats["tokens_reused"] = lm.tokens_reused - reused_before
     raw = [ch.raw() for _, ch in chains]
     return cgmh._results(raw, len(inputs), n, select == "best", distinct, ids, tokenizer, True)
 

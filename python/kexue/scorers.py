@@ -394,6 +394,50 @@ def blocked_ids(scorer: Any) -> list[int]:
     return ids
 
 
+def _batches(lengths: Sequence[int], most: int, call: float) -> list[tuple[int, int]]:
+    """Cuts ascending ``lengths`` into runs of at most ``most`` rows that minimise the sum
+    over runs of ``call`` + rows × the run's longest length (dynamic programming)."""
+    best = [0.0] + [math.inf] * len(lengths)
+    cut = [0] * (len(lengths) + 1)
+    for hi in range(1, len(lengths) + 1):
+        for lo in range(max(0, hi - most), hi):
+            cost = best[lo] + call + (hi - lo) * lengths[hi - 1]
+            if cost < best[hi]:
+                best[hi], cut[hi] = cost, lo
+    runs, hi = [], len(lengths)
+    while hi:
+        runs.append((cut[hi], hi))
+        hi = cut[hi]
+    return runs[::-1]
+
+
+class _Scored:
+    """A scored token sequence, for :meth:`HFCausalLM.score_words_from`: its ids, cumulative
+    log-probabilities (``cum[j]``: tokens 1..j) and the key/value cache of every position
+    but the last (:meth:`kv`: keys and values, [layer, head, position, dim])."""
+
+    __slots__ = ("_kv", "cum", "ids")
+
+    def __init__(self, ids: tuple[int, ...], cum: np.ndarray, parts: tuple) -> None:
+        # parts: (previous state, positions taken from it, batch keys, batch values, row,
+        # first, end): assembled on first use, as most proposals are rejected unused
+        self.ids, self.cum, self._kv = ids, cum, parts
+
+    def kv(self) -> tuple[Any, Any]:
+        if len(self._kv) != 2:
+            import torch
+
+            prev, p, keys, values, row, lo, hi = self._kv
+            k, v = keys[:, row, :, lo:hi], values[:, row, :, lo:hi]
+            if p:
+                pk, pv = prev.kv()
+                k, v = torch.cat([pk[:, :, :p], k], dim=2), torch.cat([pv[:, :, :p], v], dim=2)
+            else:  # a copy, not a view that would keep the whole batch's cache alive
+                k, v = k.clone(), v.clone()
+            self._kv = (k, v)
+        return self._kv
+
+
 class HFCausalLM:
     """Sentence scores from a Hugging Face causal LM; vocabulary and candidate words from
     ``candidates`` (another scorer, typically the n-gram one).
@@ -403,7 +447,8 @@ class HFCausalLM:
     batch of at most ``batch_size``. A sentence is scored as the text the user gets: its
     words detokenised, in sentence case with final punctuation (``sentence_case``), framed
     by the tokenizer's start and end of sentence. ``tokens_scored`` counts the tokens whose
-    probability the model has computed.
+    probability the model has computed, ``tokens_reused`` those :meth:`score_words_from` took
+    from a previous score; ``reuse_cache=False`` scores every sentence whole there.
 
     With a tiny random GPT-2 and a byte tokenizer standing in for a downloaded model:
 
@@ -442,7 +487,10 @@ class HFCausalLM:
         batch_size: int = 64,
         detokenize: Any = None,
         sentence_case: bool = True,
+        reuse_cache: bool = True,
     ) -> None:
+        import inspect
+
         import torch
 
         self.batch_size = check_int(batch_size, "batch_size", low=1)
@@ -471,7 +519,15 @@ class HFCausalLM:
         self.sentence_case = bool(sentence_case)
         config = getattr(model, "config", None)
         self._context = getattr(config, "max_position_embeddings", None)
-        self.tokens_scored = 0
+        self.tokens_scored = self.tokens_reused = 0
+        self.reuse_cache = bool(reuse_cache)
+        # the cost of one more model call, in token positions (a 2-layer GPT-2 on CPU: about
+        # 128, timed with kexue.neural on CommonGen sets): on CPU padding costs what real tokens
+        # do, so batches of similar lengths pay; an accelerator runs padding almost for free
+        self._call_tokens = 128 if self.device.type == "cpu" else 4096
+        # transformers 5 renamed the forward argument past_key_values to cache
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
     def from_pretrained(
@@ -577,32 +633,132 @@ class HFCausalLM:
 
     def score_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Natural-log probability of each text (with start and end of sentence), batched."""
-        return self._score_ids([[self._bos, *self.tokenizer.encode(t), self._eos] for t in texts])
+        return self._score_ids(self._encode(texts))
+
+    def score_words_from(
+        self, sentences: Sequence[Sequence[str]], previous: Sequence[_Scored | None]
+    ) -> tuple[np.ndarray, list[_Scored | None]]:
+        """:meth:`score_words`, each sentence reusing what the model computed for the token
+        prefix it shares with ``previous[r]`` (a state this method returned before, or None):
+        the prefix's key/value cache and token log-probabilities, so only the tokens from the
+        first changed one on are run through the model. Returns the scores and each
+        sentence's state (all None with ``reuse_cache=False``, or for a model whose cache is
+        not one key/value tensor pair per layer: then every sentence is scored whole)."""
+        seqs = self._encode([self._format(ws) for ws in sentences])
+        if not self.reuse_cache:
+            return self._score_ids(seqs), [None] * len(seqs)
+        return self._score(seqs, previous, keep=True)
+
+    def _encode(self, texts: Sequence[str]) -> list[tuple[int, ...]]:
+        """Token ids of each text, framed by start and end of sentence."""
+        if callable(self.tokenizer):  # a Hugging Face tokenizer: the batch in one call
+            rows = self.tokenizer(list(texts))["input_ids"]
+        else:
+            rows = [self.tokenizer.encode(t) for t in texts]
+        return [(self._bos, *row, self._eos) for row in rows]
 
     def _score_ids(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
-        torch = self._torch
+        return self._score(sequences, [None] * len(sequences), keep=False)[0]
+
+    def _score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        previous: Sequence[_Scored | None],
+        keep: bool,
+    ) -> tuple[np.ndarray, list[_Scored | None]]:
         out = np.empty(len(sequences), dtype=np.float64)
-        for lo in range(0, len(sequences), self.batch_size):
-            seqs = sequences[lo : lo + self.batch_size]
-            width = max(len(s) for s in seqs)
-            if self._context and width > self._context:
+        states: list[_Scored | None] = [None] * len(sequences)
+        todo = []  # (row, ids, previous state, how many leading positions it gives)
+        for r, (seq, prev) in enumerate(zip(sequences, previous)):
+            seq = tuple(seq)
+            if self._context and len(seq) > self._context:
                 raise ValueError(
-                    f"a sentence of {width} tokens exceeds the model's context of "
+                    f"a sentence of {len(seq)} tokens exceeds the model's context of "
                     f"{self._context}: lower max_len"
                 )
-            ids = torch.full((len(seqs), width), self._eos, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                ids[r, : len(s)] = torch.tensor(s)
-                mask[r, : len(s)] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            with torch.no_grad():
-                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            tok = logp.gather(-1, ids[:, 1:, None])[..., 0] * mask[:, 1:]
-            out[lo : lo + len(seqs)] = tok.sum(-1).double().cpu().numpy()
-            self.tokens_scored += int(mask[:, 1:].sum())
-        return out
+            if prev is None:
+                todo.append((r, seq, None, 0))
+            elif prev.ids == seq:
+                out[r], states[r] = prev.cum[-1], prev
+                self.tokens_reused += len(seq) - 1
+            else:
+                shared = next((i for i, (a, b) in enumerate(zip(seq, prev.ids)) if a != b),
+                              min(len(seq), len(prev.ids)))  # fmt: skip
+                # token `shared`'s probability needs the model's output at shared - 1, so
+                # the cache is reused up to there and the model runs from it on
+                todo.append((r, seq, prev, max(0, min(shared, len(seq) - 1) - 1)))
+        # A padded batch runs every row as far as its longest: rows go in batches of similar
+        # lengths, so that one edit near the start does not make a whole batch pay full price.
+        todo.sort(key=lambda t: len(t[1]) - t[3])
+        lengths = [len(seq) - 1 - p for _, seq, _, p in todo]
+        for lo, hi in _batches(lengths, self.batch_size, self._call_tokens):
+            self._forward(todo[lo:hi], out, states, keep)
+        return out, states
+
+    def _forward(self, rows: list[tuple], out: np.ndarray, states: list, keep: bool) -> None:
+        """One padded batch: row i holds its reused cache (``p`` positions, then masked slots
+        up to the longest) followed by its new tokens (right-padded)."""
+        torch = self._torch
+        past = [p for *_, p in rows]
+        feed = [seq[p:-1] for _, seq, _, p in rows]
+        width, new = max(past), max(len(f) for f in feed)
+        ids = np.full((len(rows), new), self._eos, dtype=np.int64)
+        target = ids.copy()
+        mask = np.zeros((len(rows), width + new), dtype=np.int64)
+        for i, ((_, seq, _, p), f) in enumerate(zip(rows, feed)):
+            ids[i, : len(f)] = f
+            target[i, : len(f)] = seq[p + 1 :]
+            mask[i, :p] = 1
+            mask[i, width : width + len(f)] = 1
+        ids, target, mask = (torch.from_numpy(a) for a in (ids, target, mask))
+        kwargs: dict[str, Any] = {}
+        if width:  # the rows' caches, padded to one width
+            from transformers import DynamicCache
+
+            ref = next(prev for _, _, prev, p in rows if p).kv()[0]
+            parts: list[list[Any]] = [[], []]
+            for _, _, prev, p in rows:  # [position, layer, head, dim], zero-padded below
+                for part, t in zip(parts, prev.kv() if p else (ref, ref)):
+                    part.append(t[:, :, :p].permute(2, 0, 1, 3))
+            keys, values = (torch.nn.utils.rnn.pad_sequence(part, batch_first=True)
+                            .permute(2, 0, 3, 1, 4) for part in parts)  # fmt: skip
+            cache = DynamicCache()
+            for layer in range(keys.shape[0]):
+                cache.update(keys[layer], values[layer], layer)
+            kwargs[self._cache_arg] = cache
+        dev = self.device
+        positions = torch.tensor(past)[:, None] + torch.arange(new)
+        with torch.no_grad():
+            res = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                             position_ids=positions.to(dev), use_cache=keep, **kwargs)  # fmt: skip
+            logp = torch.log_softmax(res.logits.float(), dim=-1)
+            tok = logp.gather(-1, target.to(dev)[..., None])[..., 0].double()
+        tok = (tok * mask[:, width:].to(dev)).cpu().numpy()
+        kv = self._kv(res) if keep else None
+        if keep and kv is None:  # a cache of another kind: score whole from now on
+            self.reuse_cache = keep = False
+        for i, ((r, seq, prev, p), f) in enumerate(zip(rows, feed)):
+            head = prev.cum[: p + 1] if p else np.zeros(1)
+            cum = np.concatenate([head, head[-1] + np.cumsum(tok[i, : len(f)])])
+            out[r] = cum[-1]
+            self.tokens_scored += len(f)
+            self.tokens_reused += p
+            if keep:  # this row's cache: the reused part, then its new positions
+                states[r] = _Scored(seq, cum, (prev, p, *kv, i, width, width + len(f)))
+
+    def _kv(self, res: Any) -> tuple[Any, Any] | None:
+        """The output cache's keys and values stacked over layers ([layer, row, head,
+        position, dim]), or None if it is not one key/value pair per layer."""
+        cache = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
+        layers = getattr(cache, "layers", None)
+        if not layers or any(type(la).__name__ != "DynamicLayer" for la in layers):
+            return None
+        torch = self._torch
+        try:
+            return (torch.stack([la.keys for la in layers]),
+                    torch.stack([la.values for la in layers]))  # fmt: skip
+        except (RuntimeError, TypeError):  # layers of different shapes
+            return None
 
     def sentence_logprob(self, ids: Sequence[int]) -> float:
         return float(self.score_texts([self._text(ids)])[0])

@@ -61,15 +61,21 @@ pub(crate) fn gemm<T: Real>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T]
     }
     // SAFETY: the asserts above bound every index the product touches.
     unsafe {
-        T::gemm_raw(
+        (T::GEMM)(
             m,
             k,
             n,
             alpha,
-            (a.data.as_ptr(), a.rs as isize, a.cs as isize),
-            (b.data.as_ptr(), b.rs as isize, b.cs as isize),
+            a.data.as_ptr(),
+            a.rs as isize,
+            a.cs as isize,
+            b.data.as_ptr(),
+            b.rs as isize,
+            b.cs as isize,
             beta,
-            (c.as_mut_ptr(), ldc as isize, 1),
+            c.as_mut_ptr(),
+            ldc as isize,
+            1,
         );
     }
 }

@@ -2,6 +2,24 @@
 
 use num_traits::Float;
 
+/// The signature of `matrixmultiply`'s products.
+pub type Gemm<T> = unsafe fn(
+    usize,
+    usize,
+    usize,
+    T,
+    *const T,
+    isize,
+    isize,
+    *const T,
+    isize,
+    isize,
+    T,
+    *mut T,
+    isize,
+    isize,
+);
+
 /// f32 or f64, with what the kernels need beyond [`Float`].
 pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
     /// `exp(self)` that vectorises: Cephes' polynomial for f32 (within 2 ulp; 0 below -87,
@@ -18,21 +36,9 @@ pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
     /// Rounded from f64.
     fn narrow(x: f64) -> Self;
 
-    /// `c ← alpha·a·b + beta·c` on raw strided pointers (`matrixmultiply`'s kernels).
-    ///
-    /// # Safety
-    /// Every addressed element of `a`, `b`, `c` must be in bounds.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: (*const Self, isize, isize),
-        b: (*const Self, isize, isize),
-        beta: Self,
-        c: (*mut Self, isize, isize),
-    );
+    /// `matrixmultiply`'s `sgemm` or `dgemm`: `c ← alpha·a·b + beta·c` on raw pointers with
+    /// row and column strides (`m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc`).
+    const GEMM: Gemm<Self>;
 
     /// The transpose of a row-major `rows × cols` matrix.
     fn transposed(x: &[Self], rows: usize, cols: usize) -> Vec<Self> {
@@ -110,20 +116,7 @@ impl Real for f32 {
         x as f32
     }
 
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: f32,
-        a: (*const f32, isize, isize),
-        b: (*const f32, isize, isize),
-        beta: f32,
-        c: (*mut f32, isize, isize),
-    ) {
-        matrixmultiply::sgemm(
-            m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
-        );
-    }
+    const GEMM: Gemm<f32> = matrixmultiply::sgemm;
 
     fn transposed(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         let mut t = vec![0.0; rows * cols];
@@ -158,20 +151,7 @@ impl Real for f64 {
         x
     }
 
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: f64,
-        a: (*const f64, isize, isize),
-        b: (*const f64, isize, isize),
-        beta: f64,
-        c: (*mut f64, isize, isize),
-    ) {
-        matrixmultiply::dgemm(
-            m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
-        );
-    }
+    const GEMM: Gemm<f64> = matrixmultiply::dgemm;
 }
 
 #[cfg(test)]

@@ -33,12 +33,16 @@ impl Side {
     }
 
     /// `out[w]` = ln p(w | `<s>` + context) over the whole vocabulary (specials −∞), by the
-    /// back-off recursion p(w | c) = explicit(c, w) or bo(c) · p(w | shorter c).
+    /// back-off recursion p(w | c) = explicit(c, w) or bo(c) · p(w | shorter c), unrolled: a
+    /// word whose longest explicit context is level l scores ln p_l(w) + Σ_{j>l} ln bo_j. The
+    /// unigram pass is the only one over the whole vocabulary (adding each level's back-off to
+    /// all V words made the proposal cost grow with the order as well as with V).
     fn next(&self, context: &[u32], out: &mut [f32]) {
-        out.copy_from_slice(&self.unigram);
         let vocab = self.unigram.len();
         let id = |w: u32| if (w as usize) < vocab { w } else { UNK };
         let mut key: Vec<u32> = Vec::with_capacity(self.model.order());
+        // Per context level, shortest first: (back-off of the context, its key length).
+        let mut levels: Vec<(f32, usize)> = Vec::with_capacity(self.model.order());
         // Newest word first, `<s>` before the sentence's first word.
         let words = context
             .iter()
@@ -49,14 +53,24 @@ impl Side {
             key.push(w);
             // The context's back-off (0 when the context itself is absent).
             let backoff = self.model.get(&key).map_or(0.0, |pb| ln(pb.backoff));
-            out.iter_mut().for_each(|o| *o += backoff);
-            let successors = self.model.successors(&key);
-            if successors.len() == 0 {
+            levels.push((backoff, key.len()));
+            if self.model.successors(&key).len() == 0 {
                 // No n-gram continues this context, so no longer context can exist.
                 break;
             }
-            for (w, p) in successors {
-                out[w as usize] = ln(p);
+        }
+        // above[l] = Σ of the back-offs of the levels longer than l (level 0 = unigram).
+        let mut above = vec![0.0f32; levels.len() + 1];
+        for l in (0..levels.len()).rev() {
+            above[l] = above[l + 1] + levels[l].0;
+        }
+        let base = above[0];
+        out.iter_mut()
+            .zip(&self.unigram)
+            .for_each(|(o, &u)| *o = u + base);
+        for (l, &(_, len)) in levels.iter().enumerate() {
+            for (w, p) in self.model.successors(&key[..len]) {
+                out[w as usize] = ln(p) + above[l + 1];
             }
         }
         for s in [UNK, BOS, EOS] {

@@ -230,34 +230,44 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
     fn top_k(&mut self, y: &[u32], pos: usize) -> Result<()> {
         self.scorer.forward_logprobs(y, pos, &mut self.fwd)?;
         let index = self.config.index;
-        if index != Index::Forward && self.scorer.backward_logprobs(y, pos, &mut self.bwd)? {
-            for (f, &b) in self.fwd.iter_mut().zip(&self.bwd) {
+        let both =
+            index != Index::Forward && self.scorer.backward_logprobs(y, pos, &mut self.bwd)?;
+        // One fused pass over the vocabulary: combine, check, and select with a size-K heap
+        // whose top is the worst kept word, so almost every word is rejected by a single
+        // comparison (a full selection over V, or separate passes, cost several times more).
+        let k = self.config.top_k;
+        let heap = &mut self.heap;
+        heap.clear();
+        // The kept words' smallest value once K are kept: anything below it cannot enter.
+        let mut worst = f32::NEG_INFINITY;
+        for (w, f) in self.fwd.iter_mut().enumerate() {
+            if both {
+                let b = self.bwd[w];
                 *f = if index == Index::Min {
                     f.min(b)
                 } else {
                     *f + b
                 };
             }
-        }
-        if self.fwd.iter().any(|v| v.is_nan()) {
-            return Err(Error::value(
-                "lm",
-                "returned NaN in a next-word distribution",
-            ));
-        }
-        // One pass with a size-K heap whose top is the worst kept word: almost every word is
-        // rejected by a single comparison (a full selection over V costs several times more).
-        let k = self.config.top_k;
-        let heap = &mut self.heap;
-        heap.clear();
-        for (w, &v) in self.fwd.iter().enumerate() {
-            let e = Ranked(v, w as u32);
+            if f.is_nan() {
+                return Err(Error::value(
+                    "lm",
+                    "returned NaN in a next-word distribution",
+                ));
+            }
+            if *f < worst {
+                continue;
+            }
+            let e = Ranked(*f, w as u32);
             if heap.len() < k {
                 heap.push(e);
-            } else if let Some(mut worst) = heap.peek_mut() {
-                if e < *worst {
-                    *worst = e;
+            } else if let Some(mut top) = heap.peek_mut() {
+                if e < *top {
+                    *top = e;
                 }
+            }
+            if heap.len() == k {
+                worst = heap.peek().map_or(worst, |r| r.0);
             }
         }
         self.cands.clear();

@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from kexue import get_num_threads, set_num_threads
-from kexue.benchmarks import compare
+from kexue.benchmarks import compare, header
 from kexue.lm import NgramLM
 
 KENLM_BIN = os.environ.get("KENLM_BIN", "/tmp/kenlm/build/bin")
@@ -304,6 +304,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="order 3 only, one build run")
     args = parser.parse_args()
     repeat = 1 if args.quick else 3
+    print(header())
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         equality(tmp, [3] if args.quick else [3, 5])

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
+from kexue.benchmarks import header
 from kexue.lm import NgramLM
 from kexue.pipelines import generate_batch
 
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--lm-lines", type=int, default=0, help="train.txt lines (0: all)")
     args = ap.parse_args()
+    print(header())
     opts = {"steps": args.steps, "seed": 0}
     df = keyword_sets(args.rows)
     with open(os.path.join(DATA, "train.txt"), encoding="utf-8") as f:

@@ -14,7 +14,13 @@ from ._dispatch import check_int, torch_fallback
 
 __version__: str = _native.__version__
 
-__all__ = ["__version__", "get_num_threads", "set_num_threads", "torch_fallback"]
+__all__ = [
+    "__version__",
+    "get_num_threads",
+    "set_num_threads",
+    "simd_road",
+    "torch_fallback",
+]
 
 
 MAX_THREADS = 1 << 12  # far beyond any machine; more would exhaust the process's threads
@@ -41,3 +47,16 @@ def get_num_threads() -> int:
     True
     """
     return _native.get_num_threads()
+
+
+def simd_road() -> str:
+    """The SIMD road the kernels run on: ``"avx512"``, ``"avx2"`` or ``"portable"`` on
+    x86-64, ``"neon"`` or ``"portable"`` on aarch64. It is the widest the CPU has unless the
+    environment variable ``KEXUE_SIMD`` names another (read once, at import; a value the CPU
+    cannot run makes the import fail with a ValueError that lists the roads it has).
+
+    >>> import kexue
+    >>> kexue.simd_road() in ("avx512", "avx2", "neon", "portable")
+    True
+    """
+    return _native.simd_road()

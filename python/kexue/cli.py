@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from . import __version__, benchmarks
+from . import __version__, benchmarks, simd_road
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -31,7 +31,7 @@ def _bench(args: argparse.Namespace) -> int:
     from . import get_num_threads
 
     report = {"bench": args.name, "version": __version__, "threads": get_num_threads(),
-              "cases": cases}  # fmt: skip
+              "simd_road": simd_road(), "cases": cases}  # fmt: skip
     print(json.dumps(report, indent=1))
     return 0
 
@@ -287,7 +287,9 @@ def _model_options(p: argparse.ArgumentParser, hf_role: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kexue", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"kexue {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"kexue {__version__} (SIMD road: {simd_road()})"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = commands.add_parser("bench", help="time a kernel beside its peers")

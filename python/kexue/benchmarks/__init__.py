@@ -15,9 +15,23 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["available", "compare", "median_time", "recording"]
+__all__ = ["available", "compare", "header", "median_time", "recording"]
 
 _RECORDS: list[list[dict[str, Any]]] = []
+
+
+def header() -> str:
+    """The line every bench prints first (each ``run``, and the scripts in ``benches/``):
+    the version, the SIMD road and the thread count, what its figures depend on besides
+    the machine.
+
+    >>> from kexue.benchmarks import header
+    >>> header().startswith("kexue ")
+    True
+    """
+    from .. import __version__, get_num_threads, simd_road
+
+    return f"kexue {__version__}, SIMD road {simd_road()}, {get_num_threads()} threads"
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import compare, median_time
+from . import compare, header, median_time
 
 B, H, D = 1, 8, 64
 
@@ -46,6 +46,7 @@ def _torch_cumsum(q: Any, k: Any, v: Any, eps: float = 1e-6) -> Any:
 
 def run(size: int | None = None, repeat: int = 7) -> dict[str, dict[str, float]]:
     """Forward and forward+backward at N ∈ {512, 2048, 8192} (or ``size``), then decoding."""
+    print(header())
     sizes = [512, 2048, 8192] if size is None else [size]
     results: dict[str, dict[str, float]] = {}
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import header
+
 
 class _PythonRoad:
     """The same scorer reached only through the Python scorer protocol: the sampler calls
@@ -28,6 +30,7 @@ def run(size: int | None = None, repeat: int = 7) -> dict[str, float]:
     steps over 4 keyword sets, the native n-gram loop against the same sampler calling the
     same LM through the Python scorer protocol. (Against a pure-Python CGMH over
     ``kenlm.Model``: ``python benches/bench_cgmh.py``.)"""
+    print(header())
     from .. import get_num_threads
     from ..cgmh import generate_many
     from ..scorers import default_lm

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import compare
+from . import compare, header
 
 NINF = float("-inf")
 
@@ -209,6 +209,7 @@ def run(size: int | None = None, repeat: int = 7, memory: bool = True) -> dict[s
     (default B = 16, 8 spans per row) dense and sparse, each beside the torch forms of
     spec §6; ratios below 1 mean kexue is faster. With ``memory``, the peak memory of
     each road on the GlobalPointer shape is measured in a fresh process."""
+    print(header())
     from .. import get_num_threads
 
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import compare
+from . import compare, header
 
 
 def _pair(v11: Any, v12: Any, v22: Any) -> tuple[float, float]:
@@ -110,6 +110,7 @@ def peak_extra_bytes(fn: Callable[[], object]) -> int:
 
 def run(size: int | None = None, repeat: int = 7) -> dict[str, dict[str, float]]:
     """Gram + min-norm weights for K ∈ {2, 4, 8} and P ∈ {1e6, 1e7} (or P = ``size``)."""
+    print(header())
     from .. import get_num_threads
     from .. import multitask as mt
 

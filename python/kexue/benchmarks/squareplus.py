@@ -6,13 +6,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import compare, median_time
+from . import compare, header, median_time
 
 
 def run(size: int | None = None, repeat: int = 7) -> dict[str, dict[str, float]]:
     """SquarePlus forward+backward on ``size`` float32 values, numpy and torch CPU roads,
     against torch ``softplus``, SquarePlus as torch expressions, and a plain copy of the same
     number of bytes (the memory-bandwidth floor)."""
+    print(header())
     from .. import _native, get_num_threads
     from ..activations import squareplus as sp
 

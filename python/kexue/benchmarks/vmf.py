@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import compare as _compare
-from . import median_time
+from . import header, median_time
 
 CASES = [(3, 1.0), (64, 10.0), (512, 50.0), (512, 5000.0)]
 
@@ -25,6 +25,7 @@ def run(size: int | None = None, repeat: int = 7) -> dict[str, dict[str, float]]
     (512, 5000)} against scipy's ``vonmises_fisher(mu, kappa).rvs(size)``; then a different μ
     per row (``size/10`` rows, d = 64) against the scipy loop a user would write, and the
     torch CPU road (Wood parts from Rust, direction in torch, differentiable)."""
+    print(header())
     from .. import get_num_threads
     from ..vmf import sample_vmf
 

@@ -11,6 +11,7 @@ pub mod lm;
 pub mod losses;
 pub mod memory;
 pub mod multitask;
+pub mod num;
 pub mod parallel;
 pub mod rng;
 pub mod vmf;

@@ -24,6 +24,12 @@ fn get_num_threads() -> usize {
     kexue_core::parallel::num_threads()
 }
 
+/// The SIMD road the kernels run on (`KEXUE_SIMD`, else the widest the CPU has).
+#[pyfunction]
+fn simd_road() -> errors::Result<&'static str> {
+    Ok(kexue_core::num::try_road()?.name())
+}
+
 /// Panics inside a kernel run, to test that the boundary turns it into `RuntimeError`.
 #[pyfunction]
 fn _panic_in_kernel(py: Python<'_>) -> errors::Result<()> {
@@ -34,7 +40,10 @@ fn _panic_in_kernel(py: Python<'_>) -> errors::Result<()> {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // A bad KEXUE_SIMD is a ValueError at import, before any kernel can meet it.
+    kexue_core::num::try_road().map_err(errors::Error::from)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(simd_road, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_in_kernel, m)?)?;

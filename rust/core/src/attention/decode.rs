@@ -21,12 +21,13 @@
 //! (their rows share each pass over `Ωᵀ`), then per head does the state update and the
 //! readout `φ(q)ᵀ S` in one pass over the working copy.
 
-use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::fast::{gemm16, project, scan_token, transpose_any};
-use super::features::{tree, Mapper, Spec};
-use super::forms::{denominator, inverse, rescale, State};
+use super::fast::{gemm16, project, scan_token};
+use super::features::{Mapper, Spec};
+use super::forms::State;
+use super::types::{denominator, inverse, rescale};
+use crate::num::{transpose16, tree};
 use crate::{Error, Result};
 
 /// Tokens buffered between folds into the f64 state.
@@ -338,15 +339,11 @@ fn group_len(mp: &Mapper<f32>) -> usize {
     2 * GROUP * (mp.mp + mp.m)
 }
 
+crate::per_road! {
 /// A group of heads' step: φ of their `q`, `k` (one pass over the projection for all rows;
 /// under the running maximum, a head whose key raises its stabiliser `scales` is rescaled
 /// first), then each head's `S += φ(k) vᵀ`, `z += φ(k)`, readout, and the token into its
 /// buffer at `fill`.
-#[multiversion(targets(
-    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
-    "x86_64+avx2+fma",
-    "aarch64+neon"
-))]
 fn step_group(
     mp: &Mapper<f32>,
     blocks: &mut [Line],
@@ -397,6 +394,7 @@ fn step_group(
         step_head(parts(block, &lens), (fq, fk, v), (fill, eps), o);
     }
 }
+}
 
 /// One head's `S += φ(k) vᵀ`, `z += φ(k)`, readout `o`, and the token into its buffer.
 #[inline(always)]
@@ -426,16 +424,12 @@ fn step_head(
     p.vb[fill * dv..(fill + 1) * dv].copy_from_slice(v);
 }
 
+crate::per_road! {
 /// One head's fold of `fill` buffered tokens into its f64 state `st`.
-#[multiversion(targets(
-    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
-    "x86_64+avx2+fma",
-    "aarch64+neon"
-))]
 fn fold_head(p: Parts, fill: usize, (m, dv): (usize, usize), st: &mut [f64]) {
     let w = dv + 1;
     let mut kt = vec![0.0; m * FOLD];
-    transpose_any(p.kb, m, fill, &mut kt, FOLD);
+    transpose16(p.kb, m, fill, &mut kt, FOLD);
     // The working copy is about to be re-rounded: meanwhile it holds the f32 sums.
     gemm16(m, dv, fill, &kt, FOLD, p.vb, dv, p.s, dv, false);
     p.z.fill(0.0);
@@ -449,6 +443,7 @@ fn fold_head(p: Parts, fill: usize, (m, dv): (usize, usize), st: &mut [f64]) {
         row[dv] += f64::from(z);
     }
     round(st, w, p.s, p.z);
+}
 }
 
 #[cfg(test)]

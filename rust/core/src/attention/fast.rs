@@ -7,17 +7,89 @@
 //! operands costs about as much as the product itself, and half of each `C × C` block is above
 //! the diagonal: here every product reads its operands in place (rows of `B` are contiguous
 //! 16-lane blocks, elements of `A` are broadcast), keeps a `4 × 64` tile of `C` in registers,
-//! and the masked block products stop at the diagonal. `multiversion` compiles the loops for
-//! AVX-512 and AVX2 (+FMA) and picks one at run time; the code itself is portable except for
+//! and the masked block products stop at the diagonal. `per_road!` compiles the loops for
+//! AVX-512 and AVX2 (+FMA) and runs the road's; the code itself is portable except for
 //! one AVX-512 transpose (the portable one compiles to scalar moves). The state stays in f64:
 //! each chunk's f32 `Kᵀ V` (or each token's `k vᵀ`) is added into it.
 
-use multiversion::multiversion;
-use multiversion::target::match_target;
 use num_traits::Float;
 
-use super::features::{tree, Mapper};
-use super::forms::{denominator, inverse, rescale, Grads, Method, SLACK};
+use super::features::Mapper;
+use super::types::{denominator, inverse, rescale, Grads, Method, SLACK};
+use crate::num::{prefetch_lines, transpose16, tree};
+
+/// The float types the attention kernels run in: [`crate::num::Real`] plus this module's f32
+/// fast path, taken where it applies (f64 keeps the defaults, which decline).
+pub trait Real: crate::num::Real {
+    /// One head of the chunked or scan causal forward by [`forward`], where it applies
+    /// (f32, `M` and `D_v` multiples of 16): `Some(all values finite)`, else `None`. With
+    /// `maps`, `q` and `k` are raw and mapped inside the pass.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_fast(
+        _method: Method,
+        _q: &[Self],
+        _k: &[Self],
+        _v: &[Self],
+        _dims: (usize, usize, usize),
+        _maps: Option<&Mapper<Self>>,
+        _eps: f64,
+        _state: (&mut [f64], &mut f64),
+        _o: &mut [Self],
+        _den: &mut [Self],
+    ) -> Option<bool> {
+        None
+    }
+
+    /// One head of the chunked causal backward by [`backward`], where it applies (as
+    /// [`Real::forward_fast`]): `Some(())` once `dq`, `dk`, `dv` are written, else `None`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_fast(
+        _method: Method,
+        _q: &[Self],
+        _k: &[Self],
+        _v: &[Self],
+        _dims: (usize, usize, usize),
+        _g: &Grads<Self>,
+        _dq: &mut [Self],
+        _dk: &mut [Self],
+        _dv: &mut [Self],
+    ) -> Option<()> {
+        None
+    }
+}
+
+impl Real for f64 {}
+
+impl Real for f32 {
+    fn forward_fast(
+        method: Method,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dims: (usize, usize, usize),
+        maps: Option<&Mapper<f32>>,
+        eps: f64,
+        state: (&mut [f64], &mut f64),
+        o: &mut [f32],
+        den: &mut [f32],
+    ) -> Option<bool> {
+        forward(method, q, k, v, dims, maps, eps, state, o, den)
+    }
+
+    fn backward_fast(
+        method: Method,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dims: (usize, usize, usize),
+        g: &Grads<f32>,
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+    ) -> Option<()> {
+        backward(method, q, k, v, dims, g, dq, dk, dv)
+    }
+}
 
 /// Rows of a register tile.
 const R: usize = 4;
@@ -133,29 +205,19 @@ pub(crate) fn gemm16(
     }
 }
 
-/// Most column blocks in one tile on this CPU: AVX-512's 32 registers hold the `4 × 4`-block
+/// Most column blocks in one tile on this road: AVX-512's 32 registers hold the `4 × 4`-block
 /// tile's accumulators, while AVX2's 16 (and NEON's 32 of 128 bits) hold a `4 × 1`-block one
 /// (wider, they spilled to the stack: the f32 backward ran 1.7× slower on AVX2).
 fn tile_blocks() -> usize {
-    static BLOCKS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BLOCKS.get_or_init(blocks_for_target)
-}
-
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx2+fma"))]
-fn blocks_for_target() -> usize {
-    match_target! {
-        "x86_64+avx512f" => NB,
+    match crate::num::road() {
+        crate::num::Road::Avx512 => NB,
         _ => 1,
     }
 }
 
+crate::per_road! {
 /// `out = xt[.., ..l] · y` (`xt`: `rows` rows of `ldx`; `y`: `l` rows of `width`): a chunk's
 /// `Σ_t x_t y_tᵀ` from its transposed `x`. Compiled apart, as [`masked_rows`] is.
-#[multiversion(targets(
-    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
-    "x86_64+avx2+fma",
-    "aarch64+neon"
-))]
 fn chunk_outer(
     rows: usize,
     (xt, ldx): (&[f32], usize),
@@ -164,6 +226,7 @@ fn chunk_outer(
 ) {
     gemm16(rows, width, l, xt, ldx, y, width, out, width, false);
 }
+}
 
 /// `Σ x` in 16 lanes, then across them.
 #[inline(always)]
@@ -171,102 +234,15 @@ fn lanes_sum(acc: [f32; L]) -> f32 {
     tree(acc, |a, b| a + b)
 }
 
-/// `t[p·ldt + j] = x[j·m + p]` for `j < rows`, zero for `rows ≤ j < ceil16(rows)`.
-/// The portable form: in 16 × 16 blocks.
-#[inline(always)]
-fn transpose(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt: usize) {
-    for j0 in (0..rows).step_by(L) {
-        let jn = L.min(rows - j0);
-        for p0 in (0..m).step_by(L) {
-            let mut blk = [[0.0f32; L]; L];
-            for (j, b) in blk.iter_mut().enumerate().take(jn) {
-                b.copy_from_slice(&x[(j0 + j) * m + p0..(j0 + j) * m + p0 + L]);
-            }
-            for p in 0..L {
-                let col: [f32; L] = std::array::from_fn(|j| blk[j][p]);
-                t[(p0 + p) * ldt + j0..(p0 + p) * ldt + j0 + L].copy_from_slice(&col);
-            }
-        }
-    }
-}
-
-/// [`transpose`] with AVX-512 shuffles: four rounds of interleaving rows `i` and `i + 8`
-/// transpose a 16 × 16 block in registers (the compiler leaves the portable form as scalar
-/// moves, which cost as much as a quarter of the whole pass).
-///
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn transpose_avx512(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt: usize) {
-    use std::arch::x86_64::*;
-    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    for j0 in (0..rows).step_by(L) {
-        let jn = L.min(rows - j0);
-        for p0 in (0..m).step_by(L) {
-            let mut blk = [_mm512_setzero_ps(); L];
-            for (j, b) in blk.iter_mut().enumerate().take(jn) {
-                let row = &x[(j0 + j) * m + p0..(j0 + j) * m + p0 + L];
-                *b = _mm512_loadu_ps(row.as_ptr());
-            }
-            for _ in 0..4 {
-                let old = blk;
-                for i in 0..L / 2 {
-                    blk[2 * i] = _mm512_permutex2var_ps(old[i], lo, old[i + L / 2]);
-                    blk[2 * i + 1] = _mm512_permutex2var_ps(old[i], hi, old[i + L / 2]);
-                }
-            }
-            for (p, col) in blk.iter().enumerate() {
-                let dst = &mut t[(p0 + p) * ldt + j0..(p0 + p) * ldt + j0 + L];
-                _mm512_storeu_ps(dst.as_mut_ptr(), *col);
-            }
-        }
-    }
-}
-
-/// [`transpose`] by the fastest form the CPU has.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
-pub(crate) fn transpose_any(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt: usize) {
-    match_target! {
-        // SAFETY: this version runs only where AVX-512F was detected.
-        "x86_64+avx512f" => unsafe { transpose_avx512(x, m, rows, t, ldt) },
-        _ => transpose(x, m, rows, t, ldt),
-    }
-}
-
-/// The transpose of a row-major `rows × cols` matrix, both multiples of 16.
-pub(crate) fn transposed(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0.0; rows * cols];
-    transpose_any(x, cols, rows, &mut t, rows);
-    t
-}
-
-/// Asks for `x`'s cache lines ahead of use (a hint; nothing on other architectures).
-#[inline(always)]
-fn prefetch(x: Option<&[f32]>) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(x) = x {
-        for line in x.chunks(16) {
-            // SAFETY: a prefetch hint reads nothing and cannot fault.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    line.as_ptr().cast(),
-                )
-            };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
-}
-
-/// [`prefetch`]es rows `i0..i0 + R` of each `(rows, width)`: the next chunk's, a row block at a
+/// Prefetches rows `i0..i0 + R` of each `(rows, width)`: the next chunk's, a row block at a
 /// time, since a pass reads every input once and would otherwise wait on memory at the
 /// start of every chunk.
 #[inline(always)]
 fn prefetch_rows(xs: &[(&[f32], usize)], i0: usize) {
     for &(x, width) in xs {
-        prefetch(x.get(i0 * width..((i0 + R) * width).min(x.len())));
+        if let Some(rows) = x.get(i0 * width..((i0 + R) * width).min(x.len())) {
+            prefetch_lines(rows);
+        }
     }
 }
 
@@ -306,6 +282,7 @@ fn apply(mp: &Mapper<f32>, side: usize, x: &[f32], rows: usize, u: &mut [f32], o
     }
 }
 
+crate::per_road! {
 /// Rows `rows` of a chunk's masked product: the scores `a[i, j] = x_i · bt[.., j]` (`x`: rows
 /// of `ldx` with `kx` used; `bt`: `kx` rows of `ldb`) below the diagonal (`j ≤ i`), or with
 /// `upper` above it (`i ≤ j < l`, the chunk's length), zero to the ends of their 16-blocks
@@ -314,11 +291,6 @@ fn apply(mp: &Mapper<f32>, side: usize, x: &[f32], rows: usize, u: &mut [f32], o
 ///
 /// Compiled apart (not inlined into the passes' long loop bodies, where the tiles'
 /// accumulators were spilled to the stack), once per target.
-#[multiversion(targets(
-    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
-    "x86_64+avx2+fma",
-    "aarch64+neon"
-))]
 #[allow(clippy::too_many_arguments)]
 fn masked_rows(
     rows: std::ops::Range<usize>,
@@ -374,6 +346,7 @@ fn masked_rows(
         width,
         true,
     );
+}
 }
 
 /// One head of [`super::forms`]' chunked or scan causal forward in f32; `None` when `m`,
@@ -506,12 +479,8 @@ fn map_token(
     grows.then_some(top)
 }
 
+crate::per_road! {
 /// The token recurrence (what decoding runs) on the f64 state.
-#[multiversion(targets(
-    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
-    "x86_64+avx2+fma",
-    "aarch64+neon"
-))]
 #[allow(clippy::too_many_arguments)]
 fn scan(
     q: &[f32],
@@ -577,12 +546,9 @@ fn scan(
     }
     true
 }
+}
 
-#[multiversion(targets(
-    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
-    "x86_64+avx2+fma",
-    "aarch64+neon"
-))]
+crate::per_road! {
 #[allow(clippy::too_many_arguments)]
 fn head(
     q: &[f32],
@@ -647,7 +613,7 @@ fn head(
         if !vs.iter().fold(true, |ok, x| ok & x.is_finite()) {
             return false;
         }
-        transpose_any(ks, m, l, &mut kt, cp);
+        transpose16(ks, m, l, &mut kt, cp);
         let (dq, dk) = mapper.map_or((m, m), |mp| (mp.d, mp.d));
         let next = (c0 + l).min(n)..(c0 + l + c).min(n);
         let ahead = [
@@ -715,6 +681,7 @@ fn head(
     }
     true
 }
+}
 
 /// The key features of a chunk's first rows `x` (`rows` at most) under the running maximum:
 /// the stabiliser is the larger of the state's `scale` and the first row's largest logit,
@@ -774,7 +741,7 @@ pub(crate) fn backward(
 }
 
 /// Rows `c0..c0 + l` of `g' = [∂o / den, ∂den − (∂o·o) / den]` into rows of `wp` (the columns
-/// past `dv` stay as they are: zero). Inlined into the multiversioned caller, so `mul_add`
+/// past `dv` stay as they are: zero). Inlined into the per-road caller, so `mul_add`
 /// is an FMA instruction rather than a libm call.
 #[inline(always)]
 fn grad_rows(g: &Grads<f32>, c0: usize, l: usize, dv: usize, wp: usize, out: &mut [f32]) {
@@ -801,11 +768,7 @@ fn add_state(s64: &mut [f64], st: &mut [f32], delta: &[f32]) {
     }
 }
 
-#[multiversion(targets(
-    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
-    "x86_64+avx2+fma",
-    "aarch64+neon"
-))]
+crate::per_road! {
 #[allow(clippy::too_many_arguments)]
 fn back_head(
     q: &[f32],
@@ -859,7 +822,7 @@ fn back_head(
         let ks = &k[c0 * m..(c0 + l) * m];
         grad_rows(g, c0, l, dv, wp, &mut gp);
         load_v(c0, l, &mut vp);
-        transpose_any(&vp, wp, l, &mut vt, cp);
+        transpose16(&vp, wp, l, &mut vt, cp);
         let next = (c0 + l).min(n)..(c0 + l + c).min(n);
         let ahead = rows_of(next);
         for i0 in (0..l).step_by(R) {
@@ -882,9 +845,9 @@ fn back_head(
         let l = c.min(n - c0);
         let (qs, ks) = (&q[c0 * m..(c0 + l) * m], &k[c0 * m..(c0 + l) * m]);
         grad_rows(g, c0, l, dv, wp, &mut gp);
-        transpose_any(&gp, wp, l, &mut gt, cp);
+        transpose16(&gp, wp, l, &mut gt, cp);
         load_v(c0, l, &mut vp); // (the reverse sweep reads v' by rows only)
-        transpose_any(qs, m, l, &mut qt, cp);
+        transpose16(qs, m, l, &mut qt, cp);
         let ahead = rows_of(c0.saturating_sub(c)..c0);
         for s0 in (0..l).step_by(R) {
             prefetch_rows(&ahead, s0);
@@ -898,8 +861,9 @@ fn back_head(
         }
         chunk_outer(w, (&gt, cp), (qs, l, m), &mut delta);
         add_state(&mut s64, &mut st, &delta);
-        transpose_any(&st, m, w, &mut r, wp);
+        transpose16(&st, m, w, &mut r, wp);
     }
+}
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Mat};
-use super::Real;
+use crate::num::{lanes, Real};
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,32 +153,6 @@ impl<T: Real> Mapper<T> {
     pub(crate) fn row(&self, side: usize, u: &[T], x: &[T], o: &mut [T]) {
         row(self.maps[side], side == 0, u, x, o, &self.consts[side]);
     }
-}
-
-/// A reduction of `x` in 16 independent lanes, then across them: the compiler vectorises it
-/// (a single running fold is one long dependency chain, and float sums may not be reordered).
-#[inline(always)]
-fn lanes<T: Real>(x: &[T], init: T, step: impl Fn(T, T) -> T, merge: impl Fn(T, T) -> T) -> T {
-    let mut acc = [init; 16];
-    let mut blocks = x.chunks_exact(16);
-    for b in &mut blocks {
-        acc.iter_mut().zip(b).for_each(|(a, &x)| *a = step(*a, x));
-    }
-    let tail = blocks.remainder().iter().fold(init, |a, &x| step(a, x));
-    merge(tail, tree(acc, &merge))
-}
-
-/// `merge` over 16 lanes as a tree of halves (4 vector steps rather than 15 dependent ones).
-#[inline(always)]
-pub(crate) fn tree<T: Copy>(mut acc: [T; 16], merge: impl Fn(T, T) -> T) -> T {
-    let mut half = 8;
-    while half > 0 {
-        for i in 0..half {
-            acc[i] = merge(acc[i], acc[i + half]);
-        }
-        half /= 2;
-    }
-    acc[0]
 }
 
 impl<T: Real> Spec<'_, T> {

@@ -23,47 +23,12 @@
 
 use rayon::prelude::*;
 
+use super::fast::Real;
 use super::features::{Mapper, Spec};
 use super::gemm::{gemm, Mat};
-use super::Real;
+use super::types::{denominator, inverse, rescale, SLACK};
+pub use super::types::{Dims, Grads, Method};
 use crate::{cancel, Error, Result};
-
-/// How a causal pass is scheduled; all give the same result up to rounding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    /// Blocks of `C` tokens: masked `C × C` products inside, the carried state across.
-    Chunked(usize),
-    /// The prefix-sum recurrence, one token at a time in f64 (what decoding runs).
-    Scan,
-    /// The parallel masked quadratic form, `O(N²)`: a reference.
-    Quadratic,
-}
-
-impl Method {
-    pub fn parse(name: &str, chunk_size: usize) -> Result<Self> {
-        match name {
-            "chunked" if chunk_size == 0 => Err(Error::value("chunk_size", "must be >= 1, got 0")),
-            "chunked" => Ok(Method::Chunked(chunk_size)),
-            "scan" => Ok(Method::Scan),
-            "quadratic" => Ok(Method::Quadratic),
-            _ => Err(Error::value(
-                "method",
-                format!("must be 'chunked', 'scan' or 'quadratic', got {name:?}"),
-            )),
-        }
-    }
-}
-
-/// `bh` heads of `nq` queries and `nk` keys/values (equal when causal), `m` features,
-/// `dv` value columns.
-#[derive(Clone, Copy, Debug)]
-pub struct Dims {
-    pub bh: usize,
-    pub nq: usize,
-    pub nk: usize,
-    pub m: usize,
-    pub dv: usize,
-}
 
 pub struct Inputs<'a, T> {
     pub dims: Dims,
@@ -76,15 +41,6 @@ pub struct Inputs<'a, T> {
 pub struct Outputs<'a, T> {
     pub o: &'a mut [T],
     pub den: &'a mut [T],
-}
-
-/// The forward outputs and the gradients flowing into them, and the forward's `eps`.
-pub struct Grads<'a, T> {
-    pub o: &'a [T],
-    pub den: &'a [T],
-    pub go: &'a [T],
-    pub gden: &'a [T],
-    pub eps: f64,
 }
 
 pub struct GradsOut<'a, T> {
@@ -188,22 +144,6 @@ fn tril<T: Real>(a: &mut [T], l: usize) {
     }
 }
 
-/// The denominator from `qᵀz` (see the module doc).
-#[inline(always)]
-pub(crate) fn denominator(qz: f64, eps: f64) -> f64 {
-    qz * (1.0 + eps)
-}
-
-/// `1/den`, or 0 where the denominator is 0 (so those outputs and gradients are 0, not NaN).
-#[inline(always)]
-pub(crate) fn inverse(den: f64) -> f64 {
-    if den == 0.0 {
-        0.0
-    } else {
-        1.0 / den
-    }
-}
-
 /// `o`/`den` from unnormalised rows `y` (`w` wide).
 fn normalise<T: Real>(y: &[T], dv: usize, eps: f64, o: &mut [T], den: &mut [T]) {
     for ((y, o), den) in y.chunks_exact(dv + 1).zip(o.chunks_exact_mut(dv)).zip(den) {
@@ -234,11 +174,6 @@ struct Head<'a, T> {
     kmax: Option<&'a [f64]>,
 }
 
-/// How far a chunk's key logits may rise above its stabiliser before the chunk is cut there:
-/// its key features stay below `e^SLACK`, and a chunk is cut only where the running maximum
-/// jumps (a few times in a random sequence, however long).
-pub(crate) const SLACK: f64 = 8.0;
-
 /// The next chunk under the running maximum: from row `c0`, at most `c` rows; returns its
 /// length and its stabiliser, the running maximum at its first key (the larger of `scale` and
 /// that key's largest logit). The chunk ends before a key more than [`SLACK`] above it, so
@@ -247,11 +182,6 @@ fn running_chunk(kmax: &[f64], c0: usize, c: usize, scale: f64) -> (usize, f64) 
     let top = &kmax[c0..c0 + c];
     let r = top[0].max(scale);
     ((1..c).find(|&i| top[i] > r + SLACK).unwrap_or(c), r)
-}
-
-/// `s ← a·s` (the state brought to a larger stabiliser).
-pub(crate) fn rescale(s: &mut [f64], a: f64) {
-    s.iter_mut().for_each(|x| *x *= a);
 }
 
 impl<T: Real> Head<'_, T> {
@@ -374,7 +304,7 @@ impl<T: Real> Head<'_, T> {
         true
     }
 
-    /// The token recurrence (decoding runs it): AVX2+FMA when the CPU has them, since the
+    /// The token recurrence (decoding runs it), compiled for each SIMD road since the
     /// extension is built for baseline x86-64 and this loop is not a GEMM.
     fn scan_forward(
         &self,
@@ -383,24 +313,18 @@ impl<T: Real> Head<'_, T> {
         o: &mut [T],
         den: &mut [T],
     ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { self.scan_forward_avx2(eps, st, o, den) };
+        crate::per_road! {
+            fn scan_forward_road[T: Real](
+                head: &Head<T>,
+                eps: f64,
+                st: (&mut [f64], &mut f64),
+                o: &mut [T],
+                den: &mut [T],
+            ) -> bool {
+                head.scan_forward_any(eps, st, o, den)
+            }
         }
-        self.scan_forward_any(eps, st, o, den)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn scan_forward_avx2(
-        &self,
-        eps: f64,
-        st: (&mut [f64], &mut f64),
-        o: &mut [T],
-        den: &mut [T],
-    ) -> bool {
-        self.scan_forward_any(eps, st, o, den)
+        scan_forward_road(self, eps, st, o, den)
     }
 
     /// Under the running maximum the state is rescaled whenever a key raises it, token by

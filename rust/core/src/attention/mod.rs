@@ -14,5 +14,6 @@ pub mod features;
 pub mod forms;
 mod gemm;
 pub mod projection;
+mod types;
 
-pub use gemm::Real;
+pub use fast::Real;

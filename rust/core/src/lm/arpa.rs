@@ -4,9 +4,9 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
+use super::files::{open_regular, write_atomically};
 use super::model::{sorted, Model, ProbBackoff, Table, MAX_ORDER};
 use super::vocab::{Vocab, BOS, EOS, UNK};
-use super::write_atomically;
 use crate::{memory, Error, Result};
 
 /// Writes `model` as ARPA (temporary file, then rename). Numbers are printed with the
@@ -125,7 +125,7 @@ fn parse_backoff(field: &str, lines: &Lines) -> Result<f32> {
 /// Reads an ARPA file (as written by lmplz, SRILM or [`write_arpa`]). Words of higher-order
 /// n-grams must be unigrams; a missing `<unk>` gets log10 p = -100 (as KenLM does).
 pub fn read_arpa(path: &Path) -> Result<Model> {
-    let file = super::open_regular(path)?;
+    let file = open_regular(path)?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut lines = Lines {
         path,

@@ -19,10 +19,10 @@ use std::sync::Arc;
 
 use memmap2::{Mmap, MmapOptions};
 
+use super::files::{open_regular, write_atomically};
 use super::model::{MappedFile, Model, Table, MAX_ORDER, TAG_GROUP};
 use super::storage::{as_bytes, as_bytes_mut, huge_zeroed, Array, Pod};
 use super::vocab::Vocab;
-use super::write_atomically;
 use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"KEXUELM\0";
@@ -141,7 +141,7 @@ pub fn save(path: &Path, forward: &Model, backward: Option<&Model>) -> Result<()
 /// loading the same file share its pages; otherwise it is read into private memory (in huge
 /// pages where the system allows: faster queries, no sharing).
 pub fn load(path: &Path, mapped: bool) -> Result<(Model, Option<Model>)> {
-    let file = super::open_regular(path)?;
+    let file = open_regular(path)?;
     if mapped && cfg!(target_endian = "little") {
         // SAFETY: the map is read-only and kexue never rewrites a file in place (saves go
         // through a temporary file and a rename). Another program truncating or rewriting a

@@ -8,8 +8,9 @@ use std::time::SystemTime;
 
 use rayon::prelude::*;
 
-use super::storage::Array;
-use super::vocab::{eq_mask16, tokens, Vocab, BOS, EOS, UNK};
+use super::storage::{Array, Pod};
+use super::vocab::{tokens, Vocab, BOS, EOS, UNK};
+use crate::num::{eq_mask16, fmix64, prefetch};
 use crate::{cancel, Error, Result};
 
 /// Highest supported order.
@@ -46,6 +47,25 @@ pub(crate) struct Slot {
     pub key: u64,
     pub prob: f32,
     pub backoff: f32,
+}
+
+impl Pod for ProbBackoff {
+    fn to_le(self) -> Self {
+        ProbBackoff {
+            prob: f32::from_bits(self.prob.to_bits().to_le()),
+            backoff: f32::from_bits(self.backoff.to_bits().to_le()),
+        }
+    }
+}
+
+impl Pod for Slot {
+    fn to_le(self) -> Self {
+        Slot {
+            key: self.key.to_le(),
+            prob: f32::from_bits(self.prob.to_bits().to_le()),
+            backoff: f32::from_bits(self.backoff.to_bits().to_le()),
+        }
+    }
 }
 
 /// N-grams of one order ≥ 2. `keys` holds each n-gram's ids *newest word first* (w, then its
@@ -110,14 +130,6 @@ pub(crate) fn sorted(
         w.push(weights[i as usize]);
     }
     Ok((k, w))
-}
-
-fn fmix64(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^ (x >> 33)
 }
 
 /// Hash of the 1-gram `w`; extend it word by word with [`hash_extend`] (newest word first).
@@ -266,19 +278,6 @@ impl Table {
         let (lo, hi) = (first_not(&|c| c < context), first_not(&|c| c <= context));
         (&self.keys[lo * n..hi * n], &self.probs[lo..hi])
     }
-}
-
-/// Hints the CPU to start loading the cache line of `p` (a no-op off x86-64).
-#[inline]
-pub(crate) fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 #[inline]

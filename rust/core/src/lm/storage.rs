@@ -11,8 +11,6 @@ use std::sync::Arc;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
-use super::model::{ProbBackoff, Slot};
-
 /// Plain-old-data array elements: every bit pattern is a valid value, no padding, and
 /// `to_le` converts to/from the file's byte order (a no-op on little-endian machines).
 pub(crate) trait Pod: Copy + Default {
@@ -37,29 +35,10 @@ impl Pod for f32 {
     }
 }
 
-impl Pod for ProbBackoff {
-    fn to_le(self) -> Self {
-        ProbBackoff {
-            prob: f32::from_bits(self.prob.to_bits().to_le()),
-            backoff: f32::from_bits(self.backoff.to_bits().to_le()),
-        }
-    }
-}
-
-impl Pod for Slot {
-    fn to_le(self) -> Self {
-        Slot {
-            key: self.key.to_le(),
-            prob: f32::from_bits(self.prob.to_bits().to_le()),
-            backoff: f32::from_bits(self.backoff.to_bits().to_le()),
-        }
-    }
-}
-
 /// The bytes of a POD slice.
 pub(crate) fn as_bytes<T: Pod>(v: &[T]) -> &[u8] {
-    // SAFETY: `T: Pod` types (u8, u32, f32, and the `repr(C)` ProbBackoff and Slot made of 4- and
-    // 8-byte fields with no padding) have no uninitialised bytes.
+    // SAFETY: `T: Pod` types (u8, u32, f32, and the `repr(C)` structs of 4- and 8-byte
+    // fields with no padding that implement it) have no uninitialised bytes.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
 }
 

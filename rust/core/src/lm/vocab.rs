@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::num::{eq_mask16, fmix64, prefetch};
 use crate::{Error, Result};
 
 /// Id of `<unk>`: every word outside the vocabulary maps here.
@@ -82,28 +83,6 @@ fn word_hash_at(line: &str, start: usize, end: usize) -> u64 {
         }
         _ => word_hash(&line[start..end]),
     }
-}
-
-/// Bit `i` set where `group[i] == byte`.
-#[inline]
-pub(crate) fn eq_mask16(group: &[u8; 16], byte: u8) -> u32 {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE2 is part of x86-64; the load reads exactly the 16 bytes of `group`.
-    unsafe {
-        use std::arch::x86_64::*;
-        let g = _mm_loadu_si128(group.as_ptr().cast());
-        _mm_movemask_epi8(_mm_cmpeq_epi8(g, _mm_set1_epi8(byte as i8))) as u32
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    (0..16).fold(0, |m, i| m | u32::from(group[i] == byte) << i)
-}
-
-fn fmix64(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^ (x >> 33)
 }
 
 impl Default for Vocab {
@@ -196,7 +175,7 @@ impl Vocab {
             let before = words.len();
             for (start, end) in tokens(line).spans() {
                 let h = word_hash_at(line, start, end);
-                super::model::prefetch(self.slots.as_ptr().wrapping_add(h as usize & mask));
+                prefetch(self.slots.as_ptr().wrapping_add(h as usize & mask));
                 words.push((&line[start..end], h));
             }
             lens.push(words.len() - before);

@@ -3,6 +3,7 @@
 
 use num_traits::Float;
 
+pub(crate) use crate::num::Real;
 use crate::parallel::MIN_CHUNK;
 use crate::{Error, Result};
 
@@ -121,69 +122,6 @@ mod tests {
     }
 }
 
-/// The float types the loss kernels run on, with a branch-free `exp` that vectorises.
-pub trait Real: Float + Send + Sync + 'static {
-    /// `exp(x)`: Cephes' polynomial for f32 (≤ 2 ulp, 0 below -87.3, so -inf gives 0),
-    /// the standard library's for f64.
-    fn exp_fast(self) -> Self;
-    fn widen(self) -> f64;
-    fn narrow(x: f64) -> Self;
-}
-
-impl Real for f64 {
-    #[inline(always)]
-    fn exp_fast(self) -> f64 {
-        self.exp()
-    }
-    #[inline(always)]
-    fn widen(self) -> f64 {
-        self
-    }
-    #[inline(always)]
-    fn narrow(x: f64) -> f64 {
-        x
-    }
-}
-
-impl Real for f32 {
-    #[inline(always)]
-    fn exp_fast(self) -> f32 {
-        // Hand-written because libm's expf is an opaque call that blocks vectorisation:
-        // x = n·ln2 + r with |r| <= ln2/2, exp(r) by Cephes' degree-6 polynomial, 2^n
-        // assembled in the exponent bits. Rounding by adding 1.5·2^23 (not `floor`, which
-        // is a libm call without SSE4.1) leaves n in the low mantissa bits.
-        const MAGIC: f32 = 12_582_912.0;
-        let x = self.clamp(-87.0, 88.0);
-        let shifted = x * std::f32::consts::LOG2_E + MAGIC;
-        let n = shifted - MAGIC;
-        let ni = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
-        let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-        let mut p = 1.987_569_1e-4_f32;
-        p = p * r + 1.398_199_9e-3;
-        p = p * r + 8.333_452e-3;
-        p = p * r + 4.166_579_6e-2;
-        p = p * r + 1.666_666_5e-1;
-        p = p * r + 0.5;
-        let e = p * r * r + r + 1.0;
-        let scale = f32::from_bits(ni.wrapping_add(127) << 23);
-        if self < -87.0 {
-            0.0
-        } else if self > 88.0 {
-            f32::INFINITY
-        } else {
-            e * scale
-        }
-    }
-    #[inline(always)]
-    fn widen(self) -> f64 {
-        f64::from(self)
-    }
-    #[inline(always)]
-    fn narrow(x: f64) -> f32 {
-        x as f32
-    }
-}
-
 const LANES: usize = 8;
 
 /// `max(init, max xs)` with independent lanes, so it vectorises.
@@ -268,23 +206,6 @@ pub(crate) fn any_bad_logit<T: Real>(xs: &[T]) -> bool {
 #[cfg(test)]
 mod real_tests {
     use super::*;
-
-    #[test]
-    fn exp_fast_f32_is_within_2_ulp() {
-        let mut worst = 0.0f64;
-        for i in -870_000..=880_000 {
-            let x = i as f32 * 1e-4;
-            let want = f64::from(x).exp();
-            let got = f64::from(x.exp_fast());
-            if want > f64::from(f32::MIN_POSITIVE) {
-                worst = worst.max((got - want).abs() / want);
-            }
-        }
-        assert!(worst < 2.5 * f64::from(f32::EPSILON), "{worst}");
-        assert_eq!(f32::NEG_INFINITY.exp_fast(), 0.0);
-        assert_eq!((-100.0f32).exp_fast(), 0.0);
-        assert_eq!(f32::INFINITY.exp_fast(), f32::INFINITY);
-    }
 
     #[test]
     fn lane_helpers_match_plain_loops() {

@@ -7,7 +7,6 @@
 //! cannot overflow); a chunk in which `x² + b` overflowed or fell below the normal range
 //! (b = 0 with tiny x), or `x` is not finite, is redone point by point with `hypot`.
 
-use multiversion::multiversion;
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -74,34 +73,37 @@ fn fast<T: Float>(x: T, b: T) -> (T, T, bool) {
     (value, value / r, ok)
 }
 
-// Wheels target baseline x86-64 (SSE2); an AVX2+FMA clone, picked at run time, is ~1.5x
-// faster on the sqrt/div-bound loop.
-#[multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
-fn forward_chunk<T: Float>(x: &[T], b: T, out: &mut [T]) {
-    let mut needs_exact = false;
-    for (&xi, yi) in x.iter().zip(out.iter_mut()) {
-        let (value, _, ok) = fast(xi, b);
-        *yi = value;
-        needs_exact |= !ok;
-    }
-    if needs_exact {
+crate::per_road! {
+    /// SquarePlus of a chunk. Wheels target baseline x86-64 (SSE2); the AVX2+FMA road is
+    /// ~1.5x faster on the sqrt/div-bound loop.
+    fn forward_chunk[T: Float](x: &[T], b: T, out: &mut [T]) {
+        let mut needs_exact = false;
         for (&xi, yi) in x.iter().zip(out.iter_mut()) {
-            *yi = exact(xi, b).0;
+            let (value, _, ok) = fast(xi, b);
+            *yi = value;
+            needs_exact |= !ok;
+        }
+        if needs_exact {
+            for (&xi, yi) in x.iter().zip(out.iter_mut()) {
+                *yi = exact(xi, b).0;
+            }
         }
     }
 }
 
-#[multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
-fn backward_chunk<T: Float>(x: &[T], grad: &[T], b: T, out: &mut [T]) {
-    let mut needs_exact = false;
-    for ((&xi, &gi), oi) in x.iter().zip(grad).zip(out.iter_mut()) {
-        let (_, slope, ok) = fast(xi, b);
-        *oi = gi * slope;
-        needs_exact |= !ok;
-    }
-    if needs_exact {
+crate::per_road! {
+    /// `grad · SquarePlus'(x)` of a chunk.
+    fn backward_chunk[T: Float](x: &[T], grad: &[T], b: T, out: &mut [T]) {
+        let mut needs_exact = false;
         for ((&xi, &gi), oi) in x.iter().zip(grad).zip(out.iter_mut()) {
-            *oi = gi * exact(xi, b).1;
+            let (_, slope, ok) = fast(xi, b);
+            *oi = gi * slope;
+            needs_exact |= !ok;
+        }
+        if needs_exact {
+            for ((&xi, &gi), oi) in x.iter().zip(grad).zip(out.iter_mut()) {
+                *oi = gi * exact(xi, b).1;
+            }
         }
     }
 }

@@ -25,6 +25,7 @@
 use num_traits::Float;
 use rayon::prelude::*;
 
+use crate::num::{prefetch, Road};
 use crate::parallel::MIN_CHUNK;
 use crate::{cancel, Error, Result};
 
@@ -73,151 +74,55 @@ fn fold(l: &[f64]) -> f64 {
 }
 
 /// A vector of `W` f64 lanes. Each pair of rows owns one per block of `P`, lane `t` summing
-/// the products of the block's columns `≡ t (mod W)` in column order.
-trait Lanes: Copy {
-    const W: usize;
+/// the products of the block's columns `≡ t (mod W)` in column order. Plain arrays: compiled
+/// on a SIMD road they become its vector registers (and `mul_add` its FMA).
+#[derive(Clone, Copy)]
+struct Lanes<const W: usize, const FUSED: bool>([f64; W]);
+
+impl<const W: usize, const FUSED: bool> Lanes<W, FUSED> {
     /// Rows paired against four other rows at once (`GROUP·4` accumulators + `GROUP + 4`
-    /// row vectors must fit in the register file).
-    const GROUP: usize;
+    /// row vectors must fit in the register file: 32 registers of 8 lanes with AVX-512, 16 of
+    /// 4 otherwise).
+    const GROUP: usize = if W == 8 { 4 } else { 2 };
+
+    #[inline(always)]
+    fn zero() -> Self {
+        Lanes([0.0; W])
+    }
+
     /// # Safety
-    /// Every method: the CPU has the features of the implementation.
-    unsafe fn zero() -> Self;
-    /// # Safety
-    /// Also: `p` is valid for `W` reads.
-    unsafe fn load(p: *const f64) -> Self;
+    /// `p` is valid for `W` reads.
+    #[inline(always)]
+    unsafe fn load(p: *const f64) -> Self {
+        // SAFETY: the caller guarantees W readable values.
+        Lanes(unsafe { p.cast::<[f64; W]>().read_unaligned() })
+    }
+
     /// `W` f32 values widened (exactly) to f64.
     ///
     /// # Safety
-    /// Also: `p` is valid for `W` reads.
-    unsafe fn load_f32(p: *const f32) -> Self;
-    /// `self · b + c`, fused where the implementation says so.
-    unsafe fn mul_add(self, b: Self, c: Self) -> Self;
-    /// `self + b`
-    unsafe fn add(self, b: Self) -> Self;
-    /// Writes the lanes to `out[..W]`.
-    unsafe fn lanes(self, out: &mut [f64; 8]);
-}
-
-/// The fallback without SIMD intrinsics (the multiply and the add round separately).
-#[derive(Clone, Copy)]
-struct Portable([f64; 4]);
-
-impl Lanes for Portable {
-    const W: usize = 4;
-    const GROUP: usize = 2;
-    unsafe fn zero() -> Self {
-        Portable([0.0; 4])
-    }
-    unsafe fn load(p: *const f64) -> Self {
-        // SAFETY: the caller guarantees 4 readable values.
-        Portable(unsafe { p.cast::<[f64; 4]>().read_unaligned() })
-    }
+    /// `p` is valid for `W` reads.
+    #[inline(always)]
     unsafe fn load_f32(p: *const f32) -> Self {
-        // SAFETY: the caller guarantees 4 readable values.
-        Portable(unsafe { p.cast::<[f32; 4]>().read_unaligned() }.map(f64::from))
-    }
-    unsafe fn mul_add(self, b: Self, c: Self) -> Self {
-        Portable(std::array::from_fn(|t| self.0[t] * b.0[t] + c.0[t]))
-    }
-    unsafe fn add(self, b: Self) -> Self {
-        Portable(std::array::from_fn(|t| self.0[t] + b.0[t]))
-    }
-    unsafe fn lanes(self, out: &mut [f64; 8]) {
-        out[..4].copy_from_slice(&self.0);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use num_traits::Float;
-    use std::arch::x86_64::*;
-
-    /// AVX2 + FMA: 16 registers of 4 lanes.
-    #[derive(Clone, Copy)]
-    pub(super) struct Avx2(__m256d);
-
-    impl super::Lanes for Avx2 {
-        const W: usize = 4;
-        const GROUP: usize = 2;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            Avx2(_mm256_setzero_pd())
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f64) -> Self {
-            Avx2(_mm256_loadu_pd(p))
-        }
-        #[inline(always)]
-        unsafe fn load_f32(p: *const f32) -> Self {
-            Avx2(_mm256_cvtps_pd(_mm_loadu_ps(p)))
-        }
-        #[inline(always)]
-        unsafe fn mul_add(self, b: Self, c: Self) -> Self {
-            Avx2(_mm256_fmadd_pd(self.0, b.0, c.0))
-        }
-        #[inline(always)]
-        unsafe fn add(self, b: Self) -> Self {
-            Avx2(_mm256_add_pd(self.0, b.0))
-        }
-        #[inline(always)]
-        unsafe fn lanes(self, out: &mut [f64; 8]) {
-            _mm256_storeu_pd(out.as_mut_ptr(), self.0);
-        }
+        // SAFETY: the caller guarantees W readable values.
+        Lanes(unsafe { p.cast::<[f32; W]>().read_unaligned() }.map(f64::from))
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_avx2<T: Float + 'static>(
-        j: &[T],
-        k: usize,
-        p: usize,
-        start: usize,
-        end: usize,
-    ) -> Vec<f64> {
-        super::block_lanes::<T, Avx2>(j, k, p, start, end)
+    /// `self · b + c`, fused on the roads with FMA (the portable road rounds twice).
+    #[inline(always)]
+    fn mul_add(self, b: Self, c: Self) -> Self {
+        Lanes(std::array::from_fn(|t| {
+            if FUSED {
+                self.0[t].mul_add(b.0[t], c.0[t])
+            } else {
+                self.0[t] * b.0[t] + c.0[t]
+            }
+        }))
     }
 
-    /// AVX-512F: 32 registers of 8 lanes.
-    #[derive(Clone, Copy)]
-    pub(super) struct Avx512(__m512d);
-
-    impl super::Lanes for Avx512 {
-        const W: usize = 8;
-        const GROUP: usize = 4;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            Avx512(_mm512_setzero_pd())
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f64) -> Self {
-            Avx512(_mm512_loadu_pd(p))
-        }
-        #[inline(always)]
-        unsafe fn load_f32(p: *const f32) -> Self {
-            Avx512(_mm512_cvtps_pd(_mm256_loadu_ps(p)))
-        }
-        #[inline(always)]
-        unsafe fn mul_add(self, b: Self, c: Self) -> Self {
-            Avx512(_mm512_fmadd_pd(self.0, b.0, c.0))
-        }
-        #[inline(always)]
-        unsafe fn add(self, b: Self) -> Self {
-            Avx512(_mm512_add_pd(self.0, b.0))
-        }
-        #[inline(always)]
-        unsafe fn lanes(self, out: &mut [f64; 8]) {
-            _mm512_storeu_pd(out.as_mut_ptr(), self.0);
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn block_avx512<T: Float + 'static>(
-        j: &[T],
-        k: usize,
-        p: usize,
-        start: usize,
-        end: usize,
-    ) -> Vec<f64> {
-        super::block_lanes::<T, Avx512>(j, k, p, start, end)
+    #[inline(always)]
+    fn add(self, b: Self) -> Self {
+        Lanes(std::array::from_fn(|t| self.0[t] + b.0[t]))
     }
 }
 
@@ -231,20 +136,18 @@ fn pair_index(i: usize, j: usize) -> usize {
 /// branch is resolved at compile time), any other type value by value.
 ///
 /// # Safety
-/// The CPU has `V`'s features; `p` is valid for `W` reads.
+/// `p` is valid for `W` reads.
 #[inline(always)]
-unsafe fn load<T: Float + 'static, V: Lanes>(p: *const T) -> V {
+unsafe fn load<T: Float + 'static, const W: usize, const F: bool>(p: *const T) -> Lanes<W, F> {
     use std::any::TypeId;
     if TypeId::of::<T>() == TypeId::of::<f32>() {
-        V::load_f32(p.cast())
+        Lanes::load_f32(p.cast())
     } else if TypeId::of::<T>() == TypeId::of::<f64>() {
-        V::load(p.cast())
+        Lanes::load(p.cast())
     } else {
-        let mut v = [0.0; 8];
-        for (t, x) in v.iter_mut().enumerate().take(V::W) {
-            *x = (*p.add(t)).to_f64().unwrap_or(f64::NAN);
-        }
-        V::load(v.as_ptr())
+        Lanes(std::array::from_fn(|t| {
+            (*p.add(t)).to_f64().unwrap_or(f64::NAN)
+        }))
     }
 }
 
@@ -253,17 +156,17 @@ unsafe fn load<T: Float + 'static, V: Lanes>(p: *const T) -> V {
 /// loads overlap the arithmetic (every row is in exactly one diagonal group).
 ///
 /// # Safety
-/// The CPU has `V`'s features; `r + N <= tile.len()`, and every `tile[i]` is valid for
+/// `r + N <= tile.len()`, and every `tile[i]` is valid for
 /// `TILE` reads.
 #[inline(always)]
-unsafe fn diag<T: Float + 'static, V: Lanes, const N: usize>(
+unsafe fn diag<T: Float + 'static, const W: usize, const F: bool, const N: usize>(
     tile: &[*const T],
     r: usize,
-    acc: &mut [V],
+    acc: &mut [Lanes<W, F>],
     ahead: usize,
 ) {
     let rows: [*const T; N] = std::array::from_fn(|q| tile[r + q]);
-    let mut a = [[V::zero(); N]; N]; // the upper half stays unused
+    let mut a = [[Lanes::<W, F>::zero(); N]; N]; // the upper half stays unused
     for (i, ai) in a.iter_mut().enumerate() {
         for (j, aij) in ai.iter_mut().enumerate().take(i + 1) {
             *aij = acc[pair_index(r + i, r + j)];
@@ -272,14 +175,14 @@ unsafe fn diag<T: Float + 'static, V: Lanes, const N: usize>(
     // One or two rows give too few pairs to hide the multiply-add latency: then every other
     // lane-vector of the tile goes to a second set, added to the first at the tile's end.
     let split = N <= 2;
-    let mut b = [[V::zero(); N]; N];
-    for c in (0..TILE).step_by(if split { 2 * V::W } else { V::W }) {
+    let mut b = [[Lanes::<W, F>::zero(); N]; N];
+    for c in (0..TILE).step_by(if split { 2 * W } else { W }) {
         // SAFETY: every row holds TILE values and c + 2W <= TILE when split (TILE % 2W == 0).
-        let x: [V; N] = std::array::from_fn(|q| unsafe { load(rows[q].add(c)) });
+        let x: [Lanes<W, F>; N] = std::array::from_fn(|q| unsafe { load(rows[q].add(c)) });
         for row in rows {
-            prefetch(row.wrapping_add(c + ahead).cast());
+            prefetch(row.wrapping_add(c + ahead));
             if split {
-                prefetch(row.wrapping_add(c + V::W + ahead).cast());
+                prefetch(row.wrapping_add(c + W + ahead));
             }
         }
         // Constant bounds (not `take(i + 1)`), so the loops unroll and `a` stays in registers.
@@ -291,7 +194,7 @@ unsafe fn diag<T: Float + 'static, V: Lanes, const N: usize>(
             }
         }
         if split {
-            let y: [V; N] = std::array::from_fn(|q| unsafe { load(rows[q].add(c + V::W)) });
+            let y: [Lanes<W, F>; N] = std::array::from_fn(|q| unsafe { load(rows[q].add(c + W)) });
             for i in 0..N {
                 for j in 0..N {
                     if j <= i {
@@ -313,24 +216,24 @@ unsafe fn diag<T: Float + 'static, V: Lanes, const N: usize>(
 /// # Safety
 /// As for [`diag`], with `i + N <= tile.len()`.
 #[inline(always)]
-unsafe fn off<T: Float + 'static, V: Lanes, const N: usize>(
+unsafe fn off<T: Float + 'static, const W: usize, const F: bool, const N: usize>(
     tile: &[*const T],
     i: usize,
     j: usize,
-    acc: &mut [V],
+    acc: &mut [Lanes<W, F>],
 ) {
     let rows_a: [*const T; N] = std::array::from_fn(|q| tile[i + q]);
     let rows_b: [*const T; 4] = std::array::from_fn(|q| tile[j + q]);
-    let mut a = [[V::zero(); 4]; N];
+    let mut a = [[Lanes::<W, F>::zero(); 4]; N];
     for (x, ax) in a.iter_mut().enumerate() {
         for (y, axy) in ax.iter_mut().enumerate() {
             *axy = acc[pair_index(i + x, j + y)];
         }
     }
-    for c in (0..TILE).step_by(V::W) {
+    for c in (0..TILE).step_by(W) {
         // SAFETY: every row holds TILE values and c + W <= TILE.
-        let xa: [V; N] = std::array::from_fn(|q| unsafe { load(rows_a[q].add(c)) });
-        let xb: [V; 4] = std::array::from_fn(|q| unsafe { load(rows_b[q].add(c)) });
+        let xa: [Lanes<W, F>; N] = std::array::from_fn(|q| unsafe { load(rows_a[q].add(c)) });
+        let xb: [Lanes<W, F>; 4] = std::array::from_fn(|q| unsafe { load(rows_b[q].add(c)) });
         for (x, ax) in a.iter_mut().enumerate() {
             for (y, axy) in ax.iter_mut().enumerate() {
                 *axy = xa[x].mul_add(xb[y], *axy);
@@ -346,63 +249,53 @@ unsafe fn off<T: Float + 'static, V: Lanes, const N: usize>(
 
 /// Adds every lower-triangle product of the tile (`tile[i]`: where row `i`'s `TILE` columns
 /// start) to its pair's lanes. Rows go in groups of four: each group with itself ([`diag`]),
-/// and against every earlier group ([`off`], `V::GROUP` rows at a time), with the row
+/// and against every earlier group ([`off`], `Lanes::<W, F>::GROUP` rows at a time), with the row
 /// vectors and the accumulators in registers. Each pair is visited once per tile, so the
 /// grouping does not change the order in which its lanes sum. `ahead`: see [`diag`].
 ///
 /// # Safety
-/// The CPU has `V`'s features; every `tile[i]` is valid for `TILE` reads.
+/// Every `tile[i]` is valid for `TILE` reads.
 #[inline(always)]
-unsafe fn tile_dots<T: Float + 'static, V: Lanes>(tile: &[*const T], acc: &mut [V], ahead: usize) {
+unsafe fn tile_dots<T: Float + 'static, const W: usize, const F: bool>(
+    tile: &[*const T],
+    acc: &mut [Lanes<W, F>],
+    ahead: usize,
+) {
     let k = tile.len();
     for ib in (0..k).step_by(4) {
         let end = (ib + 4).min(k);
         for jb in (0..ib).step_by(4) {
             let mut i = ib;
             while i < end {
-                let n = (end - i).min(V::GROUP);
+                let n = (end - i).min(Lanes::<W, F>::GROUP);
                 match n {
-                    1 => off::<T, V, 1>(tile, i, jb, acc),
-                    2 => off::<T, V, 2>(tile, i, jb, acc),
-                    3 => off::<T, V, 3>(tile, i, jb, acc),
-                    _ => off::<T, V, 4>(tile, i, jb, acc),
+                    1 => off::<T, W, F, 1>(tile, i, jb, acc),
+                    2 => off::<T, W, F, 2>(tile, i, jb, acc),
+                    3 => off::<T, W, F, 3>(tile, i, jb, acc),
+                    _ => off::<T, W, F, 4>(tile, i, jb, acc),
                 }
                 i += n;
             }
         }
         match end - ib {
-            1 => diag::<T, V, 1>(tile, ib, acc, ahead),
-            2 => diag::<T, V, 2>(tile, ib, acc, ahead),
-            3 => diag::<T, V, 3>(tile, ib, acc, ahead),
-            _ => diag::<T, V, 4>(tile, ib, acc, ahead),
+            1 => diag::<T, W, F, 1>(tile, ib, acc, ahead),
+            2 => diag::<T, W, F, 2>(tile, ib, acc, ahead),
+            3 => diag::<T, W, F, 3>(tile, ib, acc, ahead),
+            _ => diag::<T, W, F, 4>(tile, ib, acc, ahead),
         }
     }
 }
 
-/// Asks the CPU to start loading the cache line at `p` (any address: nothing is read).
+/// Lower-triangle partial Gram of columns `[start, end)` with `W` lanes.
 #[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch does not change the program's state, even for an invalid address.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(p.cast());
-    }
-}
-
-/// Lower-triangle partial Gram of columns `[start, end)` with the lanes `V`.
-///
-/// # Safety
-/// The CPU has `V`'s features.
-#[inline(always)]
-unsafe fn block_lanes<T: Float + 'static, V: Lanes>(
+fn block_lanes<T: Float + 'static, const W: usize, const F: bool>(
     j: &[T],
     k: usize,
     p: usize,
     start: usize,
     end: usize,
 ) -> Vec<f64> {
-    let mut acc = vec![V::zero(); pair_count(k)];
+    let mut acc = vec![Lanes::<W, F>::zero(); pair_count(k)];
     // Prefetch about 8 KiB of J ahead: enough to cover the load latency for small K, and
     // no further than the next tile for large K (measured on the 2-core bench box).
     // Prefetches past the block (or past `j`) are harmless.
@@ -413,7 +306,8 @@ unsafe fn block_lanes<T: Float + 'static, V: Lanes>(
         for (i, row) in tile.iter_mut().enumerate() {
             *row = j[i * p + t..i * p + t + TILE].as_ptr();
         }
-        tile_dots(&tile, &mut acc, ahead);
+        // SAFETY: every row pointer starts TILE values of `j`.
+        unsafe { tile_dots(&tile, &mut acc, ahead) };
         t += TILE;
     }
     if t < end {
@@ -428,62 +322,20 @@ unsafe fn block_lanes<T: Float + 'static, V: Lanes>(
             dst[..end - t].copy_from_slice(&j[i * p + t..i * p + end]);
             *row = dst.as_ptr();
         }
-        tile_dots(&tile, &mut acc, 0);
+        // SAFETY: every row pointer starts a TILE-long row of `padded`.
+        unsafe { tile_dots(&tile, &mut acc, 0) };
     }
-    let mut l = [0.0; 8];
-    acc.iter()
-        .map(|v| {
-            v.lanes(&mut l);
-            fold(&l[..V::W])
-        })
-        .collect()
+    acc.iter().map(|v| fold(&v.0)).collect()
 }
 
-/// The lane width the Gram pass runs with, picked once per call from the CPU's features.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Kernel {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-impl Kernel {
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Kernel::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Kernel::Avx2;
-            }
-        }
-        Kernel::Portable
-    }
-
-    /// Lower-triangle partial Gram of columns `[start, end)`. A kernel other than
-    /// [`Kernel::detect`]'s must be one the CPU supports.
-    fn block<T: Float + 'static>(
-        self,
-        j: &[T],
-        k: usize,
-        p: usize,
-        start: usize,
-        end: usize,
-    ) -> Vec<f64> {
-        match self {
-            // SAFETY: the portable lanes need no CPU feature.
-            Kernel::Portable => unsafe { block_lanes::<T, Portable>(j, k, p, start, end) },
-            // SAFETY: detected (or checked by the caller).
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::block_avx2(j, k, p, start, end) },
-            // SAFETY: detected (or checked by the caller).
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { x86::block_avx512(j, k, p, start, end) },
+crate::per_road! {
+    /// Lower-triangle partial Gram of columns `[start, end)`, in the road's lanes.
+    fn block_gram[T: Float + 'static](j: &[T], k: usize, p: usize, start: usize, end: usize) -> Vec<f64>
+    where road: road {
+        match road {
+            Road::Avx512 => block_lanes::<T, 8, true>(j, k, p, start, end),
+            Road::Avx2 | Road::Neon => block_lanes::<T, 4, true>(j, k, p, start, end),
+            Road::Portable => block_lanes::<T, 4, false>(j, k, p, start, end),
         }
     }
 }
@@ -493,14 +345,6 @@ impl Kernel {
 /// Errors when K is 0 or too large, when `j.len()` is not a multiple of K, or when a row
 /// holds NaN/inf (or overflows f64 when squared): its diagonal entry is then not finite.
 pub fn gram<T: Float + Send + Sync + 'static>(j: &[T], k: usize) -> Result<Vec<f64>> {
-    gram_with(j, k, Kernel::detect())
-}
-
-fn gram_with<T: Float + Send + Sync + 'static>(
-    j: &[T],
-    k: usize,
-    kernel: Kernel,
-) -> Result<Vec<f64>> {
     let p = columns(j.len(), k)?;
     let pairs = pair_count(k);
     let mut block = MIN_CHUNK * 2;
@@ -513,7 +357,7 @@ fn gram_with<T: Float + Send + Sync + 'static>(
         .into_par_iter()
         .map(|b| {
             cancel::check()?;
-            Ok(kernel.block(j, k, p, b * block, ((b + 1) * block).min(p)))
+            Ok(block_gram(j, k, p, b * block, ((b + 1) * block).min(p)))
         })
         .collect::<Result<_>>()?;
     let mut lower = vec![0.0f64; pairs];
@@ -540,48 +384,37 @@ fn gram_with<T: Float + Send + Sync + 'static>(
     Ok(g)
 }
 
-/// `out = Σ w_i J_i[base..]` for the `(row, weight)` pairs, in f64, in row order.
-#[inline(always)]
-fn combine_chunk<T: Float>(j: &[T], p: usize, rows: &[(usize, f64)], base: usize, out: &mut [T]) {
-    let mut acc = [0.0f64; TILE];
-    for (t, dst) in out.chunks_mut(TILE).enumerate() {
-        let start = base + t * TILE;
-        let acc = &mut acc[..dst.len()];
-        acc.fill(0.0);
-        let f = |x: T| x.to_f64().unwrap_or(f64::NAN);
-        let row = |i: usize| &j[i * p + start..i * p + start + dst.len()];
-        // Four rows per sweep over `acc` (a quarter of the acc traffic), still added in
-        // row order, so the result is that of a row-by-row loop.
-        let mut quads = rows.chunks_exact(4);
-        for q in &mut quads {
-            let (r0, r1, r2, r3) = (row(q[0].0), row(q[1].0), row(q[2].0), row(q[3].0));
-            let (w0, w1, w2, w3) = (q[0].1, q[1].1, q[2].1, q[3].1);
-            for (t, a) in acc.iter_mut().enumerate() {
-                *a = (((*a + w0 * f(r0[t])) + w1 * f(r1[t])) + w2 * f(r2[t])) + w3 * f(r3[t]);
+crate::per_road! {
+    /// `out = Σ w_i J_i[base..]` for the `(row, weight)` pairs, in f64, in row order (no
+    /// fused multiply-add, so the same roundings on every road).
+    fn combine_chunk[T: Float](j: &[T], p: usize, rows: &[(usize, f64)], base: usize, out: &mut [T]) {
+        let mut acc = [0.0f64; TILE];
+        for (t, dst) in out.chunks_mut(TILE).enumerate() {
+            let start = base + t * TILE;
+            let acc = &mut acc[..dst.len()];
+            acc.fill(0.0);
+            let f = |x: T| x.to_f64().unwrap_or(f64::NAN);
+            let row = |i: usize| &j[i * p + start..i * p + start + dst.len()];
+            // Four rows per sweep over `acc` (a quarter of the acc traffic), still added in
+            // row order, so the result is that of a row-by-row loop.
+            let mut quads = rows.chunks_exact(4);
+            for q in &mut quads {
+                let (r0, r1, r2, r3) = (row(q[0].0), row(q[1].0), row(q[2].0), row(q[3].0));
+                let (w0, w1, w2, w3) = (q[0].1, q[1].1, q[2].1, q[3].1);
+                for (t, a) in acc.iter_mut().enumerate() {
+                    *a = (((*a + w0 * f(r0[t])) + w1 * f(r1[t])) + w2 * f(r2[t])) + w3 * f(r3[t]);
+                }
             }
-        }
-        for &(i, wi) in quads.remainder() {
-            for (a, &x) in acc.iter_mut().zip(row(i)) {
-                *a += wi * f(x);
+            for &(i, wi) in quads.remainder() {
+                for (a, &x) in acc.iter_mut().zip(row(i)) {
+                    *a += wi * f(x);
+                }
             }
-        }
-        for (d, &a) in dst.iter_mut().zip(acc.iter()) {
-            *d = T::from(a).unwrap_or_else(T::nan);
+            for (d, &a) in dst.iter_mut().zip(acc.iter()) {
+                *d = T::from(a).unwrap_or_else(T::nan);
+            }
         }
     }
-}
-
-/// [`combine_chunk`] compiled for AVX2 (no FMA, so the same roundings).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn combine_chunk_avx2<T: Float>(
-    j: &[T],
-    p: usize,
-    rows: &[(usize, f64)],
-    base: usize,
-    out: &mut [T],
-) {
-    combine_chunk(j, p, rows, base, out);
 }
 
 /// Writes `u = Σ_k w_k J_k` into `out` (length P), each element summed in f64 in row order.
@@ -609,18 +442,10 @@ pub fn combine<T: Float + Send + Sync>(j: &[T], k: usize, w: &[f64], out: &mut [
         .enumerate()
         .filter(|&(_, x)| x != 0.0)
         .collect();
-    #[cfg(target_arch = "x86_64")]
-    let avx2 = std::arch::is_x86_feature_detected!("avx2");
     out.par_chunks_mut(MIN_CHUNK)
         .enumerate()
         .try_for_each(|(c, chunk)| {
             cancel::check()?;
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: the CPU reports AVX2.
-                unsafe { combine_chunk_avx2(j, p, &rows, c * MIN_CHUNK, chunk) };
-                return Ok(());
-            }
             combine_chunk(j, p, &rows, c * MIN_CHUNK, chunk);
             Ok(())
         })
@@ -637,26 +462,6 @@ mod tests {
     }
 
     #[test]
-    fn gram_matches_a_plain_f64_sum() {
-        for (k, p) in [(1, 1), (3, 7), (5, 1000), (8, 70_001), (2, 0)] {
-            let j = random(k, p, 1);
-            let g = gram(&j, k).unwrap();
-            for a in 0..k {
-                for b in 0..k {
-                    let want: f64 = (0..p)
-                        .map(|t| f64::from(j[a * p + t]) * f64::from(j[b * p + t]))
-                        .sum();
-                    let err = (g[a * k + b] - want).abs();
-                    assert!(
-                        err <= 1e-12 * want.abs().max(1.0),
-                        "{k}x{p} ({a},{b}): {err}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
     fn gram_is_bit_identical_across_thread_counts() {
         let j = random(6, 300_001, 2);
         let pool = |n| {
@@ -665,50 +470,31 @@ mod tests {
                 .build()
                 .unwrap()
         };
-        for kernel in kernels() {
-            let one = pool(1).install(|| gram_with(&j, 6, kernel).unwrap());
-            for n in [2, 3, 4] {
-                assert_eq!(one, pool(n).install(|| gram_with(&j, 6, kernel).unwrap()));
-            }
+        let one = pool(1).install(|| gram(&j, 6).unwrap());
+        for n in [2, 3, 4] {
+            assert_eq!(one, pool(n).install(|| gram(&j, 6).unwrap()));
         }
-    }
-
-    /// The kernels this CPU can run.
-    fn kernels() -> Vec<Kernel> {
-        let mut all = vec![Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                all.push(Kernel::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                all.push(Kernel::Avx512);
-            }
-        }
-        all
     }
 
     #[test]
-    fn every_kernel_matches_a_plain_f64_sum() {
-        // Every row count up to three groups of four, tails shorter than a tile and a lane.
+    fn the_roads_lanes_match_a_plain_f64_sum() {
+        // Every row count up to three groups of four, tails shorter than a tile and a lane,
+        // several blocks, and no columns.
         for k in 1..=13 {
-            for p in [1, 5, TILE + 3, 3 * TILE, 40_003] {
+            for p in [0, 1, 5, TILE + 3, 3 * TILE, 40_003] {
                 let j = random(k, p, k as u64);
-                for kernel in kernels() {
-                    let g = gram_with(&j, k, kernel).unwrap();
-                    for a in 0..k {
-                        for b in 0..k {
-                            let want: f64 = (0..p)
-                                .map(|t| f64::from(j[a * p + t]) * f64::from(j[b * p + t]))
-                                .sum();
-                            let err = (g[a * k + b] - want).abs();
-                            assert!(
-                                err <= 1e-12 * want.abs().max(1.0),
-                                "{kernel:?} {k}x{p} ({a},{b}): {err}"
-                            );
-                        }
+                let g = gram(&j, k).unwrap();
+                for a in 0..k {
+                    for b in 0..k {
+                        let want: f64 = (0..p)
+                            .map(|t| f64::from(j[a * p + t]) * f64::from(j[b * p + t]))
+                            .sum();
+                        let err = (g[a * k + b] - want).abs();
+                        assert!(
+                            err <= 1e-12 * want.abs().max(1.0),
+                            "{:?} {k}x{p} ({a},{b}): {err}",
+                            crate::num::road()
+                        );
                     }
                 }
             }

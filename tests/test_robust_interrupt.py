@@ -258,7 +258,8 @@ def test_one_large_ngram_build_is_interruptible(tmp_path) -> None:
             f"""
             from kexue.lm import NgramLM
             kexue.set_num_threads(1)
-            run(lambda: NgramLM.build({str(corpus)!r}, order=5, progress=False, backward=True))
+            run(lambda: NgramLM.build({str(corpus)!r}, order=5, progress=False, backward=True,
+                                      discount_fallback=True))
             """,
             delay=delay,
         )

@@ -51,6 +51,7 @@ __all__ = [
     "nxm_backward",
     "nxm_forward",
     "set_num_threads",
+    "simd_road",
     "sparse_mlce_backward",
     "sparse_mlce_forward",
     "squareplus_backward",

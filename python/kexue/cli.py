@@ -285,6 +285,14 @@ def _model_options(p: argparse.ArgumentParser, hf_role: str) -> None:
     p.add_argument("--dtype", help="--hf dtype, e.g. float32, bfloat16 (default: the model's)")
 
 
+def _chain_options(p: argparse.ArgumentParser, n: int) -> None:
+    """The chain options of generate, paraphrase and correct (`n`: the default --n)."""
+    p.add_argument("--n", type=int, default=n, help=f"sentences per input (default {n})")
+    p.add_argument("--steps", type=int, default=200, help="MH steps per chain (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=50, help="candidates per edit (default 50)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kexue", description=__doc__)
     parser.add_argument(
@@ -312,12 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("words", nargs="*", metavar="WORD", help="keywords every sentence contains")
     p.add_argument("--input", help="file with one keyword set per line (whitespace-separated)")
     _model_options(p, "as the target; the n-gram LM proposes the words")
-    p.add_argument("--n", type=int, default=3, help="sentences per keyword set (default 3)")
-    p.add_argument("--steps", type=int, default=200, help="MH steps per chain (default 200)")
-    p.add_argument("--seed", type=int, default=0)
+    _chain_options(p, n=3)
     p.add_argument("--anneal", action="store_true", help="simulated annealing: best sentence")
     p.add_argument("--fixed-order", action="store_true", help="keep keywords in the given order")
-    p.add_argument("--top-k", type=int, default=50, help="candidates per edit (default 50)")
     p.add_argument("--gamma", type=float, default=1.0, help="exponent on p(x) (default 1)")
     p.add_argument("--min-len", type=int, default=1, help="shortest sentence (default 1)")
     p.add_argument("--max-len", type=int, default=40, help="longest sentence (default 40)")
@@ -350,10 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("sentence", nargs="*", metavar="WORD", help="the sentence")
         p.add_argument("--input", help="file with one sentence per line")
         _model_options(p, "scoring every candidate word of an edit; the n-gram LM proposes them")
-        p.add_argument("--n", type=int, default=1, help="sentences per input (default 1)")
-        p.add_argument("--steps", type=int, default=200, help="MH steps per chain (default 200)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--top-k", type=int, default=50, help="candidates per edit (default 50)")
+        _chain_options(p, n=1)
         p.add_argument("--weight", type=float, default=None,
                        help=f"weight of the closeness term (default {weight:g})")  # fmt: skip
         if name == "paraphrase":

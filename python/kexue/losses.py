@@ -148,13 +148,15 @@ def _torch_dense(y_pred: Any, y_true: Any, mask: Any, *, eps: float) -> tuple:
     return _lse0(neg) + _lse0(pos), None
 
 
+def _dense_backward(
+    inputs: tuple[Any, Any, Any], outputs: tuple[Any, Any], grads: tuple[Any, Any], *, eps: float
+) -> tuple[Any, None, None]:
+    return _native.mlce_backward(*inputs, eps, outputs[1], grads[0]), None, None
+
+
 _dense = Kernel(
     lambda s, t, m, *, eps: _native.mlce_forward(s, t, m, eps),
-    lambda inputs, outputs, grads, *, eps: (
-        _native.mlce_backward(*inputs, eps, outputs[1], grads[0]),
-        None,
-        None,
-    ),
+    _dense_backward,
     torch_forward=_torch_dense,
 )
 
@@ -217,12 +219,15 @@ def _torch_sparse(y_pred: Any, y_true: Any, *, mask_zero: bool) -> tuple:
     return _lse0(neg) + _lse0(pos), None
 
 
+def _sparse_backward(
+    inputs: tuple[Any, Any], outputs: tuple[Any, Any], grads: tuple[Any, Any], *, mask_zero: bool
+) -> tuple[Any, None]:
+    return _native.sparse_mlce_backward(*inputs, mask_zero, outputs[1], grads[0]), None
+
+
 _sparse = Kernel(
     lambda s, idx, *, mask_zero: _native.sparse_mlce_forward(s, idx, mask_zero),
-    lambda inputs, outputs, grads, *, mask_zero: (
-        _native.sparse_mlce_backward(*inputs, mask_zero, outputs[1], grads[0]),
-        None,
-    ),
+    _sparse_backward,
     torch_forward=_torch_sparse,
 )
 
@@ -446,7 +451,9 @@ def _torch_kl(s: Any, t: Any, mask: Any) -> Any:
     return d.reshape(d.shape[0], -1).sum(-1)
 
 
-def _kl_backward(inputs: tuple, outputs: tuple, grads: tuple) -> tuple:
+def _kl_backward(
+    inputs: tuple[Any, Any, Any], outputs: tuple[Any], grads: tuple[Any]
+) -> tuple[Any, Any, None]:
     return (*_native.gp_kl_backward(*inputs, grads[0]), None)
 
 
@@ -510,12 +517,15 @@ def _torch_nxm(y_pred: Any, y_true: Any, *, form: str) -> tuple:
     return _lse0(a.transpose(-1, -2)).sum(-1), None
 
 
+def _nxm_backward(
+    inputs: tuple[Any, Any], outputs: tuple[Any, Any], grads: tuple[Any, Any], *, form: str
+) -> tuple[Any, None]:
+    return _native.nxm_backward(*inputs, form, outputs[1], grads[0]), None
+
+
 _nxm = Kernel(
     lambda s, t, *, form: _native.nxm_forward(s, t, form),
-    lambda inputs, outputs, grads, *, form: (
-        _native.nxm_backward(*inputs, form, outputs[1], grads[0]),
-        None,
-    ),
+    _nxm_backward,
     torch_forward=_torch_nxm,
 )
 

@@ -58,7 +58,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -146,12 +146,11 @@ def _torch_features(
             shift = top
         else:
             norm = (x * x).sum(-1, keepdim=True) / (2 * math.sqrt(d))
-            c = (
-                top.detach() - norm.detach()
-                if row_max
-                else _fixed_key_offset(feature_map, projection, offset)
-            )
-            shift = norm + c
+            if row_max:
+                c = top.detach() - norm.detach()
+                shift = norm + c
+            else:
+                shift = norm + _fixed_key_offset(feature_map, projection, offset)
         parts = [u, -u] if hyp else [u]
         phi = torch.exp(torch.cat(parts, -1) - shift)
         phi = phi / math.sqrt(phi.shape[-1])
@@ -220,7 +219,7 @@ def _like(projection: Any, x: Any) -> Any:
     return np.ascontiguousarray(projection, dtype=x.dtype)
 
 
-def _check_projection(projection: Any, d: int, feature_map: str) -> Any:
+def _check_projection(projection: Any, d: int, feature_map: FeatureMap) -> Any:
     if projection is None:
         if feature_map in _FAVOR:
             raise ValueError(
@@ -385,8 +384,18 @@ def _divide(y: Any, den: Any) -> Any:
     return torch.where(zero[..., None], y.new_zeros(()), y / torch.where(zero, 1, den)[..., None])
 
 
+# outputs (o, den) and their grads: the pairs every attention kernel returns and receives.
+_Pair = tuple[Any, Any]
+
+
 def _causal_backward(
-    inputs: tuple, outputs: tuple, grads: tuple, *, eps: float, method: str, chunk_size: int
+    inputs: tuple[Any, Any, Any, Any],
+    outputs: _Pair,
+    grads: _Pair,
+    *,
+    eps: float,
+    method: str,
+    chunk_size: int,
 ) -> tuple:
     q, k, v, kmax = inputs
     grad = _native.attention_causal_backward(
@@ -403,11 +412,16 @@ _causal = Kernel(
     torch_forward=_torch_causal,
 )
 
+
+def _noncausal_backward(
+    inputs: tuple[Any, Any, Any], outputs: _Pair, grads: _Pair, *, eps: float
+) -> tuple[Any, Any, Any]:
+    return _native.attention_noncausal_backward(*inputs, *outputs, *grads, eps)
+
+
 _noncausal = Kernel(
     lambda q, k, v, *, eps: _native.attention_noncausal_forward(q, k, v, eps),
-    lambda inputs, outputs, grads, *, eps: _native.attention_noncausal_backward(
-        *inputs, *outputs, *grads, eps
-    ),
+    _noncausal_backward,
     torch_forward=_torch_noncausal,
 )
 
@@ -610,9 +624,10 @@ def _sequence_max_keys(k: Any, projection: Any, fmap: str, mask: Any) -> Any:
     return phk * np.exp(top - c)[..., None]
 
 
-def _fused(fmap: FeatureMap, *xs: Any) -> bool:
-    """Whether the feature map can run inside the Rust causal pass: a named map, and numpy
-    inputs or CPU tensors that need no gradient (the pass keeps no features for backward)."""
+def _fused(fmap: FeatureMap, *xs: Any) -> TypeGuard[str]:
+    """Whether the feature map can run inside the Rust causal pass: a named map (hence the
+    TypeGuard), and numpy inputs or CPU tensors that need no gradient (the pass keeps no
+    features for backward)."""
     if callable(fmap):
         return False
     if not is_tensor(xs[0]):
@@ -639,12 +654,9 @@ def _mapped_causal(
     w = _like(_check_projection(projection, q.shape[-1], fmap), q)
     if key_offset is not None:
         key_offset = check_scalar(key_offset, "key_offset")
-    arrays = [
-        None if x is None else x.detach().contiguous().numpy() if is_tensor(x) else x
-        for x in (q, k, v, w)
-    ]
+    qa, ka, va, wa = (x.detach().contiguous().numpy() if is_tensor(x) else x for x in (q, k, v, w))
     o, _ = _native.attention_causal_mapped_forward(
-        *arrays[:3], fmap, arrays[3], key_offset, eps, method, chunk_size, state
+        qa, ka, va, fmap, wa, key_offset, eps, method, chunk_size, state
     )
     return _to_kind(o, q)
 
@@ -665,17 +677,9 @@ def softmax_attention(
     q, k, v = _check_qkv(q, k, v, causal=causal)
     mask = _check_mask(mask, k, "mask")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else check_scalar(scale, "scale")
-    nq, nk = q.shape[2], k.shape[2]
     if is_tensor(q):
-        import torch
-
-        logits = (q @ k.transpose(-1, -2)) * scale
-        keep = torch.ones(nq, nk, dtype=torch.bool, device=q.device)
-        keep = keep.tril(nk - nq) if causal else keep
-        keep = keep if mask is None else keep & mask[:, None, None, :]
-        logits = logits.masked_fill(~keep, float("-inf"))
-        w = torch.nan_to_num(torch.softmax(logits, -1), nan=0.0)
-        return _where(mask, w @ v) if nq == nk else w @ v
+        return _torch_softmax_attention(q, k, v, causal=causal, mask=mask, scale=scale)
+    nq, nk = q.shape[2], k.shape[2]
     q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
     logits = np.einsum("bhid,bhjd->bhij", q64, k64) * scale
     keep = np.ones((nq, nk), dtype=bool)
@@ -688,6 +692,21 @@ def softmax_attention(
     out = (e / np.where(total > 0, total, 1.0)) @ v64
     out = _where(mask, out) if nq == nk else out
     return out.astype(q.dtype)
+
+
+def _torch_softmax_attention(
+    q: Any, k: Any, v: Any, *, causal: bool, mask: Any, scale: float
+) -> Any:
+    import torch
+
+    nq, nk = q.shape[2], k.shape[2]
+    logits = (q @ k.transpose(-1, -2)) * scale
+    keep = torch.ones(nq, nk, dtype=torch.bool, device=q.device)
+    keep = keep.tril(nk - nq) if causal else keep
+    keep = keep if mask is None else keep & mask[:, None, None, :]
+    logits = logits.masked_fill(~keep, float("-inf"))
+    w = torch.nan_to_num(torch.softmax(logits, -1), nan=0.0)
+    return _where(mask, w @ v) if nq == nk else w @ v
 
 
 # --- streaming ----------------------------------------------------------------------------
@@ -814,7 +833,7 @@ class CausalState:
         ):
             # Decoding one token from float arrays: the Rust call checks shapes and dtypes
             # (the general checks below cost more than the step itself).
-            o = self._step(q[:, :, None], k[:, :, None], v[:, :, None])
+            o = self._step(self.feature_map, q[:, :, None], k[:, :, None], v[:, :, None])
             self.position += 1
             return o[:, :, 0]
         single = getattr(q, "ndim", np.ndim(q)) == 3
@@ -828,12 +847,13 @@ class CausalState:
             o = self._update_mapped_first(q, k, v, torch_road)
         else:
             arrays = [x.contiguous().numpy() if is_tensor(x) else x for x in (q, k, v)]
-            o = _to_kind(self._step(*arrays), q)
+            o = _to_kind(self._step(self.feature_map, *arrays), q)
         self.position += q.shape[2]
         return o[:, :, 0] if single else o
 
-    def _step(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """One Rust call maps q and k and advances the state (decoding calls this per token)."""
+    def _step(self, fmap: str, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """One Rust call maps q and k and advances the state (decoding calls this per token);
+        ``fmap`` is ``self.feature_map``, a named map (the Rust pass takes no callable)."""
         if self._decoder is not None and q.shape[2] == 1:
             # a strided token: the decoder continues (reading kv would fold it early)
             o = self._decoder.step(*(np.ascontiguousarray(x[:, :, 0]) for x in (q, k, v)))
@@ -841,10 +861,10 @@ class CausalState:
                 return o[:, :, None]
         w = self._projection(q)
         m = q.shape[-1] if w is None else w.shape[0]
-        m = 2 * m if self.feature_map == "favor+hyperbolic" else m
+        m = 2 * m if fmap == "favor+hyperbolic" else m
         self._check_continues((q.shape[0], q.shape[1], m, v.shape[-1] + 1))
         if q.shape[2] == 1 and q.dtype == np.float32:
-            decoder = self._float32_decoder(w, q.shape[-1])
+            decoder = self._float32_decoder(fmap, w, q.shape[-1])
             o = None if decoder is None else decoder.step(q[:, :, 0], k[:, :, 0], v[:, :, 0])
             if o is not None:
                 return o[:, :, None]
@@ -852,7 +872,7 @@ class CausalState:
             q,
             k,
             v,
-            self.feature_map,
+            fmap,
             w,
             self.key_offset,
             self.eps,
@@ -863,13 +883,13 @@ class CausalState:
         )
         return o
 
-    def _float32_decoder(self, w: Any, d: int) -> Any:
+    def _float32_decoder(self, fmap: str, w: Any, d: int) -> Any:
         """The float32 decoder of this state (made on first use), or None where it does not
         apply."""
         if self._decoder is None and self._misfit != (self._kv.shape, d):
             try:
                 self._decoder = _native.AttentionDecoder(
-                    self.feature_map, w, self.key_offset, self.eps, d, self._kv, self._scale
+                    fmap, w, self.key_offset, self.eps, d, self._kv, self._scale
                 )
             except ValueError:
                 self._misfit = (self._kv.shape, d)
@@ -910,8 +930,13 @@ class CausalState:
     def _update_mapped_first(self, q: Any, k: Any, v: Any, torch_road: bool) -> Any:
         """The update for callable maps and the torch road: features first, then the state."""
         fmap = self.feature_map
-        running = not callable(fmap) and self.key_offset is None and fmap in (*_FAVOR, "exp")
-        if running and torch_road:
+        # keys under their running maximum where the map has one
+        if (
+            torch_road
+            and not callable(fmap)
+            and self.key_offset is None
+            and fmap in (*_FAVOR, "exp")
+        ):
             phk, kmax = _row_max_keys(k, self._projection(k), fmap)
         else:
             phk, kmax = self._features(k, False), None
@@ -936,9 +961,11 @@ class CausalState:
             self.scale = np.full(want[:2], offset) if kmax is None else scale.cpu().double().numpy()
             return o
         self._check_continues(want)
-        arrays = [x.contiguous().numpy() if is_tensor(x) else x for x in (phq, phk, v)]
+        qa, ka, va = (x.contiguous().numpy() if is_tensor(x) else x for x in (phq, phk, v))
         method = "scan" if q.shape[2] <= 16 else "chunked"
-        o, _ = _native.attention_causal_forward(*arrays, self.eps, method, self.chunk_size, self.kv)
+        o, _ = _native.attention_causal_forward(
+            qa, ka, va, self.eps, method, self.chunk_size, self.kv
+        )
         return _to_kind(o, q)
 
     def _projection(self, x: Any) -> Any:
@@ -988,23 +1015,23 @@ class CausalState:
         kv = self.kv.cpu().numpy() if is_tensor(self.kv) else self.kv
         proj = self.projection
         proj = proj.detach().cpu().numpy() if is_tensor(proj) else proj
-        fields = {
-            "kv": np.zeros(0) if kv is None else kv,
-            "has_kv": np.array(kv is not None),
-            "scale": np.zeros(0) if self.scale is None else np.asarray(self.scale),
-            "projection": np.zeros((0, 0)) if proj is None else np.asarray(proj),
-            "has_projection": np.array(proj is not None),
-            "feature_map": np.array(self.feature_map),
-            "eps": np.array(self.eps),
-            "key_offset": np.array(np.nan if self.key_offset is None else self.key_offset),
-            "chunk_size": np.array(self.chunk_size),
-            "position": np.array(self.position),
-        }
         path = os.fspath(path)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **fields)
+                np.savez(
+                    f,
+                    kv=np.zeros(0) if kv is None else kv,
+                    has_kv=np.array(kv is not None),
+                    scale=np.zeros(0) if self.scale is None else np.asarray(self.scale),
+                    projection=np.zeros((0, 0)) if proj is None else np.asarray(proj),
+                    has_projection=np.array(proj is not None),
+                    feature_map=np.array(self.feature_map),
+                    eps=np.array(self.eps),
+                    key_offset=np.array(np.nan if self.key_offset is None else self.key_offset),
+                    chunk_size=np.array(self.chunk_size),
+                    position=np.array(self.position),
+                )
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)

@@ -124,7 +124,7 @@ def _case(n: int, repeat: int) -> dict[str, dict[str, float]]:
     return results
 
 
-def _torch_favor(q: Any, k: Any, w: Any) -> tuple:
+def _torch_favor(q: Any, k: Any, w: Any) -> tuple[Any, Any]:
     """FAVOR+ features in torch with a constant key stabiliser (causal, and cheaper than
     kexue's running maximum; it underflows float32 for inputs scaled beyond about 5)."""
     import torch

@@ -42,6 +42,8 @@ class LinearAttention(nn.Module):
         True
     """
 
+    projection: torch.Tensor | None  # a buffer, registered in __init__
+
     def __init__(
         self,
         embed_dim: int,

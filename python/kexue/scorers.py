@@ -24,9 +24,9 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -293,8 +293,8 @@ def chinese_lm() -> NgramScorer:
 _LOCK = threading.Lock()
 # NgramLM → NgramScorer; LMs read from a file are keyed by (path, sha256), so copies
 # unpickled by several tasks of one worker share a scorer.
-_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_SCORERS_BY_FILE: dict[tuple[str, str], Any] = {}
+_SCORERS: weakref.WeakKeyDictionary[NgramLM, NgramScorer] = weakref.WeakKeyDictionary()
+_SCORERS_BY_FILE: dict[tuple[str, str], NgramScorer] = {}
 _LOADED: dict[str, Any] = {}  # path → NgramLM, for LMs passed by path
 
 
@@ -335,7 +335,16 @@ def resolve(lm: Any, lang: str = "en") -> Any:
                 f"lm must be an NgramLM, a path, a scorer or None, got {type(lm).__name__}"
             )
         return lm  # a scorer already
-    cache, key = (_SCORERS, lm) if lm._source is None else (_SCORERS_BY_FILE, lm._source[:2])
+    if lm._source is None:
+        return _scorer_in(_SCORERS, lm, lm)
+    return _scorer_in(_SCORERS_BY_FILE, lm._source[:2], lm)
+
+
+_Key = TypeVar("_Key")
+
+
+def _scorer_in(cache: MutableMapping[_Key, NgramScorer], key: _Key, lm: NgramLM) -> NgramScorer:
+    """``cache[key]``, made from ``lm`` on first use."""
     with _LOCK:
         scorer = cache.get(key)
         if scorer is None:
@@ -359,9 +368,10 @@ def length_prior(scorer: Any, sentences: int = 300, seed: int = 0) -> tuple[int,
     if cached is not None:
         return cached
     sampler = scorer if hasattr(scorer, "sample") else getattr(scorer, "candidates", None)
-    if not hasattr(sampler, "sample"):
+    sample = getattr(sampler, "sample", None)
+    if sample is None:
         return None
-    lengths, logps = sampler.sample(sentences, seed)
+    lengths, logps = sample(sentences, seed)
     prior = (max(1, round(float(np.mean(lengths)))), float(-logps.sum() / (lengths + 1).sum()))
     try:
         scorer._length_prior = prior
@@ -668,7 +678,8 @@ class HFCausalLM:
     ) -> tuple[np.ndarray, list[_Scored | None]]:
         out = np.empty(len(sequences), dtype=np.float64)
         states: list[_Scored | None] = [None] * len(sequences)
-        todo = []  # (row, ids, previous state, how many leading positions it gives)
+        # (row, ids, previous state, how many leading positions it gives)
+        todo: list[tuple[int, tuple[int, ...], _Scored | None, int]] = []
         for r, (seq, prev) in enumerate(zip(sequences, previous)):
             seq = tuple(seq)
             if self._context and len(seq) > self._context:
@@ -736,14 +747,14 @@ class HFCausalLM:
         tok = (tok * mask[:, width:].to(dev)).cpu().numpy()
         kv = self._kv(res) if keep else None
         if keep and kv is None:  # a cache of another kind: score whole from now on
-            self.reuse_cache = keep = False
+            self.reuse_cache = False
         for i, ((r, seq, prev, p), f) in enumerate(zip(rows, feed)):
             head = prev.cum[: p + 1] if p else np.zeros(1)
             cum = np.concatenate([head, head[-1] + np.cumsum(tok[i, : len(f)])])
             out[r] = cum[-1]
             self.tokens_scored += len(f)
             self.tokens_reused += p
-            if keep:  # this row's cache: the reused part, then its new positions
+            if kv is not None:  # this row's cache: the reused part, then its new positions
                 states[r] = _Scored(seq, cum, (prev, p, *kv, i, width, width + len(f)))
 
     def _kv(self, res: Any) -> tuple[Any, Any] | None:

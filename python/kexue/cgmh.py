@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from .text import (
     segment_keyword,
     tokenize,
 )
+
+if TYPE_CHECKING:
+    from ._native import _CgmhSettings  # defined in the stub only
 
 __all__ = [
     "MOVES",
@@ -303,14 +306,14 @@ def _run(
     if permute:  # (keyword inputs: every token is a keyword's)
         rng = random.Random(seed)
         tasks, flags, alts, pri, unit_lists = [], [], [], [], []
-        for t, f, a, p, us in zip(tokens, fixed, alternatives, priors, units):
+        for t, fl, a, p, us in zip(tokens, fixed, alternatives, priors, units):
             sizes = us or [1] * len(t)
             starts = np.cumsum([0, *sizes])
             for _ in range(n):
                 order = rng.sample(range(len(sizes)), len(sizes))
                 span = [i for u in order for i in range(starts[u], starts[u + 1])]
                 tasks.append([t[i] for i in span])
-                flags.append(f)
+                flags.append(fl)
                 alts.append([a[i] for i in span])
                 pri.append(p)
                 unit_lists.append([sizes[u] for u in order] if us else [])
@@ -318,7 +321,7 @@ def _run(
     else:
         tasks, flags, alts, pri, chains = tokens, fixed, alternatives, priors, n
         unit_lists = units
-    settings = {
+    settings: _CgmhSettings = {
         "chains": chains,
         "steps": steps,
         "top_k": top_k,
@@ -484,7 +487,7 @@ def generate_many(
     )  # fmt: skip
 
 
-def _language(keyword_lists: Sequence[object], lm: Any, lang: str | None) -> str:
+def _language(keyword_lists: Sequence[Sequence[str] | str], lm: Any, lang: str | None) -> str:
     """Which built-in LM ``lm=None`` means: ``lang``, else the keywords' script."""
     if lang is not None:
         if lang not in ("en", "zh"):
@@ -548,8 +551,8 @@ def generate(
                          anneal=anneal, lang=lang, **options)[0]  # fmt: skip
 
 
-def _sentence(sentence: object, tokenizer: Tokenizer) -> list[str]:
-    words = tokenize(sentence, tokenizer)  # type: ignore[arg-type]
+def _sentence(sentence: str, tokenizer: Tokenizer) -> list[str]:
+    words = tokenize(sentence, tokenizer)  # TypeError for a non-str
     if not words:
         raise ValueError("sentence must hold at least one word")
     return words

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import numpy as np
@@ -112,7 +112,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .cgmh import generate_many, plot_trace
+    from .cgmh import Sentence, generate_many, plot_trace
 
     if args.input:
         from .lm import split_words
@@ -123,7 +123,8 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         sets = [args.words]
     lm = _load_lm(args)
-    run = generate_many
+    # cgmh's or neural's: their keywords differ and **options below is built at run time
+    run: Callable[..., list[list[Sentence]]] = generate_many
     if args.hf:  # neural target, n-gram proposals: one neural sentence score per step
         from .neural import generate_many as run
 

@@ -82,7 +82,7 @@ def _jieba(text: str) -> list[str]:
     return [t for t in jieba.lcut(text) if t.strip()]
 
 
-_NAMED = {"words": WORDS, "jieba": _jieba}
+_NAMED: dict[str, Callable[[str], list[str]]] = {"words": WORDS, "jieba": _jieba}
 
 
 def split_words(text: str) -> list[str]:
@@ -200,8 +200,9 @@ def _split_known(token: str, known: Callable[[str], bool]) -> list[str] | None:
     for i in range(1, n + 1):
         for j in range(i):
             head = best[j]
+            current = best[i]
             if head is not None and known(token[j:i]):
-                if best[i] is None or len(head) + 1 < len(best[i]):  # type: ignore[arg-type]
+                if current is None or len(head) + 1 < len(current):
                     best[i] = [*head, token[j:i]]
     return best[n]
 

@@ -45,7 +45,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -63,7 +63,7 @@ Sentence = str | Sequence[str]
 _BATCH_LINES = 20_000
 
 
-def _is_path(obj: object) -> bool:
+def _is_path(obj: object) -> TypeGuard[str | os.PathLike[Any]]:
     return isinstance(obj, (str, os.PathLike)) and not isinstance(obj, bytes)
 
 
@@ -523,7 +523,7 @@ def _norm(word: object, lowercase: bool) -> str:
 def _table(table: object, n: int) -> Iterable[tuple]:
     """Rows ``(*words, count)`` of a count table given as a mapping, iterable or file."""
     if _is_path(table):
-        path = os.fspath(table)  # type: ignore[arg-type]
+        path = os.fspath(table)
         with open(path, encoding="utf-8") as f:
             for i, line in enumerate(f, 1):
                 fields = line.split()

@@ -223,7 +223,7 @@ class Kernel:
 
     def __call__(self, *inputs: Any, **params: Any) -> Any:
         lead = next((x for x in inputs if x is not None), None)
-        if not is_tensor(lead):
+        if lead is None or not is_tensor(lead):
             out = self.forward(*inputs, **params)
             return unwrap_0d(out) if isinstance(out, np.ndarray) else out
         native = lead.device.type == "cpu" and not _force_torch.get()

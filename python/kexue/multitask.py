@@ -541,7 +541,7 @@ def _primaries(primary: Any, k: int) -> list[int]:
     items = [primary] if isinstance(primary, numbers.Integral) else list(primary)
     out = []
     for p in items:
-        if isinstance(p, bool) or not isinstance(p, numbers.Integral) or not 0 <= p < k:
+        if isinstance(p, bool) or not isinstance(p, numbers.Integral) or not 0 <= int(p) < k:
             raise ValueError(f"primary must be task indices in [0, {k}), got {primary!r}")
         out.append(int(p))
     if not out:
@@ -569,7 +569,11 @@ def gradnorm_sum_weights(G: Any) -> np.ndarray:
 
 
 def _seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not 0 <= int(seed) < 2**64
+    ):
         raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
     return int(seed)
 

@@ -260,6 +260,22 @@ def test_gradnorm_class_trains_weights_by_its_formula():
 
 
 @pytest.mark.torch
+def test_gradnorm_class_gives_norm_0_where_no_loss_reaches_the_shared_params():
+    """As gradnorm_normalised does: the balancing term and the weights' gradient are 0."""
+    import torch
+
+    torch.manual_seed(0)
+    layer, unused = torch.nn.Linear(3, 2), torch.nn.Linear(3, 3)
+    h = layer(torch.randn(8, 3))
+    losses = [(h[:, 0] ** 2).mean(), h[:, 1].abs().mean()]
+    gn = mt.GradNorm(2)
+    total = gn(losses, list(unused.parameters()))
+    torch.testing.assert_close(total, losses[0] + losses[1])
+    total.backward()
+    torch.testing.assert_close(gn.weights.grad, torch.zeros(2))
+
+
+@pytest.mark.torch
 def test_torch_bad_inputs():
     import torch
 

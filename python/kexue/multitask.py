@@ -420,7 +420,9 @@ class GradNorm:
         norms = []
         for loss in x:
             grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            norms.append(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads if g is not None)))
+            # the int 0 where no shared parameter reaches this loss: norm 0, as gradnorm_normalised
+            sq = sum((g.detach() ** 2).sum() for g in grads if g is not None)
+            norms.append(torch.sqrt(torch.as_tensor(sq)))
         n = torch.stack(norms).to(self.weights.dtype)
         w = self.weights.to(x.dtype)
         ratio = x.detach() / self.initial

@@ -276,6 +276,18 @@ def test_gradnorm_class_gives_norm_0_where_no_loss_reaches_the_shared_params():
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gradnorm_normalised_gives_a_zero_torch_gradient_weight_0(dtype):
+    import torch
+
+    theta = torch.tensor([1.0, 2.0], dtype=getattr(torch, dtype), requires_grad=True)
+    losses = [(theta**2).sum(), theta.new_tensor(3.0)]  # the second has a zero gradient
+    total = mt.gradnorm_normalised(losses, shared_params=[theta])
+    # ‖∇(θ₁² + θ₂²)‖ = ‖(2, 4)‖
+    torch.testing.assert_close(total.detach(), theta.new_tensor(5.0 / math.sqrt(20.0)))
+
+
+@pytest.mark.torch
 def test_torch_bad_inputs():
     import torch
 

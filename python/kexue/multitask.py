@@ -289,7 +289,10 @@ def gradnorm_normalised(
     if bool((n < 0).any()):
         raise ValueError("grad_norms must be >= 0")
     if torch_:
-        inv = (n.detach() > 0) / n.detach().clamp_min(1e-300)
+        import torch
+
+        # the smallest normal of n's dtype: 1e-300 is 0 in float32, and 0/0 a NaN weight
+        inv = (n.detach() > 0) / n.detach().clamp_min(torch.finfo(n.dtype).tiny)
         return (x * inv).sum()
     inv = np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
     return Weighted(float((x * inv).sum()), inv)

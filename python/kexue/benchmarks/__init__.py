@@ -12,7 +12,7 @@ import contextlib
 import pkgutil
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 __all__ = ["available", "compare", "header", "median_time", "recording"]
@@ -82,7 +82,7 @@ def compare(
     case: str,
     shape: str,
     ours: Callable[[], object],
-    peers: dict[str, Callable[[], object]],
+    peers: Mapping[str, Callable[[], object]],
     *,
     repeat: int = 7,
 ) -> dict[str, float]:

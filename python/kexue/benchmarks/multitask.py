@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,10 @@ def _pair(v11: Any, v12: Any, v22: Any) -> tuple[float, float]:
 
 def frank_wolfe_min_norm(G: Any, xp: str) -> Any:
     """Sener & Koltun's MinNormSolver on the Gram matrix ``G`` (numpy or torch, per ``xp``)."""
+    # the backend is chosen at run time: its functions take and give numpy or torch arrays
+    zeros: Callable[..., Any]
+    sort_desc: Callable[[Any], Any]
+    clip0: Callable[[Any], Any]
     if xp == "torch":
         import torch
 
@@ -40,7 +46,7 @@ def frank_wolfe_min_norm(G: Any, xp: str) -> Any:
     else:
         zeros, sort_desc, clip0 = np.zeros, lambda y: -np.sort(-y), lambda y: np.maximum(y, 0.0)
     n = G.shape[0]
-    best = (None, 0.0, np.inf)
+    best: tuple[tuple[int, int], float, float] = ((0, 1), 0.0, np.inf)  # n >= 2 pairs beat inf
     for i in range(n):
         for j in range(i + 1, n):
             c, d = _pair(G[i, i], G[i, j], G[j, j])
@@ -54,7 +60,8 @@ def frank_wolfe_min_norm(G: Any, xp: str) -> Any:
 
     def simplex_projection(y: Any) -> Any:
         s = sort_desc(y)
-        acc, tmax = 0.0, (y.sum() - 1.0) / n
+        acc: Any = 0.0  # then a scalar of the backend
+        tmax = (y.sum() - 1.0) / n
         for k in range(n - 1):
             acc += s[k]
             t = (acc - 1) / (k + 1.0)
@@ -115,6 +122,7 @@ def run(size: int | None = None, repeat: int = 7) -> dict[str, dict[str, float]]
     from .. import multitask as mt
 
     sizes = [10**6, 10**7] if size is None else [size]
+    torch: ModuleType | None
     try:
         import torch
     except ImportError:
@@ -131,20 +139,23 @@ def run(size: int | None = None, repeat: int = 7) -> dict[str, dict[str, float]]
             def ours(J: np.ndarray = J) -> Any:
                 return mt.mgda_weights(mt.gram(J))
 
-            peers: dict[str, Callable[[], object]] = {
-                "numpy J@J.T + FW (LibMTL-style)": lambda J=J: frank_wolfe_min_norm(
-                    (J @ J.T).astype(np.float64), "numpy"
-                )
-            }
+            def numpy_fw(J: np.ndarray = J) -> Any:
+                return frank_wolfe_min_norm((J @ J.T).astype(np.float64), "numpy")
+
+            peers: dict[str, Callable[[], object]] = {"numpy J@J.T + FW (LibMTL-style)": numpy_fw}
             if torch is not None:
                 Jt = torch.from_numpy(J)
-                peers["torch J@J.T + FW (LibMTL-style)"] = lambda Jt=Jt: frank_wolfe_min_norm(
-                    Jt.mm(Jt.t()), "torch"
-                )
+
+                def torch_fw(Jt: Any = Jt) -> Any:
+                    return frank_wolfe_min_norm(Jt.mm(Jt.t()), "torch")
+
+                peers["torch J@J.T + FW (LibMTL-style)"] = torch_fw
             if torchjd is not None:
-                peers["torchjd J@J.T + MGDAWeighting"] = lambda Jt=Jt: torchjd.MGDAWeighting()(
-                    Jt.mm(Jt.t())
-                )
+
+                def torchjd_mgda(Jt: Any = Jt) -> Any:
+                    return torchjd.MGDAWeighting()(Jt.mm(Jt.t()))
+
+                peers["torchjd J@J.T + MGDAWeighting"] = torchjd_mgda
             shape = (
                 f"K={k} P={p:.0e} float32 ({J.nbytes / 2**20:.0f} MiB), {get_num_threads()} threads"
             )
@@ -157,7 +168,7 @@ def run(size: int | None = None, repeat: int = 7) -> dict[str, dict[str, float]]
                 + ", ".join(f"{n} {b / 2**20:.1f} MiB" for n, b in mem.items())
             )
             w_ours = ours()
-            w_np = peers["numpy J@J.T + FW (LibMTL-style)"]()
+            w_np = numpy_fw()
             u_ours, u_np = w_ours @ J.astype(np.float64), w_np @ J.astype(np.float64)
             gap = (u_np @ u_np - u_ours @ u_ours) / (u_ours @ u_ours)
             print(f"    ‖u‖² of LibMTL-style FW above kexue's exact minimum: {gap:.2e} relative")
@@ -166,7 +177,7 @@ def run(size: int | None = None, repeat: int = 7) -> dict[str, dict[str, float]]
                 results[f"pcgrad K={k} P={p:.0e}"] = compare(
                     "pcgrad (weights + direction)",
                     shape,
-                    lambda J=J: mt.pcgrad(J),
+                    partial(mt.pcgrad, J),
                     pc_peers,
                     repeat=repeat,
                 )

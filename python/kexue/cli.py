@@ -214,7 +214,8 @@ def _lm_ppl(args: argparse.Namespace) -> int:
     if not lines:
         raise ValueError(f"{args.text}: is empty (no sentences to score)")
     ids = [split_words(s) for s in lines]
-    oov = sum(1 for words in ids for w in words if w not in _vocab_set(lm))
+    vocab = _vocab_set(lm)
+    oov = sum(1 for words in ids for w in words if w not in vocab)
     tokens = sum(len(words) + 1 for words in ids)
     scores = lm.logprob(lines)
     print(f"sentences {len(lines)}  tokens {tokens} (with </s>)  OOVs {oov}")

@@ -6,12 +6,16 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
 from . import __version__, benchmarks, simd_road
+
+if TYPE_CHECKING:  # imported where used, so that `kexue --help` stays quick
+    from .lm import NgramLM
+    from .scorers import HFCausalLM, NgramScorer
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -36,7 +40,7 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_lm(args: argparse.Namespace):
+def _load_lm(args: argparse.Namespace) -> NgramScorer | None:
     from .lm import NgramLM
     from .scorers import NgramScorer
 
@@ -52,7 +56,7 @@ def _load_lm(args: argparse.Namespace):
     return None  # a built-in LM, chosen by --lang or the keywords' script
 
 
-def _load_hf(args: argparse.Namespace, candidates):
+def _load_hf(args: argparse.Namespace, candidates: Any) -> HFCausalLM:
     """The --hf model (offline) over the n-gram proposer; load failures as one-line errors."""
     from .scorers import HFCausalLM
 
@@ -78,7 +82,7 @@ def _rewrite(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.input}: has no sentences (every line is blank)")
     else:
         lines = [" ".join(args.sentence)]
-    lm = _load_lm(args)
+    lm: NgramScorer | HFCausalLM | None = _load_lm(args)
     if args.hf:  # every candidate of an edit scored by the neural LM (see kexue.cgmh)
         from .scorers import default_lm
 
@@ -122,7 +126,7 @@ def _generate(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.input}: has no keyword sets (every line is blank)")
     else:
         sets = [args.words]
-    lm = _load_lm(args)
+    lm: NgramScorer | HFCausalLM | None = _load_lm(args)
     # cgmh's or neural's: their keywords differ and **options below is built at run time
     run: Callable[..., list[list[Sentence]]] = generate_many
     if args.hf:  # neural target, n-gram proposals: one neural sentence score per step
@@ -181,7 +185,7 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lm_load(path: str):  # binary by its magic, else ARPA
+def _lm_load(path: str) -> NgramLM:  # binary by its magic, else ARPA
     from .lm import NgramLM, _regular_file
 
     _regular_file(path)  # a FIFO would block the read below
@@ -219,11 +223,11 @@ def _lm_ppl(args: argparse.Namespace) -> int:
     tokens = sum(len(words) + 1 for words in ids)
     scores = lm.logprob(lines)
     print(f"sentences {len(lines)}  tokens {tokens} (with </s>)  OOVs {oov}")
-    print(f"perplexity {float(np.exp(-scores.sum() / tokens)):.4f}  (OOVs included, as kenlm)")
+    print(f"perplexity {float(np.exp(-np.sum(scores) / tokens)):.4f}  (OOVs included, as kenlm)")
     return 0
 
 
-def _vocab_set(lm) -> frozenset:
+def _vocab_set(lm: NgramLM) -> frozenset[str]:
     return frozenset(lm.vocab) - {"<unk>"}
 
 
@@ -234,7 +238,7 @@ def _lm_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _text_lines(source, name: str | None = None):
+def _text_lines(source: str | Iterable[bytes | str], name: str | None = None) -> Iterator[str]:
     """Lines of UTF-8 text from a path or a binary stream; bad bytes are a ValueError naming
     the source and the line (a leading BOM is dropped)."""
     if isinstance(source, str):

@@ -339,7 +339,14 @@ def _torch_scores(q: Any, k: Any, rb: Any, cb: Any, mask: Any, *, rope: bool, tr
     return s.masked_fill(~_keep(mask, q.shape[1], tril, q), float("-inf"))
 
 
-def _scores_backward(inputs: tuple, outputs: tuple, grads: tuple, *, rope: bool, tril: bool):
+def _scores_backward(
+    inputs: tuple[Any, Any, Any, Any, Any],
+    outputs: tuple[Any],
+    grads: tuple[Any],
+    *,
+    rope: bool,
+    tril: bool,
+) -> tuple[Any, Any, Any, Any, None]:
     q, k, rb, cb, mask = inputs
     dq, dk, drb, dcb = _native.gp_scores_backward(q, k, rb, cb, mask, rope, tril, grads[0])
     return dq, dk, drb, dcb, None

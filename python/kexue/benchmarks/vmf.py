@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from . import header, median_time
 CASES = [(3, 1.0), (64, 10.0), (512, 50.0), (512, 5000.0)]
 
 
-def compare(*args, **kwargs) -> dict[str, float]:
+def compare(*args: Any, **kwargs: Any) -> dict[str, float]:
     """:func:`kexue.benchmarks.compare`, plus the speed-up peer/ours (ratios far below 0.01
     print as 0.00 there)."""
     times = _compare(*args, **kwargs)

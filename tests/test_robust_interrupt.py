@@ -264,3 +264,55 @@ def test_one_large_ngram_build_is_interruptible(tmp_path) -> None:
             delay=delay,
         )
         assert latency < BOUND
+
+
+def test_an_interrupted_build_gives_its_memory_back(tmp_path) -> None:
+    """While a call winds down after Ctrl-C its large blocks are freed on a background thread
+    (unmapping gigabytes would hold the KeyboardInterrupt up): they must still be freed."""
+    corpus = tmp_path / "corpus.txt"
+    rng = np.random.default_rng(1)
+    words = np.array([f"w{i}" for i in range(20000)])
+    corpus.write_text("\n".join(" ".join(s) for s in words[rng.integers(0, 20000, (300_000, 12))]))
+    body = f"""
+        import resource
+        from kexue.lm import NgramLM
+        kexue.set_num_threads(1)
+
+        def rss():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * resource.getpagesize()
+
+        before = rss()
+        try:
+            run(lambda: NgramLM.build({str(corpus)!r}, order=5, progress=False,
+                                      discount_fallback=True))
+        except SystemExit:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            for _ in range(100):  # the reaper thread frees within moments
+                if rss() - before < (peak - before) / 4:
+                    break
+                time.sleep(0.05)
+            print(f"memory {{before}} {{peak}} {{rss()}}", flush=True)
+            raise
+        """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(body)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(3.0)  # estimating: the n-gram tables are allocated
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert out.startswith("interrupted"), out + err
+    before, peak, after = (int(x) for x in out.splitlines()[-1].split()[1:])
+    print(f"RSS before {before >> 20} MiB, peak {peak >> 20} MiB, after {after >> 20} MiB")
+    assert peak - before > 200 << 20, "the build had not allocated its tables yet"
+    assert after - before < (peak - before) / 4

@@ -79,7 +79,7 @@ fn spec<'a, T: Real + Element>(
     is_query: bool,
     offset: Option<f64>,
 ) -> Result<Spec<'a, T>> {
-    let map = FeatureMap::parse(feature_map)?;
+    let map = feature_map.parse::<FeatureMap>()?;
     let projection = match projection {
         Some(w) => {
             let shape = w.shape();

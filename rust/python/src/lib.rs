@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod alloc;
 mod arrays;
 mod attention;
 mod cgmh;
@@ -11,6 +12,9 @@ mod lm;
 mod losses;
 mod multitask;
 mod vmf;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 /// Sizes the thread pool used by every kernel; 0 restores the default.
 #[pyfunction]

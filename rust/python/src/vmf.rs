@@ -28,7 +28,7 @@ fn vmf_evaluate<'py>(
     d: &Bound<'py, PyAny>,
     kappa: &Bound<'py, PyAny>,
 ) -> Result<Bound<'py, PyAny>> {
-    let q = vmf::Quantity::parse(quantity)?;
+    let q = quantity.parse::<vmf::Quantity>()?;
     let d = int(d, "d")?;
     with_float_array!(FloatArray::extract(kappa, "kappa")?, k => {
         let ks = slice(&k, "kappa")?;

@@ -37,11 +37,10 @@ pub enum FeatureMap {
     Identity,
 }
 
-impl FeatureMap {
-    pub const NAMES: &'static str =
-        "'favor+', 'favor+hyperbolic', 'exp', 'elu+1', 'relu' or 'identity'";
+impl std::str::FromStr for FeatureMap {
+    type Err = Error;
 
-    pub fn parse(name: &str) -> Result<Self> {
+    fn from_str(name: &str) -> Result<Self> {
         Ok(match name {
             "favor+" => FeatureMap::Positive,
             "favor+hyperbolic" => FeatureMap::Hyperbolic,
@@ -57,6 +56,11 @@ impl FeatureMap {
             }
         })
     }
+}
+
+impl FeatureMap {
+    pub const NAMES: &'static str =
+        "'favor+', 'favor+hyperbolic', 'exp', 'elu+1', 'relu' or 'identity'";
 
     fn is_favor(self) -> bool {
         matches!(self, FeatureMap::Positive | FeatureMap::Hyperbolic)
@@ -599,7 +603,7 @@ mod tests {
 
     #[test]
     fn bad_arguments_are_errors() {
-        assert!(FeatureMap::parse("softmax").is_err());
+        assert!("softmax".parse::<FeatureMap>().is_err());
         let s: Spec<f64> = Spec {
             map: FeatureMap::Positive,
             d: 2,

@@ -282,7 +282,7 @@ pub fn read_arpa(path: &Path) -> Result<Model> {
             truncate(&end)
         )));
     }
-    Ok(Model::new(vocab, unigrams, tables))
+    Model::new(vocab, unigrams, tables)
 }
 
 fn truncate(s: &str) -> String {

@@ -476,7 +476,7 @@ pub(crate) fn interpolate(
         .zip(weights)
         .map(|(c, w)| Table::new(c.n, c.keys.clone(), w))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Model::new(vocab, unigrams, tables))
+    Model::new(vocab, unigrams, tables)
 }
 
 /// log10 p as stored, clipped at 0 against rounding (lmplz does the same).

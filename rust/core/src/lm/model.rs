@@ -125,7 +125,8 @@ pub(crate) fn sorted(
     })?;
     let mut k = Vec::with_capacity(keys.len());
     let mut w = Vec::with_capacity(weights.len());
-    for &i in &perm {
+    for (at, &i) in perm.iter().enumerate() {
+        cancel::check_every(at)?; // a random-access gather: a second or more on large tables
         k.extend_from_slice(key(i));
         w.push(weights[i as usize]);
     }
@@ -393,7 +394,11 @@ impl PartialEq for MappedFile {
 impl Model {
     /// Assembles a model: `unigrams[id]` for every vocabulary id, then one table per order ≥ 2;
     /// marks the zero back-offs of n-grams that extend to no longer n-gram.
-    pub(crate) fn new(vocab: Vocab, unigrams: Vec<ProbBackoff>, tables: Vec<Table>) -> Self {
+    pub(crate) fn new(
+        vocab: Vocab,
+        unigrams: Vec<ProbBackoff>,
+        tables: Vec<Table>,
+    ) -> Result<Self> {
         let mut m = Self::from_marked_parts(vocab, unigrams.into(), tables);
         let no_ext = f32::from_bits(NO_EXTENSION);
         let zero_to_no_ext = |b: &mut f32| {
@@ -419,7 +424,9 @@ impl Model {
         for k in 0..m.tables.len() {
             let (lower, upper) = m.tables.split_at_mut(k);
             let t = &upper[0];
-            for key in t.keys.chunks_exact(t.n) {
+            // One hash probe per n-gram: seconds on large models, so polled.
+            for (at, key) in t.keys.chunks_exact(t.n).enumerate() {
+                cancel::check_every(at)?;
                 let context = &key[1..];
                 if k == 0 {
                     if let Some(u) = m.unigrams.make_mut().get_mut(context[0] as usize) {
@@ -436,7 +443,8 @@ impl Model {
             t.slots.move_to_huge_pages();
             t.tags.move_to_huge_pages();
         });
-        m
+        cancel::check()?;
+        Ok(m)
     }
 
     /// Assembles a model whose extension marks are already set (binary files).

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
+use crate::cancel;
+
 /// Plain-old-data array elements: every bit pattern is a valid value, no padding, and
 /// `to_le` converts to/from the file's byte order (a no-op on little-endian machines).
 pub(crate) trait Pod: Copy + Default {
@@ -106,13 +108,21 @@ impl<T: Pod> Array<T> {
     }
 
     /// Moves the elements into huge-page memory (see [`huge_zeroed`]); leaves them where they
-    /// are if the system refuses the memory.
+    /// are if the system refuses the memory, or if cancellation is requested meanwhile (the
+    /// copy of a large table takes a tenth of a second: it goes in pieces, polling between).
     pub fn move_to_huge_pages(&mut self) {
+        const PIECE: usize = 32 << 20;
         let size = std::mem::size_of_val(&**self);
         let Ok((mut map, offset)) = huge_zeroed(size) else {
             return;
         };
-        map[offset..offset + size].copy_from_slice(as_bytes(self));
+        let pieces = map[offset..offset + size].chunks_mut(PIECE);
+        for (to, from) in pieces.zip(as_bytes(self).chunks(PIECE)) {
+            if cancel::requested() {
+                return;
+            }
+            to.copy_from_slice(from);
+        }
         if let Some(view) = map
             .make_read_only()
             .ok()

@@ -143,9 +143,11 @@ pub enum Quantity {
     Entropy,
 }
 
-impl Quantity {
-    /// The quantity called `name` (its snake-case Python name).
-    pub fn parse(name: &str) -> Result<Self> {
+/// The quantity called by its snake-case Python name.
+impl std::str::FromStr for Quantity {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
         Ok(match name {
             "log_normalizer" => Quantity::LogNormalizer,
             "mean_resultant_length" => Quantity::MeanResultantLength,
@@ -155,7 +157,9 @@ impl Quantity {
             _ => return Err(Error::value("quantity", format!("is unknown: {name:?}"))),
         })
     }
+}
 
+impl Quantity {
     pub fn eval(self, d: usize, kappa: f64) -> Result<f64> {
         match self {
             Quantity::LogNormalizer => log_normalizer(d, kappa),

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -53,6 +54,21 @@ def run(call):
 def interrupt_child(body: str, delay: float = 0.5, env: dict | None = None) -> float:
     """Runs PRELUDE + body in a child; SIGINT ``delay`` s after it prints ``ready``; returns
     the seconds from the signal to the child catching KeyboardInterrupt."""
+    return _interrupt(body, lambda proc: time.sleep(delay), env)[0]
+
+
+def _rss(pid: int) -> int:
+    """Resident bytes of process ``pid``."""
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _interrupt(
+    body: str, wait: Callable[[subprocess.Popen], None], env: dict | None = None
+) -> tuple[float, str]:
+    """Runs PRELUDE + body in a child; once it prints ``ready``, ``wait(child)``, then SIGINT;
+    returns the seconds from the signal to the child catching KeyboardInterrupt, and what the
+    child printed after ``ready``."""
     proc = subprocess.Popen(
         [sys.executable, "-c", PRELUDE + textwrap.dedent(body)],
         stdout=subprocess.PIPE,
@@ -64,7 +80,7 @@ def interrupt_child(body: str, delay: float = 0.5, env: dict | None = None) -> f
     try:
         line = proc.stdout.readline()
         assert line.strip() == "ready", line + proc.stderr.read()
-        time.sleep(delay)
+        wait(proc)
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -77,7 +93,7 @@ def interrupt_child(body: str, delay: float = 0.5, env: dict | None = None) -> f
     assert words[0] == "interrupted", out + err
     latency = float(words[1]) - sent
     print(f"latency {latency:.3f} s")
-    return latency
+    return latency, out
 
 
 def test_ngram_build_is_interruptible(tmp_path) -> None:
@@ -297,33 +313,17 @@ def test_an_interrupted_build_gives_its_memory_back(tmp_path) -> None:
             print(f"memory {{before}} {{peak}} {{rss()}}", flush=True)
             raise
         """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PRELUDE + textwrap.dedent(body)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_default_sigint,
-    )
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        # Interrupt once the n-gram tables are allocated (a fixed delay could land in the
-        # reading on a slow machine): when the child's RSS has grown by 250 MiB (of ~340).
-        statm = f"/proc/{proc.pid}/statm"
-        with open(statm) as f:
-            start = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        deadline = time.monotonic() + 120
+
+    def until_allocated(proc: subprocess.Popen) -> None:
+        """Until the n-gram tables are allocated (a fixed delay could land in the reading on a
+        slow machine): the child's RSS grown by 250 MiB (of ~340)."""
+        start, deadline = _rss(proc.pid), time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            with open(statm) as f:
-                if int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") - start > 250 << 20:
-                    break
+            if _rss(proc.pid) - start > 250 << 20:
+                return
             time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert out.startswith("interrupted"), out + err
+
+    _, out = _interrupt(body, until_allocated)
     before, peak, after = (int(x) for x in out.splitlines()[-1].split()[1:])
     print(f"RSS before {before >> 20} MiB, peak {peak >> 20} MiB, after {after >> 20} MiB")
     assert peak - before > 200 << 20, "the build had not allocated its tables yet"

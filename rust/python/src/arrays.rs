@@ -284,31 +284,34 @@ pub fn detached_sized<R: Send>(
         // the thread to poll could starve the pool and signals are the outer call's to see.
         return py.allow_threads(|| parallel::install(guarded));
     }
+    // On the calling thread, with torch's OpenMP threads asleep rather than spinning.
     py.allow_threads(|| {
-        let done = AtomicBool::new(false);
-        let caller = thread::current();
-        let mut result = None;
-        let mut interrupted = None;
-        parallel::in_place_scope(|scope| {
-            scope.spawn(|_| {
-                result = Some(guarded());
-                done.store(true, Ordering::Release);
-                caller.unpark();
-            });
-            while !done.load(Ordering::Acquire) {
-                thread::park_timeout(SIGNAL_POLL);
-                if interrupted.is_none() && !done.load(Ordering::Acquire) {
-                    if let Err(e) = Python::with_gil(|py| py.check_signals()) {
-                        interrupted = Some((e, cancel::Request::new()));
+        crate::openmp::quiet(|| {
+            let done = AtomicBool::new(false);
+            let caller = thread::current();
+            let mut result = None;
+            let mut interrupted = None;
+            parallel::in_place_scope(|scope| {
+                scope.spawn(|_| {
+                    result = Some(guarded());
+                    done.store(true, Ordering::Release);
+                    caller.unpark();
+                });
+                while !done.load(Ordering::Acquire) {
+                    thread::park_timeout(SIGNAL_POLL);
+                    if interrupted.is_none() && !done.load(Ordering::Acquire) {
+                        if let Err(e) = Python::with_gil(|py| py.check_signals()) {
+                            interrupted = Some((e, cancel::Request::new()));
+                        }
                     }
                 }
+            });
+            match (interrupted, result) {
+                (Some((e, _request)), _) => Err(e.into()),
+                (None, Some(result)) => result,
+                (None, None) => unreachable!("the scope waits for its job"),
             }
-        });
-        match (interrupted, result) {
-            (Some((e, _request)), _) => Err(e.into()),
-            (None, Some(result)) => result,
-            (None, None) => unreachable!("the scope waits for its job"),
-        }
+        })
     })
 }
 

@@ -11,6 +11,7 @@ mod errors;
 mod lm;
 mod losses;
 mod multitask;
+mod openmp;
 mod vmf;
 
 #[global_allocator]

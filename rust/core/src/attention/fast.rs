@@ -111,6 +111,9 @@ fn tile<const RR: usize, const B: usize>(
     ldc: usize,
     add: bool,
 ) {
+    // Bounds checked once, so that the loop over `p` has no exits: with them it kept a row
+    // pointer and both strides on the stack (AVX2 has 16 registers, the tile takes 11).
+    assert!(k == 0 || ((RR - 1) * lda + k <= a.len() && (k - 1) * ldb + B * L <= b.len()));
     let mut acc = [[[0.0f32; L]; B]; RR];
     if add {
         for (r, acc) in acc.iter_mut().enumerate() {
@@ -119,22 +122,22 @@ fn tile<const RR: usize, const B: usize>(
             }
         }
     }
-    let rows: [&[f32]; RR] = std::array::from_fn(|r| &a[r * lda..r * lda + k]);
+    let rows: [*const f32; RR] = std::array::from_fn(|r| a.as_ptr().wrapping_add(r * lda));
+    let mut bp = b.as_ptr();
     for p in 0..k {
-        let bp = &b[p * ldb..p * ldb + B * L];
-        let bv: [[f32; L]; B] = std::array::from_fn(|t| {
-            let mut x = [0.0; L];
-            x.copy_from_slice(&bp[t * L..(t + 1) * L]);
-            x
-        });
+        // SAFETY: row `p` of `b` holds `16·B` values from `bp`, and `a`'s rows `k` from
+        // `rows[r]`, by the assert.
+        let bv: [[f32; L]; B] =
+            std::array::from_fn(|t| unsafe { bp.add(t * L).cast::<[f32; L]>().read_unaligned() });
         for (acc, row) in acc.iter_mut().zip(&rows) {
-            let x = row[p];
+            let x = unsafe { *row.add(p) };
             for (acc, bv) in acc.iter_mut().zip(&bv) {
                 for (acc, &bv) in acc.iter_mut().zip(bv) {
                     *acc = x.mul_add(bv, *acc);
                 }
             }
         }
+        bp = bp.wrapping_add(ldb);
     }
     for (r, acc) in acc.iter().enumerate() {
         for (t, acc) in acc.iter().enumerate() {
@@ -287,7 +290,8 @@ crate::per_road! {
 /// of `ldx` with `kx` used; `bt`: `kx` rows of `ldb`) below the diagonal (`j ≤ i`), or with
 /// `upper` above it (`i ≤ j < l`, the chunk's length), zero to the ends of their 16-blocks
 /// (the rest is neither written nor read), then `out = x S + a Z` (`S`: `kx` rows of `lds`;
-/// `Z`: the chunk's rows of `ldz`; `out`: these rows, `width` wide).
+/// `Z`: the chunk's rows of `ldz`; `out`: these rows, `width` wide). With `bt = None` the
+/// scores are already in `a` (rows of `ldb`) and only `out` is computed.
 ///
 /// Compiled apart (not inlined into the passes' long loop bodies, where the tiles'
 /// accumulators were spilled to the stack), once per target.
@@ -296,7 +300,7 @@ fn masked_rows(
     rows: std::ops::Range<usize>,
     (l, upper): (usize, bool),
     (x, ldx, kx): (&[f32], usize, usize),
-    (bt, ldb): (&[f32], usize),
+    (bt, ldb): (Option<&[f32]>, usize),
     (s, lds): (&[f32], usize),
     (z, ldz): (&[f32], usize),
     width: usize,
@@ -311,25 +315,27 @@ fn masked_rows(
         (0, ceil16(hi), hi)
     };
     let (xb, ab) = (&x[i0 * ldx..], &mut a[i0 * ldb..]);
-    gemm16(
-        hi - i0,
-        end - lo,
-        kx,
-        xb,
-        ldx,
-        &bt[lo..],
-        ldb,
-        &mut ab[lo..],
-        ldb,
-        false,
-    );
-    // Assignment, not a product: non-finite masked scores cannot leak.
-    for (i, row) in rows.zip(ab.chunks_mut(ldb)) {
-        if upper {
-            row[lo..i].fill(0.0);
-            row[l..end].fill(0.0);
-        } else {
-            row[i + 1..end].fill(0.0);
+    if let Some(bt) = bt {
+        gemm16(
+            hi - i0,
+            end - lo,
+            kx,
+            xb,
+            ldx,
+            &bt[lo..],
+            ldb,
+            &mut ab[lo..],
+            ldb,
+            false,
+        );
+        // Assignment, not a product: non-finite masked scores cannot leak.
+        for (i, row) in rows.zip(ab.chunks_mut(ldb)) {
+            if upper {
+                row[lo..i].fill(0.0);
+                row[l..end].fill(0.0);
+            } else {
+                row[i + 1..end].fill(0.0);
+            }
         }
     }
     gemm16(hi - i0, width, kx, xb, ldx, s, lds, out, width, false);
@@ -630,7 +636,7 @@ fn head(
                 i0..hi,
                 (l, false),
                 x,
-                (&kt, cp),
+                (Some(&kt), cp),
                 s,
                 (vs, dv),
                 dv,
@@ -715,7 +721,8 @@ fn running_keys(
 /// One head of [`super::forms`]' chunked causal backward in f32 (same schedule: a forward
 /// sweep for `∂q` with the state `S`, a reverse one for `∂k`, `∂v` with `R = Σ_later q g'ᵀ`),
 /// with [`gemm16`]'s in-place products: the masked blocks stop at the diagonal (below it for
-/// `∂q`, from it for `∂k`, `∂v`). `None` where [`forward`] is, and for the other methods.
+/// `∂q`, from it for `∂k`, `∂v`), and the scores `g'_t·v'_s` of both sweeps are computed once.
+/// `None` where [`forward`] is, and for the other methods.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     method: Method,
@@ -788,7 +795,10 @@ fn back_head(
     let mut gt = vec![0.0f32; wp * cp];
     let mut vt = vec![0.0f32; wp * cp];
     let mut qt = vec![0.0f32; m * cp];
-    let mut a = vec![0.0f32; c * cp];
+    let mut a = vec![0.0f32; cp * cp];
+    // Every chunk's scores g'_t·v'_s (`c × cp` each, zero above the diagonal): the forward
+    // sweep's, which the reverse one reads transposed instead of computing them again.
+    let mut scores = vec![0.0f32; n.div_ceil(c) * c * cp];
     // The state transposed (`w × m`: `Sᵀ`, then `Rᵀ`) in f64 and f32, `R` itself (`m × wp`).
     let mut s64 = vec![0.0f64; w * m];
     let mut st = vec![0.0f32; w * m];
@@ -830,7 +840,8 @@ fn back_head(
             let hi = (i0 + R).min(l);
             let db = &mut dq[(c0 + i0) * m..(c0 + hi) * m];
             let (x, s) = ((&gp[..], wp, w), (&st[..], m));
-            masked_rows(i0..hi, (l, false), x, (&vt, cp), s, (ks, m), m, &mut a, db);
+            let a = &mut scores[c0 * cp..(c0 + c) * cp];
+            masked_rows(i0..hi, (l, false), x, (Some(&vt), cp), s, (ks, m), m, a, db);
         }
         chunk_outer(w, (&vt, cp), (ks, l, m), &mut delta);
         add_state(&mut s64, &mut st, &delta);
@@ -848,16 +859,18 @@ fn back_head(
         transpose16(&gp, wp, l, &mut gt, cp);
         load_v(c0, l, &mut vp); // (the reverse sweep reads v' by rows only)
         transpose16(qs, m, l, &mut qt, cp);
+        transpose16(&scores[c0 * cp..], cp, l, &mut a, cp);
         let ahead = rows_of(c0.saturating_sub(c)..c0);
         for s0 in (0..l).step_by(R) {
             prefetch_rows(&ahead, s0);
             let hi = (s0 + R).min(l);
             let db = &mut dk[(c0 + s0) * m..(c0 + hi) * m];
             let (x, s) = ((&vp[..], wp, w), (&st[..], m));
-            masked_rows(s0..hi, (l, true), x, (&gt, cp), s, (qs, m), m, &mut a, db);
+            // (the scores are in `a`, row `s0..hi` read before the next product overwrites it)
+            masked_rows(s0..hi, (l, true), x, (None, cp), s, (qs, m), m, &mut a, db);
             let db = &mut dvo[(c0 + s0) * dv..(c0 + hi) * dv];
             let (x, s, z) = ((ks, m, m), (&r[..], wp), (&gp[..], wp));
-            masked_rows(s0..hi, (l, true), x, (&qt, cp), s, z, dv, &mut a, db);
+            masked_rows(s0..hi, (l, true), x, (Some(&qt), cp), s, z, dv, &mut a, db);
         }
         chunk_outer(w, (&gt, cp), (qs, l, m), &mut delta);
         add_state(&mut s64, &mut st, &delta);

@@ -119,7 +119,8 @@ def _case(n: int, repeat: int) -> dict[str, dict[str, float]]:
             "torch chunked C=64 (autograd)": train(lambda a, b, c: _torch_chunked(a, b, c, 64)),
             "torch SDPA causal (autograd)": train(lambda a, b, c: sdpa(a, b, c, is_causal=True)),
         },
-        repeat=max(3, repeat // 2),
+        # milliseconds at the small sizes: more runs there, for a median that holds still
+        repeat=3 * repeat if n <= 2048 else max(3, repeat // 2),
     )
     return results
 

@@ -798,7 +798,11 @@ fn back_head(
     let mut a = vec![0.0f32; cp * cp];
     // Every chunk's scores g'_t·v'_s (`c × cp` each, zero above the diagonal): the forward
     // sweep's, which the reverse one reads transposed instead of computing them again.
-    let mut scores = vec![0.0f32; n.div_ceil(c) * c * cp];
+    let mut kept = SCORES.take();
+    if kept.len() < n.div_ceil(c) * c * cp {
+        kept.resize(n.div_ceil(c) * c * cp, 0.0);
+    }
+    let scores = &mut kept[..n.div_ceil(c) * c * cp];
     // The state transposed (`w × m`: `Sᵀ`, then `Rᵀ`) in f64 and f32, `R` itself (`m × wp`).
     let mut s64 = vec![0.0f64; w * m];
     let mut st = vec![0.0f32; w * m];
@@ -842,6 +846,10 @@ fn back_head(
             let (x, s) = ((&gp[..], wp, w), (&st[..], m));
             let a = &mut scores[c0 * cp..(c0 + c) * cp];
             masked_rows(i0..hi, (l, false), x, (Some(&vt), cp), s, (ks, m), m, a, db);
+            // (zero past the columns written: the buffer holds an earlier call's scores)
+            for row in a[i0 * cp..hi * cp].chunks_exact_mut(cp) {
+                row[ceil16(hi)..].fill(0.0);
+            }
         }
         chunk_outer(w, (&vt, cp), (ks, l, m), &mut delta);
         add_state(&mut s64, &mut st, &delta);
@@ -876,7 +884,20 @@ fn back_head(
         add_state(&mut s64, &mut st, &delta);
         transpose16(&st, m, w, &mut r, wp);
     }
+    if kept.len() <= KEEP_SCORES {
+        SCORES.set(kept);
+    }
 }
+}
+
+/// The most floats of scores a thread keeps for its next [`back_head`] (16 MB: N = 65,536 at
+/// `C = 64`).
+const KEEP_SCORES: usize = 1 << 22;
+
+thread_local! {
+    /// Each thread's score buffer of [`back_head`], kept between heads and calls: a fresh one
+    /// (128 KB a head at N = 512) cost in page faults about what reusing the scores saves.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@
 //! condition variable until the kernel is done.
 //!
 //! The runtime is found among the loaded objects (libgomp, or Intel's or LLVM's, which export
-//! the same GNU entry points) and used only if it is there: kexue never loads one. Linux only
-//! (elsewhere [`quiet`] just runs the kernel).
+//! the same GNU entry points; the first loaded, where a process has several) and used only if
+//! it is there: kexue never loads one. Linux only (elsewhere [`quiet`] just runs the kernel).
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::{Condvar, Mutex, MutexGuard};

@@ -117,7 +117,7 @@ unsafe fn transpose_avx512(x: &[f32], m: usize, rows: usize, t: &mut [f32], ldt:
 }
 
 /// [`transpose`] with AVX shuffles, in 8 × 8 blocks (unpack, shuffle, then swap 128-bit
-/// halves: the portable form's scalar moves cost an AVX2 backward pass a tenth of its time).
+/// halves) for the AVX2 road, where the portable form also compiles to scalar moves.
 ///
 /// # Safety
 /// The CPU must support AVX.

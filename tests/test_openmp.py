@@ -60,3 +60,29 @@ def test_a_kernel_after_a_torch_operation_runs_with_the_openmp_team_asleep():
         pytest.skip(f"torch's OpenMP threads do not spin here: {share}")
     # one kexue thread busy, the caller polling signals, torch's thread asleep
     assert share["main"] < 1.3, share
+
+
+FORK = textwrap.dedent(
+    """
+    import os
+    import numpy as np, torch
+    from kexue.attention import linear_attention
+
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.random((1, 8, 512, 64), dtype=np.float32) + 0.1 for _ in range(3))
+    want = linear_attention(q, k, v, causal=True, feature_map="identity")  # a region: a team
+    torch.ones(1 << 20).sum()
+    pid = os.fork()
+    if pid == 0:  # the team's threads are not here: no region may wait for them
+        o = linear_attention(q, k, v, causal=True, feature_map="identity")
+        os._exit(0 if np.array_equal(o, want) else 1)
+    print(os.waitpid(pid, 0)[1])
+    """
+)
+
+
+def test_a_fork_child_runs_kernels_without_the_parents_openmp_team():
+    out = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0"]

@@ -47,6 +47,7 @@ fn _panic_in_kernel(py: Python<'_>) -> errors::Result<()> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // A bad KEXUE_SIMD is a ValueError at import, before any kernel can meet it.
     kexue_core::num::try_road().map_err(errors::Error::from)?;
+    openmp::watch_forks();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(simd_road, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;

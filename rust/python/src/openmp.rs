@@ -22,12 +22,20 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 /// belongs to the thread that starts it, and a region on another thread would start a new
 /// team there (a worker thread of a data pipeline would get as many threads as there are
 /// cores). Elsewhere, without an OpenMP runtime or with a team of one, it just runs `kernel`.
+///
+/// Never in a `fork` child: the parent's team threads do not exist there, and a region would
+/// wait for them forever (libgomp is not fork-safe; torch's own operations hang in such a
+/// child too, once the parent has run them).
 pub fn quiet<R>(kernel: impl FnOnce() -> R) -> R {
     match runtime::find() {
-        Some(rt) if runtime::on_main_thread() && rt.max_threads() > 1 => rt.region(kernel),
+        Some(rt) if runtime::on_main_thread() && !runtime::forked() && rt.max_threads() > 1 => {
+            rt.region(kernel)
+        }
         _ => kernel(),
     }
 }
+
+pub use runtime::watch_forks;
 
 /// What [`quiet`]'s region shares between its threads.
 struct Region<F, R> {
@@ -85,7 +93,7 @@ impl<F: FnOnce() -> R, R> Region<F, R> {
 #[cfg(target_os = "linux")]
 mod runtime {
     use std::ffi::{c_int, c_uint, c_void, CStr, CString};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::OnceLock;
 
     use super::Region;
@@ -122,6 +130,24 @@ mod runtime {
         }
         let rt = search()?;
         Some(*FOUND.get_or_init(|| rt))
+    }
+
+    /// Set in a `fork` child of a process that had loaded the extension.
+    static FORKED: AtomicBool = AtomicBool::new(false);
+
+    /// Has [`forked`] report `fork` children from now on (called when the extension loads).
+    pub fn watch_forks() {
+        extern "C" fn child() {
+            FORKED.store(true, Ordering::Relaxed);
+        }
+        // SAFETY: `child` only stores to an atomic, which is async-signal-safe as `fork`
+        // requires. (The registration fails only without memory: then children are not told.)
+        unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    }
+
+    /// Whether this process is a `fork` child (see [`watch_forks`]).
+    pub fn forked() -> bool {
+        FORKED.load(Ordering::Relaxed)
     }
 
     /// Whether this is the process's first thread (Python's main thread).
@@ -237,6 +263,12 @@ mod runtime {
     }
 
     pub fn on_main_thread() -> bool {
+        false
+    }
+
+    pub fn watch_forks() {}
+
+    pub fn forked() -> bool {
         false
     }
 

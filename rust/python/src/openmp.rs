@@ -15,7 +15,7 @@
 //! it is there: kexue never loads one. Linux only (elsewhere [`quiet`] just runs the kernel).
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
 /// Runs `kernel` on the calling thread with the OpenMP team of the process asleep (see the
 /// module doc). Only on the process's main thread, where torch's own work runs: a team
@@ -28,14 +28,27 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 /// child too, once the parent has run them).
 pub fn quiet<R>(kernel: impl FnOnce() -> R) -> R {
     match runtime::find() {
-        Some(rt) if runtime::on_main_thread() && !runtime::forked() && rt.max_threads() > 1 => {
+        Some(rt) if runtime::on_main_thread() && !forked() && rt.max_threads() > 1 => {
             rt.region(kernel)
         }
         _ => kernel(),
     }
 }
 
-pub use runtime::watch_forks;
+/// The process the extension was loaded in: a `fork` child has another id.
+static LOADED_IN: OnceLock<u32> = OnceLock::new();
+
+/// Has [`forked`] report `fork` children from now on (called when the extension loads).
+pub fn watch_forks() {
+    LOADED_IN.get_or_init(std::process::id);
+}
+
+/// Whether this process is a `fork` child of the one that loaded the extension.
+fn forked() -> bool {
+    LOADED_IN
+        .get()
+        .is_some_and(|&pid| pid != std::process::id())
+}
 
 /// What [`quiet`]'s region shares between its threads.
 struct Region<F, R> {
@@ -93,7 +106,7 @@ impl<F: FnOnce() -> R, R> Region<F, R> {
 #[cfg(target_os = "linux")]
 mod runtime {
     use std::ffi::{c_int, c_uint, c_void, CStr, CString};
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
 
     use super::Region;
@@ -130,24 +143,6 @@ mod runtime {
         }
         let rt = search()?;
         Some(*FOUND.get_or_init(|| rt))
-    }
-
-    /// Set in a `fork` child of a process that had loaded the extension.
-    static FORKED: AtomicBool = AtomicBool::new(false);
-
-    /// Has [`forked`] report `fork` children from now on (called when the extension loads).
-    pub fn watch_forks() {
-        extern "C" fn child() {
-            FORKED.store(true, Ordering::Relaxed);
-        }
-        // SAFETY: `child` only stores to an atomic, which is async-signal-safe as `fork`
-        // requires. (The registration fails only without memory: then children are not told.)
-        unsafe { libc::pthread_atfork(None, None, Some(child)) };
-    }
-
-    /// Whether this process is a `fork` child (see [`watch_forks`]).
-    pub fn forked() -> bool {
-        FORKED.load(Ordering::Relaxed)
     }
 
     /// Whether this is the process's first thread (Python's main thread).
@@ -263,12 +258,6 @@ mod runtime {
     }
 
     pub fn on_main_thread() -> bool {
-        false
-    }
-
-    pub fn watch_forks() {}
-
-    pub fn forked() -> bool {
         false
     }
 

@@ -798,11 +798,12 @@ fn back_head(
     let mut a = vec![0.0f32; cp * cp];
     // Every chunk's scores g'_t·v'_s (`c × cp` each, zero above the diagonal): the forward
     // sweep's, which the reverse one reads transposed instead of computing them again.
+    let need = n.div_ceil(c) * c * cp;
     let mut kept = SCORES.take();
-    if kept.len() < n.div_ceil(c) * c * cp {
-        kept.resize(n.div_ceil(c) * c * cp, 0.0);
+    if kept.len() < need {
+        kept.resize(need, 0.0);
     }
-    let scores = &mut kept[..n.div_ceil(c) * c * cp];
+    let scores = &mut kept[..need];
     // The state transposed (`w × m`: `Sᵀ`, then `Rᵀ`) in f64 and f32, `R` itself (`m × wp`).
     let mut s64 = vec![0.0f64; w * m];
     let mut st = vec![0.0f32; w * m];

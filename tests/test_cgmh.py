@@ -194,6 +194,104 @@ def test_blocked_words_never_appear_unless_keywords():
     assert all("dog" in s.tokens for s in kept)
 
 
+def bleu_plus_one(h: list, r: list) -> float:
+    """Sentence BLEU-4 of h against r with Lin & Och's (2004) add-one smoothing of the
+    2- to 4-gram precisions and the usual brevity penalty, from the paper's definition."""
+    if not h:
+        return 0.0
+    logs = []
+    for n in range(1, 5):
+        hn = Counter(tuple(h[i : i + n]) for i in range(len(h) - n + 1))
+        rn = Counter(tuple(r[i : i + n]) for i in range(len(r) - n + 1))
+        matches = sum(min(c, rn[g]) for g, c in hn.items())
+        add = 0 if n == 1 else 1
+        if matches + add == 0:
+            return 0.0
+        logs.append(math.log((matches + add) / (max(len(h) - n + 1, 0) + add)))
+    return math.exp(sum(logs) / 4 + min(0.0, 1 - len(r) / len(h)))
+
+
+def agreement(pool: list) -> list[float]:
+    if len(pool) == 1:
+        return [0.0]
+    return [
+        sum(bleu_plus_one(h, r) for j, r in enumerate(pool) if j != i) / (len(pool) - 1)
+        for i, h in enumerate(pool)
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.lists(st.integers(0, 5), min_size=1, max_size=10), min_size=1, max_size=7),
+        max_size=4,
+    )
+)
+def test_agreement_is_the_mean_smoothed_bleu_against_the_pool(pools):
+    got = kexue._native.cgmh_agreement(pools)
+    assert len(got) == len(pools)
+    for pool, row in zip(pools, got):
+        np.testing.assert_allclose(row, agreement(pool), rtol=1e-12, atol=1e-15)
+
+
+SENTENCES = [
+    "the dog sat on the mat", "a cat sat on the mat", "the dog ran to the cat",
+    "a dog and a cat sat", "the cat ran on the mat", "the dog saw a cat",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def small_lm():
+    from kexue.lm import NgramLM
+
+    return NgramLM.build(SENTENCES * 3, order=3, progress=False, discount_fallback=True)
+
+
+def test_consensus_returns_the_sentences_the_pool_agrees_with_most(small_lm):
+    kw = ["dog", "mat"]
+    chains = cgmh.generate(kw, small_lm, n=6, steps=40, seed=4, anneal=True, select="best",
+                           distinct=False)  # fmt: skip
+    picked = cgmh.generate(kw, small_lm, n=2, steps=40, seed=4, anneal=True, pool=6)
+    scores = agreement([s.tokens for s in chains])
+    ranked = []
+    for i in sorted(range(6), key=lambda i: -scores[i]):  # stable: ties keep chain order
+        if chains[i].tokens not in ranked:
+            ranked.append(chains[i].tokens)
+    assert [s.tokens for s in picked] == ranked[:2]
+    assert all(any(w in s.tokens for w in ("dog", "dogs")) for s in picked)
+
+
+def test_annealing_with_a_native_lm_runs_a_pool_of_short_chains(small_lm):
+    kw = [["dog"], ["cat", "mat"]]
+    default = cgmh.generate_many(kw, small_lm, n=2, seed=1, anneal=True)
+    explicit = cgmh.generate_many(kw, small_lm, n=2, seed=1, anneal=True,
+                                  pool=cgmh.DEFAULT_POOL, steps=cgmh.POOL_STEPS)  # fmt: skip
+    assert [[s.tokens for s in r] for r in default] == [[s.tokens for s in r] for r in explicit]
+    assert all(sum(s.proposed.values()) == cgmh.POOL_STEPS for r in default for s in r)
+    single = cgmh.generate(["dog"], small_lm, seed=1, anneal=True, select="best")[0]
+    assert sum(single.proposed.values()) == cgmh.DEFAULT_STEPS
+    sampled = cgmh.generate(["dog"], small_lm, seed=1)[0]  # no pool without search
+    assert sum(sampled.proposed.values()) == cgmh.DEFAULT_STEPS
+    # a Python scorer pays per chain: one chain per sentence
+    toy = cgmh.generate(["cat"], ToyBigram(WORDS, seed=5), seed=1, anneal=True)[0]
+    assert sum(toy.proposed.values()) == cgmh.DEFAULT_STEPS
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"pool": 0}, ValueError, "pool"),
+        ({"pool": "many"}, TypeError, "pool"),
+        ({"pool": True}, TypeError, "pool"),
+        ({"pool": 4, "select": "best"}, ValueError, "consensus"),
+        ({"select": "mode"}, ValueError, "select"),
+    ],
+)
+def test_bad_pool(small_lm, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        cgmh.generate(["dog"], small_lm, anneal=True, **kwargs)
+
+
 def test_same_seed_same_output_on_any_thread_count():
     lm = ToyBigram(WORDS, seed=5)
     kw = [["cat"], ["dog", "mat"], ["the", "the"]]

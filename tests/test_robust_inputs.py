@@ -119,6 +119,7 @@ def model_file(tmp_path, lm) -> str:
     [
         (["generate", "--n", "0", "cat"], "--n must be >= 1, got 0"),
         (["generate", "--steps", "-3", "cat"], "--steps must be >= 1"),
+        (["generate", "--pool", "0", "cat"], "--pool must be >= 1, got 0"),
         (["generate", "--seed", str(2**64), "cat"], "--seed must be between 0 and 2**64 - 1"),
         (["generate", "--plot", "/missing/dir/x.png", "cat"], "the folder /missing/dir"),
         (["generate"], "give keywords or --input FILE"),

@@ -27,6 +27,7 @@ __all__ = [
     "attention_noncausal_backward",
     "attention_noncausal_forward",
     "attention_orthogonal_random",
+    "cgmh_agreement",
     "cgmh_run",
     "get_num_threads",
     "gp_kl_backward",
@@ -206,6 +207,7 @@ def cgmh_run(
     priors: list[list[Any]],
     settings: _CgmhSettings,
 ) -> list[dict[str, Any]]: ...
+def cgmh_agreement(pools: list[list[list[int]]]) -> list[list[float]]: ...
 
 # --- attention --------------------------------------------------------------------------
 

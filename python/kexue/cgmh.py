@@ -14,7 +14,10 @@ costs β nats (``length``; by default L and β are estimated from sentences the 
 generates, so a sentence is as long as the LM's typical one; no prior for a scorer that
 cannot generate). Without it the most probable
 sentence is the shortest string that holds the keywords. With ``anneal`` the target is
-sharpened step by step (simulated annealing) and the best sentence seen is returned. The whole
+sharpened step by step (simulated annealing) and each chain keeps the best sentence it saw;
+:func:`generate` then runs a pool of short chains per input and returns the sentence the
+others agree with most (minimum Bayes risk with sentence BLEU), not one chain's most probable
+string. The whole
 loop runs in Rust, chains and inputs in parallel; a Python scorer (e.g.
 :class:`kexue.scorers.HFCausalLM`) is called back for scores.
 
@@ -64,6 +67,14 @@ __all__ = [
 MOVES = ("replace", "insert", "delete", "reform", "reorder")
 #: Default move weights (normalised per input over the moves it can make).
 DEFAULT_MOVES = {"replace": 0.3, "insert": 0.25, "delete": 0.25, "reform": 0.1, "reorder": 0.1}
+
+#: Chains per input of a consensus choice (``pool="auto"`` with a native n-gram LM), and
+#: steps per chain: the default, and a pool's (restarts search better than long chains: on
+#: CommonGen dev, 24 chains of 64 steps score CIDEr 10.9 with the built-in LM against 9.0
+#: for one chain of 200).
+DEFAULT_POOL = 24
+DEFAULT_STEPS = 200
+POOL_STEPS = 64
 
 Forms = str | Callable[[str], Iterable[str]]
 
@@ -238,6 +249,33 @@ def _pick(rows: list[dict[str, Any]], best: bool, distinct: bool) -> list[tuple]
     return out
 
 
+def _by_agreement(rows: list[dict[str, Any]], agreement: list[float]) -> list[dict[str, Any]]:
+    """A pool's chains by their best sentence's agreement with the others', highest first;
+    a chain repeating a sentence already listed goes to the end (so ``n`` picks are ``n``
+    different sentences where the pool has them)."""
+    ranked = sorted(range(len(rows)), key=lambda i: -agreement[i])
+    seen: set[tuple[int, ...]] = set()
+    firsts: list[dict[str, Any]] = []
+    repeats: list[dict[str, Any]] = []
+    for i in ranked:
+        sentence = tuple(rows[i]["kept"][0][0])
+        (repeats if sentence in seen else firsts).append(rows[i])
+        seen.add(sentence)
+    return firsts + repeats
+
+
+def _pool(pool: object, lm: Any, searching: bool) -> int:
+    """Chains per input for a consensus choice; ``"auto"``: :data:`DEFAULT_POOL` when
+    searching with a native n-gram LM (cheap chains), else 1 (a neural scorer pays per
+    chain)."""
+    if pool == "auto":
+        native = getattr(lm, "_cgmh_native", None) is not None
+        return DEFAULT_POOL if searching and native else 1
+    if isinstance(pool, bool) or not isinstance(pool, int):
+        raise TypeError(f"pool must be 'auto' or an int >= 1, got {pool!r}")
+    return check_int(pool, "pool", low=1, high=2**20)
+
+
 def _run(
     lm: Any,
     inputs: list[list[str]],
@@ -245,7 +283,7 @@ def _run(
     priors: list[list[object]],
     *,
     n: int,
-    steps: int,
+    steps: int | None,
     seed: int,
     anneal: object,
     select: str | None,
@@ -261,6 +299,7 @@ def _run(
     explore: float,
     moves: Mapping[str, float] | None,
     distinct: bool,
+    pool: object,
     tokenizer: Tokenizer,
     permute: bool,
     sentence_case: bool,
@@ -268,7 +307,6 @@ def _run(
     units: list[list[int]] | None = None,
 ) -> list[list[Sentence]]:
     n = check_int(n, "n", low=1)
-    steps = check_int(steps, "steps", low=1)
     top_k = check_int(top_k, "top_k", low=1)
     seed = check_int(seed, "seed", low=0, high=2**64 - 1)
     min_len = check_int(min_len, "min_len", low=1, high=2**32)
@@ -276,14 +314,26 @@ def _run(
     # Each chain's result holds its sentences: refuse what the machine cannot hold.
     check_request(n * len(inputs) * (256 + 16 * max_len), "n")
     anneal_t = _anneal(anneal)
+    lm = scorers.resolve(lm)
+    pool = _pool(pool, lm, anneal_t is not None and select in (None, "consensus"))
     if select is None:
-        select = "best" if anneal_t else "last"
-    if select not in ("best", "last"):
-        raise ValueError(f"select must be 'best' or 'last', got {select!r}")
-    best = select == "best"
+        select = "consensus" if pool > 1 else "best" if anneal_t else "last"
+    if select not in ("best", "last", "consensus"):
+        raise ValueError(f"select must be 'best', 'last' or 'consensus', got {select!r}")
+    if pool > 1 and select != "consensus":
+        raise ValueError(f"pool = {pool} needs select='consensus', got select={select!r}")
+    consensus = select == "consensus"
+    best = select != "last"
+    # A consensus pool spends its budget on restarts: many short chains rather than one long.
+    chains_per_input = max(n, pool) if consensus else n
+    steps = check_int(
+        (POOL_STEPS if chains_per_input > n else DEFAULT_STEPS) if steps is None else steps,
+        "steps",
+        low=1,
+    )
+    check_request(chains_per_input * len(inputs) * (256 + 16 * max_len), "pool")
     move_weights = _moves(moves)
     forms_fn = _forms_of(forms)
-    lm = scorers.resolve(lm)
     ids = ids or _Ids(lm)
     tokens = [[ids.id(w) for w in ws] for ws in inputs]
     units = units or [[] for _ in inputs]
@@ -309,7 +359,7 @@ def _run(
         for t, fl, a, p, us in zip(tokens, fixed, alternatives, priors, units):
             sizes = us or [1] * len(t)
             starts = np.cumsum([0, *sizes])
-            for _ in range(n):
+            for _ in range(chains_per_input):
                 order = rng.sample(range(len(sizes)), len(sizes))
                 span = [i for u in order for i in range(starts[u], starts[u + 1])]
                 tasks.append([t[i] for i in span])
@@ -319,7 +369,7 @@ def _run(
                 unit_lists.append([sizes[u] for u in order] if us else [])
         chains = 1
     else:
-        tasks, flags, alts, pri, chains = tokens, fixed, alternatives, priors, n
+        tasks, flags, alts, pri, chains = tokens, fixed, alternatives, priors, chains_per_input
         unit_lists = units
     settings: _CgmhSettings = {
         "chains": chains,
@@ -342,12 +392,15 @@ def _run(
         "trace": bool(return_trace),
     }
     raw = _native.cgmh_run(lm, tasks, flags, alts, pri, settings)
-    return _results(raw, len(inputs), n, best, distinct, ids, tokenizer, sentence_case)
+    pools = [raw[i : i + chains_per_input] for i in range(0, len(raw), chains_per_input)]
+    if consensus:
+        agreement = _native.cgmh_agreement([[r["kept"][0][0] for r in p] for p in pools])
+        pools = [_by_agreement(p, a) for p, a in zip(pools, agreement)]
+    return _results(pools, n, best, distinct, ids, tokenizer, sentence_case)
 
 
 def _results(
-    raw: list[dict[str, Any]],
-    inputs: int,
+    pools: list[list[dict[str, Any]]],
     n: int,
     best: bool,
     distinct: bool,
@@ -355,12 +408,13 @@ def _results(
     tokenizer: Tokenizer,
     sentence_case: bool,
 ) -> list[list[Sentence]]:
-    """The :class:`Sentence` rows of ``n`` chains per input from the chains' raw results
-    (``kept``: best states, ``last``, ``last_logprob``, ``log_target``, move counters)."""
+    """The :class:`Sentence` rows of each input's first ``n`` chains (of its ``pool``, in
+    order of preference) from the chains' raw results (``kept``: best states, ``last``,
+    ``last_logprob``, ``log_target``, move counters)."""
     out = []
-    for i in range(inputs):
+    for pool in pools:
         row = []
-        for toks, logprob, log_target, r in _pick(raw[i * n : (i + 1) * n], best, distinct):
+        for toks, logprob, log_target, r in _pick(pool, best, distinct)[:n]:
             words = [ids.word(t) for t in toks]
             text = detokenize(words, tokenizer)
             row.append(
@@ -433,6 +487,7 @@ _OPTIONS = {
     "explore": 0.01,
     "moves": None,
     "distinct": True,
+    "pool": 1,
 }
 
 
@@ -455,7 +510,7 @@ def generate_many(
     lm: Any = None,
     *,
     n: int = 1,
-    steps: int = 200,
+    steps: int | None = None,
     seed: int = 0,
     order: str = "free",
     anneal: object = None,
@@ -483,7 +538,7 @@ def generate_many(
         lm, inputs, [[True] * len(k) for k in inputs], [[] for _ in inputs],
         n=n, steps=steps, seed=seed, anneal=anneal, tokenizer=tokenizer,
         permute=order == "free", sentence_case=True,
-        units=[[len(u) for u in us] for us in units], **_options(options),
+        units=[[len(u) for u in us] for us in units], **_options(options, pool="auto"),
     )  # fmt: skip
 
 
@@ -506,7 +561,7 @@ def generate(
     lm: Any = None,
     *,
     n: int = 1,
-    steps: int = 200,
+    steps: int | None = None,
     seed: int = 0,
     order: str = "free",
     anneal: object = None,
@@ -523,8 +578,13 @@ def generate(
     (美食节 → 美食 节) is one unit: it stays whole and contiguous and moves as one.
     ``order``: ``"fixed"`` keeps the keywords in the given order; ``"free"`` starts each
     chain from its own permutation and lets the chain move keywords. ``anneal``: ``True``, a
-    start temperature or ``(t0, t1)`` (geometric schedule) turns sampling into search and
-    returns the best sentence seen (``select="best"``; otherwise the last state).
+    start temperature or ``(t0, t1)`` (geometric schedule) turns sampling into search: each
+    chain keeps the best sentence it saw and, with a native n-gram LM, a pool of ``pool``
+    chains (default 24, of 64 steps each) runs per input and the ``n`` sentences returned
+    are those that agree most with the pool's others (``select="consensus"``: minimum Bayes
+    risk, the mean sentence BLEU against the other chains' sentences). Otherwise the last
+    state (``select="last"``); ``select="best"``: each chain's best sentence, no pool.
+    ``steps``: MH steps per chain (default 200; 64 in a consensus pool).
 
     Options: ``forms`` (``"auto"``: English inflections of Latin-script keywords, kept to
     those the LM knows; ``"exact"``: the keyword as given; or a callable word → forms, for
@@ -537,8 +597,10 @@ def generate(
     (weights of :data:`MOVES`), ``distinct`` (default True: a chain whose sentence repeats an
     earlier chain's returns its best state not yet taken, so the ``n`` sentences differ when
     the chains saw ``n`` different ones; False: every chain's own state, e.g. to use the
-    chains as independent samples), ``tokenizer`` (default: the LM's own), ``select``,
-    ``return_trace``. Text comes back in sentence case with final punctuation.
+    chains as independent samples), ``pool`` (``"auto"`` or chains per input for
+    ``select="consensus"``; ``"auto"`` is 24 when annealing with a native n-gram LM, else 1),
+    ``tokenizer`` (default: the LM's own), ``select``, ``return_trace``. Text comes back in
+    sentence case with final punctuation.
 
     >>> out = generate(["dog", "frisbee", "catch"], n=2, anneal=True, seed=0)
     >>> len({s.text for s in out})

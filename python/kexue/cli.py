@@ -87,8 +87,8 @@ def _rewrite(args: argparse.Namespace) -> int:
         from .scorers import default_lm
 
         lm = _load_hf(args, lm if lm is not None else default_lm())
-    options = {"n": args.n, "steps": args.steps, "top_k": args.top_k,
-               "anneal": None if args.sample else True}  # fmt: skip
+    options = {"n": args.n, "top_k": args.top_k, "anneal": None if args.sample else True,
+               **_steps(args)}  # fmt: skip
     if args.weight is not None:
         options["weight"] = args.weight
     if args.command == "paraphrase":
@@ -145,7 +145,7 @@ def _generate(args: argparse.Namespace) -> int:
         lm = _load_hf(args, lm)
     options = {
         "n": args.n,
-        "steps": args.steps,
+        **_steps(args),
         "anneal": True if args.anneal else None,
         "order": "fixed" if args.fixed_order else "free",
         "top_k": args.top_k,
@@ -160,6 +160,8 @@ def _generate(args: argparse.Namespace) -> int:
     }
     if args.hf:  # the language chose the proposing LM above
         del options["return_trace"], options["lang"]
+    elif args.pool is not None:
+        options["pool"] = args.pool
     batch = max(1, 64 // args.n)
     traced = []
     with tqdm(total=len(sets), unit="input", disable=len(sets) < 2, file=sys.stderr) as bar:
@@ -183,6 +185,11 @@ def _generate(args: argparse.Namespace) -> int:
     if args.plot:
         plot_trace(traced[:8], args.plot)
     return 0
+
+
+def _steps(args: argparse.Namespace) -> dict[str, int]:
+    """``steps`` when given, so that each function's own default applies otherwise."""
+    return {} if args.steps is None else {"steps": args.steps}
 
 
 def _lm_load(path: str) -> NgramLM:  # binary by its magic, else ARPA
@@ -294,7 +301,10 @@ def _model_options(p: argparse.ArgumentParser, hf_role: str) -> None:
 def _chain_options(p: argparse.ArgumentParser, n: int) -> None:
     """The chain options of generate, paraphrase and correct (`n`: the default --n)."""
     p.add_argument("--n", type=int, default=n, help=f"sentences per input (default {n})")
-    p.add_argument("--steps", type=int, default=200, help="MH steps per chain (default 200)")
+    p.add_argument(
+        "--steps", type=int, default=None,
+        help="MH steps per chain (default 200; 64 for each chain of a consensus pool)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-k", type=int, default=50, help="candidates per edit (default 50)")
 
@@ -327,7 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="file with one keyword set per line (whitespace-separated)")
     _model_options(p, "as the target; the n-gram LM proposes the words")
     _chain_options(p, n=3)
-    p.add_argument("--anneal", action="store_true", help="simulated annealing: best sentence")
+    p.add_argument(
+        "--anneal", action="store_true",
+        help="search (simulated annealing): the sentence a pool of chains agrees with most",
+    )  # fmt: skip
+    p.add_argument(
+        "--pool", type=int, default=None,
+        help="chains per keyword set for --anneal's consensus (default 24 with an n-gram LM)",
+    )  # fmt: skip
     p.add_argument("--fixed-order", action="store_true", help="keep keywords in the given order")
     p.add_argument("--gamma", type=float, default=1.0, help="exponent on p(x) (default 1)")
     p.add_argument("--min-len", type=int, default=1, help="shortest sentence (default 1)")
@@ -399,7 +416,7 @@ def _check_args(args: argparse.Namespace) -> None:
     """Usage errors found before any work starts (exit 2), reported by the subcommand."""
     words = ["kexue", args.command, getattr(args, "lm_command", None)]
     parser = _Parser(prog=" ".join(w for w in words if w), add_help=False)
-    at_least = {"n": 1, "steps": 1, "top_k": 1, "min_len": 1, "max_len": 1, "repeat": 1,
+    at_least = {"n": 1, "steps": 1, "pool": 1, "top_k": 1, "min_len": 1, "max_len": 1, "repeat": 1,
                 "size": 1, "min_count": 1}  # fmt: skip
     for name, low in at_least.items():
         value = getattr(args, name, None)

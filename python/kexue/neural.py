@@ -348,7 +348,8 @@ def generate_many(
         if reused_before is not None:
             stats["tokens_reused"] = lm.tokens_reused - reused_before
     raw = [ch.raw() for _, ch in chains]
-    return cgmh._results(raw, len(inputs), n, select == "best", distinct, ids, tokenizer, True)
+    pools = [raw[i * n : (i + 1) * n] for i in range(len(inputs))]
+    return cgmh._results(pools, n, select == "best", distinct, ids, tokenizer, True)
 
 
 def _propose(

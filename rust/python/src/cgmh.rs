@@ -14,7 +14,7 @@ use numpy::{PyArray1, PyReadonlyArray1, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::arrays::{detached, int, ints, on_caller};
+use crate::arrays::{detached, detached_sized, int, ints, on_caller};
 use crate::errors::{self, from_py};
 use crate::lm::PyModel;
 
@@ -416,8 +416,17 @@ fn cgmh_run<'py>(
     Ok(out)
 }
 
+/// Each sentence's mean BLEU against the other sentences of its pool, for every pool.
+#[pyfunction]
+fn cgmh_agreement(py: Python<'_>, pools: &Bound<'_, PyAny>) -> errors::Result<Vec<Vec<f64>>> {
+    let pools: Vec<Vec<Vec<u32>>> = ints(pools, "pools")?;
+    let work = pools.iter().map(|p| p.len() * p.len()).sum();
+    detached_sized(py, work, || cgmh::consensus::agreements(&pools))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyNgram>()?;
     m.add_function(wrap_pyfunction!(cgmh_run, m)?)?;
+    m.add_function(wrap_pyfunction!(cgmh_agreement, m)?)?;
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! The language model is any [`Scorer`]; extra soft terms of the target (similarity for
 //! paraphrase, closeness for error correction) are [`Prior`]s.
 
+pub mod consensus;
 pub mod ngram;
 pub mod priors;
 mod sampler;

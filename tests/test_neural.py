@@ -109,9 +109,24 @@ def test_same_seed_same_output_and_annealing_sharpens():
     assert np.mean([s.logprob for s in cold]) > np.mean([s.logprob for s in hot])
 
 
+def test_consensus_pool_picks_the_sentence_the_chains_agree_with_most():
+    from test_cgmh import agreement
+
+    lm = ToyNeural("the a cat dog sat on mat".split(), seed=5)
+    chains = neural.generate(["cat"], lm, n=5, steps=30, seed=3, anneal=True, distinct=False)
+    picked = neural.generate(["cat"], lm, n=1, steps=30, seed=3, anneal=True, pool=5)
+    scores = agreement([s.tokens for s in chains])
+    assert picked[0].tokens == chains[int(np.argmax(scores))].tokens
+    # a neural scorer pays per chain: no pool unless asked for
+    default = neural.generate(["cat"], lm, n=1, steps=30, seed=3, anneal=True)
+    assert default[0].tokens == chains[0].tokens
+
+
 @pytest.mark.parametrize(
     "kwargs, exc, match",
     [
+        ({"pool": 3, "select": "best"}, ValueError, "consensus"),
+        ({"pool": 0}, ValueError, "pool"),
         ({"steps": 0}, ValueError, "steps"),
         ({"order": "sideways"}, ValueError, "order"),
         ({"gamma": float("nan")}, ValueError, "gamma"),

@@ -249,6 +249,30 @@ def _pick(rows: list[dict[str, Any]], best: bool, distinct: bool) -> list[tuple]
     return out
 
 
+def _selection(
+    select: str | None, pool: object, lm: Any, anneal: tuple[float, float] | None, n: int
+) -> tuple[str, int]:
+    """The output choice (``select``, its default resolved) and the chains to run per input."""
+    pool = _pool(pool, lm, anneal is not None and select in (None, "consensus"))
+    if select is None:
+        select = "consensus" if pool > 1 else "best" if anneal else "last"
+    if select not in ("best", "last", "consensus"):
+        raise ValueError(f"select must be 'best', 'last' or 'consensus', got {select!r}")
+    if pool > 1 and select != "consensus":
+        raise ValueError(f"pool = {pool} needs select='consensus', got select={select!r}")
+    return select, max(n, pool) if select == "consensus" else n
+
+
+def _pools(raw: list[dict[str, Any]], per_input: int, select: str) -> list[list[dict[str, Any]]]:
+    """The chains' raw results grouped by input; with ``select="consensus"``, each group in
+    order of agreement (:func:`_by_agreement`)."""
+    pools = [raw[i : i + per_input] for i in range(0, len(raw), per_input)]
+    if select != "consensus":
+        return pools
+    agreement = _native.cgmh_agreement([[r["kept"][0][0] for r in p] for p in pools])
+    return [_by_agreement(p, a) for p, a in zip(pools, agreement)]
+
+
 def _by_agreement(rows: list[dict[str, Any]], agreement: list[float]) -> list[dict[str, Any]]:
     """A pool's chains by their best sentence's agreement with the others', highest first;
     a chain repeating a sentence already listed goes to the end (so ``n`` picks are ``n``
@@ -315,17 +339,8 @@ def _run(
     check_request(n * len(inputs) * (256 + 16 * max_len), "n")
     anneal_t = _anneal(anneal)
     lm = scorers.resolve(lm)
-    pool = _pool(pool, lm, anneal_t is not None and select in (None, "consensus"))
-    if select is None:
-        select = "consensus" if pool > 1 else "best" if anneal_t else "last"
-    if select not in ("best", "last", "consensus"):
-        raise ValueError(f"select must be 'best', 'last' or 'consensus', got {select!r}")
-    if pool > 1 and select != "consensus":
-        raise ValueError(f"pool = {pool} needs select='consensus', got select={select!r}")
-    consensus = select == "consensus"
-    best = select != "last"
+    select, chains_per_input = _selection(select, pool, lm, anneal_t, n)
     # A consensus pool spends its budget on restarts: many short chains rather than one long.
-    chains_per_input = max(n, pool) if consensus else n
     steps = check_int(
         (POOL_STEPS if chains_per_input > n else DEFAULT_STEPS) if steps is None else steps,
         "steps",
@@ -388,15 +403,12 @@ def _run(
         "free_order": permute,
         "units": unit_lists,
         "seed": seed,
-        "best": best,
+        "best": select != "last",
         "trace": bool(return_trace),
     }
     raw = _native.cgmh_run(lm, tasks, flags, alts, pri, settings)
-    pools = [raw[i : i + chains_per_input] for i in range(0, len(raw), chains_per_input)]
-    if consensus:
-        agreement = _native.cgmh_agreement([[r["kept"][0][0] for r in p] for p in pools])
-        pools = [_by_agreement(p, a) for p, a in zip(pools, agreement)]
-    return _results(pools, n, best, distinct, ids, tokenizer, sentence_case)
+    pools = _pools(raw, chains_per_input, select)
+    return _results(pools, n, select != "last", distinct, ids, tokenizer, sentence_case)
 
 
 def _results(

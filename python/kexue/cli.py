@@ -160,7 +160,7 @@ def _generate(args: argparse.Namespace) -> int:
     }
     if args.hf:  # the language chose the proposing LM above
         del options["return_trace"], options["lang"]
-    elif args.pool is not None:
+    if args.pool is not None:
         options["pool"] = args.pool
     batch = max(1, 64 // args.n)
     traced = []
@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--pool", type=int, default=None,
-        help="chains per keyword set for --anneal's consensus (default 24 with an n-gram LM)",
+        help="chains per keyword set for --anneal's consensus (default: 24, 1 with --hf)",
     )  # fmt: skip
     p.add_argument("--fixed-order", action="store_true", help="keep keywords in the given order")
     p.add_argument("--gamma", type=float, default=1.0, help="exponent on p(x) (default 1)")

@@ -196,13 +196,16 @@ def generate_many(
     explore: float = 0.01,
     moves: Mapping[str, float] | None = None,
     distinct: bool = True,
+    pool: object = "auto",
     stats: dict[str, float] | None = None,
 ) -> list[list[Sentence]]:
     """``n`` sentences per keyword set, sampled (or, with ``anneal``, searched) from the
     neural target of the module doc. ``lm``: a scorer with ``score_words`` (a batch of word
     lists → natural-log probabilities; e.g. :class:`kexue.scorers.HFCausalLM`) whose
     ``forward_logprobs``/``backward_logprobs`` propose words. Options as in
-    :func:`kexue.cgmh.generate`; ``stats``: a dict that receives ``sentences_scored``,
+    :func:`kexue.cgmh.generate` (``pool="auto"`` is one chain per sentence here: each chain
+    costs neural scores; ``pool=m`` with ``anneal`` returns the consensus of ``m`` chains, of
+    ``steps`` each); ``stats``: a dict that receives ``sentences_scored``,
     ``tokens_scored``, ``tokens_reused`` (when the scorer counts them) and ``score_seconds``.
 
     With a tiny random GPT-2 and a byte tokenizer standing in for a real model:
@@ -250,9 +253,7 @@ def generate_many(
     anneal_t = cgmh._anneal(anneal)
     if anneal_t is not None and not (anneal_t[0] > 0 and anneal_t[1] > 0):
         raise ValueError(f"anneal temperatures must be > 0, got {anneal!r}")
-    select = select or ("best" if anneal_t else "last")
-    if select not in ("best", "last"):
-        raise ValueError(f"select must be 'best' or 'last', got {select!r}")
+    select, per_input = cgmh._selection(select, pool, lm, anneal_t, n)
     weights = cgmh._moves(moves)
     total = sum(weights.values())
     if not total > 0 or any(w < 0 for w in weights.values()):
@@ -283,7 +284,7 @@ def generate_many(
     order_rng = random.Random(seed)
     chains: list[tuple[_Input, _Chain]] = []
     for i, job in enumerate(jobs):
-        for c in range(n):
+        for c in range(per_input):
             start = list(job.keywords)
             if order == "free":
                 start = order_rng.sample(start, len(start))
@@ -347,9 +348,8 @@ def generate_many(
             stats["tokens_scored"] = lm.tokens_scored - tokens_before
         if reused_before is not None:
             stats["tokens_reused"] = lm.tokens_reused - reused_before
-    raw = [ch.raw() for _, ch in chains]
-    pools = [raw[i * n : (i + 1) * n] for i in range(len(inputs))]
-    return cgmh._results(pools, n, select == "best", distinct, ids, tokenizer, True)
+    pools = cgmh._pools([ch.raw() for _, ch in chains], per_input, select)
+    return cgmh._results(pools, n, select != "last", distinct, ids, tokenizer, True)
 
 
 def _propose(

@@ -268,6 +268,9 @@ def test_annealing_with_a_native_lm_runs_a_pool_of_short_chains(small_lm):
                                   pool=cgmh.DEFAULT_POOL, steps=cgmh.POOL_STEPS)  # fmt: skip
     assert [[s.tokens for s in r] for r in default] == [[s.tokens for s in r] for r in explicit]
     assert all(sum(s.proposed.values()) == cgmh.POOL_STEPS for r in default for s in r)
+    many = cgmh.generate(["dog"], small_lm, n=cgmh.DEFAULT_POOL + 2, seed=1, anneal=True)
+    assert len(many) == cgmh.DEFAULT_POOL + 2
+    assert all(sum(s.proposed.values()) == cgmh.POOL_STEPS for s in many)
     single = cgmh.generate(["dog"], small_lm, seed=1, anneal=True, select="best")[0]
     assert sum(single.proposed.values()) == cgmh.DEFAULT_STEPS
     sampled = cgmh.generate(["dog"], small_lm, seed=1)[0]  # no pool without search

@@ -341,11 +341,9 @@ def _run(
     lm = scorers.resolve(lm)
     select, chains_per_input = _selection(select, pool, lm, anneal_t, n)
     # A consensus pool spends its budget on restarts: many short chains rather than one long.
-    steps = check_int(
-        (POOL_STEPS if chains_per_input > n else DEFAULT_STEPS) if steps is None else steps,
-        "steps",
-        low=1,
-    )
+    pooled = select == "consensus" and chains_per_input > 1
+    steps = check_int((POOL_STEPS if pooled else DEFAULT_STEPS) if steps is None else steps,
+                      "steps", low=1)  # fmt: skip
     check_request(chains_per_input * len(inputs) * (256 + 16 * max_len), "pool")
     move_weights = _moves(moves)
     forms_fn = _forms_of(forms)

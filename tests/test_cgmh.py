@@ -234,6 +234,20 @@ def test_agreement_is_the_mean_smoothed_bleu_against_the_pool(pools):
         np.testing.assert_allclose(row, agreement(pool), rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize(
+    "pools, exc, match",
+    [
+        ([[[-1]]], ValueError, r"pools\[0\]\[0\]\[0\] must be between 0 and 2\*\*32 - 1"),
+        ([[[2**40]]], ValueError, "between 0 and"),
+        ("x", TypeError, "pools must be a sequence"),
+        ([[1]], TypeError, r"pools\[0\]\[0\] must be a sequence of ints"),
+    ],
+)
+def test_agreement_rejects_what_is_not_pools_of_word_ids(pools, exc, match):
+    with pytest.raises(exc, match=match):
+        kexue._native.cgmh_agreement(pools)
+
+
 SENTENCES = [
     "the dog sat on the mat", "a cat sat on the mat", "the dog ran to the cat",
     "a dog and a cat sat", "the cat ran on the mat", "the dog saw a cat",

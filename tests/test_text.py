@@ -53,6 +53,10 @@ def test_as_sentence():
     assert as_sentence('"hello" she said.') == '"Hello" she said.'
     assert as_sentence("广州的美食节又开幕了") == "广州的美食节又开幕了。"
     assert as_sentence("") == ""
+    # a pause the LM wrote last is not left before the final mark
+    assert as_sentence("龙眼、荔枝、") == "龙眼、荔枝。" and as_sentence("美食节、。") == "美食节。"
+    assert as_sentence("a dog ,") == "A dog." and as_sentence('a dog , ."') == 'A dog."'
+    assert as_sentence("a, b: c.") == "A, b: c."
 
 
 def test_regex_tokenizer_pickles_and_compares():

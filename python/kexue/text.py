@@ -242,6 +242,9 @@ def detokenize(tokens: Sequence[str], tokenizer: Tokenizer = None) -> str:
 _FINAL = ".!?…。！？"
 _PAUSES = ",;:，、；：—"
 _CLOSING = "\"')]”’」』"
+_PAUSE_BEFORE_END = re.compile(
+    f"[{re.escape(_PAUSES)} ]+([{re.escape(_FINAL)}][{re.escape(_CLOSING)}]*)$"
+)
 
 
 def as_sentence(text: str) -> str:
@@ -260,11 +263,12 @@ def as_sentence(text: str) -> str:
             break
         if not (c in _CLOSING or c in "\"'(["):
             break
-    if text.rstrip(_CLOSING)[-1:] not in _FINAL:
-        cjk = bool(_CJK.match(text[-1]))
-        text = text.rstrip(_PAUSES) or text  # "…，" ends as "…。", not "…，。"
-        text += "。" if cjk else "."
-    return text
+    if text.rstrip(_CLOSING)[-1:] in _FINAL:
+        # "…、。" and "…, ." (a pause the LM wrote before the end) end as "…。" and "….".
+        return _PAUSE_BEFORE_END.sub(r"\1", text)
+    cjk = bool(_CJK.match(text[-1]))
+    text = text.rstrip(_PAUSES + " ") or text  # "…，" ends as "…。", not "…，。"
+    return text + ("。" if cjk else ".")
 
 
 def _lemmas(word: str) -> set[str]:

@@ -80,7 +80,7 @@ def generate_batch(
     seed: int = 0,
     index_col: str | None = None,
     n: int = 1,
-    steps: int = 200,
+    steps: int | None = None,
     threads: int | None = None,
     **options: Any,
 ) -> Any:
@@ -93,7 +93,8 @@ def generate_batch(
     ``text``, ``logprob`` (natural log), ``nll_per_token`` and ``acceptance_rate``; with
     ``n > 1`` each row is repeated ``n`` times and a ``sample`` column added. Rows run on
     ``threads`` threads (default: :func:`kexue.get_num_threads`); ``options`` go to
-    :func:`kexue.cgmh.generate` (``anneal``, ``top_k``, ``order``, ...).
+    :func:`kexue.cgmh.generate` (``anneal``, ``top_k``, ``order``, ...; ``steps`` defaults as
+    there).
 
     >>> from kexue.pipelines import generate_batch
     >>> out = generate_batch({"keywords": ["cat", "dog park"]}, steps=30, n=2, seed=0)

@@ -12,14 +12,13 @@ so chains sample
 where λ(l) = exp(−β · max(0, L − l)) is the length prior: each word a sentence is short of L
 costs β nats (``length``; by default L and β are estimated from sentences the LM itself
 generates, so a sentence is as long as the LM's typical one; no prior for a scorer that
-cannot generate). Without it the most probable
-sentence is the shortest string that holds the keywords. With ``anneal`` the target is
-sharpened step by step (simulated annealing) and each chain keeps the best sentence it saw;
-:func:`generate` then runs a pool of short chains per input and returns the sentence the
-others agree with most (minimum Bayes risk with sentence BLEU), not one chain's most probable
-string. The whole
-loop runs in Rust, chains and inputs in parallel; a Python scorer (e.g.
-:class:`kexue.scorers.HFCausalLM`) is called back for scores.
+cannot generate). Without it the most probable sentence is the shortest string that holds
+the keywords. With ``anneal`` the target is sharpened step by step (simulated annealing) and
+each chain keeps the best sentence it saw; :func:`generate` then runs a pool of short chains
+per input and returns the sentence the others agree with most (minimum Bayes risk with
+sentence BLEU), not one chain's most probable string. The whole loop runs in Rust, chains and
+inputs in parallel; a Python scorer (e.g. :class:`kexue.scorers.HFCausalLM`) is called back
+for scores.
 
 >>> from kexue.cgmh import generate
 >>> out = generate(["cat", "mat"], n=2, steps=60, seed=0)   # the built-in English LM
@@ -335,16 +334,16 @@ def _run(
     seed = check_int(seed, "seed", low=0, high=2**64 - 1)
     min_len = check_int(min_len, "min_len", low=1, high=2**32)
     max_len = check_int(max_len, "max_len", low=1, high=2**32)
-    # Each chain's result holds its sentences: refuse what the machine cannot hold.
-    check_request(n * len(inputs) * (256 + 16 * max_len), "n")
     anneal_t = _anneal(anneal)
     lm = scorers.resolve(lm)
     select, chains_per_input = _selection(select, pool, lm, anneal_t, n)
+    # Each chain's result holds its sentences: refuse what the machine cannot hold.
+    check_request(chains_per_input * len(inputs) * (256 + 16 * max_len),
+                  "n" if chains_per_input == n else "pool")  # fmt: skip
     # A consensus pool spends its budget on restarts: many short chains rather than one long.
     pooled = select == "consensus" and chains_per_input > 1
     steps = check_int((POOL_STEPS if pooled else DEFAULT_STEPS) if steps is None else steps,
                       "steps", low=1)  # fmt: skip
-    check_request(chains_per_input * len(inputs) * (256 + 16 * max_len), "pool")
     move_weights = _moves(moves)
     forms_fn = _forms_of(forms)
     ids = ids or _Ids(lm)

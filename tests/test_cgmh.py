@@ -273,6 +273,10 @@ def test_consensus_returns_the_sentences_the_pool_agrees_with_most(small_lm):
             ranked.append(chains[i].tokens)
     assert [s.tokens for s in picked] == ranked[:2]
     assert all(any(w in s.tokens for w in ("dog", "dogs")) for s in picked)
+    # distinct=False: the n most agreeing chains as they are, repeats included
+    top = cgmh.generate(kw, small_lm, n=6, steps=40, seed=4, anneal=True, pool=6, distinct=False)
+    order = sorted(range(6), key=lambda i: -scores[i])
+    assert [s.tokens for s in top] == [chains[i].tokens for i in order]
 
 
 def test_annealing_with_a_native_lm_runs_a_pool_of_short_chains(small_lm):

@@ -57,6 +57,11 @@ def test_as_sentence():
     assert as_sentence("龙眼、荔枝、") == "龙眼、荔枝。" and as_sentence("美食节、。") == "美食节。"
     assert as_sentence("a dog ,") == "A dog." and as_sentence('a dog , ."') == 'A dog."'
     assert as_sentence("a, b: c.") == "A, b: c."
+    # a run of marks at the end (a padding the LM wrote) ends as its first mark
+    assert as_sentence("wear the phone talking........") == "Wear the phone talking."
+    assert as_sentence("what?!") == "What?" and as_sentence("a dog , . . .") == "A dog."
+    assert as_sentence('he said "go.."') == 'He said "go."' and as_sentence("好。。") == "好。"
+    assert as_sentence("wait... then go") == "Wait... then go."  # only the end
 
 
 def test_regex_tokenizer_pickles_and_compares():

@@ -262,21 +262,27 @@ def _selection(
     return select, max(n, pool) if select == "consensus" else n
 
 
-def _pools(raw: list[dict[str, Any]], per_input: int, select: str) -> list[list[dict[str, Any]]]:
+def _pools(
+    raw: list[dict[str, Any]], per_input: int, select: str, distinct: bool
+) -> list[list[dict[str, Any]]]:
     """The chains' raw results grouped by input; with ``select="consensus"``, each group in
     order of agreement (:func:`_by_agreement`)."""
     pools = [raw[i : i + per_input] for i in range(0, len(raw), per_input)]
     if select != "consensus":
         return pools
     agreement = _native.cgmh_agreement([[r["kept"][0][0] for r in p] for p in pools])
-    return [_by_agreement(p, a) for p, a in zip(pools, agreement)]
+    return [_by_agreement(p, a, distinct) for p, a in zip(pools, agreement)]
 
 
-def _by_agreement(rows: list[dict[str, Any]], agreement: list[float]) -> list[dict[str, Any]]:
+def _by_agreement(
+    rows: list[dict[str, Any]], agreement: list[float], distinct: bool
+) -> list[dict[str, Any]]:
     """A pool's chains by their best sentence's agreement with the others', highest first;
-    a chain repeating a sentence already listed goes to the end (so ``n`` picks are ``n``
-    different sentences where the pool has them)."""
+    with ``distinct``, a chain repeating a sentence already listed goes to the end (so ``n``
+    picks are ``n`` different sentences where the pool has them)."""
     ranked = sorted(range(len(rows)), key=lambda i: -agreement[i])
+    if not distinct:
+        return [rows[i] for i in ranked]
     seen: set[tuple[int, ...]] = set()
     firsts: list[dict[str, Any]] = []
     repeats: list[dict[str, Any]] = []
@@ -404,7 +410,7 @@ def _run(
         "trace": bool(return_trace),
     }
     raw = _native.cgmh_run(lm, tasks, flags, alts, pri, settings)
-    pools = _pools(raw, chains_per_input, select)
+    pools = _pools(raw, chains_per_input, select, distinct)
     return _results(pools, n, select != "last", distinct, ids, tokenizer, sentence_case)
 
 

@@ -242,8 +242,11 @@ def detokenize(tokens: Sequence[str], tokenizer: Tokenizer = None) -> str:
 _FINAL = ".!?…。！？"
 _PAUSES = ",;:，、；：—"
 _CLOSING = "\"')]”’」』"
-_PAUSE_BEFORE_END = re.compile(
-    f"[{re.escape(_PAUSES)} ]+([{re.escape(_FINAL)}][{re.escape(_CLOSING)}]*)$"
+# The marks that end a text: pauses, then the first final mark, then more marks (an n-gram
+# LM pads with runs of "." its corpus holds), then closing quotes.
+_MARKS_AT_END = re.compile(
+    f"[{re.escape(_PAUSES)} ]*([{re.escape(_FINAL)}])[{re.escape(_PAUSES + _FINAL)} ]*"
+    f"([{re.escape(_CLOSING)}]*)$"
 )
 
 
@@ -264,8 +267,8 @@ def as_sentence(text: str) -> str:
         if not (c in _CLOSING or c in "\"'(["):
             break
     if text.rstrip(_CLOSING)[-1:] in _FINAL:
-        # "…、。" and "…, ." (a pause the LM wrote before the end) end as "…。" and "….".
-        return _PAUSE_BEFORE_END.sub(r"\1", text)
+        # "…、。", "…, ." and "…...." end with one mark: "…。", "….", "…."
+        return _MARKS_AT_END.sub(r"\1\2", text)
     cjk = bool(_CJK.match(text[-1]))
     text = text.rstrip(_PAUSES + " ") or text  # "…，" ends as "…。", not "…，。"
     return text + ("。" if cjk else ".")

@@ -38,7 +38,7 @@ from kexue.text import RegexTokenizer
 
 METRIC_RX = r"[A-Za-z0-9]+(?:'[a-z]+)?|[^\sA-Za-z0-9]"
 METRIC = RegexTokenizer(METRIC_RX)
-BEFORE = {"forms": "exact", "length": None, "block": None, "pool": 1}
+BEFORE = {"forms": "exact", "length": None, "block": None, "pool": 1, "backoff": None}
 
 
 def tokens(text: str) -> list[str]:

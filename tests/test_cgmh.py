@@ -313,6 +313,76 @@ def test_bad_pool(small_lm, kwargs, exc, match):
         cgmh.generate(["dog"], small_lm, anneal=True, **kwargs)
 
 
+def unseen_ngrams(tokens: list[str], order: int = 3) -> int:
+    """Tokens of ``tokens`` (and the end) whose n-gram of ``order`` words (shorter at the
+    start: ``<s> w1`` for the first word) never occurs in :data:`SENTENCES`."""
+    seen = set()
+    for line in SENTENCES:
+        t = ["<s>", *line.split(), "</s>"]
+        seen.update(tuple(t[i:j]) for i in range(len(t)) for j in range(i + 2, len(t) + 1))
+    t = ["<s>", *tokens, "</s>"]
+    return sum(tuple(t[max(0, i - order + 1) : i + 1]) not in seen for i in range(1, len(t)))
+
+
+@pytest.mark.parametrize("order, cost", [(3, 0.7), (2, 2.0)])
+def test_backoff_penalty_enters_the_target(small_lm, order, cost):
+    """log target = log p − cost · (tokens whose n-gram the corpus never held) − log N, with
+    N the ways the keywords sit in the sentence, counted from the corpus itself."""
+    kw = [["dog", "mat"], ["cat"], ["ran", "saw"]]
+    out = cgmh.generate_many(kw, small_lm, n=6, steps=40, seed=1, anneal=True, length=None,
+                             block=None, forms="exact", backoff=(order, cost), select="best",
+                             distinct=False)  # fmt: skip
+    penalised = 0
+    for keywords, row in zip(kw, out):
+        for s in row:
+            ways = math.prod(s.tokens.count(k) for k in keywords)
+            unseen = unseen_ngrams(s.tokens, order)
+            penalised += unseen > 0
+            want = s.logprob - cost * unseen - math.log(ways)
+            assert math.isclose(s.log_target, want, abs_tol=1e-6), s.tokens
+    assert penalised  # the check saw the penalty at work
+
+
+def test_backoff_penalty_defaults(small_lm):
+    kw = [["dog"], ["cat", "mat"]]
+    same = {"n": 2, "steps": 30, "seed": 3}
+    searched = cgmh.generate_many(kw, small_lm, anneal=True, pool=4, **same)
+    explicit = cgmh.generate_many(kw, small_lm, anneal=True, pool=4,
+                                  backoff=cgmh.DEFAULT_BACKOFF, **same)  # fmt: skip
+    assert [[s.log_target for s in r] for r in searched] == [
+        [s.log_target for s in r] for r in explicit
+    ]
+    # sampling samples the LM's own target; a Python scorer has no n-gram table to check
+    sampled = cgmh.generate_many(kw, small_lm, **same)
+    plain = cgmh.generate_many(kw, small_lm, backoff=None, **same)
+    assert [[s.tokens for s in r] for r in sampled] == [[s.tokens for s in r] for r in plain]
+    toy = ToyBigram(WORDS, seed=5)
+    assert cgmh.generate(["cat"], toy, anneal=True, **same)  # "auto": no penalty, no error
+    with pytest.raises(ValueError, match="native n-gram"):
+        cgmh.generate(["cat"], toy, backoff=(2, 1.0), **same)
+
+
+def test_backoff_rate_counts_what_the_corpus_lacks(small_lm):
+    from kexue.scorers import backoff_rate, resolve
+
+    scorer = resolve(small_lm)
+    drawn = scorer._cgmh_native.sample(200, 0, 100)
+    sentences = [[scorer.word(i) for i in ids] for ids, _ in drawn]
+    want = sum(unseen_ngrams(t) for t in sentences) / sum(len(t) + 1 for t in sentences)
+    assert math.isclose(backoff_rate(scorer, 3, sentences=200), want)
+    assert 0 < want < 1
+
+
+@pytest.mark.parametrize(
+    "backoff, match",
+    [((1, 1.0), "backoff order"), ((4, 1.0), "backoff order"), ((3, -1.0), "backoff cost"),
+     ((3, math.nan), "backoff cost"), ("strong", "backoff must be"), ((3,), "backoff must be")],
+)  # fmt: skip
+def test_bad_backoff(small_lm, backoff, match):
+    with pytest.raises(ValueError, match=match):
+        cgmh.generate(["dog"], small_lm, anneal=True, backoff=backoff)
+
+
 def test_same_seed_same_output_on_any_thread_count():
     lm = ToyBigram(WORDS, seed=5)
     kw = [["cat"], ["dog", "mat"], ["the", "the"]]

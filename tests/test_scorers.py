@@ -149,6 +149,19 @@ def test_cli_generate(capsys, tmp_path):
                  "--steps", "40", "--json", "--anneal"]) == 0  # fmt: skip
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 2 and all({"cat", "dog"} <= set(r["tokens"]) for r in rows)
+    # --no-backoff: the same run without the back-off penalty, as generate(backoff=None)
+    from kexue.lm import NgramLM
+
+    lm = NgramLM.build(str(corpus), order=3, progress=False, discount_fallback=True)
+    runs = []
+    for flags, backoff in [([], "auto"), (["--no-backoff"], None)]:
+        assert main(["generate", "bird", "mat", "--corpus", str(corpus), "--order", "3",
+                     "--n", "4", "--json", "--anneal", *flags]) == 0  # fmt: skip
+        got = [json.loads(line)["tokens"] for line in capsys.readouterr().out.splitlines()]
+        want = cgmh.generate(["bird", "mat"], lm, n=4, anneal=True, backoff=backoff)
+        assert got == [s.tokens for s in want]
+        runs.append(got)
+    assert runs[0] != runs[1]
     inp = tmp_path / "kw.txt"
     inp.write_text("cat\nbird tree\n\n", encoding="utf-8")
     png = tmp_path / "trace.png"

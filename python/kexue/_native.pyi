@@ -188,6 +188,7 @@ class _CgmhSettings(TypedDict):
     max_len: int
     gamma: float
     length: tuple[int, float] | None
+    backoff: tuple[int, float] | None  # (n-gram order, cost in nats): native n-gram LMs only
     anneal: tuple[float, float] | None
     index: str
     explore: float

@@ -162,6 +162,8 @@ def _generate(args: argparse.Namespace) -> int:
         del options["return_trace"], options["lang"]
     if args.pool is not None:
         options["pool"] = args.pool
+    if args.no_backoff and not args.hf:  # (a neural target has no back-off to penalise)
+        options["backoff"] = None
     batch = max(1, 64 // args.n)
     traced = []
     with tqdm(total=len(sets), unit="input", disable=len(sets) < 2, file=sys.stderr) as bar:
@@ -358,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="length prior target in tokens (default: estimated from the LM; 0: none)",
     )  # fmt: skip
     p.add_argument("--no-block", action="store_true", help="lift the offensive-word filter")
+    p.add_argument(
+        "--no-backoff", action="store_true",
+        help="no penalty for words the n-gram LM scores by backing off (with --anneal)",
+    )  # fmt: skip
     p.add_argument(
         "--lang", choices=["en", "zh"], default=None,
         help="built-in LM (default: zh for keywords in Chinese characters, else en)",

@@ -261,7 +261,7 @@ def generate_many(
     p_move = np.array([weights[m] / total for m in cgmh.MOVES])
     cum_move = np.cumsum(p_move)
     forms_fn = cgmh._forms_of(forms)
-    prior = cgmh._length(length, lm)
+    prior = cgmh._length(length, lm, None)
     blocked = cgmh._blocked(block, lm)
     ids = cgmh._Ids(lm)
     vocab = ids.vocab_size

@@ -37,6 +37,7 @@ from .lm import NgramLM
 __all__ = [
     "HFCausalLM",
     "NgramScorer",
+    "backoff_rate",
     "blocked_ids",
     "chinese_lm",
     "default_lm",
@@ -74,6 +75,7 @@ class NgramScorer:
         self._words = list(forward.words())
         self._index = {w: i for i, w in enumerate(self._words)}
         self.vocab_size = len(self._words)
+        self.order = int(forward.order)
         self.lowercase = bool(getattr(lm, "lowercase", False))
 
     def __reduce__(self) -> tuple:  # the native sampler object is rebuilt from the models
@@ -354,7 +356,7 @@ def _scorer_in(cache: MutableMapping[_Key, NgramScorer], key: _Key, lm: NgramLM)
 
 def length_prior(scorer: Any, sentences: int = 300, seed: int = 0) -> tuple[int, float] | None:
     """(L, β) of CGMH's default length prior, estimated from ``sentences`` sentences the
-    scorer's forward model generates (seeded, cached on the scorer): L their median length,
+    scorer's forward model generates (seeded, cached on the scorer): L their mean length,
     β their mean negative log-probability per word (the end of sentence counted), so a word
     missing below L costs what a typical word costs. None for a scorer that cannot generate
     (no ``sample`` method, on it or on its ``candidates``).
@@ -378,6 +380,31 @@ def length_prior(scorer: Any, sentences: int = 300, seed: int = 0) -> tuple[int,
     except AttributeError:  # a scorer with __slots__: estimate again next time
         pass
     return prior
+
+
+def backoff_rate(scorer: NgramScorer, order: int, sentences: int = 300, seed: int = 0) -> float:
+    """The share of tokens (each sentence's end included) that an n-gram scorer's forward
+    model scores from a context shorter than ``order − 1`` words, in ``sentences`` sentences
+    it generates (seeded, cached on the scorer): what CGMH's back-off penalty charges the
+    LM's own text per word.
+
+    >>> from kexue.scorers import backoff_rate, default_lm
+    >>> 0 < backoff_rate(default_lm(), 3) < 1
+    True
+    """
+    rates = scorer.__dict__.setdefault("_backoff_rates", {})
+    key = (order, sentences, seed)
+    if key not in rates:
+        drawn = scorer._cgmh_native.sample(sentences, seed, 100)
+        backed_off = tokens = 0
+        for ids, _ in drawn:
+            # ngram_len[i] of token i (0-based, after <s>) can reach at most i + 2
+            _, ngram_len, _ = scorer._forward.token_scores(" ".join(scorer._text(ids)))
+            reach = np.minimum(order, np.arange(len(ngram_len)) + 2)
+            backed_off += int((ngram_len < reach).sum())
+            tokens += len(ngram_len)
+        rates[key] = backed_off / tokens
+    return float(rates[key])
 
 
 def blocked_ids(scorer: Any) -> list[int]:

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use kexue_core::cgmh::ngram::Ngram;
-use kexue_core::cgmh::priors::{BowCosine, EditPenalty, PriorKind};
+use kexue_core::cgmh::priors::{BackoffPenalty, BowCosine, EditPenalty, PriorKind};
 use std::collections::HashMap;
 
 use kexue_core::cgmh::{self, Config, LengthPrior, Move, Prior, Scorer, Task};
@@ -275,6 +275,8 @@ struct Settings<'py> {
     max_len: Bound<'py, PyAny>,
     gamma: f64,
     length: Option<(Bound<'py, PyAny>, f64)>,
+    /// (n-gram order, cost): the native LM's back-off penalty, a soft term of every input.
+    backoff: Option<(Bound<'py, PyAny>, f64)>,
     anneal: Option<(f64, f64)>,
     index: String,
     explore: f64,
@@ -369,6 +371,23 @@ fn cgmh_run<'py>(
         .iter()
         .map(|ps| ps.iter().map(AnyPrior::extract).collect())
         .collect::<errors::Result<_>>()?;
+    let backoff = match (&settings.backoff, &scorer) {
+        (None, _) => None,
+        (Some((order, cost)), AnyScorer::Native(ngram)) => {
+            let order = int(order, "settings['backoff'][0]")?;
+            Some(BackoffPenalty::new(
+                ngram.forward_model().clone(),
+                order,
+                *cost,
+            )?)
+        }
+        (Some(_), AnyScorer::Py(_)) => {
+            return Err(errors::Error::value(
+                "backoff",
+                "needs a native n-gram LM (kexue.lm.NgramLM or NgramScorer)",
+            ))
+        }
+    };
     let tasks: Vec<Task<'_>> = inputs
         .into_iter()
         .zip(fixed)
@@ -381,7 +400,11 @@ fn cgmh_run<'py>(
             forms,
             units: units.clone(),
             free_order: settings.free_order,
-            priors: ps.iter().map(AnyPrior::as_dyn).collect(),
+            priors: ps
+                .iter()
+                .map(AnyPrior::as_dyn)
+                .chain(backoff.as_ref().map(|b| b as &dyn Prior))
+                .collect(),
         })
         .collect();
     let n = int(&settings.chains, "settings['chains']")?;

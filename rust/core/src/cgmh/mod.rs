@@ -75,6 +75,18 @@ pub fn replace_by_sentences<S: Scorer + ?Sized>(
 /// A soft term `log s(x)` added to the target (paraphrase similarity, closeness to a source).
 pub trait Prior: Sync {
     fn log_score(&self, x: &[u32]) -> Result<f64>;
+
+    /// `out[j]` = the log score of `x` with `x[pos]` replaced by `cands[j]`. The default
+    /// scores each sentence in full; a prior that looks at a few words around each position
+    /// overrides it to rescore only those.
+    fn replace_scores(&self, x: &[u32], pos: usize, cands: &[u32], out: &mut [f64]) -> Result<()> {
+        let mut y = x.to_vec();
+        for (o, &c) in out.iter_mut().zip(cands) {
+            y[pos] = c;
+            *o = self.log_score(&y)?;
+        }
+        Ok(())
+    }
 }
 
 /// How the forward and backward conditionals combine into the candidate index (top-K).

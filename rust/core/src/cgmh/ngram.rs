@@ -111,6 +111,11 @@ impl Ngram {
         })
     }
 
+    /// The forward model (shared).
+    pub fn forward_model(&self) -> &Arc<Model> {
+        &self.forward.model
+    }
+
     pub fn has_backward(&self) -> bool {
         self.backward.is_some()
     }

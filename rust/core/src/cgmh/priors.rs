@@ -1,6 +1,10 @@
-//! Built-in soft terms of the target for paraphrase and error correction.
+//! Built-in soft terms of the target: similarity for paraphrase and error correction, and
+//! the back-off penalty that keeps generated text on n-grams people wrote.
+
+use std::sync::Arc;
 
 use super::Prior;
+use crate::lm::{Model, BOS, EOS, UNK};
 use crate::{Error, Result};
 
 /// The built-in soft terms, by the names the bindings take.
@@ -117,6 +121,102 @@ impl Prior for EditPenalty {
     }
 }
 
+/// `−cost` per word (and per end of sentence) that the n-gram model scores from a context
+/// shorter than `order − 1` words — that is, whose n-gram of that order never occurred in its
+/// training text, so the model backed off (the first words count against what their short
+/// context allows: the second word's trigram is `<s> w1 w2`). Kneser–Ney gives such joins a
+/// probability that is small but not small enough: the keywords force joins no text
+/// contains ("in a field of ." ), and a reader rejects exactly those.
+pub struct BackoffPenalty {
+    model: Arc<Model>,
+    order: usize,
+    cost: f64,
+}
+
+impl BackoffPenalty {
+    /// `order` in 2..=the model's order; `cost` in nats, finite and ≥ 0.
+    pub fn new(model: Arc<Model>, order: usize, cost: f64) -> Result<Self> {
+        if !(2..=model.order()).contains(&order) {
+            return Err(Error::value(
+                "backoff",
+                format!(
+                    "order must be in 2..={} (the LM's order), got {order}",
+                    model.order()
+                ),
+            ));
+        }
+        if !(cost.is_finite() && cost >= 0.0) {
+            return Err(Error::value(
+                "backoff",
+                format!("cost must be a finite number >= 0, got {cost}"),
+            ));
+        }
+        Ok(BackoffPenalty { model, order, cost })
+    }
+
+    /// How many tokens of `x` (and its end) the model scores from a shorter context.
+    pub fn count(&self, x: &[u32]) -> usize {
+        self.model
+            .token_scores(x, true, true)
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| self.backed_off(i, s.ngram_len))
+            .count()
+    }
+
+    /// Whether token `i` (0-based after `<s>`), matched by an n-gram of `ngram_len` words,
+    /// falls short of the penalty's order (or of the `i + 2` words its context allows).
+    fn backed_off(&self, i: usize, ngram_len: usize) -> bool {
+        ngram_len < self.order.min(i + 2)
+    }
+}
+
+impl Prior for BackoffPenalty {
+    fn log_score(&self, x: &[u32]) -> Result<f64> {
+        Ok(-self.cost * self.count(x) as f64)
+    }
+
+    /// Whether token i backs off below `order` depends on words i − order + 1..=i only, so a
+    /// candidate in slot `pos` changes tokens pos..pos + order − 1 (the end included): those
+    /// are rescored from the model state before the slot, the rest counted once.
+    fn replace_scores(&self, x: &[u32], pos: usize, cands: &[u32], out: &mut [f64]) -> Result<()> {
+        let model = &*self.model;
+        let window = pos..(pos + self.order).min(x.len() + 1);
+        let outside = model
+            .token_scores(x, true, true)
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| !window.contains(&i) && self.backed_off(i, s.ngram_len))
+            .count();
+        let keep = model.order() - 1;
+        let vocab = model.vocab().len();
+        let mut context: Vec<u32> = Vec::with_capacity(keep + 1);
+        if pos < keep {
+            context.push(BOS);
+        }
+        // Unknown ids read as <unk>, as token_scores does.
+        let known = |w: u32| if (w as usize) < vocab { w } else { UNK };
+        context.extend(x[pos.saturating_sub(keep)..pos].iter().map(|&w| known(w)));
+        let start = model.state_from_context(&context);
+        for (o, &c) in out.iter_mut().zip(cands) {
+            let mut state = start;
+            let mut count = outside;
+            for i in window.clone() {
+                let w = match i {
+                    _ if i == pos => c,
+                    _ if i < x.len() => x[i],
+                    _ => EOS,
+                };
+                let (s, next) = model.score_full(&state, w);
+                count += usize::from(self.backed_off(i, s.ngram_len));
+                state = next;
+            }
+            *o = -self.cost * count as f64;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +236,52 @@ mod tests {
             EditPenalty::new(&[1, 2], 0.5).log_score(&[2]).unwrap(),
             -0.5
         );
+    }
+
+    #[test]
+    fn backoff_penalty_counts_unseen_ngrams() {
+        use crate::lm::{build, BuildOptions, Corpus};
+        let mut corpus = Corpus::new(false);
+        for line in ["the cat sat on the mat", "a dog sat on a log"] {
+            corpus.add_sentence(line);
+        }
+        let opts = BuildOptions {
+            order: 3,
+            discount_fallback: true,
+            ..Default::default()
+        };
+        let model = Arc::new(build(&corpus, &opts, false).unwrap().0);
+        let ids = |s: &str| -> Vec<u32> { s.split(' ').map(|w| model.vocab().id(w)).collect() };
+        let p = BackoffPenalty::new(model.clone(), 3, 0.5).unwrap();
+        // Every trigram (with <s> and </s>) occurs in the corpus.
+        assert_eq!(p.count(&ids("the cat sat on a log")), 0);
+        // "dog sat on the" is fine, "<s> a dog" too; "on the log" and "the log </s>" are not.
+        assert_eq!(p.count(&ids("a dog sat on the log")), 2);
+        // "<s> cat" (a bigram: all the first word's context allows), "<s> cat sat" and
+        // "cat sat </s>" are unseen.
+        assert_eq!(p.count(&ids("cat sat")), 3);
+        assert_eq!(p.log_score(&ids("cat sat")).unwrap(), -1.5);
+        // Unknown words always back off.
+        assert_eq!(p.count(&ids("zebra")), 2);
+        let bigram = BackoffPenalty::new(model.clone(), 2, 1.0).unwrap();
+        assert_eq!(bigram.count(&ids("a dog sat on the log")), 1); // "the log"
+                                                                   // Windowed rescoring agrees with scoring each sentence in full, unknown ids included.
+        let mut x = ids("a dog sat on the mat");
+        x.push(model.vocab().len() as u32 + 5);
+        let cands: Vec<u32> = (0..model.vocab().len() as u32 + 2).collect();
+        for penalty in [&p, &bigram] {
+            for pos in 0..x.len() {
+                let mut out = vec![0.0; cands.len()];
+                penalty.replace_scores(&x, pos, &cands, &mut out).unwrap();
+                for (&c, &o) in cands.iter().zip(&out) {
+                    let mut y = x.clone();
+                    y[pos] = c;
+                    assert_eq!(o, penalty.log_score(&y).unwrap(), "{pos} {c}");
+                }
+            }
+        }
+        for (order, cost) in [(1, 1.0), (4, 1.0), (3, -1.0), (3, f64::NAN)] {
+            assert!(BackoffPenalty::new(model.clone(), order, cost).is_err());
+        }
     }
 }

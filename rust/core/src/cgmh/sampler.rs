@@ -49,6 +49,8 @@ pub struct Chain<'a, S: Scorer + ?Sized> {
     cands: Vec<u32>,
     cand_lp: Vec<f64>,
     cand_lt: Vec<f64>,
+    /// One prior's scores of the candidates.
+    cand_prior: Vec<f64>,
     scratch: Vec<u32>,
 }
 
@@ -190,6 +192,7 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
             cands: Vec::new(),
             cand_lp: Vec::new(),
             cand_lt: Vec::new(),
+            cand_prior: Vec::new(),
             scratch: Vec::new(),
         };
         chain.logp = check_logprob(scorer.sentence_logprob(&chain.x)?)?;
@@ -311,11 +314,15 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
             } else {
                 shared
             };
-            let mut lt = self.config.gamma * lp + rest;
-            for p in &self.task.priors {
-                lt += check_logprob(p.log_score(&y)?)?;
+            self.cand_lt.push(self.config.gamma * lp + rest);
+        }
+        y[pos] = FREE;
+        for p in &self.task.priors {
+            self.cand_prior.resize(n, 0.0);
+            p.replace_scores(&y, pos, &self.cands, &mut self.cand_prior)?;
+            for (lt, &v) in self.cand_lt.iter_mut().zip(&self.cand_prior) {
+                *lt += check_logprob(v)?;
             }
-            self.cand_lt.push(lt);
         }
         Ok(())
     }

@@ -386,6 +386,7 @@ def _run(
                       "steps", low=1)  # fmt: skip
     move_weights = _moves(moves)
     backoff_setting = _backoff(backoff, lm, anneal_t is not None)
+    best = select != "last"  # keep each chain's best state, not its last
     forms_fn = _forms_of(forms)
     ids = ids or _Ids(lm)
     tokens = [[ids.id(w) for w in ws] for ws in inputs]
@@ -442,12 +443,12 @@ def _run(
         "free_order": permute,
         "units": unit_lists,
         "seed": seed,
-        "best": select != "last",
+        "best": best,
         "trace": bool(return_trace),
     }
     raw = _native.cgmh_run(lm, tasks, flags, alts, pri, settings)
     pools = _pools(raw, chains_per_input, select, distinct)
-    return _results(pools, n, select != "last", distinct, ids, tokenizer, sentence_case)
+    return _results(pools, n, best, distinct, ids, tokenizer, sentence_case)
 
 
 def _results(

@@ -264,8 +264,9 @@ mod tests {
         // Unknown words always back off.
         assert_eq!(p.count(&ids("zebra")), 2);
         let bigram = BackoffPenalty::new(model.clone(), 2, 1.0).unwrap();
-        assert_eq!(bigram.count(&ids("a dog sat on the log")), 1); // "the log"
-                                                                   // Windowed rescoring agrees with scoring each sentence in full, unknown ids included.
+        // "the log" is the one unseen bigram.
+        assert_eq!(bigram.count(&ids("a dog sat on the log")), 1);
+        // Windowed rescoring agrees with scoring each sentence in full, unknown ids included.
         let mut x = ids("a dog sat on the mat");
         x.push(model.vocab().len() as u32 + 5);
         let cands: Vec<u32> = (0..model.vocab().len() as u32 + 2).collect();

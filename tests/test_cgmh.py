@@ -371,6 +371,14 @@ def test_backoff_rate_counts_what_the_corpus_lacks(small_lm):
     want = sum(unseen_ngrams(t) for t in sentences) / sum(len(t) + 1 for t in sentences)
     assert math.isclose(backoff_rate(scorer, 3, sentences=200), want)
     assert 0 < want < 1
+    # the binding counts by the target's own rule, words the LM lacks included
+    made_up = [["cat", "the", "dog"], ["mat", "zebra"], []]
+    ids = [[scorer.word_id(w) or 10**6 for w in t] for t in made_up]
+    for order in (2, 3):
+        want = [unseen_ngrams(t, order) for t in made_up]
+        assert scorer._cgmh_native.backed_off(ids, order) == want
+    with pytest.raises(ValueError, match="order must be in 2..=3"):
+        scorer._cgmh_native.backed_off(ids, 4)
 
 
 @pytest.mark.parametrize(

@@ -184,12 +184,18 @@ def _moves(moves: Mapping[str, float] | None) -> dict[str, float]:
     return {m: float(moves.get(m, 0.0)) for m in MOVES}
 
 
+def _runs_natively(lm: Any) -> bool:
+    """Whether the scorer's chains run wholly in Rust (an n-gram scorer hands its tables over
+    as ``_cgmh_native``)."""
+    return getattr(lm, "_cgmh_native", None) is not None
+
+
 def _backoff(backoff: object, lm: Any, searching: bool) -> tuple[int, float] | None:
     """(order, cost) of the back-off penalty; ``"auto"``: :data:`DEFAULT_BACKOFF` when
     searching with a native n-gram LM of at least that order, else none."""
     if backoff is None or backoff is False:
         return None
-    native = getattr(lm, "_cgmh_native", None) is not None
+    native = _runs_natively(lm)
     if backoff == "auto":
         usable = searching and native and lm.order >= DEFAULT_BACKOFF[0]
         return DEFAULT_BACKOFF if usable else None
@@ -331,8 +337,7 @@ def _pool(pool: object, lm: Any, searching: bool) -> int:
     searching with a native n-gram LM (cheap chains), else 1 (a neural scorer pays per
     chain)."""
     if pool == "auto":
-        native = getattr(lm, "_cgmh_native", None) is not None
-        return DEFAULT_POOL if searching and native else 1
+        return DEFAULT_POOL if searching and _runs_natively(lm) else 1
     if isinstance(pool, bool) or not isinstance(pool, int):
         raise TypeError(f"pool must be 'auto' or an int >= 1, got {pool!r}")
     return check_int(pool, "pool", low=1, high=2**20)

@@ -110,12 +110,19 @@ class NgramScorer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Lengths (in words) and natural-log probabilities of ``sentences`` sentences drawn
         word by word from the forward model (seeded), each ended by ``</s>`` or ``max_len``."""
-        drawn = self._cgmh_native.sample(
-            check_int(sentences, "sentences", low=1), check_int(seed, "seed", low=0),
-            check_int(max_len, "max_len", low=1),
-        )  # fmt: skip
+        drawn = self._drawn(sentences, seed, max_len)
         lengths = np.array([len(ids) for ids, _ in drawn], dtype=np.int64)
         return lengths, np.array([lp for _, lp in drawn], dtype=np.float64)
+
+    def _drawn(self, sentences: int, seed: int, max_len: int) -> list[tuple[list[int], float]]:
+        """The sentences :meth:`sample` draws; the last draw is kept, as the length prior
+        and the back-off rate read the same one."""
+        key = (check_int(sentences, "sentences", low=1), check_int(seed, "seed", low=0),
+               check_int(max_len, "max_len", low=1))  # fmt: skip
+        last = self.__dict__.get("_last_draw")
+        if last is None or last[0] != key:
+            last = self._last_draw = (key, self._cgmh_native.sample(*key))
+        return last[1]
 
     def backward_logprobs(self, ids: Sequence[int], pos: int) -> np.ndarray | None:
         if self._backward is None:
@@ -392,19 +399,9 @@ def backoff_rate(scorer: NgramScorer, order: int, sentences: int = 300, seed: in
     >>> 0 < backoff_rate(default_lm(), 3) < 1
     True
     """
-    rates = scorer.__dict__.setdefault("_backoff_rates", {})
-    key = (order, sentences, seed)
-    if key not in rates:
-        drawn = scorer._cgmh_native.sample(sentences, seed, 100)
-        backed_off = tokens = 0
-        for ids, _ in drawn:
-            # ngram_len[i] of token i (0-based, after <s>) can reach at most i + 2
-            _, ngram_len, _ = scorer._forward.token_scores(" ".join(scorer._text(ids)))
-            reach = np.minimum(order, np.arange(len(ngram_len)) + 2)
-            backed_off += int((ngram_len < reach).sum())
-            tokens += len(ngram_len)
-        rates[key] = backed_off / tokens
-    return float(rates[key])
+    drawn = [ids for ids, _ in scorer._drawn(sentences, seed, 100)]
+    backed_off = scorer._cgmh_native.backed_off(drawn, check_int(order, "order", low=2))
+    return sum(backed_off) / sum(len(ids) + 1 for ids in drawn)  # + 1: each end
 
 
 def blocked_ids(scorer: Any) -> list[int]:

@@ -201,6 +201,22 @@ impl PyNgram {
         check_files()?;
         Ok(samples)
     }
+
+    /// Per sentence of word ids, how many tokens (its end included) the back-off penalty of
+    /// `order` charges: the one rule the chain's target uses, for `scorers.backoff_rate`.
+    fn backed_off(
+        &self,
+        py: Python<'_>,
+        sentences: Vec<Vec<u32>>,
+        order: &Bound<'_, PyAny>,
+    ) -> errors::Result<Vec<usize>> {
+        let order = int(order, "order")?;
+        let penalty = BackoffPenalty::new(self.inner.forward_model().clone(), order, 0.0)?;
+        self.models.iter().try_for_each(|m| m.check_file())?;
+        on_caller(py, || {
+            Ok(sentences.iter().map(|x| penalty.count(x)).collect())
+        })
+    }
 }
 
 enum AnyScorer {

@@ -16,7 +16,9 @@ anneal=True)``; concepts are the lemmas of each set, part-of-speech suffixes dro
 - human leave-one-out: each set's first reference scored against the others.
 
     python benches/cgmh_commongen.py [--sets 993] [--data ../shared/data/commongen]
-Needs ``pip install pycocoevalcap``.
+        [--save outputs.json]
+Needs ``pip install pycocoevalcap``. ``--save`` writes every row's sentences (and each set's
+first human sentence, in sentence case) as JSON, for ``benches/link_grammar.py``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pycocoevalcap.cider.cider import Cider
 import kexue
 from kexue import cgmh
 from kexue.lm import NgramLM
-from kexue.text import RegexTokenizer
+from kexue.text import RegexTokenizer, as_sentence
 
 METRIC_RX = r"[A-Za-z0-9]+(?:'[a-z]+)?|[^\sA-Za-z0-9]"
 METRIC = RegexTokenizer(METRIC_RX)
@@ -71,6 +73,7 @@ def main() -> None:
     ap.add_argument("--sets", type=int, default=993)
     ap.add_argument("--data", default=str(Path(__file__).parents[2] / "shared/data/commongen"))
     ap.add_argument("--examples", type=int, default=12)
+    ap.add_argument("--save", type=Path, help="write the outputs here (JSON)")
     args = ap.parse_args()
     data = Path(args.data)
     dev = [json.loads(line) for line in open(data / "commongen.dev.jsonl", encoding="utf-8")]
@@ -106,6 +109,10 @@ def main() -> None:
         ),  # fmt: skip
         "s/set": float("nan"),
     }
+
+    if args.save:
+        humans = [as_sentence(r[0]) for r in refs]
+        args.save.write_text(json.dumps({**examples, "human": humans}, indent=0), "utf-8")
 
     cols = ["BLEU-4", "CIDEr", "coverage %", "words", "distinct %", "s/set"]
     print("\n| row | " + " | ".join(cols) + " |")

@@ -254,6 +254,12 @@ SENTENCES = [
 ]  # fmt: skip
 
 
+def consensus_scores(chains: list) -> list[float]:
+    """Agreement with the pool plus the target's weight times each sentence's log target."""
+    w = cgmh.CONSENSUS_TARGET_WEIGHT
+    return [a + w * s.log_target for a, s in zip(agreement([s.tokens for s in chains]), chains)]
+
+
 @pytest.fixture(scope="module")
 def small_lm():
     from kexue.lm import NgramLM
@@ -261,19 +267,21 @@ def small_lm():
     return NgramLM.build(SENTENCES * 3, order=3, progress=False, discount_fallback=True)
 
 
-def test_consensus_returns_the_sentences_the_pool_agrees_with_most(small_lm):
-    kw = ["dog", "mat"]
+def test_consensus_weighs_agreement_with_the_pool_and_the_target(small_lm):
+    kw = ["dog", "ran"]  # a pool where the target changes the pick agreement alone makes
     chains = cgmh.generate(kw, small_lm, n=6, steps=40, seed=4, anneal=True, select="best",
                            distinct=False)  # fmt: skip
     picked = cgmh.generate(kw, small_lm, n=2, steps=40, seed=4, anneal=True, pool=6)
-    scores = agreement([s.tokens for s in chains])
+    scores = consensus_scores(chains)
+    by_agreement = agreement([s.tokens for s in chains])
+    assert np.argmax(scores) != np.argmax(by_agreement)
     ranked = []
     for i in sorted(range(6), key=lambda i: -scores[i]):  # stable: ties keep chain order
         if chains[i].tokens not in ranked:
             ranked.append(chains[i].tokens)
     assert [s.tokens for s in picked] == ranked[:2]
-    assert all(any(w in s.tokens for w in ("dog", "dogs")) for s in picked)
-    # distinct=False: the n most agreeing chains as they are, repeats included
+    assert all({"dog", "dogs"} & set(s.tokens) and "ran" in s.tokens for s in picked)
+    # distinct=False: the n highest-scoring chains as they are, repeats included
     top = cgmh.generate(kw, small_lm, n=6, steps=40, seed=4, anneal=True, pool=6, distinct=False)
     order = sorted(range(6), key=lambda i: -scores[i])
     assert [s.tokens for s in top] == [chains[i].tokens for i in order]

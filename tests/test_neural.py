@@ -110,12 +110,12 @@ def test_same_seed_same_output_and_annealing_sharpens():
 
 
 def test_consensus_pool_picks_the_sentence_the_chains_agree_with_most():
-    from test_cgmh import agreement
+    from test_cgmh import consensus_scores
 
     lm = ToyNeural("the a cat dog sat on mat".split(), seed=5)
     chains = neural.generate(["cat"], lm, n=5, steps=30, seed=3, anneal=True, distinct=False)
     picked = neural.generate(["cat"], lm, n=1, steps=30, seed=3, anneal=True, pool=5)
-    scores = agreement([s.tokens for s in chains])
+    scores = consensus_scores(chains)
     assert picked[0].tokens == chains[int(np.argmax(scores))].tokens
     # a neural scorer pays per chain: no pool unless asked for
     default = neural.generate(["cat"], lm, n=1, steps=30, seed=3, anneal=True)

@@ -341,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     _chain_options(p, n=3)
     p.add_argument(
         "--anneal", action="store_true",
-        help="search (simulated annealing): the sentence a pool of chains agrees with most",
+        help="search (simulated annealing): the sentence a pool of chains agrees with most, "
+        "weighed with its score",
     )  # fmt: skip
     p.add_argument(
         "--pool", type=int, default=None,

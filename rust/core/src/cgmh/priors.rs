@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::Prior;
-use crate::lm::{Model, BOS, EOS, UNK};
+use crate::lm::{Model, BOS, EOS};
 use crate::{Error, Result};
 
 /// The built-in soft terms, by the names the bindings take.
@@ -156,18 +156,22 @@ impl BackoffPenalty {
 
     /// How many tokens of `x` (and its end) the model scores from a shorter context.
     pub fn count(&self, x: &[u32]) -> usize {
-        self.model
-            .token_scores(x, true, true)
-            .iter()
-            .enumerate()
-            .filter(|&(i, s)| self.backed_off(i, s.ngram_len))
+        let padded: Vec<u32> = std::iter::once(BOS)
+            .chain(x.iter().copied())
+            .chain(std::iter::once(EOS))
+            .collect();
+        (1..padded.len())
+            .filter(|&t| self.backed_off(&padded, t))
             .count()
     }
 
-    /// Whether token `i` (0-based after `<s>`), matched by an n-gram of `ngram_len` words,
-    /// falls short of the penalty's order (or of the `i + 2` words its context allows).
-    fn backed_off(&self, i: usize, ngram_len: usize) -> bool {
-        ngram_len < self.order.min(i + 2)
+    /// Whether the token at `t` of a sentence `padded` with `<s>` and `</s>` lacks its
+    /// n-gram of the penalty's order (or of the `t + 1` words the start allows). The model
+    /// matches a k-gram when scoring exactly when it holds it (n-gram models hold every
+    /// prefix of their n-grams), so this is what scoring calls backing off, at one probe.
+    fn backed_off(&self, padded: &[u32], t: usize) -> bool {
+        let reach = self.order.min(t + 1);
+        !self.model.contains(&padded[t + 1 - reach..=t])
     }
 }
 
@@ -176,42 +180,26 @@ impl Prior for BackoffPenalty {
         Ok(-self.cost * self.count(x) as f64)
     }
 
-    /// Whether token i backs off below `order` depends on words i − order + 1..=i only, so a
-    /// candidate in slot `pos` changes tokens pos..pos + order − 1 (the end included): those
-    /// are rescored from the model state before the slot, the rest counted once.
+    /// Whether token i backs off depends on words i − order + 1..=i only, so a candidate in
+    /// slot `pos` changes tokens pos..pos + order − 1 (the end included): those are checked
+    /// per candidate in a copy of the words around the slot, the rest counted once.
     fn replace_scores(&self, x: &[u32], pos: usize, cands: &[u32], out: &mut [f64]) -> Result<()> {
-        let model = &*self.model;
-        let window = pos..(pos + self.order).min(x.len() + 1);
-        let outside = model
-            .token_scores(x, true, true)
-            .iter()
-            .enumerate()
-            .filter(|&(i, s)| !window.contains(&i) && self.backed_off(i, s.ngram_len))
+        let mut padded: Vec<u32> = std::iter::once(BOS)
+            .chain(x.iter().copied())
+            .chain(std::iter::once(EOS))
+            .collect();
+        let slot = pos + 1; // in `padded`
+        let window = slot..(slot + self.order).min(padded.len());
+        let outside = (1..padded.len())
+            .filter(|t| !window.contains(t) && self.backed_off(&padded, *t))
             .count();
-        let keep = model.order() - 1;
-        let vocab = model.vocab().len();
-        let mut context: Vec<u32> = Vec::with_capacity(keep + 1);
-        if pos < keep {
-            context.push(BOS);
-        }
-        // Unknown ids read as <unk>, as token_scores does.
-        let known = |w: u32| if (w as usize) < vocab { w } else { UNK };
-        context.extend(x[pos.saturating_sub(keep)..pos].iter().map(|&w| known(w)));
-        let start = model.state_from_context(&context);
         for (o, &c) in out.iter_mut().zip(cands) {
-            let mut state = start;
-            let mut count = outside;
-            for i in window.clone() {
-                let w = match i {
-                    _ if i == pos => c,
-                    _ if i < x.len() => x[i],
-                    _ => EOS,
-                };
-                let (s, next) = model.score_full(&state, w);
-                count += usize::from(self.backed_off(i, s.ngram_len));
-                state = next;
-            }
-            *o = -self.cost * count as f64;
+            padded[slot] = c;
+            let inside = window
+                .clone()
+                .filter(|&t| self.backed_off(&padded, t))
+                .count();
+            *o = -self.cost * (outside + inside) as f64;
         }
         Ok(())
     }
@@ -266,6 +254,20 @@ mod tests {
         let bigram = BackoffPenalty::new(model.clone(), 2, 1.0).unwrap();
         // "the log" is the one unseen bigram.
         assert_eq!(bigram.count(&ids("a dog sat on the log")), 1);
+        // One probe per token finds what scoring matches (a k-gram is held exactly when
+        // scoring matches k words): every sentence of three ids, unknown ones included.
+        let words = model.vocab().len() as u32 + 1;
+        for id in 0..words.pow(3) {
+            let x = [id % words, id / words % words, id / words / words];
+            for (penalty, order) in [(&p, 3), (&bigram, 2)] {
+                let scored = model.token_scores(&x, true, true);
+                let short = scored.iter().enumerate();
+                let want = short
+                    .filter(|(i, s)| s.ngram_len < order.min(i + 2))
+                    .count();
+                assert_eq!(penalty.count(&x), want, "{x:?}");
+            }
+        }
         // Windowed rescoring agrees with scoring each sentence in full, unknown ids included.
         let mut x = ids("a dog sat on the mat");
         x.push(model.vocab().len() as u32 + 5);

@@ -618,6 +618,26 @@ impl Model {
         f64::from(self.score_word(&state, word).0) * LN_10
     }
 
+    /// Whether the model holds the n-gram `words` (oldest first; ids past the vocabulary read
+    /// as `<unk>`): one probe of its table, where scoring would walk every shorter one.
+    /// Every word (`<unk>` included) is a unigram; an empty or over-long n-gram is not held.
+    pub fn contains(&self, words: &[u32]) -> bool {
+        let Some((&last, context)) = words.split_last() else {
+            return false;
+        };
+        if context.is_empty() {
+            return true;
+        }
+        let Some(table) = self.tables.get(context.len() - 1) else {
+            return false;
+        };
+        let mut h = hash_word(self.known(last));
+        for &w in context.iter().rev() {
+            h = hash_extend(h, self.known(w));
+        }
+        table.find(h).is_some()
+    }
+
     /// Maps a sentence's words to ids (`<unk>` for unknown ones).
     pub fn ids(&self, sentence: &str) -> Vec<u32> {
         tokens(sentence).map(|t| self.vocab.id(t)).collect()

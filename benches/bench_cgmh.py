@@ -136,10 +136,10 @@ def main() -> None:
 
     def ours():
         # the peer's algorithm: replace / insert / delete, keywords as given and in order, no
-        # length prior or word filter
+        # length prior, back-off penalty or word filter
         cgmh.generate_many(
             sets, scorer, n=args.chains, steps=args.steps, top_k=args.top_k, explore=0.0,
-            order="fixed", forms="exact", length=None, block=None, distinct=False,
+            order="fixed", forms="exact", length=None, backoff=None, block=None, distinct=False,
             moves={"replace": 1, "insert": 1, "delete": 1},
         )  # fmt: skip
 

@@ -26,7 +26,7 @@ import linkgrammar
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("outputs", type=Path, help="JSON of row name → sentences")
-    ap.add_argument("--seconds", type=float, default=2.0, help="parse time limit per sentence")
+    ap.add_argument("--seconds", type=int, default=2, help="parse time limit per sentence")
     args = ap.parse_args()
     rows = json.loads(args.outputs.read_text("utf-8"))
     dictionary = linkgrammar.Dictionary("en")

@@ -354,16 +354,16 @@ def test_backoff_penalty_enters_the_target(small_lm, order, cost):
 def test_backoff_penalty_defaults(small_lm):
     kw = [["dog"], ["cat", "mat"]]
     same = {"n": 2, "steps": 30, "seed": 3}
-    searched = cgmh.generate_many(kw, small_lm, anneal=True, pool=4, **same)
-    explicit = cgmh.generate_many(kw, small_lm, anneal=True, pool=4,
-                                  backoff=cgmh.DEFAULT_BACKOFF, **same)  # fmt: skip
-    assert [[s.log_target for s in r] for r in searched] == [
-        [s.log_target for s in r] for r in explicit
-    ]
-    # sampling samples the LM's own target; a Python scorer has no n-gram table to check
-    sampled = cgmh.generate_many(kw, small_lm, **same)
-    plain = cgmh.generate_many(kw, small_lm, backoff=None, **same)
-    assert [[s.tokens for s in r] for r in sampled] == [[s.tokens for s in r] for r in plain]
+
+    def targets(**options: object) -> list[list[float]]:
+        out = cgmh.generate_many(kw, small_lm, **options, **same)
+        return [[s.log_target for s in row] for row in out]
+
+    for searching in ({"anneal": True, "pool": 4}, {}):  # on when searching and sampling
+        default = targets(**searching)
+        assert default == targets(backoff=cgmh.DEFAULT_BACKOFF, **searching)
+        assert default != targets(backoff=None, **searching)
+    # a Python scorer has no n-gram table to check
     toy = ToyBigram(WORDS, seed=5)
     assert cgmh.generate(["cat"], toy, anneal=True, **same)  # "auto": no penalty, no error
     with pytest.raises(ValueError, match="native n-gram"):

@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-block", action="store_true", help="lift the offensive-word filter")
     p.add_argument(
         "--no-backoff", action="store_true",
-        help="no penalty for words the n-gram LM scores by backing off (with --anneal)",
+        help="no penalty for words the n-gram LM scores by backing off",
     )  # fmt: skip
     p.add_argument(
         "--lang", choices=["en", "zh"], default=None,

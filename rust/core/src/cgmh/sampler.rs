@@ -59,6 +59,9 @@ pub struct Chain<'a, S: Scorer + ?Sized> {
 #[derive(Clone, Copy, Debug)]
 struct Ranked(f32, u32);
 
+/// Words per block of the candidate scan (a block below the K-th best is skipped whole).
+const CHUNK: usize = 16;
+
 impl Ord for Ranked {
     fn cmp(&self, other: &Self) -> Ordering {
         other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
@@ -243,34 +246,41 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         heap.clear();
         // The kept words' smallest value once K are kept: anything below it cannot enter.
         let mut worst = f32::NEG_INFINITY;
-        for (w, f) in self.fwd.iter_mut().enumerate() {
+        let min = index == Index::Min;
+        for (c, chunk) in self.fwd.chunks_mut(CHUNK).enumerate() {
+            let base = c * CHUNK;
             if both {
-                let b = self.bwd[w];
-                *f = if index == Index::Min {
-                    f.min(b)
-                } else {
-                    *f + b
-                };
-            }
-            if f.is_nan() {
-                return Err(Error::value(
-                    "lm",
-                    "returned NaN in a next-word distribution",
-                ));
-            }
-            if *f < worst {
-                continue;
-            }
-            let e = Ranked(*f, w as u32);
-            if heap.len() < k {
-                heap.push(e);
-            } else if let Some(mut top) = heap.peek_mut() {
-                if e < *top {
-                    *top = e;
+                let b = &self.bwd[base..base + chunk.len()];
+                for (f, &b) in chunk.iter_mut().zip(b) {
+                    *f = if min { f.min(b) } else { *f + b };
                 }
             }
-            if heap.len() == k {
-                worst = heap.peek().map_or(worst, |r| r.0);
+            // Once K words are kept, most chunks hold none that can enter: a branch-free test
+            // (vectorised) skips them; NaN fails it and is caught below.
+            if chunk.iter().fold(true, |below, &f| below & (f < worst)) {
+                continue;
+            }
+            for (i, &f) in chunk.iter().enumerate() {
+                if f.is_nan() {
+                    return Err(Error::value(
+                        "lm",
+                        "returned NaN in a next-word distribution",
+                    ));
+                }
+                if f < worst {
+                    continue;
+                }
+                let e = Ranked(f, (base + i) as u32);
+                if heap.len() < k {
+                    heap.push(e);
+                } else if let Some(mut top) = heap.peek_mut() {
+                    if e < *top {
+                        *top = e;
+                    }
+                }
+                if heap.len() == k {
+                    worst = heap.peek().map_or(worst, |r| r.0);
+                }
             }
         }
         self.cands.clear();

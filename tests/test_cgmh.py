@@ -514,6 +514,23 @@ class ShortScorer(ToyBigram):
         return np.zeros(2, np.float32)
 
 
+@pytest.mark.parametrize("index", ["min", "product", "forward"])
+def test_nan_anywhere_in_a_next_word_distribution_is_a_clear_error(index):
+    """The candidate scan skips blocks of words below the K-th best: a NaN deep in such a
+    block (its other words far below) is still found."""
+    words = [f"w{i}" for i in range(40)]
+
+    class NaNDeep(ToyBigram):
+        def forward_logprobs(self, ids, pos):
+            out = np.full(self.vocab_size, -50.0, np.float32)
+            out[:2] = -1.0  # the top 2 are kept first
+            out[37] = np.nan
+            return out
+
+    with pytest.raises(ValueError, match="NaN in a next-word distribution"):
+        cgmh.generate(["w5"], NaNDeep(words), steps=20, top_k=2, index=index)
+
+
 @pytest.mark.parametrize(
     "scorer, exc, match",
     [

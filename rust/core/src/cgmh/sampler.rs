@@ -252,7 +252,14 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
             if both {
                 let b = &self.bwd[base..base + chunk.len()];
                 for (f, &b) in chunk.iter_mut().zip(b) {
-                    *f = if min { f.min(b) } else { *f + b };
+                    // (f32::min would drop a NaN operand; the check below must see it)
+                    *f = if f.is_nan() || b.is_nan() {
+                        f32::NAN
+                    } else if min {
+                        f.min(b)
+                    } else {
+                        *f + b
+                    };
                 }
             }
             // Once K words are kept, most chunks hold none that can enter: a branch-free test

@@ -80,7 +80,7 @@ DEFAULT_POOL = 24
 #: sentence BLEU, in [0, 1]) with the others: 0.01 per nat, so 10 nats of target count as
 #: 0.1 of agreement. Agreement alone ignores the target, and picked central sentences such as
 #: "… sitting on a his arm and."; on CommonGen dev this weight halves the outputs that end on
-#: a function word, at BLEU-4 +1.1 and CIDEr −0.6 (built-in and train LM).
+#: a function word, at BLEU-4 +1.1 and CIDEr −0.6 / −0.7 (built-in / train LM).
 CONSENSUS_TARGET_WEIGHT = 0.01
 #: The back-off penalty with a native n-gram LM (``backoff="auto"``): (n-gram order, nats
 #: per word the LM scores from a shorter context than that order's). On CommonGen dev it cuts

@@ -392,8 +392,8 @@ def length_prior(scorer: Any, sentences: int = 300, seed: int = 0) -> tuple[int,
 def backoff_rate(scorer: NgramScorer, order: int, sentences: int = 300, seed: int = 0) -> float:
     """The share of tokens (each sentence's end included) that an n-gram scorer's forward
     model scores from a context shorter than ``order − 1`` words, in ``sentences`` sentences
-    it generates (seeded, cached on the scorer): what CGMH's back-off penalty charges the
-    LM's own text per word.
+    it generates (seeded; the draw :func:`length_prior` made, kept on the scorer): what CGMH's
+    back-off penalty charges the LM's own text per word.
 
     >>> from kexue.scorers import backoff_rate, default_lm
     >>> 0 < backoff_rate(default_lm(), 3) < 1

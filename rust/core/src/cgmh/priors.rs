@@ -156,10 +156,7 @@ impl BackoffPenalty {
 
     /// How many tokens of `x` (and its end) the model scores from a shorter context.
     pub fn count(&self, x: &[u32]) -> usize {
-        let padded: Vec<u32> = std::iter::once(BOS)
-            .chain(x.iter().copied())
-            .chain(std::iter::once(EOS))
-            .collect();
+        let padded = padded(x);
         (1..padded.len())
             .filter(|&t| self.backed_off(&padded, t))
             .count()
@@ -175,6 +172,15 @@ impl BackoffPenalty {
     }
 }
 
+/// `<s> x </s>`
+fn padded(x: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(x.len() + 2);
+    out.push(BOS);
+    out.extend_from_slice(x);
+    out.push(EOS);
+    out
+}
+
 impl Prior for BackoffPenalty {
     fn log_score(&self, x: &[u32]) -> Result<f64> {
         Ok(-self.cost * self.count(x) as f64)
@@ -182,12 +188,9 @@ impl Prior for BackoffPenalty {
 
     /// Whether token i backs off depends on words i − order + 1..=i only, so a candidate in
     /// slot `pos` changes tokens pos..pos + order − 1 (the end included): those are checked
-    /// per candidate in a copy of the words around the slot, the rest counted once.
+    /// per candidate in a padded copy of the sentence, the rest counted once.
     fn replace_scores(&self, x: &[u32], pos: usize, cands: &[u32], out: &mut [f64]) -> Result<()> {
-        let mut padded: Vec<u32> = std::iter::once(BOS)
-            .chain(x.iter().copied())
-            .chain(std::iter::once(EOS))
-            .collect();
+        let mut padded = padded(x);
         let slot = pos + 1; // in `padded`
         let window = slot..(slot + self.order).min(padded.len());
         let outside = (1..padded.len())

@@ -387,6 +387,8 @@ def test_backoff_rate_counts_what_the_corpus_lacks(small_lm):
         assert scorer._cgmh_native.backed_off(ids, order) == want
     with pytest.raises(ValueError, match="order must be in 2..=3"):
         scorer._cgmh_native.backed_off(ids, 4)
+    with pytest.raises(ValueError, match="sentences"):
+        scorer._cgmh_native.backed_off([[1, -2]], 3)
 
 
 @pytest.mark.parametrize(

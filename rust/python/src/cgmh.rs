@@ -207,9 +207,10 @@ impl PyNgram {
     fn backed_off(
         &self,
         py: Python<'_>,
-        sentences: Vec<Vec<u32>>,
+        sentences: &Bound<'_, PyAny>,
         order: &Bound<'_, PyAny>,
     ) -> errors::Result<Vec<usize>> {
+        let sentences: Vec<Vec<u32>> = ints(sentences, "sentences")?;
         let order = int(order, "order")?;
         let penalty = BackoffPenalty::new(self.inner.forward_model().clone(), order, 0.0)?;
         self.models.iter().try_for_each(|m| m.check_file())?;

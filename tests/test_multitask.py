@@ -417,6 +417,64 @@ def test_gram_weight_functions_accept_a_gram_matrix():
     np.testing.assert_allclose(mt.gradnorm_sum_weights(G), 1 / np.sqrt(np.diag(G)))
 
 
+@pytest.mark.torch
+def test_gram_weight_functions_accept_a_torch_gram_matrix():
+    import torch
+
+    g = torch.tensor([[1.0, 0.5, 0.0], [0.0, 2.0, 1.0]])  # rows g1 = (1, .5, 0), g2 = (0, 2, 1)
+    G = mt.gram(g)  # torch in, torch out: the weight rules take it as it comes
+    # MGDA for two tasks, written from the paper: γ = ⟨g2 − g1, g2⟩ / ‖g1 − g2‖², clipped.
+    d = (g[0] - g[1]).double()
+    gamma = float(((g[1] - g[0]).double() @ g[1].double()) / (d @ d))
+    np.testing.assert_allclose(mt.mgda_weights(G), [gamma, 1 - gamma], rtol=1e-6)
+    norms = g.double().norm(dim=1).numpy()
+    np.testing.assert_allclose(mt.gradnorm_sum_weights(G), 1 / norms, rtol=1e-6)
+    # g1·g2 = 1 > 0: nothing conflicts, so PCGrad and the primary's rule leave weights 1, 0.
+    np.testing.assert_array_equal(mt.pcgrad_weights(G), [1.0, 1.0])
+    np.testing.assert_array_equal(mt.primary_auxiliary_weights(G, 0), [1.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("G", "match"),
+    [
+        ([[1.0, 5.0], [-3.0, 1.0]], "symmetric"),
+        ([[-1.0, 0.0], [0.0, 1.0]], "diagonal"),
+        ([[1.0, -1.0], [-1.0, -2.0]], "diagonal"),
+        ([[1.0, 2.0], [2.0, 1.0]], "Gram matrix"),  # |G_12| > sqrt(G_11 G_22)
+    ],
+)
+def test_a_matrix_that_is_no_gram_matrix_is_refused(G, match):
+    for rule in (mt.mgda_weights, mt.pcgrad_weights, mt.gradnorm_sum_weights,
+                 mt.primary_auxiliary_weights):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            rule(G)
+
+
+def test_gram_matrices_of_float32_colinear_gradients_are_accepted():
+    rng = np.random.default_rng(3)
+    J = rng.standard_normal((4, 1000)).astype(np.float32)
+    J[1] = 3 * J[0]
+    J[2] = -J[0]
+    w = mt.mgda_weights(mt.gram(J))
+    # g3 = −g1: a convex combination reaching 0 exists, and MGDA's minimum norm is 0.
+    assert np.linalg.norm(w @ J.astype(np.float64)) < 1e-4 * np.linalg.norm(J[0])
+
+
+@pytest.mark.torch
+def test_combine_never_reads_a_row_of_weight_0_on_either_road():
+    import torch
+
+    import kexue
+
+    J = np.random.default_rng(5).standard_normal((3, 5)).astype(np.float32)
+    J[1, 2] = np.nan
+    expected = J[0].astype(np.float64) - 2 * J[2]
+    np.testing.assert_allclose(mt.combine(J, [1.0, 0.0, -2.0]), expected, rtol=1e-6)
+    with kexue.torch_fallback():
+        u = mt.combine(torch.from_numpy(J), [1.0, 0.0, -2.0])
+    np.testing.assert_allclose(u.numpy(), expected, rtol=1e-6)
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 
@@ -434,6 +492,8 @@ def test_gram_weight_functions_accept_a_gram_matrix():
         (lambda: mt.combine(np.ones((2, 3)), [1.0, np.nan]), ValueError, "finite"),
         (lambda: mt.primary_auxiliary(np.ones((2, 3)), 2), ValueError, "primary"),
         (lambda: mt.primary_auxiliary(np.ones((2, 3)), []), ValueError, "primary"),
+        (lambda: mt.primary_auxiliary(np.ones((2, 3)), 1.0), TypeError, "primary"),
+        (lambda: mt.primary_auxiliary(np.ones((2, 3)), None), TypeError, "primary"),
         (lambda: mt.pcgrad(np.ones((2, 3)), order=[0, 0]), ValueError, "permutation"),
         (lambda: mt.pcgrad(np.ones((2, 3)), order=[0, 1, 2]), ValueError, "shape"),
         (lambda: mt.pcgrad(np.ones((2, 3)), seed=-1), ValueError, "seed"),

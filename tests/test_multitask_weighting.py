@@ -4,6 +4,7 @@ and translation invariances the post claims."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import mpmath
@@ -98,6 +99,10 @@ def test_numpy_baselines():
         (lambda: mt.gradnorm_normalised([1.0]), "exactly one"),
         (lambda: mt.dwa([1.0], [[1.0], [1.0]], temperature=0), "temperature"),
         (lambda: mt.generalized_mean([1.0], gamma=float("inf")), "gamma"),
+        (lambda: mt.gradnorm_loss([1, 1], [-1, 1], [1, 1], [1, 1]), "grad_norms"),
+        (lambda: mt.gradnorm_loss([-1, 1], [1, 1], [1, 1], [1, 1]), "weights"),
+        (lambda: mt.gradnorm_loss([1, 1], [1, 1], [-1, 1], [1, 1]), "losses"),
+        (lambda: mt.gradnorm_loss([1, 1], [1, 1], [0, 0], [1, 1]), "losses"),
     ],
 )
 def test_bad_inputs(call, match):
@@ -297,6 +302,66 @@ def test_torch_bad_inputs():
         mt.uncertainty([torch.tensor(1.0)], torch.zeros(2))
     with pytest.raises(TypeError, match="shared_params"):
         mt.gradnorm_normalised([1.0], shared_params=[torch.zeros(1, requires_grad=True)])
+    with pytest.raises(ValueError, match="log_vars"):
+        mt.uncertainty([torch.tensor(1.0)], [float("nan")])
+    p = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(TypeError, match="losses must be torch tensors"):
+        mt.GradNorm(2)([1.0, 2.0], [p])
+    with pytest.raises(ValueError, match="L\\(0\\)"):
+        mt.GradNorm(2)([(p * 0).sum(), p.sum()], [p])
+
+
+def test_uncertainty_takes_a_parameter_with_plain_losses():
+    import torch
+
+    s = torch.nn.Parameter(torch.tensor([0.0, math.log(2.0)]))
+    value, weights = mt.uncertainty([1.0, 2.0], s)
+    # Σ L_i / (2 σ_i²) + log σ_i² / 2 with σ² = (1, 2)
+    assert math.isclose(value, 1 / 2 + 2 / 4 + math.log(2.0) / 2)
+    np.testing.assert_allclose(weights, [0.5, 0.25])
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("gamma", [1e-46, 1e-40, 1e-12, 1e-7])
+def test_float32_generalized_mean_near_gamma_0_is_the_geometric_mean(gamma):
+    import torch
+
+    x = torch.tensor([2.0, 4.0, 0.5], requires_grad=True)
+    m = mt.generalized_mean(x, gamma)
+    m.backward()
+    # γ → 0: the geometric mean, ∂M/∂L_i = M / (K L_i)
+    geo = math.exp(np.log([2.0, 4.0, 0.5]).mean())
+    assert m.dtype == torch.float32 and math.isclose(float(m.detach()), geo, rel_tol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), geo / (3 * np.array([2.0, 4.0, 0.5])), rtol=1e-5)
+
+
+@pytest.mark.torch
+def test_gradnorm_resumes_from_its_state_dict():
+    import torch
+
+    def train(gn, steps, torch_seed):
+        torch.manual_seed(torch_seed)
+        lin = torch.nn.Linear(3, 2)
+        opt = torch.optim.SGD(gn.parameters(), lr=0.05)
+        for step in range(steps):
+            x = torch.full((1, 3), 1.0 + step)
+            out = lin(x)[0]
+            opt.zero_grad()
+            gn([out[0] ** 2 + 1, out[1].abs() + 2], list(lin.parameters())).backward()
+            opt.step()
+
+    whole = mt.GradNorm(2)
+    train(whole, 4, 0)
+    first = mt.GradNorm(2)
+    train(first, 2, 0)
+    resumed = mt.GradNorm(2)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.initial is not None
+    torch.testing.assert_close(resumed.initial, first.initial)
+    torch.testing.assert_close(resumed.weights.detach(), first.weights.detach())
+    with pytest.raises(ValueError, match="weights"):
+        mt.GradNorm(3).load_state_dict(first.state_dict())
+    assert whole.initial is not None and not torch.equal(whole.initial, torch.zeros(2))
 
 
 @pytest.mark.torch
@@ -320,5 +385,16 @@ def test_nn_modules():
     torch.testing.assert_close(dwa(losses), (w * torch.tensor([2.0, 4.0])).sum())
     with pytest.raises(ValueError, match="mean_losses"):
         dwa.end_epoch([1.0])
+    with pytest.raises(ValueError, match="losses must have 2"):
+        dwa(losses * 2)
+    with pytest.raises(ValueError, match="temperature"):
+        DynamicWeightAverage(2, temperature=0.0)
+    # The history travels in state_dict, through torch.save/load (weights_only).
+    buffer = io.BytesIO()
+    torch.save(dwa.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = DynamicWeightAverage(2, temperature=1.0)
+    resumed.load_state_dict(torch.load(buffer))
+    torch.testing.assert_close(resumed(losses), (w * torch.tensor([2.0, 4.0])).sum())
     with pytest.raises(ValueError, match="num_tasks"):
         UncertaintyWeighting(0)

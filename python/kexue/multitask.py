@@ -124,6 +124,8 @@ def _vector(values: Any, k: int, name: str, like: Any = None) -> Any:
             raise ValueError(f"{name} must have one entry per task ({k}), got shape {v.shape}")
         check_finite(v, name)
         return v
+    if is_tensor(values):
+        values = check_float(values, name).detach().cpu().double().numpy()
     v = check_float(values, name, finite=True, ndim=1).astype(np.float64)
     if v.shape != (k,):
         raise ValueError(f"{name} must have one entry per task ({k}), got shape {v.shape}")
@@ -244,7 +246,9 @@ def generalized_mean(losses: Any, gamma: float = 0.0) -> Any:
         import torch
 
         z = gamma * x.log()
-        if gamma == 0.0:
+        # Below the dtype's epsilon γ·log L is the geometric mean to within rounding (log M
+        # moves by γ/2·var(log L)); the formulas below would divide an underflowed z by γ.
+        if float(z.detach().abs().max()) <= torch.finfo(x.dtype).eps:
             return x.log().mean().exp()
         if float(z.detach().abs().max()) <= 1.0:
             return (torch.log1p(torch.expm1(z).mean()) / gamma).exp()
@@ -310,9 +314,14 @@ def uncertainty(losses: Any, log_vars: Any) -> Any:
     if torch_:
         import torch
 
-        s = log_vars if is_tensor(log_vars) else torch.as_tensor(log_vars, dtype=x.dtype)
+        s = (
+            log_vars
+            if is_tensor(log_vars)
+            else torch.as_tensor(log_vars, dtype=x.dtype, device=x.device)
+        )
         if s.shape != x.shape:
             raise ValueError(f"log_vars must have shape {tuple(x.shape)}, got {tuple(s.shape)}")
+        check_finite(s.detach(), "log_vars")
         return (x / (2 * s.exp()) + s / 2).sum()
     s = _vector(log_vars, len(x), "log_vars")
     w = 0.5 * np.exp(-s)
@@ -371,7 +380,14 @@ def gradnorm_loss(
     x = _vector(losses, k, "losses")
     x0 = _vector(initial_losses, k, "initial_losses")
     _positive(x0, "initial_losses")
+    for values, name in ((w, "weights"), (n, "grad_norms"), (x, "losses")):
+        if bool((values < 0).any()):
+            raise ValueError(f"{name} must be >= 0, got {values.tolist()}")
     ratio = x / x0
+    if not ratio.mean() > 0:
+        raise ValueError(
+            f"losses must not all be 0 (GradNorm's rates divide by their mean), got {x.tolist()}"
+        )
     target = (w * n).mean() * (ratio / ratio.mean()) ** alpha
     diff = w * n - target
     return Weighted(float(np.abs(diff).sum()), np.sign(diff) * n)
@@ -407,10 +423,37 @@ class GradNorm:
     def parameters(self) -> list[Any]:
         return [self.weights]
 
+    def state_dict(self) -> dict[str, Any]:
+        """The weights and the first call's losses ``L(0)`` (the training rates' reference:
+        a checkpoint without them restarts the rates on resuming)."""
+        initial = None if self.initial is None else self.initial.clone()
+        return {"weights": self.weights.detach().clone(), "initial": initial}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import torch
+
+        weights, initial = state["weights"], state["initial"]
+        if not is_tensor(weights) or weights.shape != self.weights.shape:
+            raise ValueError(
+                f"state['weights'] must be a tensor of shape {tuple(self.weights.shape)}"
+            )
+        if initial is not None:
+            if not is_tensor(initial) or initial.shape != self.weights.shape:
+                raise ValueError(
+                    "state['initial'] must be None or a tensor of shape "
+                    f"{tuple(self.weights.shape)}"
+                )
+            _positive(initial, "state['initial']")
+        with torch.no_grad():
+            self.weights.copy_(weights)
+        self.initial = None if initial is None else initial.clone()
+
     def __call__(self, losses: Sequence[Any], shared_params: Iterable[Any]) -> Any:
         import torch
 
-        _, x = _losses(list(losses))
+        torch_, x = _losses(list(losses))
+        if not torch_:
+            raise TypeError("losses must be torch tensors: GradNorm differentiates them")
         k = self.weights.numel()
         if len(x) != k:
             raise ValueError(f"losses must have {k} entries, got {len(x)}")
@@ -418,6 +461,7 @@ class GradNorm:
             self.weights.clamp_(min=1e-8)
             self.weights.mul_(k / self.weights.sum())
         if self.initial is None:
+            _positive(x.detach(), "losses (the first call's, GradNorm's L(0))")
             self.initial = x.detach().clone()
         params = _params(shared_params)
         norms = []
@@ -513,20 +557,35 @@ def combine(J: Any, weights: Any) -> Any:
         return torch.from_numpy(_native.multitask_combine(J.numpy(), w.tolist()))
     import torch
 
-    w = torch.as_tensor(w, device=J.device)
+    # Only the rows with weight != 0, as on the native road (0 · NaN would be NaN).
+    rows = np.flatnonzero(w)
+    read = torch.as_tensor(rows, device=J.device)
+    w = torch.as_tensor(w[rows], device=J.device)
     u = J.new_empty(J.shape[1])
     for start in range(0, J.shape[1], _TORCH_BLOCK):
-        block = J[:, start : start + _TORCH_BLOCK]
+        block = J[read, start : start + _TORCH_BLOCK]
         u[start : start + block.shape[1]] = w @ block.double()
     return u
 
 
 def _gram_matrix(G: Any) -> np.ndarray:
+    """``G`` as a float64 array, checked to be a Gram matrix: square, symmetric, with
+    ``G_ii >= 0`` and ``G_ij² <= G_ii G_jj`` (Cauchy–Schwarz), up to rounding. A matrix that
+    is none of these has no gradients behind it, and the rules would return made-up weights."""
     if is_tensor(G):
-        G = G.detach().cpu()
+        G = check_float(G, "G", ndim=2).detach().cpu().double().numpy()
     G = check_float(G, "G", finite=True, ndim=2).astype(np.float64)
     if G.shape[0] != G.shape[1] or G.shape[0] == 0:
         raise ValueError(f"G must be a square (K, K) matrix with K >= 1, got {G.shape}")
+    scale = float(np.abs(G).max())
+    diag = np.diag(G)
+    if float(np.abs(G - G.T).max()) > 1e-10 * scale:
+        raise ValueError("G must be symmetric (a Gram matrix J Jᵀ)")
+    if bool((diag < 0).any()):
+        raise ValueError(f"G's diagonal holds squared norms and must be >= 0, got {diag.tolist()}")
+    # Relative slack for rounding: G from float32 gradients is exact only to ~1e-7.
+    if bool((G**2 > np.outer(diag, diag) * (1 + 1e-6) + 1e-12 * scale**2).any()):
+        raise ValueError("G must be a Gram matrix: |G_ij| <= sqrt(G_ii G_jj) fails")
     return np.ascontiguousarray(G)
 
 
@@ -543,7 +602,12 @@ def mgda_weights(G: Any) -> np.ndarray:
 
 
 def _primaries(primary: Any, k: int) -> list[int]:
-    items = [primary] if isinstance(primary, numbers.Integral) else list(primary)
+    try:
+        items = [primary] if isinstance(primary, numbers.Integral) else list(primary)
+    except TypeError:
+        raise TypeError(
+            f"primary must be a task index or a sequence of them, got {primary!r}"
+        ) from None
     out = []
     for p in items:
         if isinstance(p, bool) or not isinstance(p, numbers.Integral) or not 0 <= int(p) < k:
@@ -750,7 +814,9 @@ def backward(
         method: one of :data:`METHODS`, or a callable mapping the (K, K) float64 Gram matrix
             to K weights (a torchjd-style weighting).
         task_params: task-specific parameters (heads); they receive ``∇ Σ_i L_i``.
-        primary, order, seed: options of ``primary_auxiliary`` and ``pcgrad``.
+        primary, order, seed: options of ``primary_auxiliary`` and ``pcgrad``. PCGrad
+            draws new orders at every step: pass a seed that changes with the step (e.g.
+            ``seed=step``); a fixed seed repeats the same orders.
         retain_graph: keep the graph after the last task's backward.
 
     NaN/inf gradients raise ``ValueError`` for the Gram-based methods; ``"mean"`` and

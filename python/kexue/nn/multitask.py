@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .. import multitask as mt
+from .._dispatch import check_scalar
 
 
 def _num_tasks(num_tasks: int) -> int:
@@ -54,14 +56,31 @@ class DynamicWeightAverage(nn.Module):
     def __init__(self, num_tasks: int, temperature: float = 2.0) -> None:
         super().__init__()
         self.num_tasks = _num_tasks(num_tasks)
-        self.temperature = temperature
+        self.temperature = check_scalar(temperature, "temperature", low=0.0, low_open=True)
         self.history: list[list[float]] = []
 
     def end_epoch(self, mean_losses: Sequence[float]) -> None:
         values = [float(v.detach()) if isinstance(v, Tensor) else float(v) for v in mean_losses]
         if len(values) != self.num_tasks:
             raise ValueError(f"mean_losses must have {self.num_tasks} entries, got {len(values)}")
+        if not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError(f"mean_losses must be finite and > 0, got {values}")
         self.history = [*self.history[-1:], values]
 
     def forward(self, losses: Sequence[Tensor]) -> Tensor:
+        if len(losses) != self.num_tasks:
+            raise ValueError(f"losses must have {self.num_tasks} entries, got {len(losses)}")
         return mt.dwa(list(losses), self.history, self.temperature)
+
+    # The history is the module's state: it travels in ``state_dict`` (a checkpoint that
+    # dropped it would give weights 1 for two epochs after resuming).
+    def get_extra_state(self) -> dict[str, list[list[float]]]:
+        return {"history": [list(h) for h in self.history]}
+
+    def set_extra_state(self, state: dict[str, list[list[float]]]) -> None:
+        history = state.get("history") if isinstance(state, dict) else None
+        if not isinstance(history, list) or len(history) > 2:
+            raise ValueError(f"state must hold 'history', a list of <= 2 epochs, got {state!r}")
+        self.history = []
+        for h in history:
+            self.end_epoch(h)

@@ -174,3 +174,45 @@ class TestTorch:
             squareplus(torch.ones(2, dtype=torch.int64))
         with pytest.raises(ValueError, match="b must be"):
             SquarePlus(-1.0)
+
+
+def test_b_that_does_not_fit_float32_is_refused() -> None:
+    x = np.array([-1.0, 0.0, 1.0], np.float32)
+    with pytest.raises(ValueError, match="b must fit"):
+        squareplus(x, 1e39)  # inf in float32
+    # float64 holds it: sqrt(b)/2 at x = 0, from the formula
+    assert squareplus(np.array([0.0]), 1e39)[0] == pytest.approx(mp_squareplus(0.0, 1e39))
+
+
+@pytest.mark.torch
+def test_torch_road_slope_does_not_overflow_with_a_large_b() -> None:
+    import torch
+
+    x = torch.tensor([-1e20, -3e19], requires_grad=True)
+    with kexue.torch_fallback():
+        squareplus(x, 1e38).sum().backward()
+    want = [mp_slope(-1e20, 1e38), mp_slope(-3e19, 1e38)]
+    np.testing.assert_allclose(x.grad.numpy(), want, rtol=1e-5)
+
+
+@pytest.mark.torch
+def test_second_derivatives_on_the_torch_road_and_a_clear_error_on_the_rust_road() -> None:
+    import torch
+
+    def plain(x: torch.Tensor, b: float) -> torch.Tensor:  # the formula, autograd throughout
+        return (x + torch.sqrt(x * x + b)) / 2
+
+    x0 = torch.tensor([0.3, -2.0, 5.0], dtype=torch.float64)
+    for b in (4.0, 0.5):
+        grads = []
+        for f in (squareplus, plain):
+            x = x0.clone().requires_grad_()
+            with kexue.torch_fallback():
+                y = f(x, b).sum()
+                (g,) = torch.autograd.grad(y, x, create_graph=True)
+                (g**2).sum().backward()
+            grads.append(x.grad)
+        torch.testing.assert_close(grads[0], grads[1])
+    x = x0.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="create_graph"):
+        torch.autograd.grad(squareplus(x).sum(), x, create_graph=True)

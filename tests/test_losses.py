@@ -46,16 +46,20 @@ def ref_mlce(t: np.ndarray, s: np.ndarray, mask: np.ndarray | None = None, eps: 
 
 
 def ref_mlce_grad(t: np.ndarray, s: np.ndarray, mask=None, eps=1e-7) -> np.ndarray:
-    """float64 gradient of the summed loss by torch autograd on the reference expression."""
-    import torch
-
-    from kexue.losses import _torch_dense
-
-    st_ = torch.tensor(np.asarray(s, np.float64), requires_grad=True)
-    tt = torch.tensor(np.broadcast_to(np.asarray(t, np.float64), st_.shape).copy())
-    m = None if mask is None else torch.tensor(np.broadcast_to(mask, st_.shape).copy())
-    _torch_dense(st_, tt, m, eps=eps)[0].sum().backward()
-    return st_.grad.numpy()
+    """float64 gradient of the summed loss from the formula: with ``a = s + log(1-t)`` over
+    the kept non-positives and ``c = -s + log t`` over the kept non-negatives,
+    ``∂L/∂s_i = e^{a_i} / (1 + Σ e^a) - e^{c_i} / (1 + Σ e^c)``."""
+    s = np.asarray(s, np.float64)
+    t = np.broadcast_to(np.asarray(t, np.float64), s.shape)
+    keep = np.isfinite(s) if mask is None else np.isfinite(s) & np.broadcast_to(mask, s.shape)
+    t = np.where(t <= eps, 0.0, np.where(t >= 1 - eps, 1.0, t))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(keep & (t < 1), s + np.log1p(-t), NINF)
+        c = np.where(keep & (t > 0), -s + np.log(t), NINF)
+    zero = np.zeros((*s.shape[:-1], 1))
+    la = logsumexp(np.concatenate([a, zero], -1), -1, keepdims=True)
+    lc = logsumexp(np.concatenate([c, zero], -1), -1, keepdims=True)
+    return np.exp(a - la) - np.exp(c - lc)
 
 
 def bert4keras_2023(y_true, y_pred, epsilon=1e-7, infinity=1e12):
@@ -159,6 +163,23 @@ def test_agrees_with_bert4keras_where_its_formula_is_sound() -> None:
             rtol=1e-6,
         )
     np.testing.assert_allclose(mlce(t, s, reduction="none"), legacy_1e12(t, s), **F32)
+
+
+@pytest.mark.torch
+def test_float32_labels_clipped_to_eps_are_hard_on_both_roads() -> None:
+    import torch
+
+    # bert4keras-style clipping in float32: f32(1e-7) and f32(1 - 1e-7) are just inside
+    # (ε, 1 - ε) in float64, but they are the clipped 0 and 1, and count as hard.
+    s = np.array([[-20.0, 20.0, -15.0, 12.0]], np.float32)
+    t = np.clip(
+        np.array([[0.0, 1.0, 0.0, 1.0]], np.float32), np.float32(1e-7), np.float32(1 - 1e-7)
+    )
+    hard = float(ref_mlce(np.array([[0.0, 1.0, 0.0, 1.0]]), s)[0])
+    assert float(mlce(t, s)) == pytest.approx(hard, rel=1e-6)
+    with kexue.torch_fallback():
+        fallback = mlce(torch.from_numpy(t), torch.from_numpy(s))
+    assert float(fallback) == pytest.approx(hard, rel=1e-6)
 
 
 def test_masked_logit_is_dropped_whatever_its_label() -> None:

@@ -3,6 +3,8 @@ and the nn modules: float64 references, gradcheck on both roads, properties, bad
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -155,6 +157,28 @@ def test_kl_entries_minus_inf_in_both_add_zero_and_no_nan() -> None:
     assert global_pointer_kl([[NINF]], [[0.0]]) == np.inf
 
 
+@pytest.mark.parametrize(
+    ("other", "dtype"), [(-1e12, np.float64), (-800.0, np.float64), (-200.0, np.float32)]
+)
+def test_kl_one_side_minus_inf_is_inf_even_where_the_sigmoid_underflows(other, dtype) -> None:
+    import torch
+
+    # σ(other) rounds to 0, so (σ(s) − σ(t))(s − t) would be 0·inf = NaN; the limit is +inf.
+    s = np.array([[NINF, 1.0]], dtype)
+    t = np.array([[other, 1.0]], dtype)
+    assert global_pointer_kl(s, t) == np.inf and global_pointer_kl(t, s) == np.inf
+    for fallback in (False, True):
+        st_ = torch.tensor(s, requires_grad=True)
+        tt = torch.tensor(t, requires_grad=True)
+        with kexue.torch_fallback() if fallback else contextlib.nullcontext():
+            d = global_pointer_kl(st_, tt)
+        d.backward()
+        assert float(d.detach()) == np.inf
+        # no finite slope exists there: gradient 0, never NaN
+        np.testing.assert_array_equal(st_.grad.numpy(), np.zeros_like(s))
+        np.testing.assert_array_equal(tt.grad.numpy(), np.zeros_like(t))
+
+
 def test_kl_float32_and_threads() -> None:
     rng = np.random.default_rng(4)
     s = rng.standard_normal((4, 3, 64, 64)).astype(np.float32) * 4
@@ -203,6 +227,25 @@ def test_kl_float32_and_threads() -> None:
             lambda: global_pointer_scores(np.full((1, 2, 1, 2), np.nan), np.zeros((1, 2, 1, 2))),
             ValueError,
             "q must be finite",
+        ),
+        (
+            lambda: global_pointer_scores(
+                np.zeros((1, 2, 1, 2)),
+                np.zeros((1, 2, 1, 2)),
+                bias=(np.array([[[np.nan, 0.0]]]), np.zeros((1, 1, 2))),
+            ),
+            ValueError,
+            r"bias\[0\] must be finite",
+        ),
+        (
+            lambda: global_pointer_scores(
+                np.zeros((1, 2, 1, 2)),
+                np.zeros((1, 2, 1, 2)),
+                bias=(np.zeros((1, 1, 2)), np.array([[[0.0, np.inf]]])),
+                mask=[[1, 0]],
+            ),
+            ValueError,
+            r"bias\[1\] must be finite",
         ),
         (
             lambda: global_pointer_scores(

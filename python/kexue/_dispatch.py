@@ -33,8 +33,9 @@ _force_torch = contextvars.ContextVar("kexue_force_torch", default=False)
 def torch_fallback() -> Iterator[None]:
     """Route CPU tensors through the pure-torch implementation instead of Rust.
 
-    Useful to compare the two roads, or to get double-backward (the Rust road is
-    differentiable once).
+    Useful to compare the two roads, or to get double-backward where the kernel's torch
+    road records its gradient (SquarePlus; the Rust road is differentiable once, and
+    ``create_graph=True`` through it raises).
 
     >>> import kexue
     >>> with kexue.torch_fallback():
@@ -205,6 +206,11 @@ class Kernel:
     torch ops for other devices. Without ``torch_backward``, torch's autograd differentiates
     ``torch_forward`` directly. Inputs may be ``None`` (optional arguments); outputs are one
     array or a tuple of arrays.
+
+    The Rust road is differentiable once: ``create_graph=True`` through it raises (torch
+    would otherwise return a gradient with no graph, and a second derivative of 0). So does
+    the torch road unless ``torch_backward_twice``: ``torch_backward`` is then torch ops on
+    the inputs, which autograd records.
     """
 
     def __init__(
@@ -214,11 +220,13 @@ class Kernel:
         *,
         torch_forward: Forward,
         torch_backward: Backward | None = None,
+        torch_backward_twice: bool = False,
     ) -> None:
         self.forward = forward
         self.backward = backward
         self.torch_forward = torch_forward
         self.torch_backward = torch_backward
+        self.torch_backward_twice = torch_backward_twice
         self._functions: dict[bool, Any] = {}
 
     def __call__(self, *inputs: Any, **params: Any) -> Any:
@@ -235,11 +243,15 @@ class Kernel:
         if native not in self._functions:
             if native:
                 self._functions[native] = _autograd_function(
-                    self.forward, self.backward, _tensor_to_numpy, _numpy_to_tensor
+                    self.forward, self.backward, _tensor_to_numpy, _numpy_to_tensor, twice=False
                 )
             else:
                 self._functions[native] = _autograd_function(
-                    self.torch_forward, self.torch_backward, _detached, _identity
+                    self.torch_forward,
+                    self.torch_backward,
+                    _detached,
+                    _identity,
+                    twice=self.torch_backward_twice,
                 )
         return self._functions[native]
 
@@ -268,9 +280,10 @@ def _autograd_function(
     backward: Backward | None,
     to_backend: Callable[[Any], Any],
     from_backend: Callable[[Any], Any],
+    *,
+    twice: bool,
 ) -> Any:
     import torch
-    from torch.autograd.function import once_differentiable
 
     def convert(xs: tuple, fn: Callable[[Any], Any]) -> tuple:
         return tuple(None if x is None else fn(x) for x in xs)
@@ -287,10 +300,16 @@ def _autograd_function(
             return outputs[0] if single else outputs
 
         @staticmethod
-        @once_differentiable
         def backward(ctx: Any, *grads: Any) -> Any:
             if backward is None:
                 raise RuntimeError("this kexue kernel is not differentiable")
+            # Grad mode is on in a backward pass only under create_graph=True.
+            recording = torch.is_grad_enabled()
+            if recording and not twice:
+                raise RuntimeError(
+                    "create_graph=True (a second derivative) is not supported here: kexue "
+                    "computes this kernel's gradient outside autograd (differentiable once)"
+                )
             saved = ctx.saved_tensors
             inputs: list[Any] = [None] * ctx.n_inputs
             for slot, i in enumerate(ctx.present):
@@ -300,7 +319,8 @@ def _autograd_function(
                 torch.zeros_like(out) if g is None else g for g, out in zip(grads, outputs)
             )
             result = backward(
-                convert(tuple(inputs), to_backend),
+                # recorded: the inputs as they are, so autograd sees the gradient's formula
+                convert(tuple(inputs), _identity if recording else to_backend),
                 convert(tuple(outputs), to_backend),
                 convert(grads, to_backend),
                 **ctx.params,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import _native
 from ._dispatch import Kernel, check_float, check_scalar
 
@@ -41,7 +43,7 @@ def _torch_backward(inputs: tuple, outputs: tuple, grads: tuple, *, b: float) ->
     (x,), (grad,) = inputs, grads
     r = torch.hypot(x, x.new_tensor(b**0.5))
     h = r / 2 + x.abs() / 2
-    slope = torch.where(x >= 0, h / r, (b / 4) / (r * h))
+    slope = torch.where(x >= 0, h / r, (b / 4) / r / h)  # r·h would overflow first
     slope = torch.where(r == 0, 0.5, slope)  # b = 0 at x = 0: the limit f'(0) = 1/2
     slope = torch.where(x == float("inf"), 1.0, slope)
     return (grad * slope,)
@@ -52,6 +54,7 @@ _squareplus = Kernel(
     lambda inputs, outputs, grads, *, b: (_native.squareplus_backward(inputs[0], grads[0], b),),
     torch_forward=_torch_forward,
     torch_backward=_torch_backward,
+    torch_backward_twice=True,
 )
 
 
@@ -74,4 +77,8 @@ def squareplus(x: Any, b: float = B_DEFAULT) -> Any:
         array([9.9999997e-05, 1.0000000e+00, 3.3027756e+00], dtype=float32)
     """
     b = check_scalar(b, "b", low=0.0)
-    return _squareplus(check_float(x, "x"), b=b)
+    x = check_float(x, "x")
+    limit = float(np.finfo(np.float32).max)
+    if b > limit and str(x.dtype).endswith("float32"):  # numpy's and torch's float32
+        raise ValueError(f"b must fit the input's dtype (at most {limit:e}), got {b:e}")
+    return _squareplus(x, b=b)

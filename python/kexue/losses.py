@@ -122,11 +122,17 @@ def _torch_check_logits(x: Any, name: str) -> None:
 
 
 def _lse0(x: Any) -> Any:
-    """``log(1 + Σ exp(x))`` over the last axis: the appended zero column."""
+    """``log(1 + Σ exp(x))`` over the last axis: the appended zero column. Where every
+    ``x <= 0`` it is ``log1p(Σ exp(x))``, which keeps a small loss's digits (``logsumexp``
+    rounds ``1 + 3e-7`` in float32); the clamp keeps the other branch finite for autograd."""
     import torch
 
-    zero = x.new_zeros((*x.shape[:-1], 1))
-    return torch.logsumexp(torch.cat([x, zero], dim=-1), dim=-1)
+    if x.shape[-1] == 0:  # no classes: log(1 + 0)
+        return x.new_zeros(x.shape[:-1])
+    top = x.max(dim=-1).values.clamp_min(0.0)
+    small = torch.log1p(x.clamp_max(0.0).exp().sum(-1))
+    large = top + torch.log((-top).exp() + (x - top.unsqueeze(-1)).exp().sum(-1))
+    return torch.where(top == 0, small, large)
 
 
 # --- multi-label categorical cross-entropy (ZLPR) -------------------------------------
@@ -178,7 +184,7 @@ def multilabel_categorical_crossentropy(
 
     Args:
         y_true: labels of ``y_pred``'s shape, hard 0/1 or soft in [0, 1] (not differentiated).
-            Labels within ``eps`` of 0 or 1 count as exactly 0 or 1.
+            Labels within ``eps`` of 0 or 1 (compared in their dtype) count as exactly 0 or 1.
         y_pred: raw scores ``(..., num_classes)``, float32/float64 array or tensor. ``-inf``
             marks a masked entry, dropped whatever its label; NaN and ``+inf`` are errors.
         mask: optional keep-mask broadcastable to ``y_pred`` (False = drop, as ``-inf``).
@@ -211,7 +217,7 @@ def _torch_sparse(y_pred: Any, y_true: Any, *, mask_zero: bool) -> tuple:
     positive = torch.zeros(y_pred.shape, dtype=torch.bool, device=y_pred.device)
     positive.scatter_(-1, y_true, True)
     keep = y_pred != float("-inf")
-    if mask_zero:
+    if mask_zero and keep.shape[-1] > 0:
         keep[..., 0] = False
     ninf = y_pred.new_tensor(float("-inf"))
     neg = torch.where(keep & ~positive, y_pred, ninf)
@@ -404,7 +410,8 @@ def global_pointer_scores(
             rb, cb = bias
         except (TypeError, ValueError):
             raise TypeError("bias must be a pair (start_bias, end_bias)") from None
-        rb, cb = check_float(rb, "bias[0]", ndim=3), check_float(cb, "bias[1]", ndim=3)
+        rb = check_float(rb, "bias[0]", ndim=3, finite=True)
+        cb = check_float(cb, "bias[1]", ndim=3, finite=True)
         _same_shape(cb, rb, "bias[1]", "bias[0]")
         if rb.shape[0] != batch or rb.shape[2] != length or qk_heads not in (1, rb.shape[1]):
             raise ValueError(
@@ -449,12 +456,17 @@ def _torch_kl(s: Any, t: Any, mask: Any) -> Any:
     _torch_check_logits(s, "s")
     _torch_check_logits(t, "t")
     ninf = float("-inf")
-    skip = (s == ninf) & (t == ninf)
+    skip = (s == ninf) | (t == ninf)
     if mask is not None:
         skip = skip | (mask == 0)
-    # zero the skipped entries before the product so no 0·inf is formed (gradients too)
+    # Zero the skipped entries before the product so no 0·inf is formed (gradients too); an
+    # entry -inf on one side only (and kept) adds +inf, with gradient 0 as on the native road.
     s0, t0 = s.masked_fill(skip, 0.0), t.masked_fill(skip, 0.0)
     d = (torch.sigmoid(s0) - torch.sigmoid(t0)) * (s0 - t0)
+    one_sided = (s == ninf) != (t == ninf)
+    if mask is not None:
+        one_sided = one_sided & (mask != 0)
+    d = d.masked_fill(one_sided, float("inf"))
     return d.reshape(d.shape[0], -1).sum(-1)
 
 
@@ -479,7 +491,8 @@ def global_pointer_kl(s: Any, t: Any, *, mask: Any = None, reduction: str = "mea
 
     ``D >= 0``, ``D = 0`` iff ``s = t`` (where kept), symmetric. Entries that are ``-inf`` in
     both inputs (masked the same way) or False in ``mask`` add exactly 0; an entry ``-inf``
-    in one input only gives ``+inf``. Both inputs are differentiated.
+    in one input only gives ``+inf`` (and gradient 0 there: no finite slope exists). Both
+    inputs are differentiated.
 
     Args:
         s, t: scores of the same shape ``(B, ...)``; summed over all axes but the first.

@@ -65,7 +65,14 @@ impl<T: Float + Send + Sync> Scores<'_, T> {
         if let Some(m) = self.mask {
             check_len("mask", m.len(), b, l)?;
         }
-        for (name, x) in [("q", self.q), ("k", self.k)] {
+        // Biases too: a padded position's -inf must stay -inf (no inf - inf = NaN).
+        let (rb, cb) = self.bias.unwrap_or((&[], &[]));
+        for (name, x) in [
+            ("q", self.q),
+            ("k", self.k),
+            ("bias[0]", rb),
+            ("bias[1]", cb),
+        ] {
             if let Some(i) = x.iter().position(|v| !v.is_finite()) {
                 return Err(Error::value(
                     name,
@@ -404,7 +411,13 @@ pub fn kl_forward<T: Float + Send + Sync>(a: Kl<'_, T>, out: &mut [T]) -> Result
                     check_logit("s", s, r, c - r * a.cols)?;
                     check_logit("t", t, r, c - r * a.cols)?;
                     if let Some((ps, pt)) = kl_entry(s, t, a.mask.is_none_or(|m| m[c] != 0)) {
-                        sum += to_f64((ps - pt) * (s - t));
+                        // One side -inf: the limit is +inf, even where σ of the other side
+                        // rounds to 0 (the product would be 0·inf = NaN).
+                        sum += if s == T::neg_infinity() || t == T::neg_infinity() {
+                            f64::INFINITY
+                        } else {
+                            to_f64((ps - pt) * (s - t))
+                        };
                     }
                 }
                 *o = from_f64(sum);
@@ -442,8 +455,9 @@ pub fn kl_backward<T: Float + Send + Sync>(
                     None => (T::zero(), T::zero()),
                     Some((ps, pt)) => {
                         let slope = |p: T, x: T, y: T| {
-                            // a -inf input is a constant (masked): no gradient, and no 0·inf
-                            if x == T::neg_infinity() {
+                            // A -inf input is a constant (masked); against a finite one the
+                            // divergence is +inf, with no finite slope: 0, and no 0·inf.
+                            if x == T::neg_infinity() || y == T::neg_infinity() {
                                 T::zero()
                             } else {
                                 p * (T::one() - p) * (x - y) + p - (ps + pt - p)

@@ -39,12 +39,14 @@ fn classify<T: Float>(s: T, t: T, keep: bool, eps: f64) -> Entry {
     if !keep || s == f64::NEG_INFINITY {
         return Entry::Skip;
     }
-    let t = to_f64(t);
-    if t <= eps {
+    // Compared in the labels' dtype, as torch (the other road) and bert4keras do: a float32
+    // label clipped to [ε, 1 − ε] is hard, though f32(1e-7) > 1e-7 in f64.
+    if t <= from_f64::<T>(eps) {
         Entry::Neg(s)
-    } else if t >= 1.0 - eps {
+    } else if t >= from_f64::<T>(1.0 - eps) {
         Entry::Pos(-s)
     } else {
+        let t = to_f64(t);
         Entry::Both(s + (-t).ln_1p(), -s + t.ln())
     }
 }

@@ -46,15 +46,25 @@ fn exact<T: Float>(x: T, b: T) -> (T, T) {
     (value, slope)
 }
 
-fn check(b: f64, lengths: &[(&str, usize)]) -> Result<()> {
+/// `b` in the input's dtype: it must stay finite there (1e39 is inf in float32).
+fn check<T: Float>(b: f64, lengths: &[(&str, usize)]) -> Result<T> {
     check_finite_at_least("b", b, 0.0)?;
+    let in_dtype = T::from(b).filter(|v| v.is_finite()).ok_or_else(|| {
+        Error::value(
+            "b",
+            format!(
+                "must fit the input's dtype (at most {:e}), got {b:e}",
+                T::max_value().to_f64().unwrap_or(f64::MAX)
+            ),
+        )
+    })?;
     if let Some((name, len)) = lengths.iter().find(|(_, len)| *len != lengths[0].1) {
         return Err(Error::value(
             *name,
             format!("must have {} elements like x, got {len}", lengths[0].1),
         ));
     }
-    Ok(())
+    Ok(in_dtype)
 }
 
 /// Value, slope, and whether they are accurate (else the caller redoes the chunk exactly).
@@ -110,8 +120,7 @@ crate::per_road! {
 
 /// Writes SquarePlus(`x`) into `out`, in parallel over chunks.
 pub fn forward<T: Float + Send + Sync>(x: &[T], b: f64, out: &mut [T]) -> Result<()> {
-    check(b, &[("x", x.len()), ("out", out.len())])?;
-    let b = T::from(b).expect("a finite f64 converts to any float");
+    let b = check::<T>(b, &[("x", x.len()), ("out", out.len())])?;
     out.par_chunks_mut(MIN_CHUNK)
         .zip(x.par_chunks(MIN_CHUNK))
         .try_for_each(|(o, x)| {
@@ -123,11 +132,10 @@ pub fn forward<T: Float + Send + Sync>(x: &[T], b: f64, out: &mut [T]) -> Result
 
 /// Writes `grad * SquarePlus'(x)` into `out` (the vector-Jacobian product), in parallel.
 pub fn backward<T: Float + Send + Sync>(x: &[T], grad: &[T], b: f64, out: &mut [T]) -> Result<()> {
-    check(
+    let b = check::<T>(
         b,
         &[("x", x.len()), ("grad", grad.len()), ("out", out.len())],
     )?;
-    let b = T::from(b).expect("a finite f64 converts to any float");
     out.par_chunks_mut(MIN_CHUNK)
         .zip(x.par_chunks(MIN_CHUNK).zip(grad.par_chunks(MIN_CHUNK)))
         .try_for_each(|(o, (x, g))| {

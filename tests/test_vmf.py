@@ -268,3 +268,53 @@ def test_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
     bench.run(size=200, repeat=1)
     out = capsys.readouterr().out
     assert "speed-up vs scipy vonmises_fisher.rvs" in out and "per-row mu" in out
+
+
+def mp_slope(d: int, kappa: float) -> float:
+    """A'_d(κ) = 1 − A² − (d−1)A/κ at 80 digits: the form that cancels in float64."""
+    with mpmath.workdps(80):
+        nu, k = mpmath.mpf(d) / 2 - 1, mpmath.mpf(kappa)
+        a = mpmath.besseli(nu + 1, k) / mpmath.besseli(nu, k)
+        return float(1 - a**2 - (d - 1) * a / k)
+
+
+@pytest.mark.parametrize("d", [2, 3, 10, 64, 1024])
+@pytest.mark.parametrize("kappa", [0.1, 7.0, 50.0, 1e3, 1e5, 1e6, 1e7])
+def test_slope_of_the_mean_resultant_length_matches_mpmath(d: int, kappa: float) -> None:
+    # the κ-gradients of A, KL and entropy, and the Newton step of kappa_mle
+    got = float(vmf._native.vmf_evaluate("mean_resultant_length_derivative", d, np.array(kappa)))
+    assert got == pytest.approx(mp_slope(d, kappa), rel=1e-10)
+
+
+@pytest.mark.parametrize("d", [3, 64])
+@pytest.mark.parametrize("kappa", [1e9, 1e12, 1e15, 1e18])
+def test_kl_and_entropy_keep_their_digits_at_huge_kappa(d: int, kappa: float) -> None:
+    with mpmath.workdps(80):
+        nu, k = mpmath.mpf(d) / 2 - 1, mpmath.mpf(kappa)
+        a = mpmath.besseli(nu + 1, k) / mpmath.besseli(nu, k)
+        log_0f1 = (
+            mpmath.log(mpmath.besseli(nu, k)) - nu * mpmath.log(k / 2) + mpmath.loggamma(nu + 1)
+        )
+        kl = float(k * a - log_0f1)
+    assert vmf.kl_to_uniform(d, kappa) == pytest.approx(kl, rel=1e-12)
+    log_area = math.log(2) + d / 2 * math.log(math.pi) - math.lgamma(d / 2)
+    assert vmf.entropy(d, kappa) == pytest.approx(log_area - kl, rel=1e-12)
+
+
+def test_extreme_kappa_stays_finite() -> None:
+    # A = κ/d (1 + O(κ²)) below where the continued fraction's 2(ν+1)/κ overflows
+    assert vmf.mean_resultant_length(3, 1e-308) == pytest.approx(1e-308 / 3, rel=1e-12)
+    slope = vmf._native.vmf_evaluate("mean_resultant_length_derivative", 3, np.array(1e-300))
+    assert float(slope) == pytest.approx(1 / 3)
+    # log I_1(x) = x − ½ log(2πx) + log(1 − 3/(8x) …): 2πx overflows, the log must not
+    assert vmf.log_bessel_i(1.0, 1e308) == pytest.approx(1e308)
+    assert vmf.log_normalizer(3, 1e308) == pytest.approx(-1e308)
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_log_prob_with_a_mean_direction_of_extreme_norm(scale: float) -> None:
+    x, k = np.array([0.6, 0.0, 0.8]), 10.0
+    unit = vmf.log_prob(x, np.array([1.0, 0.0, 0.0]), k)
+    assert vmf.log_prob(x, np.array([scale, 0.0, 0.0]), k) == pytest.approx(unit, rel=1e-14)
+    # log C_3(κ) + κ μᵀx from the closed form C_3 = κ / (4π sinh κ)
+    assert unit == pytest.approx(math.log(k / (4 * math.pi * math.sinh(k))) + k * 0.6)

@@ -174,3 +174,24 @@ def test_torch_road_is_thread_count_independent() -> None:
     finally:
         kexue.set_num_threads(0)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ROADS)
+@pytest.mark.parametrize("d", [2, 3])
+def test_float32_samples_stay_on_the_sphere_in_low_dimensions(name: str, d: int) -> None:
+    import torch
+
+    mu = torch.tensor([0.6, 0.8, 0.0][:d])
+    with road(name):
+        x = vmf.sample_vmf(mu, torch.tensor(100.0), 100_000, seed=12)
+    assert x.dtype == torch.float32
+    assert float((x.norm(dim=1) - 1).abs().max()) <= 4e-7
+
+
+def test_log_prob_of_a_tensor_mean_direction_of_huge_norm() -> None:
+    import torch
+
+    x = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    got = vmf.log_prob(x, torch.tensor([1e200, 0.0, 0.0], dtype=torch.float64), torch.tensor(10.0))
+    # log C_3(κ) + κ from the closed form C_3 = κ / (4π sinh κ)
+    assert float(got) == pytest.approx(math.log(10.0 / (4 * math.pi * math.sinh(10.0))) + 10.0)

@@ -188,16 +188,20 @@ def log_bessel_i(nu: float, x: Any) -> Any:
 
 
 def _normalise(mu: Any, name: str = "mu") -> Any:
-    """``mu / ‖mu‖`` along the last axis; a zero row is an error."""
+    """``mu / ‖mu‖`` along the last axis; a zero row is an error. Rows are first divided by
+    their largest |entry| (a constant for autograd: the result does not depend on it), so
+    the norm neither overflows (‖(1e200, 0)‖) nor underflows (‖(1e-200, 0)‖)."""
     if is_tensor(mu):
-        norm = mu.norm(dim=-1, keepdim=True)
-        if bool((norm == 0).any()):
+        scale = mu.detach().abs().amax(dim=-1, keepdim=True)
+        if bool((scale == 0).any()):
             raise ValueError(f"{name} must not have rows of zero norm")
-        return mu / norm
-    norm = np.linalg.norm(mu, axis=-1, keepdims=True)
-    if (norm == 0).any():
+        scaled = mu / scale
+        return scaled / scaled.norm(dim=-1, keepdim=True)
+    scale = np.abs(mu).max(axis=-1, keepdims=True)
+    if (scale == 0).any():
         raise ValueError(f"{name} must not have rows of zero norm")
-    return mu / norm
+    scaled = mu / scale
+    return scaled / np.linalg.norm(scaled, axis=-1, keepdims=True)
 
 
 def log_prob(x: Any, mu: Any, kappa: Any) -> Any:
@@ -380,8 +384,10 @@ def _rsample_torch(mu: Any, kappa: Any, n: Any, seed: int, corrected: bool) -> A
     den = 1 - (1 - b) * eps
     omw, opw = 2 * b * eps / den, 2 * (1 - eps) / den
     w_kappa = w + ((1 - omw) - (1 - omw).detach())
-    dot = (g * mu_hat).sum(-1, keepdim=True)
-    v = g - dot * mu_hat
+    v = g - (g * mu_hat).sum(-1, keepdim=True) * mu_hat
+    # Projected twice, as the Rust road does: where g lies close to μ, one float32 pass
+    # leaves a part along μ (samples off the sphere by 2e-2 at d = 2).
+    v = v - (v * mu_hat).sum(-1, keepdim=True) * mu_hat
     v = v / v.norm(dim=-1, keepdim=True)
     x = w_kappa.to(dtype)[:, None] * mu_hat + torch.sqrt(omw * opw).to(dtype)[:, None] * v
     if rows is None and n is None:

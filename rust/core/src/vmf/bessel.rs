@@ -199,6 +199,53 @@ fn hankel_sum(nu: f64, x: f64) -> f64 {
     sum
 }
 
+/// Whether [`ratio`] uses Hankel's sums at (ν, x): `x ≫ ν²`, where each term is ≤ 1/50 of
+/// the one before.
+pub fn hankel_regime(nu: f64, x: f64) -> bool {
+    x >= X_HANKEL.max(25.0 * nu * nu)
+}
+
+/// Hankel's sums `S_ν`, `S_{ν+1}` (see [`hankel_sum`]), their difference summed term by
+/// term (`1 − A = (S_ν − S_{ν+1})/S_ν` keeps its digits where `A ≈ 1`), and their
+/// x-derivatives, in the [`hankel_regime`].
+pub struct HankelPair {
+    pub s0: f64,
+    pub s1: f64,
+    pub diff: f64,
+    pub ds0: f64,
+    pub ds1: f64,
+}
+
+pub fn hankel_pair(nu: f64, x: f64) -> HankelPair {
+    let (mu0, mu1) = (4.0 * nu * nu, 4.0 * (nu + 1.0) * (nu + 1.0));
+    let (mut t0, mut t1) = (1.0f64, 1.0f64);
+    let mut out = HankelPair {
+        s0: 1.0,
+        s1: 1.0,
+        diff: 0.0,
+        ds0: 0.0,
+        ds1: 0.0,
+    };
+    for k in 1..2000 {
+        let k = f64::from(k);
+        let odd = (2.0 * k - 1.0).powi(2);
+        t0 *= -(mu0 - odd) / (8.0 * k * x);
+        t1 *= -(mu1 - odd) / (8.0 * k * x);
+        out.s0 += t0;
+        out.s1 += t1;
+        // t0 − t1 = t_{k−1}-ratio products differ only by μ: formed from the two terms,
+        // each exact to rounding, so the difference keeps its relative precision while the
+        // terms fall this fast.
+        out.diff += t0 - t1;
+        out.ds0 -= k * t0 / x;
+        out.ds1 -= k * t1 / x;
+        if t0.abs().max(t1.abs()) <= 1e-17 {
+            break;
+        }
+    }
+    out
+}
+
 /// `log ₀F₁(; ν+1; x²/4)` by its power series, as `log1p(Σ_{k≥1} t_k)`: exact to
 /// rounding; used where the series is short (x small, or x²/4 ≤ ν+1).
 fn log_0f1_series(nu: f64, x: f64) -> f64 {
@@ -231,8 +278,7 @@ pub fn log_0f1(nu: f64, x: f64) -> f64 {
         let p = debye_parts(nu, x);
         nu * (2.0 / nu).ln() + p.nu_s_minus_log1s + p.rest + ln_gamma(nu + 1.0)
     } else {
-        x - 0.5 * (2.0 * PI * x).ln() + hankel_sum(nu, x).ln() - nu * (0.5 * x).ln()
-            + ln_gamma(nu + 1.0)
+        x - half_ln_2pi_x(x) + hankel_sum(nu, x).ln() - nu * (0.5 * x).ln() + ln_gamma(nu + 1.0)
     }
 }
 
@@ -253,46 +299,70 @@ pub fn log_iv(nu: f64, x: f64) -> f64 {
     } else if x < X_HANKEL {
         nu * (0.5 * x).ln() - ln_gamma(nu + 1.0) + log_0f1_series(nu, x)
     } else {
-        x - 0.5 * (2.0 * PI * x).ln() + hankel_sum(nu, x).ln()
+        x - half_ln_2pi_x(x) + hankel_sum(nu, x).ln()
     }
+}
+
+/// `½ log(2πx)`, finite up to `f64::MAX` (2πx itself overflows past 2.9e307).
+fn half_ln_2pi_x(x: f64) -> f64 {
+    0.5 * ((2.0 * PI).ln() + x.ln())
 }
 
 /// `I_{ν+1}(x)/I_ν(x)` for ν ≥ 0, x ≥ 0, to ~1e-15 relative.
 pub fn ratio(nu: f64, x: f64) -> f64 {
+    ratio_and_slope(nu, x).0
+}
+
+/// `R = I_{ν+1}(x)/I_ν(x)` and `dR/dx`. The slope equals `1 − R² − (2ν+1)R/x`, which
+/// cancels (to 1e-2 relative at x = 1e7, ν = 0, where the slope is ~1/x² and R ≈ 1); here
+/// it is differentiated along with `R` instead: the quotient of Hankel's sums and their
+/// derivatives, or the continued fraction carried with its derivative (forward mode).
+pub fn ratio_and_slope(nu: f64, x: f64) -> (f64, f64) {
     if x.is_nan() || nu.is_nan() {
-        return f64::NAN;
-    }
-    if x == 0.0 {
-        return 0.0;
+        return (f64::NAN, f64::NAN);
     }
     if x.is_infinite() {
-        return 1.0;
+        return (1.0, 0.0);
     }
-    if x >= X_HANKEL.max(25.0 * nu * nu) {
+    if x < 1e-150 {
+        // R = x/(2(ν+1)) (1 + O(x²)); the fraction's first coefficient 2(ν+1)/x overflows.
+        return (x / (2.0 * (nu + 1.0)), 1.0 / (2.0 * (nu + 1.0)));
+    }
+    if hankel_regime(nu, x) {
         // The e^x/√(2πx) factors cancel exactly; the terms fall by ≥ 50× per step here.
-        return hankel_sum(nu + 1.0, x) / hankel_sum(nu, x);
+        let h = hankel_pair(nu, x);
+        return (h.s1 / h.s0, (h.ds1 * h.s0 - h.s1 * h.ds0) / (h.s0 * h.s0));
     }
-    // 1/(b1 + 1/(b2 + …)), b_j = 2(ν+j)/x, by the modified Lentz method.
+    // 1/(b1 + 1/(b2 + …)), b_j = 2(ν+j)/x, by the modified Lentz method; each quantity
+    // carries its x-derivative (b_j' = −b_j/x).
     const TINY: f64 = 1e-300;
     let b = |j: f64| 2.0 * (nu + j) / x;
-    let mut f = b(1.0);
-    let (mut c, mut d) = (f, 0.0f64);
+    let (mut f, mut df) = (b(1.0), -b(1.0) / x);
+    let (mut c, mut dc) = (f, df);
+    let (mut d, mut dd) = (0.0f64, 0.0f64);
     for j in 2..1_000_000 {
         let bj = b(f64::from(j));
+        let dbj = -bj / x;
         d += bj;
+        dd += dbj;
         if d == 0.0 {
             d = TINY;
         }
-        c = bj + 1.0 / c;
+        let inv_c = 1.0 / c;
+        dc = dbj - dc * inv_c * inv_c;
+        c = bj + inv_c;
         if c == 0.0 {
             c = TINY;
         }
         d = 1.0 / d;
+        dd = -dd * d * d;
         let delta = c * d;
+        let ddelta = dc * d + c * dd;
+        df = df * delta + f * ddelta;
         f *= delta;
         if (delta - 1.0).abs() <= 1e-16 {
             break;
         }
     }
-    1.0 / f
+    (1.0 / f, -df / (f * f))
 }

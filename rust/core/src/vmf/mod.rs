@@ -59,20 +59,32 @@ pub fn mean_resultant_length(d: usize, kappa: f64) -> Result<f64> {
     Ok(bessel::ratio(nu, check_kappa(kappa)?))
 }
 
-/// `A'_d(κ) = Var[μᵀx] = 1 − A² − (d−1)A/κ` (`1/d` at κ = 0).
+/// `A'_d(κ) = Var[μᵀx] = 1 − A² − (d−1)A/κ` (`1/d` at κ = 0), computed without that
+/// form's cancellation ([`bessel::ratio_and_slope`]).
 pub fn mean_resultant_length_derivative(d: usize, kappa: f64) -> Result<f64> {
-    let a = mean_resultant_length(d, kappa)?;
+    let nu = check_d(d)?;
+    let kappa = check_kappa(kappa)?;
     if kappa == 0.0 {
         return Ok(1.0 / d as f64);
     }
-    Ok((1.0 - a * a - (d as f64 - 1.0) * a / kappa).max(0.0))
+    Ok(bessel::ratio_and_slope(nu, kappa).1.max(0.0))
 }
 
 /// `KL(vMF(μ, κ) ‖ Unif(S^{d−1})) = κA − L ≥ 0`, a function of (d, κ) only.
 pub fn kl_to_uniform(d: usize, kappa: f64) -> Result<f64> {
     let nu = check_d(d)?;
     let kappa = check_kappa(kappa)?;
-    let kl = kappa * bessel::ratio(nu, kappa) - bessel::log_0f1(nu, kappa);
+    let kl = if bessel::hankel_regime(nu, kappa) {
+        // κA and L are both ≈ κ: subtract κ from each analytically instead,
+        // κA − L = −κ(1 − A) + (κ − L), with 1 − A from Hankel's sums term by term.
+        let h = bessel::hankel_pair(nu, kappa);
+        let kappa_minus_l = 0.5 * ((2.0 * PI).ln() + kappa.ln()) - h.s0.ln()
+            + nu * (0.5 * kappa).ln()
+            - bessel::ln_gamma(nu + 1.0);
+        -kappa * (h.diff / h.s0) + kappa_minus_l
+    } else {
+        kappa * bessel::ratio(nu, kappa) - bessel::log_0f1(nu, kappa)
+    };
     Ok(kl.max(0.0))
 }
 

@@ -233,9 +233,8 @@ pub fn hankel_pair(nu: f64, x: f64) -> HankelPair {
         t1 *= -(mu1 - odd) / (8.0 * k * x);
         out.s0 += t0;
         out.s1 += t1;
-        // t0 − t1 = t_{k−1}-ratio products differ only by μ: formed from the two terms,
-        // each exact to rounding, so the difference keeps its relative precision while the
-        // terms fall this fast.
+        // Differences of terms, not of sums: the 1s and the large leading parts cancel
+        // exactly, so `diff` keeps its relative precision.
         out.diff += t0 - t1;
         out.ds0 -= k * t0 / x;
         out.ds1 -= k * t1 / x;

@@ -430,6 +430,11 @@ def test_thread_count_does_not_change_results() -> None:
         (lambda: sparse_mlce([0], [[0.0, 1.0]]), ValueError, "y_true_indices must have shape"),
         (lambda: sparse_mlce([[0]], [[0.0, np.nan]]), ValueError, "y_pred must be finite"),
         (lambda: sparse_mlce([[0]], [[0.0]], mask_zero=1), TypeError, "mask_zero must be a bool"),
+        (
+            lambda: sparse_mlce(np.array([[True, False]]), [[0.0, 1.0]]),
+            TypeError,
+            "integer class indices, got a bool array",
+        ),
         (lambda: nxm_crossentropy(np.ones((2, 3)), np.ones(3)), ValueError, r"\(\.\.\., n, m\)"),
         (lambda: nxm_crossentropy(np.ones((1, 3)), [[np.nan] * 3]), ValueError, "finite"),
         (lambda: nxm_crossentropy(np.ones((1, 3)) * 2, np.ones((1, 3))), ValueError, r"\[0, 1\]"),
@@ -439,6 +444,13 @@ def test_thread_count_does_not_change_results() -> None:
 def test_bad_input_gives_clear_errors(call, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         call()
+
+
+def test_mask_zero_takes_a_numpy_bool() -> None:
+    s = np.array([[2.0, -3.0, 0.5]])
+    # class 0 dropped: log(1 + e^{-3}) + log(1 + e^{-0.5}) from the definition
+    want = np.log1p(np.exp(-3.0)) + np.log1p(np.exp(-0.5))
+    assert float(sparse_mlce([[0, 2]], s, mask_zero=np.bool_(True))) == pytest.approx(want)
 
 
 # --- torch roads ----------------------------------------------------------------------

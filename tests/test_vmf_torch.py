@@ -137,6 +137,8 @@ def test_bad_tensor_input() -> None:
         vmf.sample_vmf(torch.ones(2, 3), torch.ones(3), seed=0)
     with pytest.raises(TypeError, match="mu"):
         vmf.sample_vmf(torch.ones(3, dtype=torch.int64), 1.0, seed=0)
+    with pytest.raises(MemoryError, match="sample_shape"):  # refused before any copy
+        vmf.VonMisesFisher(torch.ones(3), torch.tensor(1.0)).rsample((10**13,))
 
 
 def test_vmf_latent() -> None:

@@ -268,8 +268,14 @@ def sparse_multilabel_categorical_crossentropy(
         0.6...
     """
     reduction = _check_reduction(reduction)
-    if not isinstance(mask_zero, bool):
+    if not isinstance(mask_zero, (bool, np.bool_)):
         raise TypeError(f"mask_zero must be a bool, got {type(mask_zero).__name__}")
+    mask_zero = bool(mask_zero)
+    if str(getattr(y_true_indices, "dtype", "")).endswith("bool"):  # numpy's and torch's
+        raise TypeError(
+            "y_true_indices must hold integer class indices, got a bool array (for multi-hot "
+            "labels use multilabel_categorical_crossentropy)"
+        )
     y_pred = check_float(y_pred, "y_pred")
     if y_pred.ndim < 1:
         raise ValueError("y_pred must have at least 1 dimension (the classes), got a 0-d array")

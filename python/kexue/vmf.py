@@ -598,6 +598,8 @@ def torch_distribution() -> type:
             rows = shape.numel()
             if seed is None:
                 seed = int(torch.randint(0, 2**62, ()).item())
+            # before reshape copies the expanded rows: a clear MemoryError, not an OOM kill
+            check_request(6 * rows * self.dim * self.loc.element_size(), "sample_shape")
             mu = self.loc.expand(*shape, self.dim).reshape(rows, self.dim)
             kappa = self.concentration.expand(shape).reshape(rows)
             if rows == 0:

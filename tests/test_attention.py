@@ -51,11 +51,12 @@ def features_f64(x, name, w, *, is_query):
     if name.startswith("favor"):
         u = (x * d**-0.25) @ w.T
         hyp = name == "favor+hyperbolic"
-        if is_query:
-            shift = (np.abs(u) if hyp else u).max(-1, keepdims=True)
-        else:
-            shift = (x * x).sum(-1, keepdims=True) / (2 * np.sqrt(d)) + (w * w).sum(1).max() / 2
         z = np.concatenate([u, -u], -1) if hyp else u
+        if is_query:
+            shift = z.max(-1, keepdims=True)
+        else:  # |x'|²/2, and the largest key logit of each sequence (axis −2)
+            logits = z - (x * x).sum(-1, keepdims=True) / (2 * np.sqrt(d))
+            shift = logits.max(axis=(-2, -1), keepdims=True) + (z - logits)
         return np.exp(z - shift) / np.sqrt(z.shape[-1])
     u = x if w is None else x @ w.T
     if name == "exp":
@@ -396,6 +397,8 @@ def test_bad_input_is_a_clear_error():
         linear_attention(q, k, v, causal=True, feature_map="softmax")
     with pytest.raises(ValueError, match="chunk_size"):
         linear_attention(q, k, v, causal=True, projection=w, chunk_size=0)
+    with pytest.raises(ValueError, match="chunk_size"):  # C×C per thread: bounded
+        linear_attention(q, k, v, causal=True, projection=w, chunk_size=10**6)
     with pytest.raises(ValueError, match="method"):
         linear_attention(q, k, v, causal=True, projection=w, method="fast")
     with pytest.raises(ValueError, match="eps"):
@@ -536,6 +539,69 @@ def test_torch_streaming_and_softmax_reference():
     torch.testing.assert_close(ref, sdpa)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    ("feature_map", "key_offset"),
+    [("elu+1", None), ("relu", None), ("favor+", 3.0), ("favor+", None), ("exp", 1.0)],
+)
+def test_a_state_prefilled_in_rust_continues_on_the_torch_road(feature_map, key_offset):
+    import torch
+
+    q, k, v = qkv((1, 2, 12, 4), 11)
+    kw = {"feature_map": feature_map, "eps": 0.0}
+    if key_offset is not None:
+        kw["key_offset"] = key_offset
+    if feature_map == "favor+":
+        kw["projection"] = orthogonal_random_matrix(16, 4, seed=3)
+    state = CausalState(**kw)
+    state.update(q[:, :, :7], k[:, :, :7], v[:, :, :7])  # numpy: the Rust road
+    with kexue.torch_fallback():
+        tail = state.update(*(torch.from_numpy(x[:, :, 7:]) for x in (q, k, v)))
+    # the causal formula in float64: o_t = Σ_{s≤t} (φ(q_t)·φ(k_s)) v_s / Σ_{s≤t} φ(q_t)·φ(k_s)
+    if feature_map == "favor+":
+        w = kw["projection"]
+        # φ(x) ∝ exp(Ωx' − |x'|²/2), x' = x·d^(−1/4) (Choromanski et al.)
+        xs = (x / 4**0.25 for x in (q, k))
+        phi_q, phi_k = (np.exp(x @ w.T - (x**2).sum(-1, keepdims=True) / 2) for x in xs)
+    else:
+        phi = {"elu+1": lambda x: np.where(x > 0, x + 1, np.exp(x)),
+               "relu": lambda x: np.maximum(x, 0), "exp": np.exp}[feature_map]  # fmt: skip
+        phi_q, phi_k = phi(q), phi(k)
+    a = np.tril(phi_q @ np.swapaxes(phi_k, -1, -2))
+    want = (a @ v) / a.sum(-1, keepdims=True)
+    np.testing.assert_allclose(tail.numpy(), want[:, :, 7:], rtol=1e-9)
+
+
+@pytest.mark.parametrize("d", [128, 256])
+def test_float32_favor_key_features_do_not_underflow_at_large_d(d):
+    w = orthogonal_random_matrix(d, d, seed=0)
+    k = np.random.default_rng(0).standard_normal((2, 300, d))
+    got = favor_features(k.astype(np.float32), w, is_query=False)
+    # the paper's φ(x) = exp(ω·x' − |x'|²/2)/√m, x' = x·d^(−1/4), under one constant per
+    # sequence (the largest logit: Performer's reference stabiliser), in float64
+    xs = k / d**0.25
+    logits = xs @ w.T - (xs**2).sum(-1, keepdims=True) / 2
+    want = np.exp(logits - logits.max(axis=(-2, -1), keepdims=True)) / np.sqrt(d)
+    assert got.dtype == np.float32 and (got.max(axis=(-2, -1)) > 0).all()
+    normal = want > 1e-30  # float32 keeps relative digits down to its normal range
+    assert normal.mean() > 0.5
+    np.testing.assert_allclose(got[normal], want[normal], rtol=1e-4)
+
+
+@pytest.mark.torch
+def test_exp_query_features_are_differentiated_with_their_row_max_on_both_roads():
+    import torch
+
+    x0 = torch.tensor([[0.5, -1.0, 2.0], [3.0, 0.0, -2.0]], dtype=torch.float64)
+    ref = x0.clone().requires_grad_()
+    (ref - ref.amax(-1, keepdim=True)).exp().sum().backward()
+    for fallback in (False, True):
+        x = x0.clone().requires_grad_()
+        with kexue.torch_fallback() if fallback else _nullcontext():
+            feature_map(x, "exp", is_query=True).sum().backward()
+        torch.testing.assert_close(x.grad, ref.grad)
+
+
 def _nullcontext():
     import contextlib
 
@@ -585,7 +651,9 @@ def test_float32_decoding_stays_accurate_on_long_sequences():
     err = np.abs(got - want).max() / np.abs(want).max()
     assert err <= 2e-6  # about the float32 chunked pass's own error (float32 features)
     # the float64 state itself matches the float64 sums of the features
-    fk = favor_features(k.astype(np.float64), w, is_query=False)
+    fk = favor_features(
+        k.astype(np.float64), w, is_query=False, key_offset=(w * w).sum(1).max() / 2
+    )
     vp = np.concatenate([v, np.ones((1, 2, n, 1), np.float32)], -1).astype(np.float64)
     kv = np.einsum("bhnm,bhnj->bhmj", fk, vp)
     assert state.kv.dtype == np.float64

@@ -7,6 +7,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "ATTENTION_MAX_CHUNK",
     "AttentionDecoder",
     "CgmhNgram",
     "LM_MAX_ORDER",
@@ -328,6 +329,7 @@ def vmf_sample_wood(
 # --- multitask --------------------------------------------------------------------------
 
 MULTITASK_MAX_TASKS: int
+ATTENTION_MAX_CHUNK: int
 
 def multitask_gram(j: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]: ...
 def multitask_combine(

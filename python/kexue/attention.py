@@ -156,10 +156,12 @@ def _torch_features(
         phi = phi / math.sqrt(phi.shape[-1])
         return (phi, c[..., 0]) if row_max else phi
     if feature_map == "exp":
-        top = u.amax(-1, keepdim=True).detach()
-        shift = top if is_query or row_max else (offset or 0.0)
+        top = u.amax(-1, keepdim=True)
+        # a query's shift is part of its features (differentiated, as on the Rust road); a
+        # key's row max is a stabiliser the caller takes back out (a constant)
+        shift = top if is_query else top.detach() if row_max else (offset or 0.0)
         phi = torch.exp(u - shift)
-        return (phi, top[..., 0]) if row_max else phi
+        return (phi, top[..., 0].detach()) if row_max else phi
     if feature_map == "elu+1":
         return torch.nn.functional.elu(u) + 1
     if feature_map == "relu":
@@ -249,8 +251,12 @@ def feature_map(
     """Applies feature map ``name`` (one of :data:`FEATURE_MAPS`) to the last axis of ``x``.
 
     ``projection`` (``(m, d)``) is required by the FAVOR+ maps and optional for the others
-    (``u = x Ωᵀ`` first). ``key_offset`` overrides the key stabiliser constant (FAVOR+:
-    ``max_i |ω_i|²/2``; ``exp``: 0). Differentiable w.r.t. ``x`` (the projection is a constant).
+    (``u = x Ωᵀ`` first). ``key_offset`` is the key stabiliser constant (``exp``: 0 by
+    default). FAVOR+ keys without one are stabilised by their largest logit over the sequence
+    axis (−2) of each leading index, as Performer's reference code does: each sequence's
+    largest feature is ``1/√m``, where the data-independent bound ``max_i |ω_i|²/2`` leaves
+    float32 features of D ≥ 128 at 0 (pass it as ``key_offset`` for a constant across calls,
+    as streaming needs). Differentiable w.r.t. ``x`` (projection and stabilisers are constants).
 
     Example:
         >>> from kexue.attention import feature_map
@@ -267,6 +273,10 @@ def feature_map(
         return x
     if key_offset is not None:
         key_offset = check_scalar(key_offset, "key_offset")
+    elif not is_query and name in _FAVOR:
+        rows = x if x.ndim > 1 else x[None]
+        phi = _sequence_max_keys(rows, projection, name, None)
+        return phi if x.ndim > 1 else phi[0]
     return _features(x, projection, feature_map=name, is_query=bool(is_query), offset=key_offset)
 
 
@@ -282,10 +292,11 @@ def favor_features(
     so that ``E[φ(q)·φ(k)] = exp(q·k/√d)`` for ``Ω`` with ``N(0, I)`` rows.
 
     ``c`` is the stabiliser: for queries (``is_query=True``) each row's own max (it cancels in
-    attention, and the query-side ``|q'|²/2`` is dropped with it); for keys one constant,
-    ``max_i |ω_i|²/2`` by default, which keeps every key feature in ``(0, 1]`` and is causal.
-    For the unbiased kernel estimate itself use keys and queries both with ``is_query=False``
-    and ``key_offset=0``. ``hyperbolic=True`` returns the ``2m`` features of ``±Ωx'``.
+    attention, and the query-side ``|q'|²/2`` is dropped with it); for keys one constant per
+    sequence, by default the largest key logit along axis −2 (each sequence's largest feature
+    is ``1/√m``; see :func:`feature_map`), or ``key_offset``. For the unbiased kernel estimate
+    itself use keys and queries both with ``is_query=False`` and ``key_offset=0``.
+    ``hyperbolic=True`` returns the ``2m`` features of ``±Ωx'``.
 
     Example:
         >>> from kexue.attention import favor_features, orthogonal_random_matrix
@@ -506,7 +517,7 @@ def _apply_map(
 def _check_method(method: str, chunk_size: int) -> None:
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    check_int(chunk_size, "chunk_size", low=1)
+    check_int(chunk_size, "chunk_size", low=1, high=_native.ATTENTION_MAX_CHUNK)
 
 
 def linear_attention(
@@ -910,13 +921,24 @@ class CausalState:
         self._check_shape(want)
         if self.kv is None:
             self.kv = np.zeros(want)
-            self.scale = np.full(want[:2], -np.inf)
+            # -inf: no key yet under a running maximum; else the constant stabiliser, so that
+            # exp(scale)·kv is the plain sums on every road (the Rust pass leaves it as is)
+            start = -np.inf if self._follows_key_max() else self._fixed_offset()
+            self.scale = np.full(want[:2], start)
         elif is_tensor(self.kv):
             self.kv = self.kv.cpu().numpy().astype(np.float64)
         if not self._scale_fits():
             # a state from elsewhere (set by hand): its sums are under the constant stabiliser
-            offset = _fixed_key_offset(self.feature_map, self.projection, self.key_offset)
-            self.scale = np.full(self.kv.shape[:2], offset)
+            self.scale = np.full(self.kv.shape[:2], self._fixed_offset())
+
+    def _follows_key_max(self) -> bool:
+        """Whether keys are stabilised by their running maximum (FAVOR+ and exp with no
+        ``key_offset``) rather than by a constant."""
+        fmap = self.feature_map
+        return not callable(fmap) and self.key_offset is None and fmap in (*_FAVOR, "exp")
+
+    def _fixed_offset(self) -> float:
+        return _fixed_key_offset(self.feature_map, self.projection, self.key_offset)
 
     def _scale_fits(self) -> bool:
         scale, kv = self._scale, self._kv
@@ -931,12 +953,7 @@ class CausalState:
         """The update for callable maps and the torch road: features first, then the state."""
         fmap = self.feature_map
         # keys under their running maximum where the map has one
-        if (
-            torch_road
-            and not callable(fmap)
-            and self.key_offset is None
-            and fmap in (*_FAVOR, "exp")
-        ):
+        if torch_road and self._follows_key_max():
             phk, kmax = _row_max_keys(k, self._projection(k), fmap)
         else:
             phk, kmax = self._features(k, False), None
@@ -947,7 +964,7 @@ class CausalState:
 
             self._check_shape(want)
             # keys under a constant stabiliser where there is no running maximum to follow
-            offset = _fixed_key_offset(fmap, self.projection, self.key_offset)
+            offset = self._fixed_offset()
             kv = scale = None
             if self.kv is not None:
                 kv = torch.as_tensor(self.kv, device=q.device)

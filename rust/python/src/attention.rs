@@ -604,6 +604,7 @@ impl AttentionDecoder {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AttentionDecoder>()?;
+    m.add("ATTENTION_MAX_CHUNK", kexue_core::attention::MAX_CHUNK)?;
     m.add_function(wrap_pyfunction!(attention_orthogonal_random, m)?)?;
     m.add_function(wrap_pyfunction!(attention_features_forward, m)?)?;
     m.add_function(wrap_pyfunction!(attention_features_backward, m)?)?;

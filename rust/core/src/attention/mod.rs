@@ -17,3 +17,4 @@ pub mod projection;
 mod types;
 
 pub use fast::Real;
+pub use types::MAX_CHUNK;

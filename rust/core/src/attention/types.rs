@@ -13,10 +13,17 @@ pub enum Method {
     Quadratic,
 }
 
+/// Largest chunk: each holds `C × C` products per thread (128 MiB in f64 at 4096), and a
+/// larger one gives the same result at more memory.
+pub const MAX_CHUNK: usize = 4096;
+
 impl Method {
     pub fn parse(name: &str, chunk_size: usize) -> Result<Self> {
         match name {
-            "chunked" if chunk_size == 0 => Err(Error::value("chunk_size", "must be >= 1, got 0")),
+            "chunked" if !(1..=MAX_CHUNK).contains(&chunk_size) => Err(Error::value(
+                "chunk_size",
+                format!("must be in 1..={MAX_CHUNK}, got {chunk_size}"),
+            )),
             "chunked" => Ok(Method::Chunked(chunk_size)),
             "scan" => Ok(Method::Scan),
             "quadratic" => Ok(Method::Quadratic),

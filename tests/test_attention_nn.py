@@ -89,5 +89,9 @@ def test_padding_mask_and_bad_arguments():
         LinearAttention(10, 3)
     with pytest.raises(ValueError, match="feature_map"):
         LinearAttention(8, 2, feature_map="softmax")
+    for bad, name in (({"nb_features": 0}, "nb_features"), ({"eps": -1.0}, "eps"),
+                      ({"chunk_size": 0}, "chunk_size")):  # fmt: skip
+        with pytest.raises(ValueError, match=name):  # at construction, not at the first call
+            LinearAttention(8, 2, **bad)
     with pytest.raises(ValueError, match="causal"):
         attn.step(x[:, 0])

@@ -7,7 +7,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attention import FEATURE_MAPS, CausalState, linear_attention, orthogonal_random_matrix
+from .._dispatch import check_int, check_scalar
+from ..attention import (
+    FEATURE_MAPS,
+    CausalState,
+    _check_method,
+    linear_attention,
+    orthogonal_random_matrix,
+)
 
 __all__ = ["LinearAttention"]
 
@@ -68,6 +75,11 @@ class LinearAttention(nn.Module):
             raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
         if redraw_interval is not None and redraw_interval < 1:
             raise ValueError(f"redraw_interval must be None or >= 1, got {redraw_interval}")
+        if nb_features is not None:
+            check_int(nb_features, "nb_features", low=1)
+        # checked here, not at the first forward call
+        eps = check_scalar(eps, "eps", low=0.0)
+        _check_method("chunked", chunk_size)
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
         self.causal, self.feature_map = causal, feature_map

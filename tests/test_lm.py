@@ -318,6 +318,35 @@ def test_from_counts_is_a_normalised_bigram_model(tmp_path) -> None:
         NgramLM.from_counts(tmp_path / "bad.txt", bi)
 
 
+@pytest.mark.parametrize("word", ["", "a b", "a\tb", "a\0b", "a\u00a0b"])
+def test_from_counts_refuses_words_no_file_or_query_could_hold(word: str) -> None:
+    with pytest.raises(ValueError, match="words must be non-empty"):
+        NgramLM.from_counts({"the": 5, word: 3}, {})
+
+
+def test_from_counts_refuses_counts_summing_past_64_bits() -> None:
+    with pytest.raises(ValueError, match="unigram_counts"):
+        NgramLM.from_counts({"a": 2**63, "b": 2**63}, {}, eos_count=1)
+    with pytest.raises(ValueError, match="bigrams"):
+        NgramLM.from_counts({"a": 5, "b": 5}, {("a", "b"): 2**63, ("b", "a"): 2**63})
+
+
+def test_bos_is_never_predicted_even_by_name() -> None:
+    lm = NgramLM.from_counts({"a": 5, "b": 3}, {("a", "b"): 2}, eos_count=2)
+    got = lm.next_logprobs("a", ["<s>", "b"])
+    assert got[0] == -np.inf and got[1] == lm.next_logprobs("a")[lm.vocab.index("b")]
+
+
+def test_arpa_fields_split_on_spaces_and_tabs_only(tmp_path) -> None:
+    # lmplz keeps U+00A0 inside a word ("10\u00a0000"); kexue's queries split there, so
+    # such a word is refused by name rather than misread as extra fields
+    path = tmp_path / "nbsp.arpa"
+    path.write_text(HAND_ARPA.replace("-1.2\tc\n", "-1.2\tc\u00a0d\n", 1), encoding="utf-8")
+    assert "c\u00a0d" in path.read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="holds whitespace or NUL"):
+        NgramLM.load_arpa(path)
+
+
 def test_from_counts_symspell_tables() -> None:
     symspell = pytest.importorskip("symspellpy")
     d = os.path.dirname(symspell.__file__)

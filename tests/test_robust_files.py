@@ -184,6 +184,48 @@ def test_save_through_a_symlink_replaces_its_target(tmp_path, model_file) -> Non
     assert NgramLM.load(str(tmp_path / "new.kxlm")).vocab == lm.vocab
 
 
+def test_concurrent_saves_to_one_path_each_leave_a_whole_file(tmp_path) -> None:
+    a = NgramLM.build(LINES, order=3, progress=False, discount_fallback=True)
+    b = NgramLM.build(["x y z", "y z x"] * 40, order=2, progress=False, discount_fallback=True)
+    path = str(tmp_path / "m.kxlm")
+    errors: list[BaseException] = []
+
+    def save(lm: NgramLM, arpa: bool) -> None:
+        try:
+            (lm.save_arpa if arpa else lm.save)(path)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    for round_ in range(10):
+        arpa = round_ % 2 == 1
+        threads = [threading.Thread(target=save, args=(m, arpa)) for m in (a, b, a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        loaded = (NgramLM.load_arpa if arpa else NgramLM.load)(path)
+        assert loaded.vocab in (a.vocab, b.vocab)  # one writer's whole file, no mix
+        assert os.listdir(tmp_path) == ["m.kxlm"]  # no temporary file left
+
+
+def test_save_never_follows_a_link_planted_at_a_temporary_name(tmp_path) -> None:
+    lm = NgramLM.build(LINES, order=2, progress=False, discount_fallback=True)
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    # the names a fixed temp-name scheme would use (name + pid), and tempfile's pattern
+    for name in (f".s.kxlm.tmp{os.getpid()}", ".s.kxlm.tmp"):
+        os.symlink(victim, tmp_path / name)
+    lm.save(str(tmp_path / "s.kxlm"))
+    assert victim.read_text() == "keep me"
+    assert not os.path.islink(tmp_path / "s.kxlm")
+    assert NgramLM.load(str(tmp_path / "s.kxlm")).vocab == lm.vocab
+    # as File::create would: readable by others unless the umask says otherwise
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "s.kxlm").st_mode) == 0o666 & ~umask
+
+
 @pytest.mark.parametrize("kind", ["dir", "fifo", "device"])
 def test_save_refuses_non_regular_targets(tmp_path, kind) -> None:
     lm = NgramLM.build(LINES, order=2, progress=False, discount_fallback=True)

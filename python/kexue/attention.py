@@ -953,7 +953,7 @@ class CausalState:
         """The update for callable maps and the torch road: features first, then the state."""
         fmap = self.feature_map
         # keys under their running maximum where the map has one
-        if torch_road and self._follows_key_max():
+        if torch_road and isinstance(fmap, str) and self._follows_key_max():
             phk, kmax = _row_max_keys(k, self._projection(k), fmap)
         else:
             phk, kmax = self._features(k, False), None

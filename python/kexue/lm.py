@@ -517,6 +517,10 @@ def _progress(enabled: bool, **kwargs: Any) -> Any:
 def _norm(word: object, lowercase: bool) -> str:
     if not isinstance(word, str):
         raise TypeError(f"words must be str, got {type(word).__name__}")
+    # A word is what split_words gives: not empty, no separator (the files and every query
+    # split there, so such a word could be neither saved nor scored).
+    if split_words(word) != [word]:
+        raise ValueError(f"words must be non-empty and hold no whitespace or NUL, got {word!r}")
     return word.lower() if lowercase else word
 
 

@@ -219,8 +219,11 @@ impl PyModel {
             m.next_scores(&state, &ids, &mut out)
         })?;
         self.checked()?;
-        if candidates.is_none() {
-            out[lm::BOS as usize] = f64::NEG_INFINITY;
+        // `<s>` is never predicted, whether asked for by name or in the whole vocabulary.
+        for (o, &id) in out.iter_mut().zip(&ids) {
+            if id == lm::BOS {
+                *o = f64::NEG_INFINITY;
+            }
         }
         Ok(PyArray1::from_vec(py, out))
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::files::{open_regular, write_atomically};
 use super::model::{sorted, Model, ProbBackoff, Table, MAX_ORDER};
-use super::vocab::{Vocab, BOS, EOS, UNK};
+use super::vocab::{is_separator, Vocab, BOS, EOS, UNK};
 use crate::{memory, Error, Result};
 
 /// Writes `model` as ARPA (temporary file, then rename). Numbers are printed with the
@@ -207,7 +207,9 @@ pub fn read_arpa(path: &Path) -> Result<Model> {
         let mut weights: Vec<ProbBackoff> = memory::with_capacity(counts[n - 1], &what)?;
         for _ in 0..counts[n - 1] {
             let line = lines.next_nonblank(&format!("a {n}-gram"))?;
-            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Fields are separated by spaces and tabs, as KenLM reads them (lmplz keeps
+            // other whitespace, such as U+00A0, inside words).
+            let fields: Vec<&str> = line.split([' ', '\t']).filter(|f| !f.is_empty()).collect();
             if fields.len() != n + 1 && fields.len() != n + 2 {
                 return Err(lines.err(format!(
                     "expected a {n}-gram line (log10 prob, {n} words, optional back-off), \
@@ -223,6 +225,13 @@ pub fn read_arpa(path: &Path) -> Result<Model> {
             };
             let pb = ProbBackoff { prob, backoff };
             if n == 1 {
+                if fields[1].chars().any(is_separator) {
+                    return Err(lines.err(format!(
+                        "word {:?} holds whitespace or NUL, where kexue splits words: \
+                         no query could reach it",
+                        fields[1]
+                    )));
+                }
                 let before = vocab.len();
                 let id = vocab.insert(fields[1]) as usize;
                 if id < before && !unigrams[id].prob.is_nan() {

@@ -496,6 +496,22 @@ pub fn from_counts(
     bigrams: &[(String, String, u64)],
     eos_count: u64,
 ) -> Result<Model> {
+    // Every sum the estimate forms is at most one of these two totals: checked once here,
+    // the sums below cannot wrap.
+    let unigram_total = unigram_counts
+        .iter()
+        .try_fold(eos_count, |t, (_, c)| t.checked_add(*c));
+    let bigram_total = bigrams
+        .iter()
+        .try_fold(0u64, |t, (_, _, c)| t.checked_add(*c));
+    for (total, name) in [(unigram_total, "unigram_counts"), (bigram_total, "bigrams")] {
+        if total.is_none() {
+            return Err(Error::value(
+                name,
+                "counts sum past 2**64 - 1 (with eos_count for the unigrams)",
+            ));
+        }
+    }
     let mut vocab = Vocab::new();
     let mut uni = vec![0u64; 3];
     for (w, c) in unigram_counts {

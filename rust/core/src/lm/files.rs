@@ -80,7 +80,9 @@ fn save_target(path: &Path, depth: usize) -> Result<std::path::PathBuf> {
 
 /// Writes through a temporary file in the same directory, renamed over `path` (or the file a
 /// symbolic link at `path` points to) once complete, so a failed write never leaves a
-/// truncated file behind.
+/// truncated file behind. The temporary file is `tempfile`'s: a fresh random name opened
+/// with O_EXCL, so concurrent saves to one path never share it and a link planted under the
+/// name is never followed; it is removed if anything fails.
 pub(crate) fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut File) -> std::io::Result<()>,
@@ -89,19 +91,22 @@ pub(crate) fn write_atomically(
     let name = path
         .file_name()
         .ok_or_else(|| Error::value("path", format!("must name a file, got {path:?}")))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let result = File::create(&tmp).and_then(|mut f| {
-        write(&mut f)?;
-        f.sync_all()
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // tempfile's default is 0600; a saved model gets what File::create gives (0666 & ~umask).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let result = builder.tempfile_in(dir).and_then(|mut tmp| {
+        write(tmp.as_file_mut())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map(drop).map_err(|e| e.error)
     });
-    match result.and_then(|()| std::fs::rename(&tmp, path)) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(Error::io(path, e))
-        }
-    }
+    result.map_err(|e| Error::io(path, e))
 }

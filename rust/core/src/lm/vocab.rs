@@ -228,9 +228,9 @@ pub fn is_separator(c: char) -> bool {
     c.is_whitespace() || matches!(c, '\0' | '\u{1c}'..='\u{1f}')
 }
 
-/// The tokens of one line, split by [`is_separator`], as Python's `str.split()` and
-/// `kenlm.Model.score` do (lmplz splits on ASCII space, tab and CR only; the two agree on
-/// text without other whitespace characters).
+/// The tokens of one line, split by [`is_separator`], as Python's `str.split()` does
+/// (`kenlm.Model.score` and lmplz split on ASCII whitespace only: they agree on text
+/// without other whitespace characters, such as U+00A0 or U+3000).
 pub fn tokens(line: &str) -> Tokens<'_> {
     let spaces_only = !has_other_whitespace(line.as_bytes());
     Tokens {

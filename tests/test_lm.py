@@ -137,6 +137,33 @@ def test_reads_foreign_arpa_like_kenlm(tmp_path) -> None:
             assert ours.score(s, bos=bos) == pytest.approx(ref.score(s, bos=bos), abs=1e-5)
 
 
+def test_missing_suffixes_are_filled_in_as_kenlm_does(tmp_path) -> None:
+    # SRILM's pruning can drop "b c" while keeping "a b c": KenLM adds the suffix back
+    # (with the backed-off probability); without it "a b c" could never be reached
+    path = tmp_path / "pruned.arpa"
+    path.write_text(HAND_ARPA.replace("ngram 2=5", "ngram 2=4").replace("-0.2\tb c\n", ""))
+    ours, ref = NgramLM.load_arpa(path), kenlm.Model(str(path))
+    for s in ["a b c", "b c", "c", "a b c c", "<s> a b c </s>", "x b c a b c"]:
+        for bos in (True, False):
+            assert ours.score(s, bos=bos) == pytest.approx(ref.score(s, bos=bos), abs=1e-5)
+    for s in ["a b c", "x b c"]:
+        assert [n for _, n, _ in ours.full_scores(s)] == [n for _, n, _ in ref.full_scores(s)]
+
+
+def test_missing_contexts_are_filled_in_as_kenlm_does(tmp_path) -> None:
+    # "a b c" without "a b": KenLM adds the context (backed-off probability, back-off 0),
+    # so the state can hold "a b" and reach "a b c"
+    path = tmp_path / "pruned.arpa"
+    path.write_text(HAND_ARPA.replace("ngram 2=5", "ngram 2=4").replace("-0.4\ta b\t-0.1\n", ""))
+    ours, ref = NgramLM.load_arpa(path), kenlm.Model(str(path))
+    for s in ["a b c", "a b", "x a b c", "c a b c </s>", "b a b"]:
+        for bos in (True, False):
+            assert ours.score(s, bos=bos) == pytest.approx(ref.score(s, bos=bos), abs=1e-5)
+            assert [n for _, n, _ in ours.full_scores(s, bos=bos)] == [
+                n for _, n, _ in ref.full_scores(s, bos=bos)
+            ]
+
+
 LMPLZ = os.environ.get("KEXUE_LMPLZ")
 
 

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
 use super::files::{open_regular, write_atomically};
-use super::model::{sorted, Model, ProbBackoff, Table, MAX_ORDER};
+use super::model::{key_hash, sorted, Model, ProbBackoff, Table, MAX_ORDER};
 use super::vocab::{is_separator, Vocab, BOS, EOS, UNK};
 use crate::{memory, Error, Result};
 
@@ -187,7 +187,7 @@ pub fn read_arpa(path: &Path) -> Result<Model> {
         backoff: 0.0,
     };
     let mut unigrams = vec![missing; 3];
-    let mut tables = Vec::with_capacity(order - 1);
+    let mut orders: Vec<(Vec<u32>, Vec<ProbBackoff>)> = Vec::with_capacity(order - 1);
     for n in 1..=order {
         if n > 1 {
             let header = format!("\\{n}-grams:");
@@ -280,7 +280,7 @@ pub fn read_arpa(path: &Path) -> Result<Model> {
                     .collect();
                 return Err(lines.err(format!("{n}-gram {:?} appears twice", words.join(" "))));
             }
-            tables.push(Table::from_sorted(n, keys, weights)?);
+            orders.push((keys, weights));
         }
     }
     let end = lines.next_nonblank("\\end\\")?;
@@ -291,7 +291,92 @@ pub fn read_arpa(path: &Path) -> Result<Model> {
             truncate(&end)
         )));
     }
+    fill_lower_orders(&mut orders)?;
+    let mut tables: Vec<Table> = Vec::with_capacity(order - 1);
+    for (i, (keys, mut weights)) in orders.into_iter().enumerate() {
+        let n = i + 2;
+        for (key, w) in keys.chunks_exact(n).zip(weights.iter_mut()) {
+            if w.prob.is_nan() {
+                w.prob = backed_off_prob(&unigrams, &tables, key);
+            }
+        }
+        tables.push(Table::from_sorted(n, keys, weights)?);
+    }
     Model::new(vocab, unigrams, tables)
+}
+
+/// Whether `probe` (newest word first) is among `keys`, `n`-grams in [`sorted`] order.
+fn holds(keys: &[u32], n: usize, probe: &[u32]) -> bool {
+    let len = keys.len() / n;
+    let key = |i: usize| &keys[i * n..(i + 1) * n];
+    let target = (&probe[1..], probe[0]);
+    let (mut lo, mut hi) = (0, len);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match (&key(mid)[1..], key(mid)[0]).cmp(&target) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return true,
+        }
+    }
+    false
+}
+
+/// Adds the (n − 1)-grams that n-grams need, as KenLM does for SRILM's pruned files: the
+/// suffix (last n − 1 words), through which scoring finds an n-gram, and the context (first
+/// n − 1 words), which the state must hold to extend to it. Added entries carry a NaN
+/// probability (what backing off gives, filled in once the lower orders are tables) and
+/// back-off 0. From the top order down, so that added entries' own needs are added too.
+fn fill_lower_orders(orders: &mut [(Vec<u32>, Vec<ProbBackoff>)]) -> Result<()> {
+    for n in (3..=orders.len() + 1).rev() {
+        let (lower, upper) = orders.split_at_mut(n - 2);
+        let (low_keys, low_weights) = &mut lower[n - 3];
+        // newest word first: the suffix is the key's first n − 1 ids, the context its last
+        let mut missing: Vec<&[u32]> = upper[0]
+            .0
+            .chunks_exact(n)
+            .flat_map(|k| [&k[..n - 1], &k[1..]])
+            .filter(|s| !holds(low_keys, n - 1, s))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let mut keys = std::mem::take(low_keys);
+        let mut weights = std::mem::take(low_weights);
+        for s in missing {
+            keys.extend_from_slice(s);
+            weights.push(ProbBackoff {
+                prob: f32::NAN,
+                backoff: 0.0,
+            });
+        }
+        (lower[n - 3].0, lower[n - 3].1) = sorted(n - 1, keys, weights)?;
+    }
+    Ok(())
+}
+
+/// log10 p of the absent n-gram `key` (newest word first) by backing off through `tables`
+/// (orders 2 and up, all below `key`'s): the context's back-off, then the suffix's
+/// probability or, where the suffix is absent too, its own back-off in turn.
+fn backed_off_prob(unigrams: &[ProbBackoff], tables: &[Table], key: &[u32]) -> f32 {
+    let backoff = |ctx: &[u32]| match ctx.len() {
+        1 => unigrams[ctx[0] as usize].backoff,
+        m => tables[m - 2].find(key_hash(ctx)).map_or(0.0, |s| s.backoff),
+    };
+    let mut total = 0.0;
+    let mut r = key;
+    loop {
+        total += backoff(&r[1..]);
+        r = &r[..r.len() - 1];
+        if r.len() == 1 {
+            return total + unigrams[r[0] as usize].prob;
+        }
+        if let Some(slot) = tables[r.len() - 2].find(key_hash(r)) {
+            return total + slot.prob;
+        }
+    }
 }
 
 fn truncate(s: &str) -> String {

@@ -178,6 +178,21 @@ def test_n_annealed_sentences_are_distinct():
     assert len(same) == 4
 
 
+@pytest.mark.parametrize("anneal", [None, True])
+def test_outputs_reach_min_len_from_a_shorter_start(anneal):
+    # one keyword, min_len 6: the chain starts outside the support and must grow into it,
+    # on the Python-scorer road and the native n-gram road
+    from kexue.lm import NgramLM
+
+    corpus = ["the cat sat on the mat with a dog"] * 4
+    native = NgramLM.build(corpus, order=2, progress=False, discount_fallback=True)
+    lms = [ToyBigram(WORDS, seed=5), native]
+    for lm in lms:
+        out = cgmh.generate(["cat"], lm, n=3, steps=60, seed=1, min_len=6, length=None,
+                            anneal=anneal)  # fmt: skip
+        assert all(len(s.tokens) >= 6 for s in out), [s.tokens for s in out]
+
+
 def test_length_prior_lengthens_annealed_sentences():
     lm = ToyBigram(WORDS, seed=5)
     short = cgmh.generate(["cat"], lm, n=6, steps=150, seed=2, anneal=True, length=None)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kexue import _native, neural
+from kexue import _native, cgmh, neural
 from kexue.cli import main
 from kexue.scorers import HFCausalLM, NgramScorer
 
@@ -96,6 +96,15 @@ def test_every_output_holds_every_keyword(keywords, order, anneal, seed):
     for s in out:
         assert _holds(s.tokens, keywords, neural.cgmh._auto_forms, order == "free")
         assert len(s.tokens) <= 10 and s.text[0].isupper() and s.text.endswith(".")
+
+
+@pytest.mark.parametrize("anneal", [None, True])
+def test_outputs_reach_min_len_from_a_shorter_start(anneal):
+    # one keyword, min_len 4: the chain starts outside the support and must grow into it
+    lm = ToyNeural("the a cat dog sat on mat".split(), seed=5)
+    out = neural.generate(["cat"], lm, n=3, steps=60, seed=1, min_len=4, length=None,
+                          anneal=anneal)  # fmt: skip
+    assert all(len(s.tokens) >= 4 for s in out), [s.tokens for s in out]
 
 
 def test_same_seed_same_output_and_annealing_sharpens():
@@ -182,6 +191,21 @@ def test_hf_neural_target_scores_the_returned_text(tiny, ngram):
             assert math.isclose(s.logprob, want, rel_tol=1e-4, abs_tol=1e-4)
     # one sentence per chain and step at most (plus the start states)
     assert 0 < stats["sentences_scored"] <= 4 * 21 and stats["tokens_scored"] > 0
+
+
+@pytest.mark.torch
+def test_hf_target_never_writes_the_candidate_lms_symbols(tiny, ngram):
+    # the ε-uniform draw can offer <unk>, <s>, </s>; the HF model would score their text
+    lm = HFCausalLM.from_pretrained(tiny, ngram, device="cpu", dtype="float32")
+    cat = lm.word_id("cat")
+    assert [lm.word(i) for i in range(3)] == ["<unk>", "<s>", "</s>"]
+    for i in range(3):
+        assert lm.sentence_logprob([i, cat]) == -math.inf
+    got = lm.replace_logprobs([cat, cat], 1, np.array([0, 1, 2, cat]))
+    assert np.isneginf(got[:3]).all() and np.isfinite(got[3])
+    assert got[3] == pytest.approx(lm.sentence_logprob([cat, cat]), abs=1e-4)
+    out = cgmh.generate(["cat"], lm, n=4, steps=40, seed=0, explore=0.5)
+    assert all(not {"<unk>", "<s>", "</s>"} & set(s.tokens) for s in out)
 
 
 @pytest.mark.torch

@@ -61,8 +61,11 @@ __all__ = ["generate", "generate_many"]
 class _Chain:
     """One chain's state: word ids, their neural log-probability, and the best states seen."""
 
-    def __init__(self, tokens: list[int], rng: np.random.Generator, keep: int) -> None:
+    def __init__(
+        self, tokens: list[int], rng: np.random.Generator, keep: int, min_len: int
+    ) -> None:
         self.x = tokens
+        self.min_len = min_len
         self.logp = -math.inf
         self.state: Any = None  # the scorer's record of x, reused when scoring an edit of x
         self.log_target = -math.inf
@@ -73,7 +76,15 @@ class _Chain:
         self.accepted = dict.fromkeys(cgmh.MOVES, 0)
 
     def remember(self) -> None:
+        """Keeps the best states; below ``min_len`` (a start shorter than the bound) only
+        until a state within it is seen, as the native sampler does."""
         key = tuple(self.x)
+        within = len(key) >= self.min_len
+        held_within = any(len(k) >= self.min_len for k in self.kept)
+        if not within and held_within:
+            return
+        if within and not held_within:
+            self.kept.clear()
         if key in self.kept or len(self.kept) < self.keep:
             self.kept[key] = (self.logp, self.log_target)
         else:
@@ -288,7 +299,8 @@ def generate_many(
             start = list(job.keywords)
             if order == "free":
                 start = order_rng.sample(start, len(start))
-            chains.append((job, _Chain(start, np.random.default_rng([seed, i, c]), n + 1)))
+            rng = np.random.default_rng([seed, i, c])
+            chains.append((job, _Chain(start, rng, n + 1, min_len)))
     scored = {"sentences_scored": 0, "score_seconds": 0.0}
     tokens_before = getattr(lm, "tokens_scored", None)
     reused_before = getattr(lm, "tokens_reused", None)
@@ -326,7 +338,9 @@ def generate_many(
             move = cgmh.MOVES[min(pick, len(cgmh.MOVES) - 1)]
             ch.proposed[move] += 1
             y, log_ratio = _propose(move, ch, job, lm, p_move, top_k, explore)
-            if y is None or not (min_len <= len(y) <= max_len) or not job.holds(y):
+            # below min_len only a lengthening edit is allowed (towards the support)
+            short = len(y) < min_len and len(y) <= len(ch.x) if y is not None else False
+            if y is None or short or len(y) > max_len or not job.holds(y):
                 continue
             if y == ch.x:  # a redraw of the current state: accepted, nothing to score
                 ch.accepted[move] += 1
@@ -337,7 +351,9 @@ def generate_many(
         lps, states = score([p[2] for p in pending], [p[0].state for p in pending])
         for (ch, move, y, log_ratio), lp, state in zip(pending, lps, states):
             new = log_target(y, float(lp))
-            log_a = (new - ch.log_target) / temp + log_ratio if ch.log_target > -math.inf else 0
+            # from outside the support (π = 0: -inf target, or shorter than min_len) accept
+            outside = ch.log_target == -math.inf or len(ch.x) < min_len
+            log_a = 0 if outside else (new - ch.log_target) / temp + log_ratio
             if math.log(ch.rng.random() or 1e-300) < log_a:
                 ch.x, ch.logp, ch.log_target, ch.state = y, float(lp), new, state
                 ch.accepted[move] += 1

@@ -795,13 +795,26 @@ class HFCausalLM:
         except (RuntimeError, TypeError):  # layers of different shapes
             return None
 
+    def _symbol(self, i: int) -> bool:
+        """Whether id ``i`` is one of the candidate LM's symbols (``<unk>``, ``<s>``,
+        ``</s>``): never a word of a sentence, though the model would score its text."""
+        return 0 <= i < min(3, self.vocab_size) and self.word(i) in _SPECIAL
+
     def sentence_logprob(self, ids: Sequence[int]) -> float:
+        if any(self._symbol(int(i)) for i in ids):
+            return -math.inf
         return float(self.score_texts([self._text(ids)])[0])
 
     def replace_logprobs(self, ids: Sequence[int], pos: int, cands: np.ndarray) -> np.ndarray:
         y = list(ids)
+        out = np.full(len(cands), -np.inf)
+        if any(self._symbol(int(i)) for j, i in enumerate(y) if j != pos):
+            return out
+        keep = [k for k, c in enumerate(cands) if not self._symbol(int(c))]
         texts = []
-        for c in cands:
-            y[pos] = int(c)
+        for k in keep:
+            y[pos] = int(cands[k])
             texts.append(self._text(y))
-        return self.score_texts(texts)
+        if texts:
+            out[keep] = self.score_texts(texts)
+        return out

@@ -524,7 +524,9 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
         let log_a = self.cand_lt[j] / temp - self.lt / temp + p_del.ln() - free_y.ln() - p_ins.ln()
             + (gaps as f64).ln()
             - log_q;
-        if Self::accept(log_a, rng) {
+        // Below min_len (a start shorter than the bound) the state is outside the target's
+        // support (π = 0): every insert towards it is accepted.
+        if len < self.config.min_len || Self::accept(log_a, rng) {
             y[gap] = self.cands[j];
             self.scratch = std::mem::replace(&mut self.x, y);
             self.slot.insert(gap, FREE);
@@ -698,11 +700,26 @@ impl<'a, S: Scorer + ?Sized> Chain<'a, S> {
 struct Kept {
     keep: usize,
     by_length: bool,
+    min_len: usize,
     states: Vec<(f64, Vec<u32>, f64, f64)>,
 }
 
 impl Kept {
+    /// States shorter than `min_len` (where a chain starts below the bound) are kept only
+    /// until a state within it is seen, then dropped: outputs respect the bound whenever
+    /// the chain reached it.
     fn offer(&mut self, x: &[u32], logp: f64, lt: f64) {
+        let within = x.len() >= self.min_len;
+        let held_within = self
+            .states
+            .first()
+            .is_some_and(|s| s.1.len() >= self.min_len);
+        if !within && held_within {
+            return;
+        }
+        if within && !held_within {
+            self.states.clear();
+        }
         let score = if self.by_length {
             lt
         } else {
@@ -736,6 +753,7 @@ pub fn run_chain<S: Scorer + ?Sized>(
     let mut kept = Kept {
         keep: config.keep,
         by_length: config.length.is_some(),
+        min_len: config.min_len,
         states: Vec::new(),
     };
     kept.offer(&chain.x, chain.logp, chain.lt);

@@ -37,6 +37,8 @@ cases = {{
         np.ones((1, 300000, 1, 2), np.float32), np.ones((1, 300000, 1, 2), np.float32)),
     "generate fixed order": lambda: generate(["cat"], lm, n=2**40, order="fixed", steps=1),
     "generate free order": lambda: generate(["cat", "mat"], lm, n=2**40, steps=1),
+    # each chain keeps up to n + 1 sentences: 10**7 chains keeping 201 states each
+    "generate kept states": lambda: generate(["cat"], lm, n=10**7, steps=200),
     "vmf_sample_wood (the torch road's kernel)": lambda: kexue._native.vmf_sample_wood(
         64, np.ones(1), 10_000_000, 0, True),
     "lm_read_arpa of a lying header": lambda: kexue._native.lm_read_arpa(arpa),

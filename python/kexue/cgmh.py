@@ -391,13 +391,15 @@ def _run(
     anneal_t = _anneal(anneal)
     lm = scorers.resolve(lm)
     select, chains_per_input = _selection(select, pool, lm, anneal_t, n)
-    # Each chain's result holds its sentences: refuse what the machine cannot hold.
-    check_request(chains_per_input * len(inputs) * (256 + 16 * max_len),
-                  "n" if chains_per_input == n else "pool")  # fmt: skip
     # A consensus pool spends its budget on restarts: many short chains rather than one long.
     pooled = select == "consensus" and chains_per_input > 1
     steps = check_int((POOL_STEPS if pooled else DEFAULT_STEPS) if steps is None else steps,
                       "steps", low=1)  # fmt: skip
+    # Each chain's result holds its kept sentences (up to n + 1, at most one per step, as
+    # Python lists of up to max_len ids): refuse what the machine cannot hold.
+    states = min(n + 1, steps + 1) + 1
+    check_request(chains_per_input * len(inputs) * (256 + states * (120 + 8 * max_len)),
+                  "n" if chains_per_input == n else "pool")  # fmt: skip
     move_weights = _moves(moves)
     backoff_setting = _backoff(backoff, lm)
     best = select != "last"  # keep each chain's best state, not its last

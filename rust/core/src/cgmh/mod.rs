@@ -410,9 +410,13 @@ pub fn run<S: Scorer + ?Sized>(
         .len()
         .checked_mul(chains)
         .ok_or_else(|| Error::value("n", "times the number of inputs overflows"))?;
-    // What the results hold: each sample's sentences (best and last) and its trace.
+    // What the results hold: each sample's kept sentences (up to `keep`, at most one per
+    // step, and the last) and its trace.
+    let states = config.keep.min(config.steps.saturating_add(1)) as u128 + 1;
+    let per_state =
+        std::mem::size_of::<(Vec<u32>, f64, f64)>() as u128 + 4 * config.max_len as u128;
     let per_chain = std::mem::size_of::<Sample>() as u128
-        + 8 * config.max_len as u128
+        + states * per_state
         + 9 * config.steps as u128 * u128::from(config.trace);
     crate::memory::check_bytes(total as u128 * per_chain, "n")?;
     parallel::install(|| {

@@ -126,6 +126,11 @@ def model_file(tmp_path, lm) -> str:
         (["generate", "--lm", "a", "--corpus", "b", "cat"], "give --lm or --corpus, not both"),
         (["generate", "--n", "zero", "cat"], "invalid int value: 'zero'"),
         (["bench", "vmf", "--repeat", "0"], "--repeat must be >= 1, got 0"),
+        (["generate", "--gamma", "-1", "cat"], "--gamma must be a finite number > 0"),
+        (["generate", "--gamma", "nan", "cat"], "--gamma must be a finite number > 0"),
+        (["generate", "--length", "-3", "cat"], "--length must be >= 0, got -3"),
+        (["generate", "--min-len", "5", "--max-len", "3", "cat"], "--min-len (5) must be <="),
+        (["paraphrase", "--weight", "nan", "the", "cat"], "--weight must be a finite number >= 0"),
         (["lm", "build", "c.txt", "-o", "m", "--order", "9"], "--order must be between 1 and 7"),
         (["lm", "build", "c.txt", "-o", "/missing/dir/m"], "the folder /missing/dir"),
     ],
@@ -166,6 +171,12 @@ def test_debug_shows_the_traceback(capsys, tmp_path) -> None:
         cli.main(["--debug", "lm", "ppl", str(tmp_path / "missing"), "x"])
     with pytest.raises(FileNotFoundError):
         cli.main(["lm", "ppl", "--debug", str(tmp_path / "missing"), "x"])
+    # more keywords than max_len: one line without --debug, the ValueError itself with it
+    argv = ["generate", "cat", "dog", "bird", "--max-len", "2", "--steps", "2"]
+    with pytest.raises(SystemExit, match="kexue generate: .* more than max_len"):
+        cli.main(argv)
+    with pytest.raises(ValueError, match="more than max_len"):
+        cli.main([*argv, "--debug"])
 
 
 def test_broken_pipe_ends_quietly(model_file) -> None:

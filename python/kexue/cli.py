@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -100,6 +101,8 @@ def _rewrite(args: argparse.Namespace) -> int:
         try:
             out = run(line, lm, seed=args.seed + i, **options)
         except ValueError as e:  # bad sentence or settings: the message, not a traceback
+            if args.debug:  # the traceback, as --debug promises
+                raise
             raise SystemExit(f"kexue {args.command}: {e}") from e
         for s in out:
             if args.json:
@@ -141,6 +144,8 @@ def _generate(args: argparse.Namespace) -> int:
             try:
                 lm = resolve(None, _language(sets, None, args.lang))
             except ValueError as e:
+                if args.debug:  # the traceback, as --debug promises
+                    raise
                 raise SystemExit(f"kexue generate: {e}") from e
         lm = _load_hf(args, lm)
     options = {
@@ -172,6 +177,8 @@ def _generate(args: argparse.Namespace) -> int:
             try:
                 results = run(sets[lo : lo + batch], lm, seed=args.seed + lo, **options)
             except ValueError as e:  # bad keywords or settings: the message, not a traceback
+                if args.debug:  # the traceback, as --debug promises
+                    raise
                 raise SystemExit(f"kexue generate: {e}") from e
             for keywords, sentences in zip(sets[lo : lo + batch], results):
                 traced.extend(sentences)
@@ -424,13 +431,23 @@ def _check_args(args: argparse.Namespace) -> None:
     words = ["kexue", args.command, getattr(args, "lm_command", None)]
     parser = _Parser(prog=" ".join(w for w in words if w), add_help=False)
     at_least = {"n": 1, "steps": 1, "pool": 1, "top_k": 1, "min_len": 1, "max_len": 1, "repeat": 1,
-                "size": 1, "min_count": 1}  # fmt: skip
+                "size": 1, "min_count": 1, "length": 0}  # fmt: skip
     for name, low in at_least.items():
         value = getattr(args, name, None)
         if value is not None and value < low:
             parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     if getattr(args, "seed", None) is not None and not 0 <= args.seed < 2**64:
         parser.error(f"--seed must be between 0 and 2**64 - 1, got {args.seed}")
+    for name, strict in (("gamma", True), ("weight", False)):
+        value = getattr(args, name, None)
+        if value is not None and not (
+            math.isfinite(value) and (value > 0 or not strict and value == 0)
+        ):
+            parser.error(
+                f"--{name} must be a finite number {'>' if strict else '>='} 0, got {value}"
+            )
+    if getattr(args, "min_len", None) is not None and args.min_len > args.max_len:
+        parser.error(f"--min-len ({args.min_len}) must be <= --max-len ({args.max_len})")
     order = getattr(args, "order", None)
     if order is not None and not 1 <= order <= 7:
         parser.error(f"--order must be between 1 and 7, got {order}")

@@ -192,3 +192,21 @@ def test_native_loop_is_thread_count_independent_and_takes_ngramlm(ngram):
     fixed = cgmh.correct(src, lm, n=1, steps=100, weight=1.0)[0]
     # the best state seen is at least as good (per token) as the input, the chain's start
     assert fixed.log_target / (len(fixed.tokens) + 1) >= lm.logprob(src) / 8 - 1e-9
+
+
+def test_a_scorer_of_a_loaded_lm_pickles_as_the_file_reference(tmp_path):
+    import pickle
+
+    from kexue.lm import NgramLM
+
+    corpus = [f"the cat number {i} sat on the mat near dog {i}" for i in range(300)]
+    path = str(tmp_path / "m.kxlm")
+    NgramLM.build(corpus, order=3, progress=False, discount_fallback=True).save(path)
+    scorer = NgramScorer(NgramLM.load(path))
+    data = pickle.dumps(scorer)
+    # the LM's path and digest, not its tables (workers share the mapped file)
+    assert len(data) < 2_000 < len(pickle.dumps(scorer._forward))
+    again = pickle.loads(data)
+    a = cgmh.generate(["cat"], scorer, n=2, steps=30, seed=1)
+    b = cgmh.generate(["cat"], again, n=2, steps=30, seed=1)
+    assert [s.text for s in a] == [s.text for s in b]

@@ -77,8 +77,13 @@ class NgramScorer:
         self.vocab_size = len(self._words)
         self.order = int(forward.order)
         self.lowercase = bool(getattr(lm, "lowercase", False))
+        # An NgramLM pickles small (a loaded one as its file's path and digest): workers then
+        # share the mapped file instead of receiving a copy of the tables.
+        self._lm = None if backward is not None or isinstance(lm, _native.NgramModel) else lm
 
     def __reduce__(self) -> tuple:  # the native sampler object is rebuilt from the models
+        if self._lm is not None:
+            return NgramScorer, (self._lm,)
         state = (self._forward, self._backward, self.lowercase, self.text_tokenizer)
         return _ngram_scorer, state
 

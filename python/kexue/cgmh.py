@@ -278,17 +278,19 @@ def _blocked(block: object, lm: Any) -> list[int]:
     return ids
 
 
-def _pick(rows: list[dict[str, Any]], best: bool, distinct: bool) -> list[tuple]:
+def _pick(
+    rows: list[dict[str, Any]], best: bool, distinct: bool, text: Callable[[list[int]], str]
+) -> list[tuple]:
     """One (tokens, logprob, log_target, row) per chain: its best or last state; with
-    ``distinct``, a chain whose pick repeats an earlier one's gives its best state not yet
-    taken instead."""
-    taken: set[tuple[int, ...]] = set()
+    ``distinct``, a chain whose pick's ``text`` repeats an earlier one's gives its best state
+    not yet taken instead (the text: token lists differing by a final mark read the same)."""
+    taken: set[str] = set()
     out = []
     for r in rows:
         options = list(r["kept"]) if best else [(r["last"], r["last_logprob"], None), *r["kept"]]
-        fresh = (o for o in options if not distinct or tuple(o[0]) not in taken)
+        fresh = (o for o in options if not distinct or text(o[0]) not in taken)
         choice = next(fresh, options[0])
-        taken.add(tuple(choice[0]))
+        taken.add(text(choice[0]))
         lt = choice[2] if choice[2] is not None else r["log_target"]
         out.append((list(choice[0]), choice[1], lt, r))
     return out
@@ -309,7 +311,11 @@ def _selection(
 
 
 def _pools(
-    raw: list[dict[str, Any]], per_input: int, select: str, distinct: bool
+    raw: list[dict[str, Any]],
+    per_input: int,
+    select: str,
+    distinct: bool,
+    text: Callable[[list[int]], str],
 ) -> list[list[dict[str, Any]]]:
     """The chains' raw results grouped by input; with ``select="consensus"``, each group in
     consensus order (:func:`_by_consensus`)."""
@@ -317,11 +323,14 @@ def _pools(
     if select != "consensus":
         return pools
     agreement = _native.cgmh_agreement([[r["kept"][0][0] for r in p] for p in pools])
-    return [_by_consensus(p, a, distinct) for p, a in zip(pools, agreement)]
+    return [_by_consensus(p, a, distinct, text) for p, a in zip(pools, agreement)]
 
 
 def _by_consensus(
-    rows: list[dict[str, Any]], agreement: list[float], distinct: bool
+    rows: list[dict[str, Any]],
+    agreement: list[float],
+    distinct: bool,
+    text: Callable[[list[int]], str],
 ) -> list[dict[str, Any]]:
     """A pool's chains by their best sentence's agreement with the others' plus
     :data:`CONSENSUS_TARGET_WEIGHT` × its log target, highest first; with ``distinct``, a
@@ -331,11 +340,11 @@ def _by_consensus(
     ranked = sorted(range(len(rows)), key=lambda i: -score[i])
     if not distinct:
         return [rows[i] for i in ranked]
-    seen: set[tuple[int, ...]] = set()
+    seen: set[str] = set()
     firsts: list[dict[str, Any]] = []
     repeats: list[dict[str, Any]] = []
     for i in ranked:
-        sentence = tuple(rows[i]["kept"][0][0])
+        sentence = text(rows[i]["kept"][0][0])
         (repeats if sentence in seen else firsts).append(rows[i])
         seen.add(sentence)
     return firsts + repeats
@@ -463,8 +472,19 @@ def _run(
         "trace": bool(return_trace),
     }
     raw = _native.cgmh_run(lm, tasks, flags, alts, pri, settings)
-    pools = _pools(raw, chains_per_input, select, distinct)
+    text = _text_of(ids, tokenizer, sentence_case)
+    pools = _pools(raw, chains_per_input, select, distinct, text)
     return _results(pools, n, best, distinct, ids, tokenizer, sentence_case)
+
+
+def _text_of(ids: _Ids, tokenizer: Tokenizer, sentence_case: bool) -> Callable[[list[int]], str]:
+    """The text a token-id list is returned as."""
+
+    def text(toks: list[int]) -> str:
+        out = detokenize([ids.word(t) for t in toks], tokenizer)
+        return as_sentence(out) if sentence_case else out
+
+    return text
 
 
 def _results(
@@ -479,15 +499,15 @@ def _results(
     """The :class:`Sentence` rows of each input's first ``n`` chains (of its ``pool``, in
     order of preference) from the chains' raw results (``kept``: best states, ``last``,
     ``last_logprob``, ``log_target``, move counters)."""
+    text_of = _text_of(ids, tokenizer, sentence_case)
     out = []
     for pool in pools:
         row = []
-        for toks, logprob, log_target, r in _pick(pool, best, distinct)[:n]:
+        for toks, logprob, log_target, r in _pick(pool, best, distinct, text_of)[:n]:
             words = [ids.word(t) for t in toks]
-            text = detokenize(words, tokenizer)
             row.append(
                 Sentence(
-                    text=as_sentence(text) if sentence_case else text,
+                    text=text_of(toks),
                     tokens=words,
                     logprob=logprob,
                     log_target=log_target,

@@ -364,7 +364,8 @@ def generate_many(
             stats["tokens_scored"] = lm.tokens_scored - tokens_before
         if reused_before is not None:
             stats["tokens_reused"] = lm.tokens_reused - reused_before
-    pools = cgmh._pools([ch.raw() for _, ch in chains], per_input, select, distinct)
+    text = cgmh._text_of(ids, tokenizer, True)
+    pools = cgmh._pools([ch.raw() for _, ch in chains], per_input, select, distinct, text)
     return cgmh._results(pools, n, select != "last", distinct, ids, tokenizer, True)
 
 

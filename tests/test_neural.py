@@ -98,6 +98,20 @@ def test_every_output_holds_every_keyword(keywords, order, anneal, seed):
         assert len(s.tokens) <= 10 and s.text[0].isupper() and s.text.endswith(".")
 
 
+@pytest.mark.parametrize("order", ["free", "fixed"])
+def test_a_keyword_of_several_tokens_stays_whole(order):
+    lm = ToyNeural("the a hot dog bun cat on with".split(), seed=4)
+    out = neural.generate_many([["hot dog", "bun"], ["cat", "hot dog"]], lm, n=3, steps=60,
+                               seed=2, order=order)  # fmt: skip
+    for row, first in zip(out, ["hot dog", "cat"]):
+        for s in row:
+            t = [w.lower() for w in s.tokens]
+            at = [i for i in range(len(t) - 1) if t[i : i + 2] == ["hot", "dog"]]
+            assert at, t  # contiguous
+            if order == "fixed" and first == "cat":  # a form of "cat" comes first
+                assert any(w.startswith("cat") for w in t[: at[-1]]), t
+
+
 @pytest.mark.parametrize("anneal", [None, True])
 def test_outputs_reach_min_len_from_a_shorter_start(anneal):
     # one keyword, min_len 4: the chain starts outside the support and must grow into it

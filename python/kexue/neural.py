@@ -26,7 +26,10 @@ min(1, (π(x')/π(x))^(1/T) · q(x | x') / q(x' | x)), T = 1 unless annealing:
   the reverse of each other, so delete's ratio holds q(x_i | context) of the insert that
   would put x_i back;
 - reform: a keyword form x_i becomes another form of the keywords it is a form of (uniform);
-- reorder: word i moves to position j (ordered pair uniform): symmetric.
+- reorder: word i moves to position j (ordered pair uniform): symmetric. A keyword of several
+  tokens is a unit whose tokens must stay contiguous (moves that split it leave the support
+  and are rejected), so a chain keeps its start's order of such units; the pool's chains
+  start from different orders.
 
 q(w | context) = (1 − ε) · softmax over the top-K words of log p_fwd(w | left) + log p_bwd(w |
 right) (the n-gram's forward and backward models) + ε / |V| (uniform over the allowed
@@ -106,46 +109,69 @@ class _Chain:
 
 
 class _Input:
-    """What the chains of one keyword set share: keyword forms (as id sets), the allowed
+    """What the chains of one keyword set share: each keyword's tokens with their forms (as
+    id sets; a keyword of several tokens is one unit, written as given), the allowed
     vocabulary mask, and the support test."""
 
     def __init__(
         self,
-        keywords: list[int],
-        forms: list[set[int]],
+        given: list[list[int]],
+        units: list[list[set[int]]],
         allowed: np.ndarray,
         free: bool,
     ) -> None:
-        self.keywords = keywords
-        self.forms = forms
+        self.given = given
+        self.units = units
         self.allowed = allowed
         self.free = free
-        self.form_ids = set().union(*forms)
+        self.form_ids: set[int] = set().union(*(f for u in units for f in u))
+
+    def start(self, rng: random.Random | None) -> list[int]:
+        """A first state: the keywords as given (each unit's tokens together), in a random
+        order of units when ``rng`` is given."""
+        order = list(range(len(self.units)))
+        if rng is not None:
+            order = rng.sample(order, len(order))
+        return [w for k in order for w in self.given[k]]
+
+    def _at(self, x: list[int], k: int, p: int) -> bool:
+        """Whether unit ``k`` matches ``x`` from position ``p``."""
+        unit = self.units[k]
+        return p + len(unit) <= len(x) and all(x[p + j] in f for j, f in enumerate(unit))
 
     def holds(self, x: list[int]) -> bool:
-        """Every keyword has a form at its own position (in order unless free)."""
-        if not self.free:  # earliest match is optimal for an ordered assignment
-            k = 0
-            for w in x:
-                if k < len(self.forms) and w in self.forms[k]:
-                    k += 1
-            return k == len(self.forms)
-        match: dict[int, int] = {}  # position → keyword (Kuhn's augmenting paths)
+        """Every keyword has a form at its own positions, a unit's tokens contiguous (in order
+        unless free)."""
+        if not self.free:  # the earliest match of each unit in turn is optimal
+            p = 0
+            for k in range(len(self.units)):
+                while p < len(x) and not self._at(x, k, p):
+                    p += 1
+                if p == len(x):
+                    return False
+                p += len(self.units[k])
+            return True
+        used = [False] * len(x)
 
-        def assign(k: int, seen: set[int]) -> bool:
-            for p, w in enumerate(x):
-                if w in self.forms[k] and p not in seen:
-                    seen.add(p)
-                    if p not in match or assign(match[p], seen):
-                        match[p] = k
+        def place(k: int) -> bool:  # backtracking over non-overlapping spans (few units)
+            if k == len(self.units):
+                return True
+            size = len(self.units[k])
+            for p in range(len(x) - size + 1):
+                if not any(used[p : p + size]) and self._at(x, k, p):
+                    used[p : p + size] = [True] * size
+                    if place(k + 1):
                         return True
+                    used[p : p + size] = [False] * size
             return False
 
-        return all(assign(k, set()) for k in range(len(self.forms)))
+        return place(0)
 
     def reforms(self, w: int) -> list[int]:
-        """The forms of every keyword ``w`` is a form of (sorted; empty if none)."""
-        return sorted(set().union(*(f for f in self.forms if w in f))) if w in self.form_ids else []
+        """The forms of every one-token keyword ``w`` is a form of (sorted; empty if none)."""
+        if w not in self.form_ids:
+            return []
+        return sorted(set().union(*(u[0] for u in self.units if len(u) == 1 and w in u[0])))
 
 
 class _Proposal:
@@ -247,7 +273,7 @@ def generate_many(
             f"lm must be a neural scorer with score_words (kexue.scorers.HFCausalLM), got {lm!r}"
         )
     tokenizer = tokenizer if tokenizer is not None else getattr(lm, "text_tokenizer", None)
-    inputs = [cgmh._keywords(k, tokenizer, f"keyword_lists[{i}]")
+    inputs = [cgmh._keyword_units(k, tokenizer, f"keyword_lists[{i}]", lm)
               for i, k in enumerate(keyword_lists)]  # fmt: skip
     n = check_int(n, "n", low=1)
     steps = check_int(steps, "steps", low=1)
@@ -259,7 +285,7 @@ def generate_many(
         raise ValueError(f"gamma must be a finite number > 0, got {gamma}")
     if not 0 <= explore <= 1:
         raise ValueError(f"explore must be in [0, 1], got {explore}")
-    if any(len(k) > max_len for k in inputs):
+    if any(sum(map(len, k)) > max_len for k in inputs):
         raise ValueError("max_len must be at least the number of keywords")
     anneal_t = cgmh._anneal(anneal)
     if anneal_t is not None and not (anneal_t[0] > 0 and anneal_t[1] > 0):
@@ -278,15 +304,19 @@ def generate_many(
     vocab = ids.vocab_size
 
     jobs: list[_Input] = []
-    for words in inputs:
-        kw = [ids.id(w) for w in words]
+    for units in inputs:
         per = []
-        for w, i in zip(words, kw):
-            alt = forms_fn(w) if forms_fn is not None else ()
-            per.append({i} | {ids.id(v) for v in alt if isinstance(v, str)})
+        for unit in units:
+            if len(unit) > 1:  # a keyword of several tokens: written as given
+                per.append([{ids.id(t)} for t in unit])
+                continue
+            alt = forms_fn(unit[0]) if forms_fn is not None else ()
+            per.append([{ids.id(unit[0])} | {ids.id(v) for v in alt if isinstance(v, str)}])
         allowed = np.ones(vocab, dtype=bool)
-        allowed[[b for b in blocked if b not in set().union(*per)]] = False
-        jobs.append(_Input(kw, per, allowed, order == "free"))
+        keyword_ids = set().union(*(f for u in per for f in u))
+        allowed[[b for b in blocked if b not in keyword_ids]] = False
+        given = [[ids.id(t) for t in unit] for unit in units]
+        jobs.append(_Input(given, per, allowed, order == "free"))
 
     def log_target(x: list[int], logp: float) -> float:
         short = max(0, prior[0] - len(x)) if prior else 0
@@ -296,9 +326,7 @@ def generate_many(
     chains: list[tuple[_Input, _Chain]] = []
     for i, job in enumerate(jobs):
         for c in range(per_input):
-            start = list(job.keywords)
-            if order == "free":
-                start = order_rng.sample(start, len(start))
+            start = job.start(order_rng if order == "free" else None)
             rng = np.random.default_rng([seed, i, c])
             chains.append((job, _Chain(start, rng, n + 1, min_len)))
     scored = {"sentences_scored": 0, "score_seconds": 0.0}

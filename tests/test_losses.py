@@ -28,27 +28,10 @@ NINF = -np.inf
 # --- float64 references ---------------------------------------------------------------
 
 
-def ref_mlce(t: np.ndarray, s: np.ndarray, mask: np.ndarray | None = None, eps: float = 1e-7):
-    """Per-row loss from the definition in float64: drop masked/-inf entries, snap labels
-    within eps of 0/1, then log(1 + Σ(1-t)e^s) + log(1 + Σ t e^-s) via scipy's logsumexp
-    with an explicit zero column."""
-    s = np.asarray(s, np.float64)
-    t = np.broadcast_to(np.asarray(t, np.float64), s.shape)
-    keep = np.isfinite(s) if mask is None else np.isfinite(s) & np.broadcast_to(mask, s.shape)
-    t = np.where(t <= eps, 0.0, np.where(t >= 1 - eps, 1.0, t))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        neg = np.where(keep & (t < 1), s + np.log1p(-t), NINF)
-        pos = np.where(keep & (t > 0), -s + np.log(t), NINF)
-    zero = np.zeros((*s.shape[:-1], 1))
-    return logsumexp(np.concatenate([neg, zero], -1), -1) + logsumexp(
-        np.concatenate([pos, zero], -1), -1
-    )
-
-
-def ref_mlce_grad(t: np.ndarray, s: np.ndarray, mask=None, eps=1e-7) -> np.ndarray:
-    """float64 gradient of the summed loss from the formula: with ``a = s + log(1-t)`` over
-    the kept non-positives and ``c = -s + log t`` over the kept non-negatives,
-    ``∂L/∂s_i = e^{a_i} / (1 + Σ e^a) - e^{c_i} / (1 + Σ e^c)``."""
+def ref_terms(t: np.ndarray, s: np.ndarray, mask=None, eps: float = 1e-7) -> tuple:
+    """The definition's two sums' exponents in float64, with the explicit zero column:
+    masked/-inf entries dropped, labels within eps of 0/1 snapped; ``a = s + log(1-t)`` over
+    the kept non-positives, ``c = -s + log t`` over the kept non-negatives."""
     s = np.asarray(s, np.float64)
     t = np.broadcast_to(np.asarray(t, np.float64), s.shape)
     keep = np.isfinite(s) if mask is None else np.isfinite(s) & np.broadcast_to(mask, s.shape)
@@ -57,6 +40,22 @@ def ref_mlce_grad(t: np.ndarray, s: np.ndarray, mask=None, eps=1e-7) -> np.ndarr
         a = np.where(keep & (t < 1), s + np.log1p(-t), NINF)
         c = np.where(keep & (t > 0), -s + np.log(t), NINF)
     zero = np.zeros((*s.shape[:-1], 1))
+    return a, c, zero
+
+
+def ref_mlce(t: np.ndarray, s: np.ndarray, mask: np.ndarray | None = None, eps: float = 1e-7):
+    """Per-row loss from the definition: log(1 + Σ e^a) + log(1 + Σ e^c) via scipy's
+    logsumexp (:func:`ref_terms`)."""
+    a, c, zero = ref_terms(t, s, mask, eps)
+    return logsumexp(np.concatenate([a, zero], -1), -1) + logsumexp(
+        np.concatenate([c, zero], -1), -1
+    )
+
+
+def ref_mlce_grad(t: np.ndarray, s: np.ndarray, mask=None, eps=1e-7) -> np.ndarray:
+    """float64 gradient of the summed loss from the formula (:func:`ref_terms`):
+    ``∂L/∂s_i = e^{a_i} / (1 + Σ e^a) - e^{c_i} / (1 + Σ e^c)``."""
+    a, c, zero = ref_terms(t, s, mask, eps)
     la = logsumexp(np.concatenate([a, zero], -1), -1, keepdims=True)
     lc = logsumexp(np.concatenate([c, zero], -1), -1, keepdims=True)
     return np.exp(a - la) - np.exp(c - lc)

@@ -474,7 +474,7 @@ def _run(
     raw = _native.cgmh_run(lm, tasks, flags, alts, pri, settings)
     text = _text_of(ids, tokenizer, sentence_case)
     pools = _pools(raw, chains_per_input, select, distinct, text)
-    return _results(pools, n, best, distinct, ids, tokenizer, sentence_case)
+    return _results(pools, n, best, distinct, ids, text)
 
 
 def _text_of(ids: _Ids, tokenizer: Tokenizer, sentence_case: bool) -> Callable[[list[int]], str]:
@@ -493,21 +493,20 @@ def _results(
     best: bool,
     distinct: bool,
     ids: _Ids,
-    tokenizer: Tokenizer,
-    sentence_case: bool,
+    text: Callable[[list[int]], str],
 ) -> list[list[Sentence]]:
     """The :class:`Sentence` rows of each input's first ``n`` chains (of its ``pool``, in
     order of preference) from the chains' raw results (``kept``: best states, ``last``,
-    ``last_logprob``, ``log_target``, move counters)."""
-    text_of = _text_of(ids, tokenizer, sentence_case)
+    ``last_logprob``, ``log_target``, move counters); ``text`` (:func:`_text_of`) writes
+    each token list as it is returned."""
     out = []
     for pool in pools:
         row = []
-        for toks, logprob, log_target, r in _pick(pool, best, distinct, text_of)[:n]:
+        for toks, logprob, log_target, r in _pick(pool, best, distinct, text)[:n]:
             words = [ids.word(t) for t in toks]
             row.append(
                 Sentence(
-                    text=text_of(toks),
+                    text=text(toks),
                     tokens=words,
                     logprob=logprob,
                     log_target=log_target,

@@ -394,7 +394,7 @@ def generate_many(
             stats["tokens_reused"] = lm.tokens_reused - reused_before
     text = cgmh._text_of(ids, tokenizer, True)
     pools = cgmh._pools([ch.raw() for _, ch in chains], per_input, select, distinct, text)
-    return cgmh._results(pools, n, select != "last", distinct, ids, tokenizer, True)
+    return cgmh._results(pools, n, select != "last", distinct, ids, text)
 
 
 def _propose(
